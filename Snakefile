@@ -1,0 +1,19 @@
+# Video diffusion for climate data: the workflow. This file only wires; the rules live in
+# workflow/rules/ and every action is a `python -m pipeline <stage>` command.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{EXP}/data/normalised.zarr",
+        f"{EXP}/data/stats.json",

@@ -1,0 +1,154 @@
+"""Area-weighted statistics, the time split, and the exact normalise / denormalise pair.
+
+Statistics are per variable (one variable per level), weighted by cos(latitude), computed on the training
+period only, NaNs skipped. Everything stays lazy (dask): memory is bounded by a chunk, not the data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import xarray as xr
+
+from pipeline.data.coords import DataError
+
+__all__ = [
+    "SPLIT_NAMES",
+    "Stats",
+    "area_weights",
+    "compute_stats",
+    "denormalise",
+    "normalise",
+    "read_stats",
+    "split_labels",
+    "split_periods",
+    "write_stats",
+]
+
+Stats = dict[str, dict[str, Any]]
+
+
+def area_weights(lat: xr.DataArray) -> xr.DataArray:
+    """cos(latitude), the relative area of a cell on a regular grid."""
+    return np.cos(np.deg2rad(lat)).clip(min=0.0).rename("area_weight")
+
+
+def _in_period(times: np.ndarray, first: dt.date, last: dt.date) -> np.ndarray:
+    t = np.asarray(times).astype("datetime64[ns]")
+    return (t >= np.datetime64(first)) & (t < np.datetime64(last) + np.timedelta64(1, "D"))
+
+
+SPLIT_NAMES = ("none", "train", "val", "test")
+
+
+def split_labels(times: np.ndarray, periods: Mapping[str, tuple[dt.date, dt.date]]) -> xr.DataArray:
+    """Per time step the code of its period as a CF flag variable (0 none, 1 train, 2 val, 3 test)."""
+    codes = np.zeros(len(times), dtype="int8")
+    for name, (a, b) in periods.items():
+        codes[_in_period(times, a, b)] = SPLIT_NAMES.index(name)
+    attrs = {
+        "long_name": "data split",
+        "flag_values": list(range(len(SPLIT_NAMES))),
+        "flag_meanings": " ".join(SPLIT_NAMES),
+    }
+    return xr.DataArray(codes, dims="time", attrs=attrs)
+
+
+def split_periods(
+    ds: xr.Dataset, periods: Mapping[str, tuple[dt.date, dt.date]], source: str = "dataset"
+) -> dict[str, xr.Dataset]:
+    """Select each [first, last] period (inclusive, by day); each must hold data."""
+    if "time" not in ds.dims:
+        msg = f"{source}: no time dimension to split into {list(periods)}"
+        raise DataError(msg)
+    t = ds["time"].values
+    out = {}
+    for name, (a, b) in periods.items():
+        sel = ds.isel(time=np.flatnonzero(_in_period(t, a, b)))
+        if sel.sizes["time"] == 0:
+            msg = (
+                f"data.split.{name} = [{a}, {b}] holds no time step of {source}, "
+                f"whose time runs {str(t.min())[:10]} .. {str(t.max())[:10]} ({t.size} steps)"
+            )
+            raise DataError(msg)
+        out[name] = sel
+    return out
+
+
+def compute_stats(train: xr.Dataset) -> Stats:
+    """Area-weighted mean and standard deviation per variable, NaNs skipped.
+
+    Variables are single-level (see :func:`pipeline.data.regrid.select`). Two lazy passes
+    (mean, then mean squared deviation): numerically stable, memory bounded by a chunk.
+    """
+    w = area_weights(train["latitude"])
+    means = {name: da.weighted(w).mean() for name, da in train.data_vars.items()}
+    (means,) = dask.compute(means)
+    variances = {name: ((da - float(means[name])) ** 2).weighted(w).mean() for name, da in train.data_vars.items()}
+    (variances,) = dask.compute(variances)
+    stats: Stats = {}
+    for name, da in train.data_vars.items():
+        std = float(np.sqrt(variances[name]))
+        if not np.isfinite(std) or std <= 0:
+            msg = f"variable {name!r}: standard deviation over the training period is {std} (constant or all NaN)"
+            raise DataError(msg)
+        stats[str(name)] = {"mean": float(means[name]), "std": std, "units": da.attrs.get("units", "")}
+    return stats
+
+
+def _coef(stats: Stats, name: str) -> tuple[float, float]:
+    if name not in stats:
+        msg = f"no statistics for variable {name!r}; stats.json has {sorted(stats)}"
+        raise DataError(msg)
+    return stats[name]["mean"], stats[name]["std"]
+
+
+def normalise(ds: xr.Dataset, stats: Stats) -> xr.Dataset:
+    """``(x - mean) / std`` per variable (and level); float32; attributes record the statistics."""
+    out = {}
+    for name, da in ds.data_vars.items():
+        mean, std = _coef(stats, str(name))
+        n = ((da - mean) / std).astype("float32")
+        n.attrs = {
+            **da.attrs,
+            "units": "1",
+            "normalised": "(x - mean) / std, see stats.json",
+            "original_units": da.attrs.get("units", ""),
+        }
+        out[name] = n
+    return xr.Dataset(out, attrs=ds.attrs)
+
+
+def denormalise(ds: xr.Dataset, stats: Stats) -> xr.Dataset:
+    """Exact inverse of :func:`normalise` (in float64), restoring the physical units."""
+    out = {}
+    for name, da in ds.data_vars.items():
+        mean, std = _coef(stats, str(name))
+        x = da.astype("float64") * std + mean
+        attrs = {k: v for k, v in da.attrs.items() if k not in ("normalised", "original_units")}
+        attrs["units"] = da.attrs.get("original_units", stats[str(name)].get("units", ""))
+        x.attrs = attrs
+        out[name] = x
+    return xr.Dataset(out, attrs=ds.attrs)
+
+
+def write_stats(stats: Stats, path: Path, extra: Mapping[str, Any] | None = None) -> None:
+    payload = {"variables": stats, **(extra or {})}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+
+
+def read_stats(path: str | os.PathLike[str]) -> Stats:
+    p = Path(path)
+    if not p.is_file():
+        msg = f"statistics file {p} does not exist; run the normalise stage first"
+        raise DataError(msg)
+    return json.loads(p.read_text())["variables"]

@@ -1,0 +1,176 @@
+"""Guidance as wrappers with the same ``predict`` contract as the model, so every sampler works.
+
+- :class:`ClassifierFreeGuidance` (seed 003, section 3): ``v = (1 + w) v_cond - w v_uncond``.
+- :class:`ReconstructionGuidance` (Ho et al. 2022, *Video Diffusion Models*, section 3.1; named in
+  seed 000, section 2.3.6): the denoised estimate of the new frames b is moved along the gradient
+  of the reconstruction error of the known frames a,
+  ``x~_b = x^_b - (w_r alpha_t / 2) grad_{z_b} ||x_a - x^_a(z_t)||^2``.
+- :class:`Replacement`: the baseline that overwrites the known frames of ``z_t`` with a fresh
+  forward sample ``q(z_t | x_a)``.
+- :func:`extend`: an autoregressive rollout, N frames at a time, each window overlapping the last
+  M generated (or given) frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pipeline.diffusion.objective import Denoiser, Prediction, eps_from_v, expand, v_from_x_eps, x_from_v
+from pipeline.diffusion.schedule import Schedule, alpha_sigma
+
+__all__ = ["ClassifierFreeGuidance", "ReconstructionGuidance", "Replacement", "extend", "frame_mask"]
+
+
+def frame_mask(frames: int, known: int, like: Tensor) -> Tensor:
+    """Mask (1, 1, frames, 1, 1): 1 on the first ``known`` frames of a (B, C, T, H, W) clip."""
+    m = torch.zeros(1, 1, frames, 1, 1, dtype=like.dtype, device=like.device)
+    m[:, :, :known] = 1
+    return m
+
+
+def _with_x(pred: Prediction, z: Tensor, x_new: Tensor, logsnr: Tensor) -> Prediction:
+    """A prediction consistent with a changed ``x``: ``eps`` moves by ``-(alpha/sigma) dx``."""
+    alpha, sigma = alpha_sigma(logsnr)
+    eps = pred.eps - expand(alpha / sigma, z) * (x_new - pred.x)
+    return Prediction(v=v_from_x_eps(x_new, eps, alpha, sigma), x=x_new, eps=eps)
+
+
+class ClassifierFreeGuidance:
+    """``v = (1 + w) v(z, cond) - w v(z, None)``; ``w = 0`` is the conditional model."""
+
+    def __init__(self, model: Denoiser, weight: float):
+        self.model = model
+        self.weight = float(weight)
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.model.schedule
+
+    def predict(self, z: Tensor, logsnr: Tensor, cond: dict[str, Any] | None = None) -> Prediction:
+        pc = self.model.predict(z, logsnr, cond)
+        if self.weight == 0.0:
+            return pc
+        pu = self.model.predict(z, logsnr, None)
+        v = (1 + self.weight) * pc.v - self.weight * pu.v
+        alpha, sigma = alpha_sigma(logsnr)
+        return Prediction(v=v, x=x_from_v(z, v, alpha, sigma), eps=eps_from_v(z, v, alpha, sigma))
+
+
+class ReconstructionGuidance:
+    """Reconstruction-guided conditional sampling.
+
+    Args:
+        model: the unconditional (joint over all frames) denoiser.
+        known: clip (B, C, T, H, W) whose masked frames hold the known values.
+        mask: 1 where known, broadcastable to ``known`` (see :func:`frame_mask`).
+        weight: ``w_r``; 0 turns the gradient term off.
+        replace_known: also put ``x_a`` itself in the denoised estimate of the known frames.
+    """
+
+    def __init__(self, model: Denoiser, known: Tensor, mask: Tensor, weight: float, replace_known: bool = True):
+        self.model = model
+        self.known = known
+        self.mask = mask
+        self.weight = float(weight)
+        self.replace_known = replace_known
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.model.schedule
+
+    def predict(self, z: Tensor, logsnr: Tensor, cond: dict[str, Any] | None = None) -> Prediction:
+        if self.weight == 0.0:
+            with torch.no_grad():
+                pred = self.model.predict(z, logsnr, cond)
+            x = pred.x
+        else:
+            with torch.enable_grad():
+                zg = z.detach().requires_grad_(True)
+                pred = self.model.predict(zg, logsnr, cond)
+                err = (((self.known - pred.x) * self.mask) ** 2).sum()
+                (grad,) = torch.autograd.grad(err, zg)
+            pred = Prediction(v=pred.v.detach(), x=pred.x.detach(), eps=pred.eps.detach())
+            alpha, _ = alpha_sigma(logsnr)
+            x = pred.x - expand(self.weight * alpha / 2, z) * grad * (1 - self.mask)
+        if self.replace_known:
+            x = self.mask * self.known + (1 - self.mask) * x
+        return _with_x(pred, z, x, logsnr)
+
+
+class Replacement:
+    """Replacement baseline: known frames of ``z_t`` overwritten by a sample of ``q(z_t | x_a)``."""
+
+    def __init__(self, model: Denoiser, known: Tensor, mask: Tensor, generator: torch.Generator | None = None):
+        self.model = model
+        self.known = known
+        self.mask = mask
+        self.generator = generator
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.model.schedule
+
+    def predict(self, z: Tensor, logsnr: Tensor, cond: dict[str, Any] | None = None) -> Prediction:
+        alpha, sigma = alpha_sigma(logsnr)
+        noise = torch.randn(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)
+        z_known = expand(alpha, z) * self.known + expand(sigma, z) * noise
+        zr = self.mask * z_known + (1 - self.mask) * z
+        pred = self.model.predict(zr, logsnr, cond)
+        x = self.mask * self.known + (1 - self.mask) * pred.x
+        return _with_x(pred, z, x, logsnr)
+
+
+def extend(
+    model: Denoiser,
+    sampler: Callable[..., Tensor],
+    initial: Tensor,
+    total_frames: int,
+    window: int,
+    steps: int | Tensor,
+    guidance_weight: float,
+    *,
+    overlap: int | None = None,
+    method: str = "reconstruction",
+    cond_for_window: Callable[[int, int], dict[str, Any] | None] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> Tensor:
+    """Extend ``initial`` (B, C, M, H, W) to ``total_frames`` frames.
+
+    Each window has ``window`` frames; its first ``overlap`` (default M) are the last frames made
+    so far, the rest are sampled with reconstruction guidance (``method="reconstruction"``) or
+    replacement (``method="replacement"``). ``cond_for_window(start, window)`` gives per-window
+    conditioning (e.g. day of year) for a window that starts at frame ``start``.
+    """
+    m = initial.shape[2] if overlap is None else int(overlap)
+    if not 0 < m < window:
+        msg = f"overlap ({m}) must be between 1 and window - 1 ({window - 1})"
+        raise ValueError(msg)
+    if initial.shape[2] < m:
+        msg = f"initial clip has {initial.shape[2]} frames, fewer than the overlap {m}"
+        raise ValueError(msg)
+    frames = initial
+    while frames.shape[2] < total_frames:
+        start = frames.shape[2] - m
+        b, c, _, h, w = frames.shape
+        known = torch.zeros(b, c, window, h, w, dtype=frames.dtype, device=frames.device)
+        known[:, :, :m] = frames[:, :, -m:]
+        mask = frame_mask(window, m, frames)
+        if method == "reconstruction":
+            guided: Denoiser = ReconstructionGuidance(model, known, mask, guidance_weight)
+        elif method == "replacement":
+            guided = Replacement(model, known, mask, generator)
+        else:
+            msg = f"extension method {method!r} is not 'reconstruction' or 'replacement'"
+            raise ValueError(msg)
+        z = torch.randn(known.shape, generator=generator, device=known.device, dtype=known.dtype)
+        cond = cond_for_window(start, window) if cond_for_window is not None else None
+        x = sampler(guided, z, steps, cond=cond, generator=generator)
+        frames = torch.cat([frames, x[:, :, m:]], dim=2)
+        if callback is not None:
+            callback({"start": start, "frames": frames.shape[2]})
+    return frames[:, :, :total_frames]

@@ -1,0 +1,77 @@
+"""Shared fixtures: paths to real data, a synthetic CF data set writer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def eraint_path() -> Path:
+    p = SHARED_DATA / "eraint_uvz.nc"
+    if not p.exists():
+        pytest.skip(f"real ERA-Interim test file not found at {p} (set PIPELINE_SHARED_DATA)")
+    return p
+
+
+def analytic(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """cos(lat) sin(2 lon) + 0.5 sin(lat): smooth on the sphere, periodic in longitude."""
+    la, lo = np.deg2rad(lat)[:, None], np.deg2rad(lon)[None, :]
+    return np.cos(la) * np.sin(2 * lo) + 0.5 * np.sin(la)
+
+
+def make_dataset(
+    lat: np.ndarray,
+    lon: np.ndarray,
+    times: int = 12,
+    levels: tuple[float, ...] | None = (850.0, 500.0),
+    names: dict[str, str] | None = None,
+    cf_attrs: bool = True,
+) -> xr.Dataset:
+    """A CF data set with variables t (analytic x level factor x time factor) and q (positive)."""
+    names = {"time": "time", "lat": "lat", "lon": "lon", "level": "plev", **(names or {})}
+    time = pd.date_range("2000-01-01", periods=times, freq="D")
+    base = analytic(lat, lon)
+    tf = 1 + 0.1 * np.arange(times)[:, None, None]
+    if levels is not None:
+        lf = np.asarray(levels)[None, :, None, None] / 500.0
+        t = 250 + 10 * lf * tf[:, None] * base[None, None]
+        q = np.exp(base)[None, None] * lf * tf[:, None]
+        dims = (names["time"], names["level"], names["lat"], names["lon"])
+    else:
+        t = 250 + 10 * tf * base[None]
+        q = np.exp(base)[None] * tf
+        dims = (names["time"], names["lat"], names["lon"])
+    coords = {names["time"]: time, names["lat"]: lat, names["lon"]: lon}
+    if levels is not None:
+        coords[names["level"]] = np.asarray(levels)
+    ds = xr.Dataset({"t": (dims, t, {"units": "K"}), "q": (dims, q, {"units": "kg m-2 s-1"})}, coords=coords)
+    if cf_attrs:
+        ds[names["lat"]].attrs = {"standard_name": "latitude", "units": "degrees_north"}
+        ds[names["lon"]].attrs = {"standard_name": "longitude", "units": "degrees_east"}
+        if levels is not None:
+            ds[names["level"]].attrs = {
+                "standard_name": "air_pressure",
+                "units": "hPa",
+                "positive": "down",
+                "axis": "Z",
+            }
+    return ds
+
+
+@pytest.fixture
+def write_nc(tmp_path: Path):
+    def _write(ds: xr.Dataset, name: str = "in.nc", encoding: dict | None = None) -> Path:
+        p = tmp_path / name
+        ds.to_netcdf(p, encoding=encoding)
+        return p
+
+    return _write

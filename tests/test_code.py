@@ -1,0 +1,33 @@
+"""Architecture and lint: layers and library ownership (import-linter), ruff."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.skipif(shutil.which("lint-imports") is None, reason="import-linter is not installed")
+def test_import_contracts() -> None:
+    r = subprocess.run(["lint-imports"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "broken" not in r.stdout.lower().replace("0 broken", "")
+
+
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff is not installed")
+def test_ruff() -> None:
+    r = subprocess.run(["ruff", "check", "pipeline", "tests", "benchmarks"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_readme_test_command_is_what_ci_runs() -> None:
+    readme = (REPO / "README.md").read_text()
+    blocks = [b.strip() for b in readme.split("```")[1::2]]
+    first = next(b for b in blocks if b.startswith(("bash", "sh")))
+    commands = [ln for ln in first.splitlines() if ln and not ln.startswith(("bash", "sh", "#"))]
+    assert len(commands) == 2, commands
+    ci = (REPO / ".ci" / "run").read_text()
+    assert commands[1] in ci, "the README's test command must be the command .ci/run runs"

@@ -1,0 +1,151 @@
+"""The data stages through the CLI, with real MLflow tracking (SQLite) and zarr stores."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.config import load_config
+from pipeline.data.io import atomic_path, open_store
+from pipeline.data.stats import denormalise, read_stats
+from tests.conftest import REPO
+
+
+def _write_cfg(tmp_path: Path, **over) -> Path:
+    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    c["results_dir"] = str(tmp_path / "results")
+    c.update(over)
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(c))
+    return p
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("stages")
+    cfg = _write_cfg(tmp)
+    for stage in ("prepare", "normalise"):
+        r = _cli(stage, "--config", str(cfg), cwd=tmp)
+        assert r.returncode == 0, r.stderr
+    return tmp, cfg
+
+
+def test_stores_are_cf_zarr_v3_with_provenance(prepared) -> None:
+    tmp, cfg_path = prepared
+    cfg = load_config([cfg_path])
+    reg = open_store(tmp / cfg.regridded_path)
+    assert json.loads((tmp / cfg.regridded_path / "zarr.json").read_text())["zarr_format"] == 3
+    assert reg["z500"].dims == ("time", "latitude", "longitude")
+    assert reg["z500"].shape == (65, 14, 24)
+    assert reg["z500"].encoding["chunks"] == (8, 14, 24)
+    assert (
+        reg["latitude"].attrs["units"] == "degrees_north"
+        and reg["z500"].attrs["standard_name"] == "geopotential_height"
+    )
+    assert reg["z500"].attrs["level"] == 500.0 and reg["z500"].attrs["regrid_method"] == "bilinear"
+    assert "hgt_djf.nc" in reg.attrs["source_files"] and "quick_sha256" in reg.attrs["source_provenance"]
+    assert reg.attrs["pipeline_version"] and reg.attrs["data_config_hash"]
+    # bilinear regridding of a smooth field: regridded values lie within the source's range
+    assert 4500 < float(reg["z500"].min()) and float(reg["z500"].max()) < 6000
+
+
+def test_normalised_store_inverts_to_the_regridded_one(prepared) -> None:
+    tmp, cfg_path = prepared
+    cfg = load_config([cfg_path])
+    reg = open_store(tmp / cfg.regridded_path)
+    norm = open_store(tmp / cfg.normalised_path)
+    stats = read_stats(tmp / cfg.stats_path)
+    back = denormalise(norm, stats)
+    np.testing.assert_allclose(back["z500"].values, reg["z500"].values, rtol=1e-6)
+    train = norm["z500"].isel(time=np.flatnonzero(norm["split"].values == 1))
+    w = np.cos(np.deg2rad(norm["latitude"]))
+    assert float(train.weighted(w).mean()) == pytest.approx(0, abs=1e-5)
+    assert int((norm["split"] == 1).sum()) == 48
+
+
+def test_mlflow_parent_and_stage_runs(prepared) -> None:
+    from mlflow.tracking import MlflowClient
+
+    tmp, cfg_path = prepared
+    cfg = load_config([cfg_path])
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.experiment)
+    parent_id = (tmp / cfg.exp_dir / "mlflow_parent_run_id").read_text().strip()
+    runs = client.search_runs([exp.experiment_id])
+    children = {
+        r.data.tags.get("pipeline.stage"): r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id
+    }
+    assert set(children) == {"prepare", "normalise"}
+    prep = children["prepare"]
+    assert prep.info.status == "FINISHED"
+    assert prep.data.params["data.grid.resolution"] == "5.0"
+    assert prep.data.metrics["bytes_written"] > 0 and prep.data.metrics["throughput_MBps"] > 0
+    assert prep.data.tags["source_hashes"]
+    arts = {a.path for a in client.list_artifacts(prep.info.run_id)}
+    assert {"config.json", "quicklook_regrid.png"} <= arts
+    norm = children["normalise"]
+    assert norm.data.metrics["std_z500"] == pytest.approx(read_stats(tmp / cfg.stats_path)["z500"]["std"])
+    assert "stats.json" in {a.path for a in client.list_artifacts(norm.info.run_id)}
+
+
+def test_unreachable_tracking_server_does_not_stop_the_stage(tmp_path: Path) -> None:
+    cfg = _write_cfg(tmp_path, tracking={"uri": "http://127.0.0.1:9", "enabled": True})
+    r = _cli("prepare", "--config", str(cfg), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "MLflow tracking unavailable" in r.stderr
+    assert (tmp_path / "results" / "eofs-z500" / "data" / "regridded.zarr" / "zarr.json").exists()
+
+
+def test_cli_help_and_config_errors(tmp_path: Path) -> None:
+    for cmd in ("prepare", "normalise", "check-config"):
+        r = _cli(cmd, "--help", cwd=tmp_path)
+        assert r.returncode == 0 and "--config" in r.stdout
+    bad = _write_cfg(tmp_path, seed="zero")
+    r = _cli("prepare", "--config", str(bad), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "seed = 'zero'" in r.stderr and "Traceback" not in r.stderr
+    ok = _cli("check-config", "--config", str(_write_cfg(tmp_path)), cwd=tmp_path)
+    assert ok.returncode == 0 and "config OK" in ok.stdout
+
+
+def test_interrupted_write_leaves_no_output(tmp_path: Path) -> None:
+    final = tmp_path / "store.zarr"
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.mkdir()
+        (tmp / "half").write_text("partial")
+        raise RuntimeError("killed")
+    assert not final.exists()
+    assert list(tmp_path.iterdir()) == []
+    final.mkdir()
+    (final / "old").write_text("previous complete output")
+    with atomic_path(final) as tmp:
+        tmp.mkdir()
+        (tmp / "new").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["new"]
+
+
+def test_mlflow_sqlite_works_after_grib_backend_loaded(tmp_path: Path) -> None:
+    """eccodes bundles an old SQLite; importing pipeline first keeps MLflow's store readable."""
+    code = (
+        "import pipeline, cfgrib, sqlite3\n"
+        "from mlflow.tracking import MlflowClient\n"
+        f"c = MlflowClient(tracking_uri='sqlite:///{tmp_path}/m.db')\n"
+        "c.create_experiment('x')\n"
+        "print(sqlite3.sqlite_version)\n"
+    )
+    pytest.importorskip("cfgrib")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert tuple(int(x) for x in r.stdout.strip().split(".")) >= (3, 31)

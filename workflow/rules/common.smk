@@ -1,0 +1,14 @@
+# Parse-time validation and path lookups. Anything longer than a lookup lives in pipeline/.
+from pipeline.config import load_config, resolved_config_path, section_json
+from pipeline.prepare import check_data
+
+# A bad key, type or value, a missing variable or a split outside the data fails here,
+# before any job is submitted, naming the config key.
+CFG = load_config(config)
+_, SOURCE_FILES, _ = check_data(CFG)
+CONFIG_FILE = str(resolved_config_path(CFG))
+EXP = str(CFG.exp_dir)
+
+
+def settings(*keys):
+    return section_json(CFG, *keys)
