@@ -10,6 +10,7 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
@@ -17,3 +18,4 @@ rule all:
     input:
         f"{EXP}/data/normalised.zarr",
         f"{EXP}/data/stats.json",
+        f"{EXP}/checkpoints/final.pt",

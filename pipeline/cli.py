@@ -19,6 +19,7 @@ log = logging.getLogger("pipeline")
 STAGES: dict[str, str] = {
     "prepare": "open the raw files, select variables and levels, regrid, write regridded.zarr",
     "normalise": "area-weighted training statistics, write normalised.zarr and stats.json",
+    "train": "DeepSpeed training launched by submitit (SLURM or local processes); resumes from checkpoints",
 }
 
 
@@ -46,10 +47,23 @@ def _check_config(cfg: Config) -> None:
     )
 
 
-def _run_stage(name: str, cfg: Config) -> None:
+def _run_stage(name: str, cfg: Config, config_paths: Sequence[str]) -> None:
     from pipeline.tracking import stage_run
 
     t0 = time.perf_counter()
+    if name == "train":
+        from pipeline.launch import launch, prepare_checkpoint_dir
+
+        resuming = prepare_checkpoint_dir(cfg)
+        log.info("train: %s", "resuming from the last checkpoint" if resuming else "starting afresh")
+        results = launch(cfg, [str(Path(p).resolve()) for p in config_paths], "pipeline.train:run_training", "train")
+        log.info(
+            "train finished in %.1f s at step %d -> %s",
+            time.perf_counter() - t0,
+            results[0]["step"],
+            cfg.final_checkpoint,
+        )
+        return
     with stage_run(cfg.tracking_uri, cfg.experiment, cfg.exp_dir, name, enabled=cfg.tracking.enabled) as run:
         out = _stage_fn(name)(cfg, run)
     log.info("%s finished in %.1f s -> %s", name, time.perf_counter() - t0, out)
@@ -86,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             _check_config(cfg)
         else:
-            _run_stage(args.command, cfg)
+            _run_stage(args.command, cfg, args.config)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

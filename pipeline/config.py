@@ -160,6 +160,122 @@ class DataConfig(_Section):
         return v
 
 
+class ModelConfig(_Section):
+    base_channels: int = Field(32, description="Channels of the first U-Net level; the size knob.")
+    channel_mults: list[int] = Field(
+        [1, 2], description="Channel multiplier per level; each level after the first halves the grid."
+    )
+    num_res_blocks: int = Field(1, description="Residual blocks per level.")
+    attention_levels: list[int] = Field(
+        [1], description="Levels (0-based) with spatial self-attention; every block has temporal attention."
+    )
+    heads: int = Field(4, description="Attention heads.")
+    dropout: float = Field(0.0, description="Dropout in residual blocks.")
+    periodic_lon: bool | None = Field(
+        None, description="Circular padding in longitude; null = true exactly when the grid is global."
+    )
+    lat_padding: Literal["reflect", "zeros"] = Field("reflect", description="Padding at the north/south edges.")
+    day_of_year: bool = Field(True, description="Condition on the day of year of each frame.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass (less memory, ~30% slower)."
+    )
+
+    @field_validator("base_channels", "num_res_blocks", "heads")
+    @classmethod
+    def _pos(cls, v: int) -> int:
+        if v < 1:
+            msg = f"must be >= 1, got {v}"
+            raise ValueError(msg)
+        return v
+
+
+class DiffusionConfig(_Section):
+    logsnr_min: float = Field(-20.0, description="logsnr at t = 1 (seed: -30).")
+    logsnr_max: float = Field(20.0, description="logsnr at t = 0 (seed: 30).")
+    shift: float = Field(0.0, description="Shifted cosine schedule: 2 log(base / resolution); 0 = the seed's schedule.")
+    weighting: Literal["v", "eps", "elbo", "sigmoid"] = Field(
+        "v", description="Loss weighting; 'v' is the seed's v-MSE."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DiffusionConfig:
+        if not self.logsnr_min < self.logsnr_max:
+            msg = f"logsnr_min ({self.logsnr_min}) must be smaller than logsnr_max ({self.logsnr_max})"
+            raise ValueError(msg)
+        return self
+
+
+class TrainConfig(_Section):
+    clip_frames: int = Field(8, description="Frames per training clip.")
+    clip_stride: int = Field(1, description="Time steps between the starts of consecutive clips.")
+    micro_batch: int = Field(4, description="Clips per process per forward pass.")
+    grad_accum: int = Field(
+        1, description="Micro batches per optimizer step; global batch = micro_batch x grad_accum x processes."
+    )
+    steps: int = Field(300, description="Optimizer steps in total.")
+    lr: float = Field(2e-4, description="Peak learning rate (AdamW).")
+    warmup_steps: int = Field(50, description="Linear warm-up steps, then cosine decay to min_lr_ratio x lr.")
+    min_lr_ratio: float = Field(0.1, description="Final learning rate as a fraction of lr.")
+    weight_decay: float = Field(0.01, description="AdamW weight decay.")
+    clip_grad: float = Field(1.0, description="Gradient norm clipping; 0 = off.")
+    ema_decay: float = Field(0.999, description="Decay of the exponential moving average of the weights.")
+    zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage (0, 1, 2).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on GPUs, fp32 on the CPU.")
+    low_discrepancy: bool = Field(True, description="Stratified t across the batch (VDM); lower-variance loss.")
+    log_every: int = Field(10, description="Steps between metric logs.")
+    val_every: int = Field(100, description="Steps between validation losses (raw and EMA weights).")
+    val_clips: int = Field(8, description="Validation clips (the first N) for the validation loss.")
+    checkpoint_every: int = Field(100, description="Steps between checkpoints (and one at the end).")
+    keep_last: int = Field(2, description="Checkpoints kept: the last N ...")
+    keep_every: int = Field(0, description="... plus every one whose step is a multiple of this (0 = none).")
+    num_workers: int = Field(1, description="Data loader worker processes per training process.")
+
+    @model_validator(mode="after")
+    def _positive(self) -> TrainConfig:
+        for key in (
+            "clip_frames",
+            "clip_stride",
+            "micro_batch",
+            "grad_accum",
+            "steps",
+            "log_every",
+            "val_every",
+            "val_clips",
+            "checkpoint_every",
+            "keep_last",
+        ):
+            if getattr(self, key) < 1:
+                msg = f"{key} must be >= 1, got {getattr(self, key)}"
+                raise ValueError(msg)
+        if not 0 <= self.ema_decay < 1:
+            msg = f"ema_decay must be in [0, 1), got {self.ema_decay}"
+            raise ValueError(msg)
+        if self.lr <= 0:
+            msg = f"lr must be > 0, got {self.lr}"
+            raise ValueError(msg)
+        return self
+
+
+class LaunchConfig(_Section):
+    executor: Literal["auto", "local", "slurm"] = Field(
+        "auto", description="auto = SLURM when sbatch is on PATH, else local processes."
+    )
+    nodes: int = Field(1, description="Nodes for GPU stages.")
+    tasks_per_node: int = Field(1, description="Processes per node: one per GPU on GPU nodes.")
+    gpus_per_node: int = Field(0, description="GPUs per node (0 = CPU training, gloo backend).")
+    cpus_per_task: int = Field(2, description="CPU cores per process (data loader workers + main).")
+    mem_gb: float = Field(8, description="Memory per node in GB.")
+    timeout_min: int = Field(
+        60, description="Wall time per job in minutes; the job requeues from its last checkpoint after it."
+    )
+    partition: str | None = Field(None, description="SLURM partition.")
+    account: str | None = Field(None, description="SLURM account.")
+    qos: str | None = Field(None, description="SLURM QOS.")
+    constraint: str | None = Field(None, description="SLURM constraint (e.g. a GPU type).")
+    extra_sbatch: dict[str, str] = Field(default_factory=dict, description="More sbatch options, e.g. {exclusive: ''}.")
+    max_requeues: int = Field(3, description="Requeues after preemption or time-out before giving up.")
+
+
 class TrackingConfig(_Section):
     uri: str | None = Field(
         None,
@@ -173,6 +289,10 @@ class Config(_Section):
     results_dir: str = Field("results", description="Folder for all outputs, relative to the working directory.")
     seed: int = Field(0, description="Seed for every random choice; same config + hardware gives the same numbers.")
     data: DataConfig = Field(description="Data preparation: source, variables, grid, split.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The 3D U-Net.")
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig, description="Noise schedule and loss.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="DeepSpeed training.")
+    launch: LaunchConfig = Field(default_factory=LaunchConfig, description="How GPU stages are launched (submitit).")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
 
     @field_validator("experiment")
@@ -203,6 +323,14 @@ class Config(_Section):
     @property
     def stats_path(self) -> Path:
         return self.data_dir / "stats.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.exp_dir / "checkpoints"
+
+    @property
+    def final_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "final.pt"
 
     @property
     def tracking_uri(self) -> str:

@@ -172,6 +172,7 @@ def stage_run(
 
         client = MlflowClient(tracking_uri=uri)
         exp_id, parent = _parent_run(client, exp_dir, experiment, Path(exp_dir).parent / "mlartifacts")
+        client.update_run(parent, status="RUNNING")
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
             child = run_id
@@ -198,3 +199,5 @@ def stage_run(
         raise
     finally:
         run._guard("set_terminated", child, status)
+        if parent is not None and run.active:
+            run._guard("update_run", parent, "FINISHED")

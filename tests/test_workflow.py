@@ -51,25 +51,38 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+CI = ["--configfile", "config/experiments/ci.yaml"]
+
+
 @pytest.mark.workflow
 def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(workdir: Path) -> None:
-    r = _run([SNAKEMAKE, "--cores", "2"], workdir)
+    r = _run([SNAKEMAKE, "--cores", "2", *CI], workdir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert (workdir / "results/eofs-z500/data/normalised.zarr/zarr.json").exists()
-    assert (workdir / "results/eofs-z500/data/stats.json").exists()
-    assert (workdir / "results/eofs-z500/benchmarks/regrid_source.tsv").exists()
-    r = _run([SNAKEMAKE, "-n"], workdir)
+    exp = workdir / "results/eofs-z500-ci"
+    assert (exp / "data/normalised.zarr/zarr.json").exists()
+    assert (exp / "data/stats.json").exists()
+    assert (exp / "benchmarks/regrid_source.tsv").exists()
+    assert (exp / "checkpoints/final.pt").exists()
+    r = _run([SNAKEMAKE, "-n", *CI], workdir)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout + r.stderr
-    r = _run([SNAKEMAKE, "-n", "--config", 'data={"grid":{"nan_threshold":0.9}}'], workdir)
+    r = _run([SNAKEMAKE, "-n", *CI, "--config", 'data={"grid":{"nan_threshold":0.9}}'], workdir)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "rule regrid_source:" in out and "Params have changed" in out
-    assert "rule normalise_data:" in out  # downstream of the changed output
+    assert "rule normalise_data:" in out and "rule train_model:" in out  # downstream of the changed output
+    # a training setting reruns training only
+    r = _run([SNAKEMAKE, "-n", *CI, "--config", 'train={"lr":0.001}'], workdir)
+    out = r.stdout + r.stderr
+    assert "rule train_model:" in out and "rule regrid_source:" not in out and "rule normalise_data:" not in out, out
+    # --forcerun train_model reruns training and nothing upstream
+    r = _run([SNAKEMAKE, "-n", *CI, "--forcerun", "train_model"], workdir)
+    out = r.stdout + r.stderr
+    assert "rule train_model:" in out and "rule regrid_source:" not in out and "rule normalise_data:" not in out, out
 
 
 def test_bad_config_fails_at_parse_time(workdir: Path) -> None:
-    r = _run([SNAKEMAKE, "-n", "--config", 'data={"grid":{"resolution":-2}}'], workdir)
+    r = _run([SNAKEMAKE, "-n", *CI, "--config", 'data={"grid":{"resolution":-2}}'], workdir)
     assert r.returncode != 0
     assert "data.grid.resolution = " in r.stdout + r.stderr and "must be > 0 degrees, got -2.0" in r.stdout + r.stderr
-    r = _run([SNAKEMAKE, "-n", "--config", 'data={"variables":[{"name":"t2m"}]}'], workdir)
+    r = _run([SNAKEMAKE, "-n", *CI, "--config", 'data={"variables":[{"name":"t2m"}]}'], workdir)
     assert r.returncode != 0 and "no variable 't2m'" in r.stdout + r.stderr

@@ -1,0 +1,168 @@
+"""Video clips from the normalised zarr store, for torch.
+
+A clip is ``(channels = variables, frames, lat, lon)`` float32 with NaN cells set to 0 and a mask
+(1 = valid) so the loss can leave them out, plus the day of year of each frame. Clips never
+cross the boundary of their split. Reads are whole time chunks: a clip of ``T`` frames touches at
+most ``ceil(T / chunk) + 1`` chunks, and the chunk cache keeps the last few decoded chunks so
+neighbouring clips reuse them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import Dataset, Sampler
+
+from pipeline.data.coords import DataError
+from pipeline.data.stats import SPLIT_NAMES
+
+__all__ = ["ClipDataset", "ClipSampler"]
+
+
+class ClipDataset(Dataset):
+    """Clips of ``frames`` consecutive time steps of one split, starting every ``stride`` steps.
+
+    Args:
+        store: the normalised zarr store (with a ``split`` coordinate).
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        frames: clip length.
+        stride: step between clip starts.
+        variables: channel order; default all data variables, sorted.
+        cache_chunks: decoded time chunks kept per variable (per worker process).
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str],
+        split: str,
+        frames: int,
+        stride: int = 1,
+        variables: list[str] | None = None,
+        cache_chunks: int = 8,
+    ):
+        self.store = str(store)
+        self.split = split
+        self.frames = int(frames)
+        self.stride = int(stride)
+        if self.frames < 1 or self.stride < 1:
+            msg = f"clip frames ({frames}) and stride ({stride}) must be >= 1"
+            raise DataError(msg)
+        with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp inside a directory output
+            warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
+            root = zarr.open_group(self.store, mode="r")
+        names = sorted(
+            k for k, a in root.arrays() if tuple(a.metadata.dimension_names or ()) == ("time", "latitude", "longitude")
+        )
+        self.variables = list(variables) if variables is not None else names
+        missing = [v for v in self.variables if v not in names]
+        if missing:
+            msg = f"{self.store}: no clip variable(s) {missing}; it has {names}"
+            raise DataError(msg)
+        codes = np.asarray(root["split"][:])
+        if split not in SPLIT_NAMES[1:]:
+            msg = f"split must be one of {list(SPLIT_NAMES[1:])}, got {split!r}"
+            raise DataError(msg)
+        idx = np.flatnonzero(codes == SPLIT_NAMES.index(split))
+        if idx.size < self.frames:
+            msg = f"{self.store}: the {split} split has {idx.size} time steps, fewer than a clip ({self.frames} frames)"
+            raise DataError(msg)
+        if np.any(np.diff(idx) != 1):
+            msg = f"{self.store}: the {split} split is not one contiguous period"
+            raise DataError(msg)
+        self.first = int(idx[0])
+        self.length = int(idx.size)
+        self.starts = np.arange(self.first, self.first + self.length - self.frames + 1, self.stride)
+        time = root["time"]
+        units = time.attrs.get("units", "")
+        calendar = time.attrs.get("calendar", "standard")
+        import cftime
+
+        dates = cftime.num2date(np.asarray(time[:]), units, calendar)
+        self.doy = np.array([d.timetuple().tm_yday + d.hour / 24 for d in dates], dtype=np.float32)
+        self.shape = root[self.variables[0]].shape
+        self.chunk = root[self.variables[0]].chunks[0]
+        self.cache_chunks = cache_chunks
+        self._root: zarr.Group | None = None  # opened lazily in each worker process
+        self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _chunk(self, name: str, c: int) -> np.ndarray:
+        key = (name, c)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        if self._root is None:
+            self._root = zarr.open_group(self.store, mode="r")
+        data = np.asarray(self._root[name][c * self.chunk : (c + 1) * self.chunk], dtype=np.float32)
+        self._cache[key] = data
+        if len(self._cache) > self.cache_chunks * len(self.variables):
+            self._cache.popitem(last=False)
+        return data
+
+    def _frames(self, name: str, start: int) -> np.ndarray:
+        stop = start + self.frames
+        parts = [self._chunk(name, c) for c in range(start // self.chunk, (stop - 1) // self.chunk + 1)]
+        block = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        off = start - (start // self.chunk) * self.chunk
+        return block[off : off + self.frames]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        start = int(self.starts[i])
+        x = np.stack([self._frames(v, start) for v in self.variables])  # (C, T, H, W)
+        mask = np.isfinite(x)
+        x = np.where(mask, x, 0.0).astype(np.float32)
+        return {
+            "x": torch.from_numpy(x),
+            "mask": torch.from_numpy(mask.astype(np.float32)),
+            "doy": torch.from_numpy(self.doy[start : start + self.frames].copy()),
+            "start": torch.tensor(start),
+        }
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_root"] = None
+        state["_cache"] = OrderedDict()
+        return state
+
+
+class ClipSampler(Sampler[int]):
+    """An endless, deterministic stream of clip indices for one rank, resumable at any position.
+
+    Epoch ``e`` is a permutation of all clips seeded by ``(seed, e)``; rank ``r`` of ``world`` takes
+    every ``world``-th index from ``r`` (the tail that does not divide evenly is dropped, so all
+    ranks take the same number). ``start`` skips the first ``start`` indices of this rank's stream:
+    after ``k`` optimizer steps, ``start = k * grad_accum * micro_batch``.
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1, start: int = 0, shuffle: bool = True):
+        if n < world:
+            msg = f"{n} clips cannot be shared by {world} ranks"
+            raise DataError(msg)
+        self.n, self.seed, self.rank, self.world, self.start, self.shuffle = n, seed, rank, world, start, shuffle
+        self.per_rank = n // world
+
+    def _epoch(self, e: int) -> np.ndarray:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            perm = torch.randperm(self.n, generator=g).numpy()
+        else:
+            perm = np.arange(self.n)
+        return perm[: self.per_rank * self.world][self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[int]:
+        e, off = divmod(self.start, self.per_rank)
+        while True:
+            for i in self._epoch(e)[off:]:
+                yield int(i)
+            e, off = e + 1, 0
+
+    def __len__(self) -> int:  # endless; DataLoader only needs this for its progress hints
+        return 2**62

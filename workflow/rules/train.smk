@@ -1,0 +1,25 @@
+# Training: the rule runs where Snakemake runs and waits; the GPU job itself is submitted by
+# submitit (pipeline/launch.py) with nodes/GPUs from config.launch, so it is a local rule.
+
+
+localrules:
+    train_model,
+
+
+rule train_model:
+    input:
+        store=f"{EXP}/data/normalised.zarr",
+        stats=f"{EXP}/data/stats.json",
+    output:
+        f"{EXP}/checkpoints/final.pt",
+    log:
+        f"{EXP}/logs/train_model.log",
+    benchmark:
+        f"{EXP}/benchmarks/train_model.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG_FILE,
+        settings=settings("model", "diffusion", "train", "launch", "seed"),
+    shell:
+        "python -m pipeline train --config {params.config} > {log} 2>&1"
