@@ -11,6 +11,8 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/sample.smk"
 
 
 rule all:
@@ -19,3 +21,5 @@ rule all:
         f"{EXP}/data/normalised.zarr",
         f"{EXP}/data/stats.json",
         f"{EXP}/checkpoints/final.pt",
+        f"{EXP}/eval/summary.csv",
+        f"{EXP}/samples",

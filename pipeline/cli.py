@@ -20,10 +20,13 @@ STAGES: dict[str, str] = {
     "prepare": "open the raw files, select variables and levels, regrid, write regridded.zarr",
     "normalise": "area-weighted training statistics, write normalised.zarr and stats.json",
     "train": "DeepSpeed training launched by submitit (SLURM or local processes); resumes from checkpoints",
+    "evaluate": "one sweep point: checkpoint x sampler x steps -> eval/<checkpoint>/<sampler>-<steps>.json",
+    "collect-eval": "the sweep's table (CSV, parquet), summary plot and best checkpoint",
+    "sample": "unconditional clips and long rollouts from the best checkpoint: CF zarr, GIFs, maps, spectra",
 }
 
 
-def _stage_fn(name: str) -> Callable[[Config, object], Path]:
+def _stage_fn(name: str, args: argparse.Namespace) -> Callable[[Config, object], Path]:
     if name == "prepare":
         from pipeline.prepare import run_prepare
 
@@ -32,6 +35,18 @@ def _stage_fn(name: str) -> Callable[[Config, object], Path]:
         from pipeline.normalise import run_normalise
 
         return run_normalise
+    if name == "evaluate":
+        from pipeline.evaluate import evaluate_point
+
+        return lambda cfg, run: evaluate_point(cfg, run, args.checkpoint, args.sampler, args.steps)
+    if name == "collect-eval":
+        from pipeline.evaluate import collect
+
+        return collect
+    if name == "sample":
+        from pipeline.sample import run_sample
+
+        return run_sample
     msg = f"unknown stage {name!r}"
     raise ValueError(msg)
 
@@ -47,7 +62,7 @@ def _check_config(cfg: Config) -> None:
     )
 
 
-def _run_stage(name: str, cfg: Config, config_paths: Sequence[str]) -> None:
+def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argparse.Namespace) -> None:
     from pipeline.tracking import stage_run
 
     t0 = time.perf_counter()
@@ -64,8 +79,9 @@ def _run_stage(name: str, cfg: Config, config_paths: Sequence[str]) -> None:
             cfg.final_checkpoint,
         )
         return
-    with stage_run(cfg.tracking_uri, cfg.experiment, cfg.exp_dir, name, enabled=cfg.tracking.enabled) as run:
-        out = _stage_fn(name)(cfg, run)
+    tags = {"sweep_point": f"{args.checkpoint}/{args.sampler}-{args.steps}"} if name == "evaluate" else None
+    with stage_run(cfg.tracking_uri, cfg.experiment, cfg.exp_dir, name, enabled=cfg.tracking.enabled, tags=tags) as run:
+        out = _stage_fn(name, args)(cfg, run)
     log.info("%s finished in %.1f s -> %s", name, time.perf_counter() - t0, out)
 
 
@@ -86,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="YAML config; repeat to apply override files in order (later wins)",
         )
         sp.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        if name == "evaluate":
+            sp.add_argument("--checkpoint", required=True, help="checkpoint tag, e.g. step-00000300")
+            sp.add_argument("--sampler", required=True, choices=["ancestral", "ddim", "dpmpp_2m"])
+            sp.add_argument("--steps", required=True, type=int, help="sampling steps")
     return p
 
 
@@ -100,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             _check_config(cfg)
         else:
-            _run_stage(args.command, cfg, args.config)
+            _run_stage(args.command, cfg, args.config, args)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -276,6 +276,51 @@ class LaunchConfig(_Section):
     max_requeues: int = Field(3, description="Requeues after preemption or time-out before giving up.")
 
 
+class EvaluateConfig(_Section):
+    checkpoints: Literal["last", "all"] | list[int] = Field(
+        "last", description="'last', 'all' (every kept checkpoint) or a list of checkpoint steps."
+    )
+    samplers: list[Literal["ancestral", "ddim", "dpmpp_2m"]] = Field(
+        ["ddim", "dpmpp_2m"], description="Samplers to compare."
+    )
+    steps: list[int] = Field([10, 25], description="Sampling step counts (NFE) to compare.")
+    guidance_weight: float = Field(
+        2.0, description="Reconstruction-guidance weight w_r for extending the given frames."
+    )
+    context_frames: int = Field(2, description="Frames of each test clip given as known; the rest are generated.")
+    ensemble: int = Field(4, description="Ensemble members per test clip (>= 2 for CRPS and spread).")
+    test_clips: int = Field(4, description="Test clips evaluated (the first N of the test period).")
+    primary_metric: Literal["crps", "rmse"] = Field(
+        "crps", description="Metric (mean over variables) that picks the best checkpoint."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        if self.ensemble < 2:
+            msg = f"ensemble must be >= 2 (CRPS, spread), got {self.ensemble}"
+            raise ValueError(msg)
+        if any(s < 1 for s in self.steps) or not self.steps or not self.samplers:
+            msg = "samplers and steps must be non-empty, steps >= 1"
+            raise ValueError(msg)
+        if self.context_frames < 1 or self.test_clips < 1:
+            msg = "context_frames and test_clips must be >= 1"
+            raise ValueError(msg)
+        return self
+
+
+class SampleConfig(_Section):
+    checkpoint: str = Field(
+        "best", description="'best' (from the evaluation sweep) or a checkpoint tag like 'step-00000300'."
+    )
+    sampler: Literal["ancestral", "ddim", "dpmpp_2m"] = Field("dpmpp_2m", description="Sampler for generation.")
+    steps: int = Field(25, description="Sampling steps.")
+    unconditional: int = Field(4, description="Unconditional clips to generate.")
+    rollouts: int = Field(2, description="Long rollouts, each from real initial frames of the test period.")
+    rollout_frames: int = Field(24, description="Length of each rollout in frames.")
+    guidance_weight: float = Field(2.0, description="Reconstruction-guidance weight for extending rollouts.")
+    netcdf: bool = Field(False, description="Also write the samples as NetCDF.")
+
+
 class TrackingConfig(_Section):
     uri: str | None = Field(
         None,
@@ -293,6 +338,8 @@ class Config(_Section):
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig, description="Noise schedule and loss.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="DeepSpeed training.")
     launch: LaunchConfig = Field(default_factory=LaunchConfig, description="How GPU stages are launched (submitit).")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Checkpoint x sampler x steps sweep.")
+    sample: SampleConfig = Field(default_factory=SampleConfig, description="Sample generation.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
 
     @field_validator("experiment")
@@ -331,6 +378,38 @@ class Config(_Section):
     @property
     def final_checkpoint(self) -> Path:
         return self.checkpoint_dir / "final.pt"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.exp_dir / "eval"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.exp_dir / "samples"
+
+    def kept_checkpoints(self) -> list[str]:
+        """Checkpoint tags that exist after training (saved every checkpoint_every and at the end, then pruned)."""
+        t = self.train
+        saved = sorted({s for s in range(t.checkpoint_every, t.steps + 1, t.checkpoint_every)} | {t.steps})
+        kept = set(saved[-t.keep_last :])
+        if t.keep_every:
+            kept |= {s for s in saved if s % t.keep_every == 0}
+        return [f"step-{s:08d}" for s in sorted(kept)]
+
+    def eval_checkpoints(self) -> list[str]:
+        """The checkpoints of the evaluation sweep; an unknown step is a config error."""
+        kept = self.kept_checkpoints()
+        sel = self.evaluate.checkpoints
+        if sel == "last":
+            return kept[-1:]
+        if sel == "all":
+            return kept
+        tags = [f"step-{s:08d}" for s in sel]
+        missing = [t for t in tags if t not in kept]
+        if missing:
+            msg = f"evaluate.checkpoints: {missing} will not exist after training; kept checkpoints are {kept}"
+            raise ConfigError(msg)
+        return tags
 
     @property
     def tracking_uri(self) -> str:

@@ -12,7 +12,7 @@ import xarray as xr
 
 from pipeline import __version__
 from pipeline.config import Config, ConfigError, config_hash
-from pipeline.data.coords import DataError, standardise
+from pipeline.data.coords import DataError, fill_units, standardise
 from pipeline.data.io import file_provenance, open_source, open_store, resolve_paths, write_zarr
 from pipeline.data.regrid import check_covers, regrid, select, target_grid
 from pipeline.data.stats import split_periods
@@ -40,7 +40,7 @@ def open_selected(cfg: Config) -> tuple[xr.Dataset, list[Path]]:
     paths = _as_config_error("data.source.paths", resolve_paths, cfg.data.source.paths)
     label = paths[0].name if len(paths) == 1 else f"{len(paths)} files ({paths[0].name}, ...)"
     ds = _as_config_error("data.source.paths", open_source, paths, cfg.data.source.engine)
-    ds = _as_config_error("data.source.paths", standardise, ds, label)
+    ds = fill_units(_as_config_error("data.source.paths", standardise, ds, label), label)
     ds = _as_config_error("data.variables", select, ds, [(v.name, v.levels) for v in cfg.data.variables], label)
     return ds, paths
 

@@ -101,6 +101,11 @@ class StageRun:
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         self._guard("log_artifact", self.run_id, str(path), artifact_path)
 
+    def log_to_parent(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """An artifact of the experiment's parent run (sweep tables, summary plots)."""
+        if self.parent_id is not None:
+            self._guard("log_artifact", self.parent_id, str(path), artifact_path)
+
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / name

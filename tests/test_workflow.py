@@ -63,6 +63,7 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(workdir
     assert (exp / "data/stats.json").exists()
     assert (exp / "benchmarks/regrid_source.tsv").exists()
     assert (exp / "checkpoints/final.pt").exists()
+    _check_evaluation_and_samples(exp)
     r = _run([SNAKEMAKE, "-n", *CI], workdir)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout + r.stderr
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'data={"grid":{"nan_threshold":0.9}}'], workdir)
@@ -74,6 +75,12 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(workdir
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'train={"lr":0.001}'], workdir)
     out = r.stdout + r.stderr
     assert "rule train_model:" in out and "rule regrid_source:" not in out and "rule normalise_data:" not in out, out
+    # another sampler list: only the new sweep points (and what collects them) run
+    r = _run([SNAKEMAKE, "-n", *CI, "--config", 'evaluate={"samplers":["ddim","dpmpp_2m","ancestral"]}'], workdir)
+    out = r.stdout + r.stderr
+    points = re.findall(r"wildcards: checkpoint=(step-\d+), sampler=(\w+), steps=(\d+)", out)
+    assert len(points) == 4 and {p[1] for p in points} == {"ancestral"}, points
+    assert "rule collect_evaluation:" in out and "rule train_model:" not in out
     # --forcerun train_model reruns training and nothing upstream
     r = _run([SNAKEMAKE, "-n", *CI, "--forcerun", "train_model"], workdir)
     out = r.stdout + r.stderr
@@ -86,3 +93,48 @@ def test_bad_config_fails_at_parse_time(workdir: Path) -> None:
     assert "data.grid.resolution = " in r.stdout + r.stderr and "must be > 0 degrees, got -2.0" in r.stdout + r.stderr
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'data={"variables":[{"name":"t2m"}]}'], workdir)
     assert r.returncode != 0 and "no variable 't2m'" in r.stdout + r.stderr
+
+
+def _check_evaluation_and_samples(exp: Path) -> None:
+    import json
+
+    import pandas as pd
+    import xarray as xr
+
+    table = pd.read_csv(exp / "eval/summary.csv")
+    assert len(table) == 2 * 2 * 2  # checkpoints x samplers x steps, one variable
+    assert set(table["sampler"]) == {"ddim", "dpmpp_2m"} and set(table["steps"]) == {5, 10}
+    assert (table["crps"] > 0).all() and (table["rmse"] > 0).all()
+    best = json.loads((exp / "eval/best.json").read_text())
+    assert best["checkpoint"] in set(table["checkpoint"])
+    point = json.loads((exp / f"eval/{best['checkpoint']}/{best['sampler']}-{best['steps']}.json").read_text())
+    z = point["variables"]["z500"]
+    assert z["units"] == "m" and len(z["rank_histogram"]) == 4 and len(z["rmse_per_lead"]) == 6
+    samples = exp / "samples"
+    unc = xr.open_zarr(samples / "unconditional.zarr", zarr_format=3, consolidated=False)
+    roll = xr.open_zarr(samples / "rollouts.zarr", zarr_format=3, consolidated=False)
+    assert unc["z500"].dims == ("sample", "frame", "latitude", "longitude") and unc.sizes["sample"] == 2
+    assert roll["z500"].dims == ("rollout", "lead", "latitude", "longitude") and roll.sizes["lead"] == 12
+    for ds in (unc, roll):
+        assert ds.attrs["Conventions"] == "CF-1.8" and ds.attrs["sampler"] == "dpmpp_2m"
+        assert ds["z500"].attrs["units"] == "m" and ds["z500"].attrs["standard_name"] == "geopotential_height"
+        assert ds["latitude"].attrs["units"] == "degrees_north"
+        assert 4000 < float(ds["z500"].mean()) < 7000  # denormalised: metres, not standard units
+    assert roll["time"].dims == ("rollout", "lead")
+    for name in ("z500_rollout.gif", "z500_first_last.png", "z500_spectra.png", "manifest.json"):
+        assert (samples / name).stat().st_size > 0
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{exp.parent / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name(exp.name).experiment_id
+    runs = client.search_runs([exp_id], max_results=500)
+    evals = [r for r in runs if r.data.tags.get("pipeline.stage") == "evaluate"]
+    assert len(evals) == 8
+    for r in evals:  # the same param and metric names at every sweep point: the compare view lines them up
+        assert {"checkpoint", "checkpoint_step", "sampler", "steps", "guidance_weight", "ensemble"} <= set(r.data.params)
+        assert {"crps_z500", "rmse_z500", "spread_skill_z500"} <= set(r.data.metrics)
+    parent = (exp / "mlflow_parent_run_id").read_text().strip()
+    names = {a.path for a in client.list_artifacts(parent, "evaluation")}
+    assert {"evaluation/summary.csv", "evaluation/summary.png", "evaluation/best.json"} <= names
+    stages = {r.data.tags.get("pipeline.stage") for r in runs}
+    assert {"prepare", "normalise", "train", "evaluate", "collect-eval", "sample"} <= stages

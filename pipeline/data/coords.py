@@ -8,6 +8,7 @@ run that may extend past 180 or 360 across the dateline).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -15,7 +16,37 @@ import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import numpy as np
 import xarray as xr
 
-__all__ = ["Axes", "DataError", "find_axes", "standardise", "unwrap_longitude"]
+__all__ = ["CANONICAL_UNITS", "Axes", "DataError", "fill_units", "find_axes", "standardise", "unwrap_longitude"]
+
+log = logging.getLogger(__name__)
+
+# Canonical units of common CF standard names (CF standard name table), used only where a
+# variable has a standard_name but no units attribute.
+CANONICAL_UNITS = {
+    "geopotential_height": "m",
+    "geopotential": "m2 s-2",
+    "air_temperature": "K",
+    "air_pressure_at_mean_sea_level": "Pa",
+    "surface_air_pressure": "Pa",
+    "eastward_wind": "m s-1",
+    "northward_wind": "m s-1",
+    "specific_humidity": "1",
+    "relative_humidity": "1",
+    "precipitation_flux": "kg m-2 s-1",
+    "sea_surface_temperature": "K",
+    "sea_surface_temperature_anomaly": "K",
+}
+
+
+def fill_units(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
+    """Give variables with a known standard_name but no units their canonical CF units (logged)."""
+    for name, da in ds.data_vars.items():
+        std = da.attrs.get("standard_name")
+        if "units" not in da.attrs and std in CANONICAL_UNITS:
+            da.attrs["units"] = CANONICAL_UNITS[std]
+            log.warning("%s: variable %r has no units; using %r, canonical for standard_name %r",
+                        source, name, CANONICAL_UNITS[std], std)
+    return ds
 
 
 class DataError(ValueError):

@@ -8,6 +8,12 @@ CFG = load_config(config)
 _, SOURCE_FILES, _ = check_data(CFG)
 CONFIG_FILE = str(resolved_config_path(CFG))
 EXP = str(CFG.exp_dir)
+EVAL_POINTS = [
+    f"{EXP}/eval/{ckpt}/{sampler}-{steps}.json"
+    for ckpt in CFG.eval_checkpoints()
+    for sampler in CFG.evaluate.samplers
+    for steps in CFG.evaluate.steps
+]
 
 
 def settings(*keys):

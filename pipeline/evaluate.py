@@ -1,0 +1,286 @@
+"""Stage ``evaluate``: one sweep point (checkpoint x sampler x steps), and ``collect`` of the sweep.
+
+For each of the first ``test_clips`` clips of the held-out test period, the first ``context_frames``
+frames are given and an ensemble of ``ensemble`` members generates the rest with reconstruction
+guidance. Metrics are computed per variable in physical units (denormalised): area-weighted RMSE
+of the ensemble mean and bias, fair CRPS, spread/skill, rank histogram, skill per lead frame,
+zonal power spectra of samples vs truth (ratio per band), lag-1 temporal autocorrelation, mean
+and 99th percentile of the sample distribution vs truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from pipeline import metrics
+from pipeline.config import Config
+from pipeline.data.clips import ClipDataset
+from pipeline.data.io import open_store
+from pipeline.data.stats import denormalise, read_stats
+from pipeline.diffusion import SAMPLERS, ReconstructionGuidance
+from pipeline.diffusion.guidance import frame_mask
+from pipeline.tracking import StageRun
+from pipeline.train import load_inference
+
+__all__ = ["collect", "evaluate_point", "point_path"]
+
+log = logging.getLogger(__name__)
+
+
+def point_path(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Path:
+    return cfg.eval_dir / checkpoint / f"{sampler}-{steps}.json"
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _to_xr(arr: np.ndarray, names: list[str], lat: np.ndarray, lon: np.ndarray, member: bool) -> xr.Dataset:
+    """(clip, [member,] C, frame, lat, lon) numpy -> Dataset of one variable per channel."""
+    dims = (
+        ("clip", "member", "frame", "latitude", "longitude") if member else ("clip", "frame", "latitude", "longitude")
+    )
+    return xr.Dataset(
+        {n: (dims, np.take(arr, i, axis=2 if member else 1)) for i, n in enumerate(names)},
+        coords={"latitude": lat, "longitude": lon},
+    )
+
+
+def generate_extensions(
+    model: Any,
+    clips: list[dict[str, torch.Tensor]],
+    context: int,
+    ensemble: int,
+    sampler: str,
+    steps: int,
+    guidance: float,
+    seed: int,
+    device: torch.device,
+    day_of_year: bool,
+) -> np.ndarray:
+    """Ensemble completions of each clip from its first ``context`` frames: (clip, member, C, T, H, W)."""
+    out = []
+    for i, c in enumerate(clips):
+        x = c["x"][None].to(device).expand(ensemble, *c["x"].shape).contiguous()
+        known = x * c["mask"][None].to(device)
+        mask = frame_mask(x.shape[2], context, x)
+        guided = ReconstructionGuidance(model, known, mask, guidance)
+        g = torch.Generator(device=device).manual_seed(seed * 7919 + i)
+        z = torch.randn(x.shape, generator=g, device=device)
+        cond = {"doy": c["doy"][None].to(device).expand(ensemble, -1)} if day_of_year else None
+        out.append(SAMPLERS[sampler](guided, z, steps, cond=cond, generator=g).float().cpu().numpy())
+    return np.stack(out)
+
+
+def score(forecast: xr.Dataset, truth: xr.Dataset, context: int) -> dict[str, Any]:
+    """All metrics per variable on the generated (lead) frames; physical units."""
+    result: dict[str, Any] = {}
+    lead_f = forecast.isel(frame=slice(context, None))
+    lead_t = truth.isel(frame=slice(context, None))
+    for name in forecast.data_vars:
+        f, y = lead_f[name], lead_t[name]
+        spread, _skill, ratio = metrics.spread_skill(f, y)
+        crps = metrics.crps_ensemble(f, y)
+        r: dict[str, Any] = {
+            "rmse": float(metrics.rmse(f, y)),
+            "bias": float(metrics.bias(f, y)),
+            "crps": float(metrics.area_mean(crps, list(crps.dims))),
+            "spread": spread,
+            "spread_skill": ratio,
+            "rank_histogram": metrics.rank_histogram(f, y).tolist(),
+            "rmse_per_lead": metrics.rmse(f, y, dims=["clip", "latitude", "longitude"]).values.tolist(),
+            "crps_per_lead": metrics.area_mean(crps, ["clip", "latitude", "longitude"]).values.tolist(),
+            "mean_sample": float(metrics.area_mean(f, list(f.dims))),
+            "mean_truth": float(metrics.area_mean(y, list(y.dims))),
+            "p99_sample": float(np.nanquantile(f.values, 0.99)),
+            "p99_truth": float(np.nanquantile(y.values, 0.99)),
+            "lag1_autocorr_sample": metrics.lag1_autocorrelation(forecast[name], "frame"),
+            "lag1_autocorr_truth": metrics.lag1_autocorrelation(truth[name], "frame"),
+            "units": forecast[name].attrs.get("units", ""),
+        }
+        if not bool(f.isnull().any()) and f.sizes["longitude"] >= 8:
+            r["spectral_ratio"] = metrics.spectral_ratio(f, y.broadcast_like(f))
+            r["spectrum_sample"] = metrics.zonal_power_spectrum(f).values.tolist()
+            r["spectrum_truth"] = metrics.zonal_power_spectrum(y).values.tolist()
+        result[str(name)] = r
+    return result
+
+
+def evaluate_point(cfg: Config, run: StageRun, checkpoint: str, sampler: str, steps: int) -> Path:
+    t0 = time.perf_counter()
+    e = cfg.evaluate
+    device = _device()
+    path = cfg.checkpoint_dir / "inference" / f"{checkpoint}.pt"
+    model, meta = load_inference(path, device)
+    frames = int(meta["clip_frames"])
+    if e.context_frames >= frames:
+        msg = f"evaluate.context_frames ({e.context_frames}) must be smaller than train.clip_frames ({frames})"
+        raise ValueError(msg)
+    ds = ClipDataset(cfg.normalised_path, "test", frames, 1, variables=meta["variables"])
+    n = min(e.test_clips, len(ds))
+    idx = np.linspace(0, len(ds) - 1, n).round().astype(int)  # spread over the test period
+    clips = [ds[int(i)] for i in idx]
+    torch.manual_seed(cfg.seed)
+    gen_t0 = time.perf_counter()
+    with torch.no_grad():
+        ens = generate_extensions(
+            model,
+            clips,
+            e.context_frames,
+            e.ensemble,
+            sampler,
+            steps,
+            e.guidance_weight,
+            cfg.seed,
+            device,
+            bool(meta["model_config"].get("day_of_year")),
+        )
+    gen_s = time.perf_counter() - gen_t0
+    truth = np.stack([c["x"].numpy() for c in clips])
+    masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)
+    truth = np.where(masks, truth, np.nan)
+    ens = np.where(masks[:, None], ens, np.nan)
+    store = open_store(cfg.normalised_path)
+    lat, lon = store["latitude"].values, store["longitude"].values
+    stats = read_stats(cfg.stats_path)
+    names = meta["variables"]
+    f = denormalise(_to_xr(ens, names, lat, lon, True), stats)
+    y = denormalise(_to_xr(truth, names, lat, lon, False), stats)
+    for v in names:
+        f[v].attrs["units"] = y[v].attrs["units"] = stats[v].get("units", "")
+    result = {
+        "checkpoint": checkpoint,
+        "checkpoint_step": int(meta["step"]),
+        "sampler": sampler,
+        "steps": steps,
+        "guidance_weight": e.guidance_weight,
+        "ensemble": e.ensemble,
+        "test_clips": n,
+        "context_frames": e.context_frames,
+        "clip_frames": frames,
+        "clip_starts": [str(store["time"].values[int(c["start"])])[:19] for c in clips],
+        "samples_per_s": n * e.ensemble / gen_s,
+        "seconds": time.perf_counter() - t0,
+        "variables": score(f, y, e.context_frames),
+    }
+    out = point_path(cfg, checkpoint, sampler, steps)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    run.log_params(
+        {
+            "checkpoint": checkpoint,
+            "checkpoint_step": result["checkpoint_step"],
+            "sampler": sampler,
+            "steps": steps,
+            "guidance_weight": e.guidance_weight,
+            "ensemble": e.ensemble,
+            "test_clips": n,
+            "context_frames": e.context_frames,
+        }
+    )
+    flat = {"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]}
+    for v, r in result["variables"].items():
+        for k in (
+            "rmse",
+            "bias",
+            "crps",
+            "spread",
+            "spread_skill",
+            "mean_sample",
+            "p99_sample",
+            "lag1_autocorr_sample",
+        ):
+            flat[f"{k}_{v}"] = r[k]
+        for lead, (a, b) in enumerate(zip(r["rmse_per_lead"], r["crps_per_lead"], strict=True), start=1):
+            run.log_metrics({f"rmse_lead_{v}": a, f"crps_lead_{v}": b}, step=lead)
+    run.log_metrics(flat)
+    run.set_tags({"checkpoint_file": str(path), "sweep_point": f"{checkpoint}/{sampler}-{steps}"})
+    run.log_artifact(out)
+    log.info(
+        "evaluate %s %s-%d: %s",
+        checkpoint,
+        sampler,
+        steps,
+        {v: {k: round(r[k], 4) for k in ("rmse", "crps", "spread_skill")} for v, r in result["variables"].items()},
+    )
+    return out
+
+
+def collect(cfg: Config, run: StageRun) -> Path:
+    """One table (CSV + parquet) of the sweep, summary plots, and ``best.json`` (primary metric)."""
+    import pandas as pd
+
+    from pipeline.plots import sweep_summary
+
+    rows = []
+    for ckpt in cfg.eval_checkpoints():
+        for sampler in cfg.evaluate.samplers:
+            for steps in cfg.evaluate.steps:
+                res = json.loads(point_path(cfg, ckpt, sampler, steps).read_text())
+                for v, r in res["variables"].items():
+                    rows.append(
+                        {
+                            "checkpoint": ckpt,
+                            "checkpoint_step": res["checkpoint_step"],
+                            "sampler": sampler,
+                            "steps": steps,
+                            "variable": v,
+                            "samples_per_s": res["samples_per_s"],
+                            **{
+                                k: r[k]
+                                for k in (
+                                    "rmse",
+                                    "bias",
+                                    "crps",
+                                    "spread",
+                                    "spread_skill",
+                                    "mean_sample",
+                                    "mean_truth",
+                                    "p99_sample",
+                                    "p99_truth",
+                                    "lag1_autocorr_sample",
+                                    "lag1_autocorr_truth",
+                                )
+                            },
+                        }
+                    )
+    table = pd.DataFrame(rows)
+    out = cfg.eval_dir
+    table.to_csv(out / "summary.csv", index=False)
+    table.to_parquet(out / "summary.parquet", index=False)
+    primary = cfg.evaluate.primary_metric
+    # variables in different units: rank by the metric normalised by each variable's std
+    stats = read_stats(cfg.stats_path)
+    table["score"] = table[primary] / table["variable"].map(lambda v: stats[v]["std"])
+    per_point = table.groupby(["checkpoint", "sampler", "steps"], as_index=False)["score"].mean()
+    best = per_point.sort_values("score").iloc[0]
+    best_info = {
+        "checkpoint": best["checkpoint"],
+        "sampler": best["sampler"],
+        "steps": int(best["steps"]),
+        "primary_metric": primary,
+        "score": float(best["score"]),
+        "file": str(cfg.checkpoint_dir / "inference" / f"{best['checkpoint']}.pt"),
+    }
+    (out / "best.json").write_text(json.dumps(best_info, indent=2))
+    plot = sweep_summary(table, primary, out / "summary.png")
+    for p in (out / "summary.csv", out / "summary.parquet", out / "best.json", plot):
+        run.log_artifact(p)
+        run.log_to_parent(p, "evaluation")
+    run.log_metrics({f"best_{primary}_score": best_info["score"], "points": len(per_point)})
+    run.set_tags(
+        {"best_checkpoint": best_info["checkpoint"], "best_sampler": f"{best_info['sampler']}-{best_info['steps']}"}
+    )
+    log.info("best: %s", best_info)
+    return out / "best.json"

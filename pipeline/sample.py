@@ -1,0 +1,246 @@
+"""Stage ``sample``: generation from the best (or a named) checkpoint.
+
+- ``unconditional.zarr``: ``sample.unconditional`` clips (dims sample, frame, latitude, longitude),
+  conditioned on the days of year of the first test clip;
+- ``rollouts.zarr``: ``sample.rollouts`` long rollouts (dims rollout, lead, latitude, longitude, with a
+  2-D ``time`` coordinate), each extended from real initial frames of the test period by
+  reconstruction guidance, window = the training clip length, overlap = ``evaluate.context_frames``;
+- per variable: an animated GIF of rollout 0 beside the truth for the same initial frames, maps of
+  the first and last frame, and zonal power spectra of samples vs the test period.
+
+Everything is denormalised to physical units with the variables' CF attributes, plus provenance
+(checkpoint, sampler, steps, seed, guidance). The folder is written under a temporary name and
+renamed when complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from pipeline import __version__
+from pipeline.config import Config
+from pipeline.data.io import atomic_path, open_store, write_zarr
+from pipeline.data.stats import denormalise, read_stats
+from pipeline.diffusion import SAMPLERS, extend
+from pipeline.plots import animate_side_by_side, first_last_maps, spectra_plot
+from pipeline.tracking import StageRun
+from pipeline.train import load_inference
+
+__all__ = ["resolve_checkpoint", "run_sample"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(cfg: Config) -> str:
+    if cfg.sample.checkpoint != "best":
+        return cfg.sample.checkpoint
+    best = cfg.eval_dir / "best.json"
+    if not best.exists():
+        msg = f"sample.checkpoint = 'best' needs {best} (run the evaluation sweep first) or name a checkpoint tag"
+        raise FileNotFoundError(msg)
+    return json.loads(best.read_text())["checkpoint"]
+
+
+def _doy(times: np.ndarray) -> np.ndarray:
+    t = pd.DatetimeIndex(times)
+    return (t.dayofyear + t.hour / 24).to_numpy(dtype=np.float32)
+
+
+def _as_dataset(
+    arr: np.ndarray, names: list[str], dims: tuple[str, ...], coords: dict[str, Any], attrs: dict[str, dict]
+) -> xr.Dataset:
+    ds = xr.Dataset({n: (dims, arr[:, i]) for i, n in enumerate(names)}, coords=coords)
+    for n in names:
+        ds[n].attrs = dict(attrs.get(n, {}))
+    return ds
+
+
+def run_sample(cfg: Config, run: StageRun) -> Path:
+    t0 = time.perf_counter()
+    s = cfg.sample
+    tag = resolve_checkpoint(cfg)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model, meta = load_inference(cfg.checkpoint_dir / "inference" / f"{tag}.pt", device)
+    names: list[str] = meta["variables"]
+    frames = int(meta["clip_frames"])
+    use_doy = bool(meta["model_config"].get("day_of_year"))
+    store = open_store(cfg.normalised_path)
+    regridded = open_store(cfg.regridded_path)
+    stats = read_stats(cfg.stats_path)
+    var_attrs = {n: {k: v for k, v in regridded[n].attrs.items()} for n in names}
+    lat, lon = store["latitude"], store["longitude"]
+    times = store["time"].values
+    test_idx = np.flatnonzero(store["split"].values == 3)
+    step = np.median(np.diff(times)) if times.size > 1 else np.timedelta64(1, "D")
+    sampler = SAMPLERS[s.sampler]
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    shape = (len(names), frames, lat.size, lon.size)
+
+    # unconditional clips, dated like the first test clip
+    gen_t0 = time.perf_counter()
+    dates = times[test_idx[0]] + step * np.arange(frames)
+    cond = {"doy": torch.from_numpy(_doy(dates))[None].expand(s.unconditional, -1).to(device)} if use_doy else None
+    with torch.no_grad():
+        unc = (
+            sampler(
+                model,
+                torch.randn((s.unconditional, *shape), generator=g, device=device),
+                s.steps,
+                cond=cond,
+                generator=g,
+            )
+            .float()
+            .cpu()
+            .numpy()
+        )
+
+    # rollouts from real initial frames spread over the test period
+    m = cfg.evaluate.context_frames
+    data = np.stack([store[n].values for n in names], axis=1)  # (time, C, lat, lon), normalised
+    starts = np.linspace(test_idx[0], max(test_idx[0], test_idx[-1] - m + 1), s.rollouts).round().astype(int)
+    rollouts, truth, rdates = [], [], []
+    for r, start in enumerate(starts):
+        init = torch.from_numpy(np.nan_to_num(data[start : start + m]).transpose(1, 0, 2, 3))[None].to(device)
+        d = times[start] + step * np.arange(s.rollout_frames)
+        rdates.append(d)
+
+        def cond_for(window_start: int, window: int, d: np.ndarray = d) -> dict[str, torch.Tensor] | None:
+            if not use_doy:
+                return None
+            dd = d[0] + step * (window_start + np.arange(window))
+            return {"doy": torch.from_numpy(_doy(dd))[None].to(device)}
+
+        out = extend(
+            model,
+            sampler,
+            init.float(),
+            s.rollout_frames,
+            frames,
+            s.steps,
+            s.guidance_weight,
+            overlap=m,
+            cond_for_window=cond_for,
+            generator=g,
+        )
+        rollouts.append(out[0].cpu().numpy().transpose(1, 0, 2, 3))  # (lead, C, lat, lon)
+        avail = data[start : start + s.rollout_frames]
+        pad = np.full((s.rollout_frames - avail.shape[0], *avail.shape[1:]), np.nan, dtype=np.float32)
+        truth.append(np.concatenate([avail, pad]))
+        log.info("rollout %d/%d: %d frames from %s", r + 1, s.rollouts, s.rollout_frames, str(times[start])[:10])
+    gen_s = time.perf_counter() - gen_t0
+
+    common = {"latitude": lat, "longitude": lon}
+    unc_ds = denormalise(
+        _as_dataset(
+            unc,
+            names,
+            ("sample", "frame", "latitude", "longitude"),
+            {**common, "doy": ("frame", _doy(dates))},
+            var_attrs,
+        ),
+        stats,
+    )
+    roll_arr = np.stack(rollouts).transpose(0, 2, 1, 3, 4)  # (rollout, C, lead, lat, lon)
+    truth_arr = np.stack(truth).transpose(0, 2, 1, 3, 4)
+    roll_coords = {
+        **common,
+        "lead": np.arange(s.rollout_frames),
+        "time": (("rollout", "lead"), np.stack(rdates), {"standard_name": "time", "long_name": "valid time"}),
+        "init_time": ("rollout", times[starts]),
+    }
+    roll_ds = denormalise(
+        _as_dataset(roll_arr, names, ("rollout", "lead", "latitude", "longitude"), roll_coords, var_attrs), stats
+    )
+    truth_ds = denormalise(
+        _as_dataset(truth_arr, names, ("rollout", "lead", "latitude", "longitude"), roll_coords, var_attrs), stats
+    )
+    for ds in (unc_ds, roll_ds):
+        for n in names:
+            ds[n].attrs.update({k: v for k, v in var_attrs[n].items() if k not in ("units",)})
+            ds[n].attrs["units"] = var_attrs[n].get("units", stats[n].get("units", ""))
+        ds["latitude"].attrs.update(regridded["latitude"].attrs)
+        ds["longitude"].attrs.update(regridded["longitude"].attrs)
+        ds.attrs.update(
+            {
+                "Conventions": "CF-1.8",
+                "title": f"{cfg.experiment}: samples of the video diffusion model",
+                "source": f"pipeline {__version__}, checkpoint {tag} (step {meta['step']})",
+                "sampler": s.sampler,
+                "sampling_steps": s.steps,
+                "seed": cfg.seed,
+                "guidance_weight": s.guidance_weight,
+                "checkpoint_file": str(cfg.checkpoint_dir / "inference" / f"{tag}.pt"),
+                "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} pipeline sample",
+            }
+        )
+    roll_ds["lead"].attrs = {"long_name": "frames since the first initial frame", "units": "1"}
+
+    out_dir = cfg.samples_dir
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        write_zarr(unc_ds, tmp / "unconditional.zarr", time_chunk=frames)
+        write_zarr(roll_ds, tmp / "rollouts.zarr", time_chunk=frames)
+        if s.netcdf:
+            unc_ds.to_netcdf(tmp / "unconditional.nc")
+            roll_ds.drop_vars("time").assign_coords(valid_time=roll_ds["time"]).to_netcdf(tmp / "rollouts.nc")
+        test_truth = denormalise(
+            _as_dataset(
+                data[test_idx][None].transpose(0, 2, 1, 3, 4),
+                names,
+                ("s", "frame", "latitude", "longitude"),
+                common,
+                var_attrs,
+            ),
+            stats,
+        )
+        for n in names:
+            animate_side_by_side(
+                roll_ds[n].isel(rollout=0),
+                truth_ds[n].isel(rollout=0),
+                roll_ds["time"].values[0],
+                tmp / f"{n}_rollout.gif",
+            )
+            first_last_maps(
+                {"rollout 0": roll_ds[n].isel(rollout=0), "unconditional 0": unc_ds[n].isel(sample=0)},
+                tmp / f"{n}_first_last.png",
+            )
+            spectra_plot(roll_ds[n], unc_ds[n], test_truth[n], tmp / f"{n}_spectra.png")
+        (tmp / "manifest.json").write_text(
+            json.dumps(
+                {
+                    "checkpoint": tag,
+                    "sampler": s.sampler,
+                    "steps": s.steps,
+                    "seed": cfg.seed,
+                    "unconditional": s.unconditional,
+                    "rollouts": s.rollouts,
+                    "rollout_frames": s.rollout_frames,
+                    "files": sorted(p.name for p in tmp.iterdir()),
+                },
+                indent=2,
+            )
+        )
+    n_frames = s.unconditional * frames + s.rollouts * s.rollout_frames
+    run.log_params({"sample": s.model_dump(), "checkpoint": tag, "checkpoint_step": meta["step"]})
+    run.log_metrics(
+        {
+            "frames_per_s": n_frames / gen_s,
+            "seconds": time.perf_counter() - t0,
+            **{f"mean_{n}": float(roll_ds[n].mean()) for n in names},
+        }
+    )
+    for p in sorted(out_dir.iterdir()):
+        if p.suffix in (".gif", ".png", ".json"):
+            run.log_artifact(p)
+    log.info("sample: %d frames in %.1f s -> %s", n_frames, gen_s, out_dir)
+    return out_dir

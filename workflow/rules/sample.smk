@@ -1,0 +1,23 @@
+# Sample generation from the best checkpoint of the sweep (or the one named in sample.checkpoint).
+
+
+rule sample_model:
+    input:
+        best=f"{EXP}/eval/best.json",
+        final=f"{EXP}/checkpoints/final.pt",
+    output:
+        directory(f"{EXP}/samples"),
+    log:
+        f"{EXP}/logs/sample_model.log",
+    benchmark:
+        f"{EXP}/benchmarks/sample_model.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        config=CONFIG_FILE,
+        settings=settings("sample", "evaluate.context_frames", "seed"),
+    shell:
+        "python -m pipeline sample --config {params.config} > {log} 2>&1"
