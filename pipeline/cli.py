@@ -79,8 +79,13 @@ def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argpar
             cfg.final_checkpoint,
         )
         return
-    tags = {"sweep_point": f"{args.checkpoint}/{args.sampler}-{args.steps}"} if name == "evaluate" else None
-    with stage_run(cfg.tracking_uri, cfg.experiment, cfg.exp_dir, name, enabled=cfg.tracking.enabled, tags=tags) as run:
+    tags, run_name = None, None
+    if name == "evaluate":
+        tags = {"sweep_point": f"{args.checkpoint}/{args.sampler}-{args.steps}"}
+        run_name = f"evaluate {args.checkpoint} {args.sampler}-{args.steps}"
+    with stage_run(
+        cfg.tracking_uri, cfg.experiment, cfg.exp_dir, name, enabled=cfg.tracking.enabled, tags=tags, run_name=run_name
+    ) as run:
         out = _stage_fn(name, args)(cfg, run)
     log.info("%s finished in %.1f s -> %s", name, time.perf_counter() - t0, out)
 

@@ -258,7 +258,7 @@ class TrainConfig(_Section):
 
 class LaunchConfig(_Section):
     executor: Literal["auto", "local", "slurm"] = Field(
-        "auto", description="auto = SLURM when sbatch is on PATH, else local processes."
+        "auto", description="auto = SLURM when a controller answers (sinfo), else local processes."
     )
     nodes: int = Field(1, description="Nodes for GPU stages.")
     tasks_per_node: int = Field(1, description="Processes per node: one per GPU on GPU nodes.")

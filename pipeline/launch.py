@@ -105,10 +105,21 @@ class DistributedJob(submitit.helpers.Checkpointable):
         return getattr(importlib.import_module(module), fn)(load_config(self.config_paths))
 
 
+def slurm_available() -> bool:
+    """A SLURM controller answers (not just: the client tools are installed)."""
+    if not shutil.which("sbatch") or not shutil.which("sinfo"):
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=15).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
 def _executor(cfg: Config, folder: Path) -> tuple[submitit.Executor, str]:
     kind = cfg.launch.executor
     if kind == "auto":
-        kind = "slurm" if shutil.which("sbatch") else "local"
+        kind = "slurm" if slurm_available() else "local"
+        log.info("launch.executor auto -> %s", kind)
     lc = cfg.launch
     if kind == "slurm":
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm")

@@ -158,6 +158,7 @@ def stage_run(
     rank: int = 0,
     run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
+    run_name: str | None = None,
 ) -> Iterator[StageRun]:
     """Open (or, with ``run_id``, reopen) a child run of the experiment's parent run.
 
@@ -187,7 +188,7 @@ def stage_run(
                 "pipeline.stage": stage,
                 **{k: str(v) for k, v in (tags or {}).items()},
             }
-            child = client.create_run(exp_id, run_name=stage, tags=run_tags).info.run_id
+            child = client.create_run(exp_id, run_name=run_name or stage, tags=run_tags).info.run_id
         log.info("MLflow: stage run %s under parent %s at %s", child, parent, uri)
     except Exception as e:
         log.warning("MLflow tracking unavailable (%s: %s); the stage runs without it", type(e).__name__, e)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +77,27 @@ def write_nc(tmp_path: Path):
         return p
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def ci_workflow(tmp_path_factory) -> Path:
+    """The whole workflow, once per session, on the bundled data with config/experiments/ci.yaml.
+
+    Runs in a copy of the workflow files; returns that folder (results under results/eofs-z500-ci).
+    """
+    snakemake = shutil.which("snakemake")
+    if snakemake is None:
+        pytest.skip("snakemake is not installed")
+    work = tmp_path_factory.mktemp("ci_workflow")
+    for name in ("Snakefile", "workflow", "config", "envs"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    r = subprocess.run(
+        [snakemake, "--cores", "2", "--configfile", "config/experiments/ci.yaml"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    return work

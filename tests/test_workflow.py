@@ -55,9 +55,8 @@ CI = ["--configfile", "config/experiments/ci.yaml"]
 
 
 @pytest.mark.workflow
-def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(workdir: Path) -> None:
-    r = _run([SNAKEMAKE, "--cores", "2", *CI], workdir)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_workflow: Path) -> None:
+    workdir = ci_workflow
     exp = workdir / "results/eofs-z500-ci"
     assert (exp / "data/normalised.zarr/zarr.json").exists()
     assert (exp / "data/stats.json").exists()
@@ -131,7 +130,9 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     evals = [r for r in runs if r.data.tags.get("pipeline.stage") == "evaluate"]
     assert len(evals) == 8
     for r in evals:  # the same param and metric names at every sweep point: the compare view lines them up
-        assert {"checkpoint", "checkpoint_step", "sampler", "steps", "guidance_weight", "ensemble"} <= set(r.data.params)
+        assert {"checkpoint", "checkpoint_step", "sampler", "steps", "guidance_weight", "ensemble"} <= set(
+            r.data.params
+        )
         assert {"crps_z500", "rmse_z500", "spread_skill_z500"} <= set(r.data.metrics)
     parent = (exp / "mlflow_parent_run_id").read_text().strip()
     names = {a.path for a in client.list_artifacts(parent, "evaluation")}

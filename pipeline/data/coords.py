@@ -44,8 +44,13 @@ def fill_units(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
         std = da.attrs.get("standard_name")
         if "units" not in da.attrs and std in CANONICAL_UNITS:
             da.attrs["units"] = CANONICAL_UNITS[std]
-            log.warning("%s: variable %r has no units; using %r, canonical for standard_name %r",
-                        source, name, CANONICAL_UNITS[std], std)
+            log.warning(
+                "%s: variable %r has no units; using %r, canonical for standard_name %r",
+                source,
+                name,
+                CANONICAL_UNITS[std],
+                std,
+            )
     return ds
 
 

@@ -1,0 +1,62 @@
+"""Quality vs NFE for each sampler on the trained default model, and samples/s.
+
+    python benchmarks/eval_nfe.py --config config/config.yaml [--steps 10 25 50 100 250]
+
+Uses the experiment's final checkpoint and test clips (run the workflow first): each test clip's
+first ``evaluate.context_frames`` frames are given, an ensemble generates the rest with
+reconstruction guidance, and CRPS / RMSE (physical units) and the spread/skill ratio are printed
+per sampler and step count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import load_config
+from pipeline.data.clips import ClipDataset
+from pipeline.data.io import open_store
+from pipeline.data.stats import denormalise, read_stats
+from pipeline.diffusion import SAMPLERS
+from pipeline.evaluate import _to_xr, generate_extensions, score
+from pipeline.train import load_inference
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", action="append", default=None)
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50, 100, 250])
+    args = ap.parse_args()
+    cfg = load_config(args.config or ["config/config.yaml"])
+    e = cfg.evaluate
+    model, meta = load_inference(cfg.final_checkpoint)
+    ds = ClipDataset(cfg.normalised_path, "test", meta["clip_frames"], 1, variables=meta["variables"])
+    clips = [ds[i] for i in range(min(e.test_clips, len(ds)))]
+    store = open_store(cfg.normalised_path)
+    lat, lon = store["latitude"].values, store["longitude"].values
+    stats = read_stats(cfg.stats_path)
+    names = meta["variables"]
+    truth = denormalise(_to_xr(np.stack([c["x"].numpy() for c in clips]), names, lat, lon, False), stats)
+    print(f"checkpoint step {meta['step']}, {len(clips)} test clips x {e.ensemble} members, "
+          f"{e.context_frames} given frames, guidance w_r = {e.guidance_weight}, {torch.get_num_threads()} threads")
+    v = names[0]
+    print(f"{'sampler':<11}{'steps':>6}{f'CRPS {v}':>12}{f'RMSE {v}':>12}{'spread/skill':>14}{'samples/s':>11}")
+    for sampler in SAMPLERS:
+        for steps in args.steps:
+            t0 = time.perf_counter()
+            ens = generate_extensions(model, clips, e.context_frames, e.ensemble, sampler, steps, e.guidance_weight,
+                                      cfg.seed, torch.device("cpu"), bool(meta["model_config"].get("day_of_year")))
+            rate = len(clips) * e.ensemble / (time.perf_counter() - t0)
+            r = score(denormalise(_to_xr(ens, names, lat, lon, True), stats), truth, e.context_frames)[v]
+            print(f"{sampler:<11}{steps:>6}{r['crps']:>12.2f}{r['rmse']:>12.2f}{r['spread_skill']:>14.3f}{rate:>11.2f}")
+
+
+if __name__ == "__main__":
+    main()
