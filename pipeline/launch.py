@@ -154,11 +154,18 @@ def _executor(cfg: Config, folder: Path) -> tuple[submitit.Executor, str]:
     return ex, kind
 
 
+# States after which a job will not produce a result (REQUEUED / PREEMPTED jobs come back).
+TERMINAL = {"CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "COMPLETED"}
+
+
 def _squeue_state(job_id: str) -> str | None:
-    """SLURM state from squeue (works without accounting); None when squeue does not know the job."""
+    """SLURM state from squeue (works without accounting; finished jobs stay listed for MinJobAge);
+    None when squeue does not know the job."""
     if not shutil.which("squeue"):
         return None
-    r = subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0], "-o", "%T"], capture_output=True, text=True)
+    r = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", job_id.split("_")[0], "-o", "%T"], capture_output=True, text=True
+    )
     states = [s for s in r.stdout.split() if s]
     return states[0] if r.returncode == 0 and states else None
 
@@ -233,13 +240,19 @@ def launch(cfg: Config, config_paths: Sequence[str], target: str, stage: str, po
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, _cancel)
+    if kind == "slurm":
+        # without slurmdbd submitit's sacct calls fail on every poll; squeue below is the liveness check
+        logging.getLogger("submitit").setLevel(logging.ERROR)
     try:
         while not job.done():
-            if kind == "slurm" and _squeue_state(str(job.job_id)) is None and not job.done():
-                # gone from the queue without a result (killed, node failure): submitit would wait forever
+            state = _squeue_state(str(job.job_id)) if kind == "slurm" else None
+            if kind == "slurm" and (state is None or state in TERMINAL):
+                # ended (cancelled, failed, timed out, node failure) or gone: submitit alone would wait forever
                 time.sleep(poll_s)
                 if not job.done():
-                    msg = f"SLURM job {job.job_id} left the queue without a result; see {folder}"
+                    msg = (
+                        f"SLURM job {job.job_id} ended ({state or 'left the queue'}) without a result; logs in {folder}"
+                    )
                     raise RuntimeError(msg)
             time.sleep(poll_s if kind == "slurm" else 0.2)
         return job.results()

@@ -1,0 +1,249 @@
+"""The training job on a real SLURM cluster (tests/slurm/cluster.sh): submit, scancel + resume,
+reattach after the launcher dies, cancel on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slurm
+CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> dict[str, str]:
+    if os.geteuid() != 0:
+        pytest.skip("starting a SLURM cluster needs root (munged, slurmctld, slurmd)")
+    r = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    env = {**os.environ, "SLURM_CONF": os.environ.get("PIPELINE_SLURM_DIR", "/tmp/pipeline-slurm") + "/slurm.conf"}
+    assert subprocess.run(["sinfo", "-h"], env=env, capture_output=True).returncode == 0
+    return env
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, slurm) -> Path:
+    tmp = tmp_path_factory.mktemp("slurm")
+    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    c["results_dir"] = str(tmp / "results")
+    c["model"].update({"base_channels": 8, "heads": 2})
+    c["train"].update(
+        {
+            "clip_frames": 4,
+            "micro_batch": 2,
+            "steps": 40,
+            "log_every": 1,
+            "val_every": 20,
+            "checkpoint_every": 10,
+            "num_workers": 0,
+            "lr": 1e-3,
+            "warmup_steps": 2,
+        }
+    )
+    c["launch"].update({"executor": "slurm", "tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 4, "timeout_min": 20})
+    (tmp / "base.yaml").write_text(yaml.safe_dump(c))
+    for stage in ("prepare", "normalise"):
+        r = subprocess.run(
+            [sys.executable, "-m", "pipeline", stage, "-c", "base.yaml"],
+            cwd=tmp,
+            env=slurm,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+    return tmp
+
+
+def _experiment(work: Path, name: str) -> tuple[str, Path]:
+    c = yaml.safe_load((work / "base.yaml").read_text())
+    c["experiment"] = name
+    (work / f"{name}.yaml").write_text(yaml.safe_dump(c))
+    dst = work / "results" / name / "data"
+    if not dst.exists():
+        shutil.copytree(work / "results" / "eofs-z500" / "data", dst)
+    return f"{name}.yaml", work / "results" / name
+
+
+def _start(work: Path, cfg: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train", "-c", cfg],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for(pred, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    pytest.fail("timed out waiting")
+
+
+def _state(job_id: str, env: dict) -> str:
+    r = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], env=env, capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def _checkpoint_at(exp: Path, step: int):
+    latest = exp / "checkpoints" / "latest"
+    return lambda: latest.exists() and latest.read_text().strip() == f"step-{step:08d}"
+
+
+def test_scancel_then_rerun_resumes_in_the_same_mlflow_run(work: Path, slurm: dict) -> None:
+    cfg, exp = _experiment(work, "scancel")
+    proc = _start(work, cfg, slurm)
+    _wait_for(_checkpoint_at(exp, 10))
+    job_id = json.loads((exp / "train_job.json").read_text())["job_id"]
+    subprocess.run(["scancel", job_id], env=slurm, check=True)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and f"SLURM job {job_id} ended" in err, err[-2000:]
+    assert not (exp / "checkpoints" / "final.pt").exists()  # nothing downstream sees a partial result
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", "-c", cfg],
+        cwd=work,
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from the last checkpoint" in r.stderr
+    assert json.loads((exp / "train_job.json").read_text())["job_id"] != job_id  # a new job
+    steps = [json.loads(line)["step"] for line in (exp / "train_log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 40 and 11 in steps  # continued after the step-10 checkpoint
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name("scancel").experiment_id
+    train = [r for r in client.search_runs([exp_id]) if r.data.tags.get("pipeline.stage") == "train"]
+    assert len(train) == 1 and train[0].info.status == "FINISHED"
+    assert max(m.step for m in client.get_metric_history(train[0].info.run_id, "loss")) == 40
+
+
+def test_restarted_launcher_reattaches_instead_of_resubmitting(work: Path, slurm: dict) -> None:
+    cfg, exp = _experiment(work, "reattach")
+    proc = _start(work, cfg, slurm)
+    _wait_for(_checkpoint_at(exp, 10))
+    job_id = json.loads((exp / "train_job.json").read_text())["job_id"]
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher dies (e.g. the login node session), the job does not
+    proc.wait()
+    assert _state(job_id, slurm) == "RUNNING"
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", "-c", cfg],
+        cwd=work,
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"reattaching to SLURM job {job_id}" in r.stderr
+    assert json.loads((exp / "train_job.json").read_text())["job_id"] == job_id
+    assert (exp / "checkpoints" / "final.pt").exists()
+
+
+def test_sigterm_to_the_launcher_cancels_the_job(work: Path, slurm: dict) -> None:
+    cfg, exp = _experiment(work, "cancel")
+    proc = _start(work, cfg, slurm)
+    _wait_for(
+        lambda: (
+            (exp / "train_job.json").exists()
+            and _state(json.loads((exp / "train_job.json").read_text())["job_id"], slurm) == "RUNNING"
+        )
+    )
+    job_id = json.loads((exp / "train_job.json").read_text())["job_id"]
+    proc.send_signal(signal.SIGTERM)  # what Snakemake sends its jobs when it is cancelled
+    proc.wait(timeout=60)
+    _wait_for(lambda: _state(job_id, slurm) in ("CANCELLED", "COMPLETING"), timeout=60)
+
+
+def test_snakemake_profile_slurm_runs_the_workflow(slurm: dict, tmp_path: Path) -> None:
+    """`snakemake --profile slurm`: CPU rules as SLURM jobs (executor plugin, squeue status), training
+    submitted by submitit, one evaluation point, sampling. Killed hard (process group) after 15 min."""
+    if shutil.which("snakemake") is None:
+        pytest.skip("snakemake is not installed")
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install snakemake-executor-plugin-slurm")
+    for name in ("Snakefile", "workflow", "config", "envs", "slurm"):
+        src = REPO / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    (tmp_path / "config" / "experiments" / "slurm-test.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "profile-slurm",
+                "evaluate": {"checkpoints": "last", "samplers": ["ddim"], "steps": [5], "test_clips": 1, "ensemble": 2},
+            }
+        )
+    )
+    cmd = [
+        "snakemake",
+        "--profile",
+        "slurm",
+        "--configfile",
+        "config/experiments/ci.yaml",
+        "config/experiments/slurm-test.yaml",
+        "--default-resources",
+        "slurm_partition=debug",
+        "mem_mb=2000",
+        "cpus_per_task=1",
+        "runtime=30",
+        "--set-resources",
+        "regrid_source:mem_mb=2000",
+        "regrid_source:cpus_per_task=1",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=slurm,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the plugin can wait forever on a job it cannot see finish
+        out, _ = proc.communicate()
+        pytest.fail(f"snakemake --profile slurm did not finish in 15 min:\n{out[-4000:]}")
+    assert proc.returncode == 0, out[-4000:]
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", out)
+    assert len(submitted) >= 4, out[-3000:]  # regrid, normalise, the evaluation point, collect, sample
+    exp = tmp_path / "results" / "profile-slurm"
+    assert (exp / "samples" / "manifest.json").exists() and (exp / "eval" / "best.json").exists()
+    assert json.loads((exp / "train_job.json").read_text())["executor"] == "slurm"
+    r = subprocess.run(
+        [
+            "snakemake",
+            "--profile",
+            "slurm",
+            "-n",
+            "--configfile",
+            "config/experiments/ci.yaml",
+            "config/experiments/slurm-test.yaml",
+        ],
+        cwd=tmp_path,
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "Nothing to be done" in r.stdout + r.stderr
