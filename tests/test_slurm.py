@@ -197,6 +197,8 @@ def test_snakemake_profile_slurm_runs_the_workflow(slurm: dict, tmp_path: Path) 
         "snakemake",
         "--profile",
         "slurm",
+        "--seconds-between-status-checks",
+        "10",
         "--configfile",
         "config/experiments/ci.yaml",
         "config/experiments/slurm-test.yaml",
