@@ -31,7 +31,22 @@ from pipeline.diffusion.guidance import frame_mask
 from pipeline.tracking import StageRun
 from pipeline.train import load_inference
 
-__all__ = ["collect", "evaluate_point", "point_path"]
+__all__ = ["SCALAR_METRICS", "collect", "evaluate_point", "point_path"]
+
+# Scalar metrics per variable: MLflow metric names (``<metric>_<variable>``) and table columns.
+SCALAR_METRICS = (
+    "rmse",
+    "bias",
+    "crps",
+    "spread",
+    "spread_skill",
+    "mean_sample",
+    "mean_truth",
+    "p99_sample",
+    "p99_truth",
+    "lag1_autocorr_sample",
+    "lag1_autocorr_truth",
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +170,6 @@ def evaluate_point(cfg: Config, run: StageRun, checkpoint: str, sampler: str, st
     names = meta["variables"]
     f = denormalise(_to_xr(ens, names, lat, lon, True), stats)
     y = denormalise(_to_xr(truth, names, lat, lon, False), stats)
-    for v in names:
-        f[v].attrs["units"] = y[v].attrs["units"] = stats[v].get("units", "")
     result = {
         "checkpoint": checkpoint,
         "checkpoint_step": int(meta["step"]),
@@ -177,30 +190,20 @@ def evaluate_point(cfg: Config, run: StageRun, checkpoint: str, sampler: str, st
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(out)
-    run.log_params(
-        {
-            "checkpoint": checkpoint,
-            "checkpoint_step": result["checkpoint_step"],
-            "sampler": sampler,
-            "steps": steps,
-            "guidance_weight": e.guidance_weight,
-            "ensemble": e.ensemble,
-            "test_clips": n,
-            "context_frames": e.context_frames,
-        }
+    sweep_params = (
+        "checkpoint",
+        "checkpoint_step",
+        "sampler",
+        "steps",
+        "guidance_weight",
+        "ensemble",
+        "test_clips",
+        "context_frames",
     )
+    run.log_params({k: result[k] for k in sweep_params})
     flat = {"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]}
     for v, r in result["variables"].items():
-        for k in (
-            "rmse",
-            "bias",
-            "crps",
-            "spread",
-            "spread_skill",
-            "mean_sample",
-            "p99_sample",
-            "lag1_autocorr_sample",
-        ):
+        for k in SCALAR_METRICS:
             flat[f"{k}_{v}"] = r[k]
         for lead, (a, b) in enumerate(zip(r["rmse_per_lead"], r["crps_per_lead"], strict=True), start=1):
             run.log_metrics({f"rmse_lead_{v}": a, f"crps_lead_{v}": b}, step=lead)
@@ -237,22 +240,7 @@ def collect(cfg: Config, run: StageRun) -> Path:
                             "steps": steps,
                             "variable": v,
                             "samples_per_s": res["samples_per_s"],
-                            **{
-                                k: r[k]
-                                for k in (
-                                    "rmse",
-                                    "bias",
-                                    "crps",
-                                    "spread",
-                                    "spread_skill",
-                                    "mean_sample",
-                                    "mean_truth",
-                                    "p99_sample",
-                                    "p99_truth",
-                                    "lag1_autocorr_sample",
-                                    "lag1_autocorr_truth",
-                                )
-                            },
+                            **{k: r[k] for k in SCALAR_METRICS},
                         }
                     )
     table = pd.DataFrame(rows)

@@ -33,18 +33,7 @@ def quicklook_regrid(before: xr.Dataset, after: xr.Dataset, path: Path) -> Path:
             ((b, "source grid"), (a, f"regridded ({after[name].attrs.get('regrid_method', '')})"))
         ):
             ax = axes[row, col]
-            im = ax.pcolormesh(
-                da["longitude"],
-                da["latitude"],
-                da.transpose("latitude", "longitude"),
-                vmin=vmin,
-                vmax=vmax,
-                shading="nearest",
-                cmap="viridis",
-            )
-            ax.set_title(f"{name}: {title}\n{da.sizes['latitude']} x {da.sizes['longitude']}", fontsize=9)
-            ax.set_xlabel("longitude (deg E)")
-            ax.set_ylabel("latitude (deg N)")
+            im = _map(ax, da, vmin, vmax, f"{name}: {title}\n{da.sizes['latitude']} x {da.sizes['longitude']}")
             fig.colorbar(im, ax=ax, label=units)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,20 @@ def _start(work: Path, cfg: str, env: dict) -> subprocess.Popen:
     )
 
 
+def _train(work: Path, cfg: str, env: dict) -> subprocess.CompletedProcess:
+    """Run the train stage to its end; assert it succeeded."""
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", "-c", cfg],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 def _wait_for(pred, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -117,15 +131,7 @@ def test_scancel_then_rerun_resumes_in_the_same_mlflow_run(work: Path, slurm: di
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and f"SLURM job {job_id} ended" in err, err[-2000:]
     assert not (exp / "checkpoints" / "final.pt").exists()  # nothing downstream sees a partial result
-    r = subprocess.run(
-        [sys.executable, "-m", "pipeline", "train", "-c", cfg],
-        cwd=work,
-        env=slurm,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _train(work, cfg, slurm)
     assert "resuming from the last checkpoint" in r.stderr
     assert json.loads((exp / "train_job.json").read_text())["job_id"] != job_id  # a new job
     steps = [json.loads(line)["step"] for line in (exp / "train_log.jsonl").read_text().splitlines()]
@@ -147,15 +153,7 @@ def test_restarted_launcher_reattaches_instead_of_resubmitting(work: Path, slurm
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher dies (e.g. the login node session), the job does not
     proc.wait()
     assert _state(job_id, slurm) == "RUNNING"
-    r = subprocess.run(
-        [sys.executable, "-m", "pipeline", "train", "-c", cfg],
-        cwd=work,
-        env=slurm,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _train(work, cfg, slurm)
     assert f"reattaching to SLURM job {job_id}" in r.stderr
     assert json.loads((exp / "train_job.json").read_text())["job_id"] == job_id
     assert (exp / "checkpoints" / "final.pt").exists()
