@@ -274,6 +274,9 @@ class LaunchConfig(_Section):
     constraint: str | None = Field(None, description="SLURM constraint (e.g. a GPU type).")
     extra_sbatch: dict[str, str] = Field(default_factory=dict, description="More sbatch options, e.g. {exclusive: ''}.")
     max_requeues: int = Field(3, description="Requeues after preemption or time-out before giving up.")
+    signal_delay_s: int = Field(
+        120, description="Seconds before the time limit at which SLURM signals the job to checkpoint and requeue."
+    )
 
 
 class EvaluateConfig(_Section):

@@ -122,14 +122,14 @@ def _executor(cfg: Config, folder: Path) -> tuple[submitit.Executor, str]:
         log.info("launch.executor auto -> %s", kind)
     lc = cfg.launch
     if kind == "slurm":
-        ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=lc.max_requeues)
         params: dict[str, Any] = {
             "nodes": lc.nodes,
             "tasks_per_node": lc.tasks_per_node,
             "cpus_per_task": lc.cpus_per_task,
             "mem_gb": lc.mem_gb,
             "timeout_min": lc.timeout_min,
-            "slurm_signal_delay_s": 120,
+            "slurm_signal_delay_s": lc.signal_delay_s,
             "name": f"{cfg.experiment}-train",
         }
         if lc.gpus_per_node:

@@ -247,3 +247,26 @@ def test_snakemake_profile_slurm_runs_the_workflow(slurm: dict, tmp_path: Path) 
         timeout=300,
     )
     assert "Nothing to be done" in r.stdout + r.stderr
+    # rerunning one stage under the profile: training and everything downstream, nothing upstream
+    r = subprocess.run(
+        [
+            "snakemake",
+            "--profile",
+            "slurm",
+            "-n",
+            "--forcerun",
+            "train_model",
+            "--configfile",
+            "config/experiments/ci.yaml",
+            "config/experiments/slurm-test.yaml",
+        ],
+        cwd=tmp_path,
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = r.stdout + r.stderr
+    for rule in ("train_model", "evaluate_checkpoint", "collect_evaluation", "sample_model"):
+        assert f"rule {rule}:" in out, out[-3000:]
+    assert "rule regrid_source:" not in out and "rule normalise_data:" not in out
