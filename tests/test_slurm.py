@@ -230,43 +230,30 @@ def test_snakemake_profile_slurm_runs_the_workflow(slurm: dict, tmp_path: Path) 
     exp = tmp_path / "results" / "profile-slurm"
     assert (exp / "samples" / "manifest.json").exists() and (exp / "eval" / "best.json").exists()
     assert json.loads((exp / "train_job.json").read_text())["executor"] == "slurm"
-    r = subprocess.run(
-        [
-            "snakemake",
-            "--profile",
-            "slurm",
-            "-n",
-            "--configfile",
-            "config/experiments/ci.yaml",
-            "config/experiments/slurm-test.yaml",
-        ],
-        cwd=tmp_path,
-        env=slurm,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "Nothing to be done" in r.stdout + r.stderr
+
+    def dry_run(*extra: str) -> str:
+        r = subprocess.run(
+            [
+                "snakemake",
+                "--profile",
+                "slurm",
+                "-n",
+                *extra,
+                "--configfile",
+                "config/experiments/ci.yaml",
+                "config/experiments/slurm-test.yaml",
+            ],
+            cwd=tmp_path,
+            env=slurm,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        return r.stdout + r.stderr
+
+    assert "Nothing to be done" in dry_run()
     # rerunning one stage under the profile: training and everything downstream, nothing upstream
-    r = subprocess.run(
-        [
-            "snakemake",
-            "--profile",
-            "slurm",
-            "-n",
-            "--forcerun",
-            "train_model",
-            "--configfile",
-            "config/experiments/ci.yaml",
-            "config/experiments/slurm-test.yaml",
-        ],
-        cwd=tmp_path,
-        env=slurm,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    out = r.stdout + r.stderr
+    out = dry_run("--forcerun", "train_model")
     for rule in ("train_model", "evaluate_checkpoint", "collect_evaluation", "sample_model"):
         assert f"rule {rule}:" in out, out[-3000:]
     assert "rule regrid_source:" not in out and "rule normalise_data:" not in out
