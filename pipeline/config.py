@@ -20,6 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.atomic import write_text_atomic
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -511,7 +513,5 @@ def resolved_config_path(cfg: Config) -> Path:
     path = cfg.exp_dir / "config.resolved.yaml"
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text_atomic(path, text)
     return path

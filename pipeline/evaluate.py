@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 import xarray as xr
 
 from pipeline import metrics
+from pipeline.atomic import write_text_atomic
 from pipeline.config import Config
 from pipeline.data.clips import ClipDataset
 from pipeline.data.io import open_store
@@ -187,9 +187,7 @@ def evaluate_point(cfg: Config, run: StageRun, checkpoint: str, sampler: str, st
     }
     out = point_path(cfg, checkpoint, sampler, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out)
+    write_text_atomic(out, json.dumps(result, indent=2))
     sweep_params = (
         "checkpoint",
         "checkpoint_step",

@@ -30,6 +30,7 @@ from typing import Any
 
 import submitit
 
+from pipeline.atomic import write_text_atomic
 from pipeline.config import Config, config_hash, load_config
 
 __all__ = ["DistEnv", "DistributedJob", "distributed_env", "launch", "prepare_checkpoint_dir"]
@@ -229,9 +230,7 @@ def launch(cfg: Config, config_paths: Sequence[str], target: str, stage: str, po
     if job is None:
         job = ex.submit(DistributedJob(target, config_paths, str(Path.cwd())))
         tasks = cfg.launch.nodes * cfg.launch.tasks_per_node
-        tmp = job_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"job_id": str(job.job_id), "executor": kind, "tasks": tasks}))
-        tmp.replace(job_file)
+        write_text_atomic(job_file, json.dumps({"job_id": str(job.job_id), "executor": kind, "tasks": tasks}))
         log.info("submitted %s job %s (%d task(s)); logs in %s", kind, job.job_id, tasks, folder)
 
     def _cancel(signum: int, _frame: Any) -> None:

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import write_text_atomic
+
 __all__ = ["StageRun", "flatten", "stage_run"]
 
 log = logging.getLogger(__name__)
@@ -141,9 +143,7 @@ def _parent_run(client: Any, exp_dir: Path, experiment: str, artifact_root: Path
             except Exception:
                 pass
         run = client.create_run(exp_id, run_name=experiment, tags={"pipeline.role": "experiment"})
-        tmp = id_file.with_suffix(".tmp")
-        tmp.write_text(run.info.run_id)
-        tmp.replace(id_file)
+        write_text_atomic(id_file, run.info.run_id)
         return exp_id, run.info.run_id
 
 

@@ -17,6 +17,7 @@ import dask
 import numpy as np
 import xarray as xr
 
+from pipeline.atomic import write_text_atomic
 from pipeline.data.coords import DataError
 
 __all__ = [
@@ -141,9 +142,7 @@ def denormalise(ds: xr.Dataset, stats: Stats) -> xr.Dataset:
 
 def write_stats(stats: Stats, path: Path, extra: Mapping[str, Any] | None = None) -> None:
     payload = {"variables": stats, **(extra or {})}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2))
 
 
 def read_stats(path: str | os.PathLike[str]) -> Stats:
