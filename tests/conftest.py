@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,13 @@ def eraint_path() -> Path:
     if not p.exists():
         pytest.skip(f"real ERA-Interim test file not found at {p} (set PIPELINE_SHARED_DATA)")
     return p
+
+
+def pipeline_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m pipeline <args>`` in ``cwd``, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def analytic(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, pipeline_cli
 
 pytestmark = pytest.mark.slurm
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -55,14 +55,7 @@ def work(tmp_path_factory, slurm) -> Path:
     c["launch"].update({"executor": "slurm", "tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 4, "timeout_min": 20})
     (tmp / "base.yaml").write_text(yaml.safe_dump(c))
     for stage in ("prepare", "normalise"):
-        r = subprocess.run(
-            [sys.executable, "-m", "pipeline", stage, "-c", "base.yaml"],
-            cwd=tmp,
-            env=slurm,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        r = pipeline_cli(stage, "-c", "base.yaml", cwd=tmp, env=slurm, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
     return tmp
 
@@ -91,14 +84,7 @@ def _start(work: Path, cfg: str, env: dict) -> subprocess.Popen:
 
 def _train(work: Path, cfg: str, env: dict) -> subprocess.CompletedProcess:
     """Run the train stage to its end; assert it succeeded."""
-    r = subprocess.run(
-        [sys.executable, "-m", "pipeline", "train", "-c", cfg],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    r = pipeline_cli("train", "-c", cfg, cwd=work, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

@@ -14,7 +14,7 @@ import yaml
 from pipeline.config import load_config
 from pipeline.data.io import atomic_path, open_store
 from pipeline.data.stats import denormalise, read_stats
-from tests.conftest import REPO
+from tests.conftest import REPO, pipeline_cli
 
 
 def _write_cfg(tmp_path: Path, **over) -> Path:
@@ -26,18 +26,12 @@ def _write_cfg(tmp_path: Path, **over) -> Path:
     return p
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("stages")
     cfg = _write_cfg(tmp)
     for stage in ("prepare", "normalise"):
-        r = _cli(stage, "--config", str(cfg), cwd=tmp)
+        r = pipeline_cli(stage, "--config", str(cfg), cwd=tmp, timeout=300)
         assert r.returncode == 0, r.stderr
     return tmp, cfg
 
@@ -102,7 +96,7 @@ def test_mlflow_parent_and_stage_runs(prepared) -> None:
 
 def test_unreachable_tracking_server_does_not_stop_the_stage(tmp_path: Path) -> None:
     cfg = _write_cfg(tmp_path, tracking={"uri": "http://127.0.0.1:9", "enabled": True})
-    r = _cli("prepare", "--config", str(cfg), cwd=tmp_path)
+    r = pipeline_cli("prepare", "--config", str(cfg), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "MLflow tracking unavailable" in r.stderr
     assert (tmp_path / "results" / "eofs-z500" / "data" / "regridded.zarr" / "zarr.json").exists()
@@ -110,13 +104,13 @@ def test_unreachable_tracking_server_does_not_stop_the_stage(tmp_path: Path) -> 
 
 def test_cli_help_and_config_errors(tmp_path: Path) -> None:
     for cmd in ("prepare", "normalise", "check-config"):
-        r = _cli(cmd, "--help", cwd=tmp_path)
+        r = pipeline_cli(cmd, "--help", cwd=tmp_path, timeout=300)
         assert r.returncode == 0 and "--config" in r.stdout
     bad = _write_cfg(tmp_path, seed="zero")
-    r = _cli("prepare", "--config", str(bad), cwd=tmp_path)
+    r = pipeline_cli("prepare", "--config", str(bad), cwd=tmp_path, timeout=300)
     assert r.returncode == 2
     assert "seed = 'zero'" in r.stderr and "Traceback" not in r.stderr
-    ok = _cli("check-config", "--config", str(_write_cfg(tmp_path)), cwd=tmp_path)
+    ok = pipeline_cli("check-config", "--config", str(_write_cfg(tmp_path)), cwd=tmp_path, timeout=300)
     assert ok.returncode == 0 and "config OK" in ok.stdout
 
 

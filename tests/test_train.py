@@ -21,7 +21,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.train import deepspeed_config, load_inference, lr_factor
-from tests.conftest import REPO
+from tests.conftest import REPO, pipeline_cli
 
 pytest.importorskip("deepspeed", reason="DeepSpeed is a project dependency; install it with pip install -e .")
 
@@ -57,19 +57,13 @@ def _config(tmp: Path, name: str, **over) -> Path:
     return p
 
 
-def _cli(*args: str, cwd: Path, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=cwd, capture_output=True, text=True, timeout=600, **kw
-    )
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     """prepare + normalise once; each test copies the data folder into its own experiment."""
     tmp = tmp_path_factory.mktemp("train")
     cfg = _config(tmp, "base")
     for stage in ("prepare", "normalise"):
-        r = _cli(stage, "--config", str(cfg), cwd=tmp)
+        r = pipeline_cli(stage, "--config", str(cfg), cwd=tmp)
         assert r.returncode == 0, r.stderr[-3000:]
     return tmp
 
@@ -108,7 +102,7 @@ def test_lr_factor_and_deepspeed_config(tmp_path: Path) -> None:
 @pytest.mark.parametrize("stage", [0, 2])
 def test_two_processes_train_and_loss_goes_down(data_root: Path, stage: int) -> None:
     cfg, exp = _experiment(data_root, f"zero{stage}", train={"zero_stage": stage, "steps": 12, "checkpoint_every": 12})
-    r = _cli("train", "--config", str(cfg), cwd=data_root)
+    r = pipeline_cli("train", "--config", str(cfg), cwd=data_root)
     assert r.returncode == 0, r.stderr[-3000:]
     losses = _losses(exp)
     assert sorted(losses) == list(range(1, 13))
@@ -137,7 +131,7 @@ def test_zero_stages_agree(data_root: Path) -> None:
 @pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(data_root: Path) -> None:
     ref_cfg, ref = _experiment(data_root, "uninterrupted")
-    r = _cli("train", "--config", str(ref_cfg), cwd=data_root)
+    r = pipeline_cli("train", "--config", str(ref_cfg), cwd=data_root)
     assert r.returncode == 0, r.stderr[-3000:]
 
     cfg, exp = _experiment(data_root, "interrupted")
@@ -160,7 +154,7 @@ def test_kill_and_resume_equals_uninterrupted(data_root: Path) -> None:
     subprocess.run(["pkill", "-9", "-f", f"{exp}/submitit"], check=False)
     assert not (exp / "checkpoints" / "final.pt").exists()
 
-    r = _cli("train", "--config", str(cfg), cwd=data_root)
+    r = pipeline_cli("train", "--config", str(cfg), cwd=data_root)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming from the last checkpoint" in r.stderr
     a, b = _losses(ref), _losses(exp)
