@@ -20,9 +20,11 @@ STAGES: dict[str, str] = {
     "prepare": "open the raw files, select variables and levels, regrid, write regridded.zarr",
     "normalise": "area-weighted training statistics, write normalised.zarr and stats.json",
     "train": "DeepSpeed training launched by submitit (SLURM or local processes); resumes from checkpoints",
-    "evaluate": "one sweep point: checkpoint x sampler x steps -> eval/<checkpoint>/<sampler>-<steps>.json",
+    "evaluate": "the sweep's missing points as one submitit job array (SLURM or local processes), or with "
+    "--checkpoint/--sampler/--steps one point in this process -> eval/<checkpoint>/<sampler>-<steps>.json",
     "collect-eval": "the sweep's table (CSV, parquet), summary plot and best checkpoint",
-    "sample": "unconditional clips and long rollouts from the best checkpoint: CF zarr, GIFs, maps, spectra",
+    "sample": "unconditional clips and long rollouts from the best checkpoint: CF zarr, GIFs, maps, spectra "
+    "(split across sample.processes processes launched by submitit when > 1)",
 }
 
 
@@ -35,10 +37,6 @@ def _stage_fn(name: str, args: argparse.Namespace) -> Callable[[Config, object],
         from pipeline.normalise import run_normalise
 
         return run_normalise
-    if name == "evaluate":
-        from pipeline.evaluate import evaluate_point
-
-        return lambda cfg, run: evaluate_point(cfg, run, args.checkpoint, args.sampler, args.steps)
     if name == "collect-eval":
         from pipeline.evaluate import collect
 
@@ -62,6 +60,28 @@ def _check_config(cfg: Config) -> None:
     )
 
 
+def _evaluate(cfg: Config, config_paths: Sequence[str], args: argparse.Namespace) -> None:
+    from pipeline.evaluate import evaluate_point, missing_points
+
+    point = (args.checkpoint, args.sampler, args.steps)
+    if all(v is not None for v in point):
+        evaluate_point(cfg, *point)
+        return
+    if any(v is not None for v in point):
+        msg = "evaluate: give all of --checkpoint, --sampler and --steps (one point) or none of them (the sweep)"
+        raise ConfigError(msg)
+    from pipeline.launch import launch_array
+
+    cfg.eval_checkpoints()  # an unknown checkpoint step is a config error before anything is submitted
+    todo = missing_points(cfg, force=args.force)
+    if not cfg.final_checkpoint.exists():
+        msg = f"evaluate: {cfg.final_checkpoint} does not exist: train first (python -m pipeline train)"
+        raise ConfigError(msg)
+    log.info("evaluate: %d sweep point(s) to run: %s", len(todo), [f"{c}/{s}-{n}" for c, s, n in todo])
+    paths = [str(Path(p).resolve()) for p in config_paths]
+    launch_array(cfg, paths, "pipeline.evaluate:evaluate_point", todo, "evaluate")
+
+
 def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argparse.Namespace) -> None:
     from pipeline.tracking import stage_run
 
@@ -79,13 +99,18 @@ def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argpar
             cfg.final_checkpoint,
         )
         return
-    tags, run_name = None, None
     if name == "evaluate":
-        tags = {"sweep_point": f"{args.checkpoint}/{args.sampler}-{args.steps}"}
-        run_name = f"evaluate {args.checkpoint} {args.sampler}-{args.steps}"
-    with stage_run(
-        cfg.tracking_uri, cfg.experiment, cfg.exp_dir, name, enabled=cfg.tracking.enabled, tags=tags, run_name=run_name
-    ) as run:
+        _evaluate(cfg, config_paths, args)
+        log.info("evaluate finished in %.1f s", time.perf_counter() - t0)
+        return
+    if name == "sample" and cfg.sample.processes > 1:
+        from pipeline.launch import launch
+
+        paths = [str(Path(p).resolve()) for p in config_paths]
+        out = launch(cfg, paths, "pipeline.sample:sample_task", "sample", processes=cfg.sample.processes)[0]
+        log.info("sample finished in %.1f s -> %s", time.perf_counter() - t0, out)
+        return
+    with stage_run(cfg.tracking_uri, cfg.experiment, cfg.exp_dir, name, enabled=cfg.tracking.enabled) as run:
         out = _stage_fn(name, args)(cfg, run)
     log.info("%s finished in %.1f s -> %s", name, time.perf_counter() - t0, out)
 
@@ -108,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sp.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
         if name == "evaluate":
-            sp.add_argument("--checkpoint", required=True, help="checkpoint tag, e.g. step-00000300")
-            sp.add_argument("--sampler", required=True, choices=["ancestral", "ddim", "dpmpp_2m"])
-            sp.add_argument("--steps", required=True, type=int, help="sampling steps")
+            sp.add_argument("--checkpoint", help="one point: checkpoint tag, e.g. step-00000300")
+            sp.add_argument("--sampler", choices=["ancestral", "ddim", "dpmpp_2m"], help="one point: sampler")
+            sp.add_argument("--steps", type=int, help="one point: sampling steps")
+            sp.add_argument("--force", action="store_true", help="the sweep: rerun points that have a result too")
     return p
 
 

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -282,15 +283,19 @@ class LaunchConfig(_Section):
 
 
 class EvaluateConfig(_Section):
-    checkpoints: Literal["last", "all"] | list[int] = Field(
-        "last", description="'last', 'all' (every kept checkpoint) or a list of checkpoint steps."
+    checkpoints: str | list[int] = Field(
+        "last",
+        description="'last', 'last N' (the N latest kept checkpoints), 'all' (every kept checkpoint) or a list of "
+        "checkpoint steps.",
     )
     samplers: list[Literal["ancestral", "ddim", "dpmpp_2m"]] = Field(
         ["ddim", "dpmpp_2m"], description="Samplers to compare."
     )
     steps: list[int] = Field([10, 25], description="Sampling step counts (NFE) to compare.")
-    guidance_weight: float = Field(
-        2.0, description="Reconstruction-guidance weight w_r for extending the given frames."
+    guidance_weights: list[float] = Field(
+        [2.0],
+        description="Reconstruction-guidance weights w_r for extending the given frames: a sweep axis (each point "
+        "file holds one result per weight; each weight is its own MLflow run).",
     )
     context_frames: int = Field(2, description="Frames of each test clip given as known; the rest are generated.")
     ensemble: int = Field(4, description="Ensemble members per test clip (>= 2 for CRPS and spread).")
@@ -298,6 +303,12 @@ class EvaluateConfig(_Section):
     primary_metric: Literal["crps", "rmse"] = Field(
         "crps", description="Metric (mean over variables) that picks the best checkpoint."
     )
+    array_parallelism: int = Field(
+        4,
+        description="`python -m pipeline evaluate` without a point: sweep points running at once in the submitit job "
+        "array (SLURM: one GPU each when launch.gpus_per_node > 0; partition/account/qos from launch).",
+    )
+    timeout_min: int = Field(60, description="Wall time of one sweep point's array task, in minutes.")
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
@@ -312,6 +323,33 @@ class EvaluateConfig(_Section):
             raise ValueError(msg)
         return self
 
+    @field_validator("checkpoints")
+    @classmethod
+    def _checkpoints(cls, v: str | list[int]) -> str | list[int]:
+        if isinstance(v, str) and not re.fullmatch(r"all|last( [1-9]\d*)?", v):
+            msg = "must be 'last', 'last N', 'all' or a list of steps"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("guidance_weights")
+    @classmethod
+    def _weights(cls, v: list[float]) -> list[float]:
+        if not v or any(w < 0 for w in v):
+            msg = "must be a non-empty list of weights >= 0"
+            raise ValueError(msg)
+        if len(set(v)) != len(v):
+            msg = "has repeated values"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("array_parallelism", "timeout_min")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            msg = "must be >= 1"
+            raise ValueError(msg)
+        return v
+
 
 class SampleConfig(_Section):
     checkpoint: str = Field(
@@ -324,6 +362,19 @@ class SampleConfig(_Section):
     rollout_frames: int = Field(24, description="Length of each rollout in frames.")
     guidance_weight: float = Field(2.0, description="Reconstruction-guidance weight for extending rollouts.")
     netcdf: bool = Field(False, description="Also write the samples as NetCDF.")
+    processes: int = Field(
+        1,
+        description="Processes the clips and rollouts are split across (one GPU each on a GPU node), launched by "
+        "submitit like training (launch.executor); every clip has its own seed, so the samples do not depend on it.",
+    )
+
+    @field_validator("processes", "unconditional", "rollouts", "steps")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            msg = "must be >= 1"
+            raise ValueError(msg)
+        return v
 
 
 class TrackingConfig(_Section):
@@ -405,10 +456,11 @@ class Config(_Section):
         """The checkpoints of the evaluation sweep; an unknown step is a config error."""
         kept = self.kept_checkpoints()
         sel = self.evaluate.checkpoints
-        if sel == "last":
-            return kept[-1:]
         if sel == "all":
             return kept
+        if isinstance(sel, str):  # 'last' or 'last N' (validated)
+            n = int(sel.split()[1]) if " " in sel else 1
+            return kept[-n:]
         tags = [f"step-{s:08d}" for s in sel]
         missing = [t for t in tags if t not in kept]
         if missing:

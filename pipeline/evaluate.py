@@ -1,4 +1,6 @@
-"""Stage ``evaluate``: one sweep point (checkpoint x sampler x steps), and ``collect`` of the sweep.
+"""Stage ``evaluate``: sweep points (checkpoint x sampler x steps, each for every guidance weight), and
+``collect`` of the sweep. ``python -m pipeline evaluate`` without a point runs the missing points as one
+submitit job array (see :mod:`pipeline.launch`).
 
 For each of the first ``test_clips`` clips of the held-out test period, the first ``context_frames``
 frames are given and an ensemble of ``ensemble`` members generates the rest with reconstruction
@@ -28,10 +30,10 @@ from pipeline.data.io import open_store
 from pipeline.data.stats import denormalise, read_stats
 from pipeline.diffusion import SAMPLERS, ReconstructionGuidance
 from pipeline.diffusion.guidance import frame_mask
-from pipeline.tracking import StageRun
+from pipeline.tracking import StageRun, stage_run
 from pipeline.train import load_inference
 
-__all__ = ["SCALAR_METRICS", "collect", "evaluate_point", "point_path"]
+__all__ = ["SCALAR_METRICS", "SWEEP_PARAMS", "collect", "evaluate_point", "missing_points", "point_path"]
 
 # Scalar metrics per variable: MLflow metric names (``<metric>_<variable>``) and table columns.
 SCALAR_METRICS = (
@@ -46,6 +48,18 @@ SCALAR_METRICS = (
     "p99_truth",
     "lag1_autocorr_sample",
     "lag1_autocorr_truth",
+)
+
+# MLflow params of every sweep run: the same names at every point, so the compare view lines them up.
+SWEEP_PARAMS = (
+    "checkpoint",
+    "checkpoint_step",
+    "sampler",
+    "steps",
+    "guidance_weight",
+    "ensemble",
+    "test_clips",
+    "context_frames",
 )
 
 log = logging.getLogger(__name__)
@@ -130,7 +144,82 @@ def score(forecast: xr.Dataset, truth: xr.Dataset, context: int) -> dict[str, An
     return result
 
 
-def evaluate_point(cfg: Config, run: StageRun, checkpoint: str, sampler: str, steps: int) -> Path:
+def _guided_run(
+    cfg: Config,
+    checkpoint: str,
+    sampler: str,
+    steps: int,
+    weight: float,
+    common: dict[str, Any],
+    model: Any,
+    meta: dict[str, Any],
+    clips: list[dict[str, torch.Tensor]],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Generate and score one guidance weight of a point, as its own MLflow child run."""
+    e = cfg.evaluate
+    t0 = time.perf_counter()
+    point = f"{checkpoint}/{sampler}-{steps}"
+    with stage_run(
+        cfg.tracking_uri,
+        cfg.experiment,
+        cfg.exp_dir,
+        "evaluate",
+        enabled=cfg.tracking.enabled,
+        tags={"sweep_point": point, "guidance_weight": weight},
+        run_name=f"evaluate {checkpoint} {sampler}-{steps} w{weight:g}",
+    ) as run:
+        with torch.no_grad():
+            ens = generate_extensions(
+                model,
+                clips,
+                e.context_frames,
+                e.ensemble,
+                sampler,
+                steps,
+                weight,
+                cfg.seed,
+                device,
+                bool(meta["model_config"].get("day_of_year")),
+            )
+        gen_s = time.perf_counter() - t0
+        truth = np.stack([c["x"].numpy() for c in clips])
+        masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)
+        truth = np.where(masks, truth, np.nan)
+        ens = np.where(masks[:, None], ens, np.nan)
+        store = open_store(cfg.normalised_path)
+        lat, lon = store["latitude"].values, store["longitude"].values
+        stats = read_stats(cfg.stats_path)
+        names = meta["variables"]
+        f = denormalise(_to_xr(ens, names, lat, lon, True), stats)
+        y = denormalise(_to_xr(truth, names, lat, lon, False), stats)
+        result = {
+            "guidance_weight": weight,
+            "samples_per_s": len(clips) * e.ensemble / gen_s,
+            "seconds": time.perf_counter() - t0,
+            "variables": score(f, y, e.context_frames),
+        }
+        run.log_params({**{k: common[k] for k in SWEEP_PARAMS if k in common}, "guidance_weight": weight})
+        flat = {"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]}
+        for v, r in result["variables"].items():
+            for k in SCALAR_METRICS:
+                flat[f"{k}_{v}"] = r[k]
+            for lead, (a, b) in enumerate(zip(r["rmse_per_lead"], r["crps_per_lead"], strict=True), start=1):
+                run.log_metrics({f"rmse_lead_{v}": a, f"crps_lead_{v}": b}, step=lead)
+        run.log_metrics(flat)
+        run.set_tags({"checkpoint_file": str(cfg.checkpoint_dir / "inference" / f"{checkpoint}.pt")})
+        run.log_dict({**common, **result}, "result.json")
+    log.info(
+        "evaluate %s w=%g: %s",
+        point,
+        weight,
+        {v: {k: round(r[k], 4) for k in ("rmse", "crps", "spread_skill")} for v, r in result["variables"].items()},
+    )
+    return result
+
+
+def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Path:
+    """One sweep point, every guidance weight of ``evaluate.guidance_weights``; writes the point's JSON."""
     t0 = time.perf_counter()
     e = cfg.evaluate
     device = _device()
@@ -144,78 +233,36 @@ def evaluate_point(cfg: Config, run: StageRun, checkpoint: str, sampler: str, st
     n = min(e.test_clips, len(ds))
     idx = np.linspace(0, len(ds) - 1, n).round().astype(int)  # spread over the test period
     clips = [ds[int(i)] for i in idx]
-    torch.manual_seed(cfg.seed)
-    gen_t0 = time.perf_counter()
-    with torch.no_grad():
-        ens = generate_extensions(
-            model,
-            clips,
-            e.context_frames,
-            e.ensemble,
-            sampler,
-            steps,
-            e.guidance_weight,
-            cfg.seed,
-            device,
-            bool(meta["model_config"].get("day_of_year")),
-        )
-    gen_s = time.perf_counter() - gen_t0
-    truth = np.stack([c["x"].numpy() for c in clips])
-    masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)
-    truth = np.where(masks, truth, np.nan)
-    ens = np.where(masks[:, None], ens, np.nan)
     store = open_store(cfg.normalised_path)
-    lat, lon = store["latitude"].values, store["longitude"].values
-    stats = read_stats(cfg.stats_path)
-    names = meta["variables"]
-    f = denormalise(_to_xr(ens, names, lat, lon, True), stats)
-    y = denormalise(_to_xr(truth, names, lat, lon, False), stats)
-    result = {
+    common = {
         "checkpoint": checkpoint,
         "checkpoint_step": int(meta["step"]),
         "sampler": sampler,
         "steps": steps,
-        "guidance_weight": e.guidance_weight,
         "ensemble": e.ensemble,
         "test_clips": n,
         "context_frames": e.context_frames,
         "clip_frames": frames,
         "clip_starts": [str(store["time"].values[int(c["start"])])[:19] for c in clips],
-        "samples_per_s": n * e.ensemble / gen_s,
-        "seconds": time.perf_counter() - t0,
-        "variables": score(f, y, e.context_frames),
     }
+    results = [
+        _guided_run(cfg, checkpoint, sampler, steps, w, common, model, meta, clips, device) for w in e.guidance_weights
+    ]
     out = point_path(cfg, checkpoint, sampler, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out, json.dumps(result, indent=2))
-    sweep_params = (
-        "checkpoint",
-        "checkpoint_step",
-        "sampler",
-        "steps",
-        "guidance_weight",
-        "ensemble",
-        "test_clips",
-        "context_frames",
-    )
-    run.log_params({k: result[k] for k in sweep_params})
-    flat = {"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]}
-    for v, r in result["variables"].items():
-        for k in SCALAR_METRICS:
-            flat[f"{k}_{v}"] = r[k]
-        for lead, (a, b) in enumerate(zip(r["rmse_per_lead"], r["crps_per_lead"], strict=True), start=1):
-            run.log_metrics({f"rmse_lead_{v}": a, f"crps_lead_{v}": b}, step=lead)
-    run.log_metrics(flat)
-    run.set_tags({"checkpoint_file": str(path), "sweep_point": f"{checkpoint}/{sampler}-{steps}"})
-    run.log_artifact(out)
-    log.info(
-        "evaluate %s %s-%d: %s",
-        checkpoint,
-        sampler,
-        steps,
-        {v: {k: round(r[k], 4) for k in ("rmse", "crps", "spread_skill")} for v, r in result["variables"].items()},
-    )
+    write_text_atomic(out, json.dumps({**common, "seconds": time.perf_counter() - t0, "results": results}, indent=2))
     return out
+
+
+def missing_points(cfg: Config, force: bool = False) -> list[tuple[str, str, int]]:
+    """The sweep's points without a result file (all of them with ``force``)."""
+    points = [
+        (ckpt, sampler, steps)
+        for ckpt in cfg.eval_checkpoints()
+        for sampler in cfg.evaluate.samplers
+        for steps in cfg.evaluate.steps
+    ]
+    return [p for p in points if force or not point_path(cfg, *p).exists()]
 
 
 def collect(cfg: Config, run: StageRun) -> Path:
@@ -225,22 +272,26 @@ def collect(cfg: Config, run: StageRun) -> Path:
     from pipeline.plots import sweep_summary
 
     rows = []
-    for ckpt in cfg.eval_checkpoints():
-        for sampler in cfg.evaluate.samplers:
-            for steps in cfg.evaluate.steps:
-                res = json.loads(point_path(cfg, ckpt, sampler, steps).read_text())
-                for v, r in res["variables"].items():
-                    rows.append(
-                        {
-                            "checkpoint": ckpt,
-                            "checkpoint_step": res["checkpoint_step"],
-                            "sampler": sampler,
-                            "steps": steps,
-                            "variable": v,
-                            "samples_per_s": res["samples_per_s"],
-                            **{k: r[k] for k in SCALAR_METRICS},
-                        }
-                    )
+    for ckpt, sampler, steps in missing_points(cfg, force=True):
+        res = json.loads(point_path(cfg, ckpt, sampler, steps).read_text())
+        by_weight = {r["guidance_weight"]: r for r in res["results"]}
+        for w in cfg.evaluate.guidance_weights:
+            if w not in by_weight:
+                msg = f"{point_path(cfg, ckpt, sampler, steps)} has no result for guidance weight {w}: rerun the point"
+                raise ValueError(msg)
+            for v, r in by_weight[w]["variables"].items():
+                rows.append(
+                    {
+                        "checkpoint": ckpt,
+                        "checkpoint_step": res["checkpoint_step"],
+                        "sampler": sampler,
+                        "steps": steps,
+                        "guidance_weight": w,
+                        "variable": v,
+                        "samples_per_s": by_weight[w]["samples_per_s"],
+                        **{k: r[k] for k in SCALAR_METRICS},
+                    }
+                )
     table = pd.DataFrame(rows)
     out = cfg.eval_dir
     table.to_csv(out / "summary.csv", index=False)
@@ -249,24 +300,29 @@ def collect(cfg: Config, run: StageRun) -> Path:
     # variables in different units: rank by the metric normalised by each variable's std
     stats = read_stats(cfg.stats_path)
     table["score"] = table[primary] / table["variable"].map(lambda v: stats[v]["std"])
-    per_point = table.groupby(["checkpoint", "sampler", "steps"], as_index=False)["score"].mean()
+    per_point = table.groupby(["checkpoint", "sampler", "steps", "guidance_weight"], as_index=False)["score"].mean()
     best = per_point.sort_values("score").iloc[0]
     best_info = {
         "checkpoint": best["checkpoint"],
         "sampler": best["sampler"],
         "steps": int(best["steps"]),
+        "guidance_weight": float(best["guidance_weight"]),
         "primary_metric": primary,
         "score": float(best["score"]),
         "file": str(cfg.checkpoint_dir / "inference" / f"{best['checkpoint']}.pt"),
     }
-    (out / "best.json").write_text(json.dumps(best_info, indent=2))
+    write_text_atomic(out / "best.json", json.dumps(best_info, indent=2))
     plot = sweep_summary(table, primary, out / "summary.png")
     for p in (out / "summary.csv", out / "summary.parquet", out / "best.json", plot):
         run.log_artifact(p)
         run.log_to_parent(p, "evaluation")
     run.log_metrics({f"best_{primary}_score": best_info["score"], "points": len(per_point)})
     run.set_tags(
-        {"best_checkpoint": best_info["checkpoint"], "best_sampler": f"{best_info['sampler']}-{best_info['steps']}"}
+        {
+            "best_checkpoint": best_info["checkpoint"],
+            "best_sampler": f"{best_info['sampler']}-{best_info['steps']}",
+            "best_guidance_weight": best_info["guidance_weight"],
+        }
     )
     log.info("best: %s", best_info)
     return out / "best.json"

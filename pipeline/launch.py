@@ -33,7 +33,7 @@ import submitit
 from pipeline.atomic import write_text_atomic
 from pipeline.config import Config, config_hash, load_config
 
-__all__ = ["DistEnv", "DistributedJob", "distributed_env", "launch", "prepare_checkpoint_dir"]
+__all__ = ["DistEnv", "DistributedJob", "distributed_env", "launch", "launch_array", "prepare_checkpoint_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ def distributed_env() -> DistEnv:
 class DistributedJob(submitit.helpers.Checkpointable):
     """Picklable callable run in every task: export the environment, load the config, call ``target``.
 
-    ``target`` is ``"module:function"`` taking the :class:`Config`; imported inside the task, so
+    ``target`` is ``"module:function"`` taking the :class:`Config` (and the arguments of the call, for
+    the items of a job array); imported inside the task, so
     this module does not import the stages. Requeued after preemption / time-out (``checkpoint``
     from :class:`submitit.helpers.Checkpointable` resubmits the same call).
     """
@@ -90,7 +91,7 @@ class DistributedJob(submitit.helpers.Checkpointable):
         self.config_paths = [str(p) for p in config_paths]
         self.workdir = workdir
 
-    def __call__(self) -> Any:
+    def __call__(self, *args: Any) -> Any:
         os.chdir(self.workdir)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         env = distributed_env()
@@ -103,7 +104,7 @@ class DistributedJob(submitit.helpers.Checkpointable):
             env.master_port,
         )
         module, _, fn = self.target.partition(":")
-        return getattr(importlib.import_module(module), fn)(load_config(self.config_paths))
+        return getattr(importlib.import_module(module), fn)(load_config(self.config_paths), *args)
 
 
 def slurm_available() -> bool:
@@ -116,7 +117,18 @@ def slurm_available() -> bool:
         return False
 
 
-def _executor(cfg: Config, folder: Path) -> tuple[submitit.Executor, str]:
+def _executor(
+    cfg: Config,
+    folder: Path,
+    *,
+    name: str,
+    nodes: int,
+    tasks_per_node: int,
+    gpus_per_node: int,
+    timeout_min: int,
+    array_parallelism: int | None = None,
+) -> tuple[submitit.Executor, str]:
+    """submitit executor for SLURM or local processes; the cluster settings come from ``launch``."""
     kind = cfg.launch.executor
     if kind == "auto":
         kind = "slurm" if slurm_available() else "local"
@@ -125,16 +137,18 @@ def _executor(cfg: Config, folder: Path) -> tuple[submitit.Executor, str]:
     if kind == "slurm":
         ex = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=lc.max_requeues)
         params: dict[str, Any] = {
-            "nodes": lc.nodes,
-            "tasks_per_node": lc.tasks_per_node,
+            "nodes": nodes,
+            "tasks_per_node": tasks_per_node,
             "cpus_per_task": lc.cpus_per_task,
             "mem_gb": lc.mem_gb,
-            "timeout_min": lc.timeout_min,
+            "timeout_min": timeout_min,
             "slurm_signal_delay_s": lc.signal_delay_s,
-            "name": f"{cfg.experiment}-train",
+            "name": name,
         }
-        if lc.gpus_per_node:
-            params["gpus_per_node"] = lc.gpus_per_node
+        if gpus_per_node:
+            params["gpus_per_node"] = gpus_per_node
+        if array_parallelism:
+            params["slurm_array_parallelism"] = array_parallelism
         for key in ("partition", "account", "qos", "constraint"):
             if getattr(lc, key):
                 params[f"slurm_{key}"] = getattr(lc, key)
@@ -142,14 +156,14 @@ def _executor(cfg: Config, folder: Path) -> tuple[submitit.Executor, str]:
             params["slurm_additional_parameters"] = dict(lc.extra_sbatch)
         ex.update_parameters(**params)
     else:
-        if lc.nodes != 1:
-            msg = f"launch.nodes = {lc.nodes}: the local executor runs on one node; use launch.executor: slurm"
+        if nodes != 1:
+            msg = f"launch.nodes = {nodes}: the local executor runs on one node; use launch.executor: slurm"
             raise ValueError(msg)
         ex = submitit.AutoExecutor(folder=folder, cluster="local")
         ex.update_parameters(
-            tasks_per_node=lc.tasks_per_node,
-            timeout_min=lc.timeout_min,
-            gpus_per_node=lc.gpus_per_node,
+            tasks_per_node=tasks_per_node,
+            timeout_min=timeout_min,
+            gpus_per_node=gpus_per_node,
             cpus_per_task=lc.cpus_per_task,
         )
     return ex, kind
@@ -164,9 +178,7 @@ def _squeue_state(job_id: str) -> str | None:
     None when squeue does not know the job."""
     if not shutil.which("squeue"):
         return None
-    r = subprocess.run(
-        ["squeue", "-h", "-t", "all", "-j", job_id.split("_")[0], "-o", "%T"], capture_output=True, text=True
-    )
+    r = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
     states = [s for s in r.stdout.split() if s]
     return states[0] if r.returncode == 0 and states else None
 
@@ -214,12 +226,34 @@ def prepare_checkpoint_dir(cfg: Config) -> bool:
     return False
 
 
-def launch(cfg: Config, config_paths: Sequence[str], target: str, stage: str, poll_s: float = 5.0) -> list[Any]:
-    """Submit (or reattach to) the job for ``stage`` and wait for all its tasks' results."""
+def launch(
+    cfg: Config,
+    config_paths: Sequence[str],
+    target: str,
+    stage: str,
+    poll_s: float = 5.0,
+    processes: int | None = None,
+) -> list[Any]:
+    """Submit (or reattach to) the job for ``stage`` and wait for all its tasks' results.
+
+    The job has ``launch.nodes x launch.tasks_per_node`` tasks (training), or ``processes`` tasks
+    on one node (one GPU each when ``launch.gpus_per_node`` > 0).
+    """
     folder = (cfg.exp_dir / "submitit").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     job_file = cfg.exp_dir / f"{stage}_job.json"
-    ex, kind = _executor(cfg, folder)
+    lc = cfg.launch
+    nodes, per_node = (lc.nodes, lc.tasks_per_node) if processes is None else (1, processes)
+    gpus = lc.gpus_per_node if processes is None else (processes if lc.gpus_per_node else 0)
+    ex, kind = _executor(
+        cfg,
+        folder,
+        name=f"{cfg.experiment}-{stage}",
+        nodes=nodes,
+        tasks_per_node=per_node,
+        gpus_per_node=gpus,
+        timeout_min=lc.timeout_min,
+    )
     job = None
     if kind == "slurm" and job_file.exists():
         info = json.loads(job_file.read_text())
@@ -229,13 +263,20 @@ def launch(cfg: Config, config_paths: Sequence[str], target: str, stage: str, po
             job = submitit.SlurmJob(folder=folder, job_id=info["job_id"], tasks=tuple(range(info["tasks"])))
     if job is None:
         job = ex.submit(DistributedJob(target, config_paths, str(Path.cwd())))
-        tasks = cfg.launch.nodes * cfg.launch.tasks_per_node
+        tasks = nodes * per_node
         write_text_atomic(job_file, json.dumps({"job_id": str(job.job_id), "executor": kind, "tasks": tasks}))
         log.info("submitted %s job %s (%d task(s)); logs in %s", kind, job.job_id, tasks, folder)
 
+    _wait([job], kind, folder, poll_s)
+    return job.results()
+
+
+def _wait(jobs: Sequence[submitit.Job], kind: str, folder: Path, poll_s: float) -> None:
+    """Wait for every job; cancel them all on Ctrl-C / SIGTERM; a SLURM job that ended without a
+    result (cancelled, failed, timed out, node failure, gone) is an error instead of a wait forever."""
+
     def _cancel(signum: int, _frame: Any) -> None:
-        log.warning("signal %d: cancelling job %s", signum, job.job_id)
-        job.cancel(check=False)
+        log.warning("signal %d: cancelling job(s) %s", signum, ", ".join(str(j.job_id) for j in jobs))
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, _cancel)
@@ -243,20 +284,78 @@ def launch(cfg: Config, config_paths: Sequence[str], target: str, stage: str, po
         # without slurmdbd submitit's sacct calls fail on every poll; squeue below is the liveness check
         logging.getLogger("submitit").setLevel(logging.ERROR)
     try:
-        while not job.done():
-            state = _squeue_state(str(job.job_id)) if kind == "slurm" else None
-            if kind == "slurm" and (state is None or state in TERMINAL):
-                # ended (cancelled, failed, timed out, node failure) or gone: submitit alone would wait forever
-                time.sleep(poll_s)
-                if not job.done():
-                    msg = (
-                        f"SLURM job {job.job_id} ended ({state or 'left the queue'}) without a result; logs in {folder}"
-                    )
-                    raise RuntimeError(msg)
+        while not all(j.done() for j in jobs):
+            for job in jobs:
+                if kind != "slurm" or job.done():
+                    continue
+                state = _squeue_state(str(job.job_id))
+                if state is None or state in TERMINAL:
+                    time.sleep(poll_s)
+                    if not job.done():
+                        msg = (
+                            f"SLURM job {job.job_id} ended ({state or 'left the queue'}) without a result; "
+                            f"logs in {folder}"
+                        )
+                        raise RuntimeError(msg)
             time.sleep(poll_s if kind == "slurm" else 0.2)
-        return job.results()
     except KeyboardInterrupt:
-        job.cancel(check=False)
+        for job in jobs:
+            job.cancel(check=False)
         raise
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def launch_array(
+    cfg: Config,
+    config_paths: Sequence[str],
+    target: str,
+    items: Sequence[tuple[Any, ...]],
+    stage: str,
+    poll_s: float = 5.0,
+) -> list[Any]:
+    """Run ``target(cfg, *item)`` for every item as one submitit job array and return the results in order.
+
+    On SLURM: one ``sbatch --array`` with ``evaluate.array_parallelism`` tasks at once, one GPU each
+    when ``launch.gpus_per_node`` > 0. Locally: the same tasks as subprocesses,
+    ``array_parallelism`` at a time. A task that fails raises here after the others finished.
+    """
+    if not items:
+        return []
+    folder = (cfg.exp_dir / "submitit").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    par = cfg.evaluate.array_parallelism
+    ex, kind = _executor(
+        cfg,
+        folder,
+        name=f"{cfg.experiment}-{stage}",
+        nodes=1,
+        tasks_per_node=1,
+        gpus_per_node=1 if cfg.launch.gpus_per_node else 0,
+        timeout_min=cfg.evaluate.timeout_min,
+        array_parallelism=par,
+    )
+    fn = DistributedJob(target, config_paths, str(Path.cwd()))
+    columns = list(zip(*items, strict=True))
+    jobs: list[submitit.Job] = []
+    if kind == "slurm":
+        jobs = ex.map_array(fn, *columns)
+        log.info("submitted SLURM job array %s: %d task(s), %d at a time", jobs[0].job_id.split("_")[0], len(jobs), par)
+        _wait(jobs, kind, folder, poll_s)
+    else:  # the local executor starts every job at once: submit in groups
+        for i in range(0, len(items), par):
+            group = ex.map_array(fn, *(c[i : i + par] for c in columns))
+            log.info("local array tasks %d-%d of %d", i + 1, i + len(group), len(items))
+            jobs += group
+            _wait(group, kind, folder, poll_s)
+    errors = []
+    results = []
+    for item, job in zip(items, jobs, strict=True):
+        try:
+            results.append(job.result())
+        except Exception as e:
+            errors.append(f"{item}: job {job.job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}")
+    if errors:
+        msg = f"{len(errors)} of {len(items)} {stage} task(s) failed (logs in {folder}):\n" + "\n".join(errors)
+        raise RuntimeError(msg)
+    return results

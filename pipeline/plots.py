@@ -43,16 +43,22 @@ def quicklook_regrid(before: xr.Dataset, after: xr.Dataset, path: Path) -> Path:
 
 
 def sweep_summary(table, metric: str, path: Path) -> Path:
-    """Per variable: ``metric`` vs sampling steps per sampler (last checkpoint), and vs checkpoint step."""
+    """Per variable: ``metric`` vs sampling steps per sampler (last checkpoint), and vs checkpoint step;
+    one line per sampler and guidance weight."""
     variables = sorted(table["variable"].unique())
     fig, axes = plt.subplots(len(variables), 2, figsize=(10, 3.4 * len(variables)), squeeze=False)
     last = table["checkpoint_step"].max()
+    several = table["guidance_weight"].nunique() > 1
+
+    def label(sampler: str, weight: float, suffix: str = "") -> str:
+        return f"{sampler}{suffix} w={weight:g}" if several else f"{sampler}{suffix}"
+
     for row, v in enumerate(variables):
         tv = table[table["variable"] == v]
         ax = axes[row, 0]
-        for sampler, g in tv[tv["checkpoint_step"] == last].groupby("sampler"):
+        for (sampler, w), g in tv[tv["checkpoint_step"] == last].groupby(["sampler", "guidance_weight"]):
             g = g.sort_values("steps")
-            ax.plot(g["steps"], g[metric], marker="o", label=sampler)
+            ax.plot(g["steps"], g[metric], marker="o", label=label(sampler, w))
         ax.set_xscale("log")
         ax.set_xlabel("sampling steps (NFE)")
         ax.set_ylabel(f"{metric} ({v})")
@@ -60,9 +66,9 @@ def sweep_summary(table, metric: str, path: Path) -> Path:
         ax.legend(fontsize=8)
         ax = axes[row, 1]
         most = tv["steps"].max()
-        for sampler, g in tv[tv["steps"] == most].groupby("sampler"):
+        for (sampler, w), g in tv[tv["steps"] == most].groupby(["sampler", "guidance_weight"]):
             g = g.sort_values("checkpoint_step")
-            ax.plot(g["checkpoint_step"], g[metric], marker="o", label=f"{sampler}-{most}")
+            ax.plot(g["checkpoint_step"], g[metric], marker="o", label=label(sampler, w, f"-{most}"))
         ax.set_xlabel("checkpoint (training step)")
         ax.set_ylabel(f"{metric} ({v})")
         ax.set_title(f"{v}: {metric} vs checkpoint", fontsize=9)

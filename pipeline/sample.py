@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from tqdm.auto import tqdm
 
 from pipeline import __version__
 from pipeline.config import Config
@@ -36,7 +37,7 @@ from pipeline.plots import animate_side_by_side, first_last_maps, spectra_plot
 from pipeline.tracking import StageRun
 from pipeline.train import load_inference
 
-__all__ = ["resolve_checkpoint", "run_sample"]
+__all__ = ["resolve_checkpoint", "run_sample", "sample_task"]
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,59 @@ def _as_dataset(
     return ds
 
 
-def run_sample(cfg: Config, run: StageRun) -> Path:
+def _item_generator(seed: int, kind: int, index: int, device: torch.device) -> torch.Generator:
+    """One generator per clip / rollout: the samples do not depend on how the work is split."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + kind * 100_003 + index)
+
+
+def _gather(items: dict[int, np.ndarray], world: int) -> dict[int, np.ndarray]:
+    """Every rank's ``{index: array}`` on rank 0 (the others get {})."""
+    if world == 1:
+        return items
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world if dist.get_rank() == 0 else None  # type: ignore[assignment]
+    dist.gather_object(items, parts, dst=0)
+    return {k: v for p in (parts or []) for k, v in p.items()}
+
+
+def sample_task(cfg: Config) -> str | None:
+    """Entry of each process of a multi-process ``sample`` job (launched by submitit): the ranks split
+    the clips and rollouts, rank 0 writes and tracks. The environment (RANK, WORLD_SIZE, ...) is set
+    by the launcher."""
+    import os
+
+    import torch.distributed as dist
+
+    from pipeline.tracking import stage_run
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        with stage_run(
+            cfg.tracking_uri, cfg.experiment, cfg.exp_dir, "sample", enabled=cfg.tracking.enabled, rank=rank
+        ) as run:
+            out = run_sample(cfg, run, rank=rank, world=world)
+        return str(out) if out is not None else None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Path | None:
+    """Generate, write and log the samples. With ``world`` > 1 (a process group is initialised), rank
+    ``rank`` generates clips and rollouts ``rank, rank + world, ...``; rank 0 gathers, writes and
+    returns the folder, the other ranks return None."""
     t0 = time.perf_counter()
     s = cfg.sample
     tag = resolve_checkpoint(cfg)
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
     model, meta = load_inference(cfg.checkpoint_dir / "inference" / f"{tag}.pt", device)
     names: list[str] = meta["variables"]
     frames = int(meta["clip_frames"])
@@ -83,36 +132,29 @@ def run_sample(cfg: Config, run: StageRun) -> Path:
     test_idx = np.flatnonzero(store["split"].values == 3)
     step = np.median(np.diff(times)) if times.size > 1 else np.timedelta64(1, "D")
     sampler = SAMPLERS[s.sampler]
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
     shape = (len(names), frames, lat.size, lon.size)
 
-    # unconditional clips, dated like the first test clip
+    # unconditional clips, dated like the first test clip; one clip at a time, each with its own seed
     gen_t0 = time.perf_counter()
     dates = times[test_idx[0]] + step * np.arange(frames)
-    cond = {"doy": torch.from_numpy(_doy(dates))[None].expand(s.unconditional, -1).to(device)} if use_doy else None
-    with torch.no_grad():
-        unc = (
-            sampler(
-                model,
-                torch.randn((s.unconditional, *shape), generator=g, device=device),
-                s.steps,
-                cond=cond,
-                generator=g,
-            )
-            .float()
-            .cpu()
-            .numpy()
-        )
+    cond = {"doy": torch.from_numpy(_doy(dates))[None].to(device)} if use_doy else None
+    mine: dict[int, np.ndarray] = {}
+    for i in tqdm(range(rank, s.unconditional, world), desc=f"unconditional (rank {rank})", disable=None):
+        g = _item_generator(cfg.seed, 0, i, device)
+        with torch.no_grad():
+            x = sampler(model, torch.randn((1, *shape), generator=g, device=device), s.steps, cond=cond, generator=g)
+        mine[i] = x[0].float().cpu().numpy()
+    unc_parts = _gather(mine, world)
 
     # rollouts from real initial frames spread over the test period
     m = cfg.evaluate.context_frames
     data = np.stack([store[n].values for n in names], axis=1)  # (time, C, lat, lon), normalised
     starts = np.linspace(test_idx[0], max(test_idx[0], test_idx[-1] - m + 1), s.rollouts).round().astype(int)
-    rollouts, truth, rdates = [], [], []
-    for r, start in enumerate(starts):
+    mine = {}
+    for r in range(rank, s.rollouts, world):
+        start = int(starts[r])
         init = torch.from_numpy(np.nan_to_num(data[start : start + m]).transpose(1, 0, 2, 3))[None].to(device)
         d = times[start] + step * np.arange(s.rollout_frames)
-        rdates.append(d)
 
         def cond_for(window_start: int, window: int, d: np.ndarray = d) -> dict[str, torch.Tensor] | None:
             if not use_doy:
@@ -130,14 +172,22 @@ def run_sample(cfg: Config, run: StageRun) -> Path:
             s.guidance_weight,
             overlap=m,
             cond_for_window=cond_for,
-            generator=g,
+            generator=_item_generator(cfg.seed, 1, r, device),
         )
-        rollouts.append(out[0].cpu().numpy().transpose(1, 0, 2, 3))  # (lead, C, lat, lon)
+        mine[r] = out[0].cpu().numpy().transpose(1, 0, 2, 3)  # (lead, C, lat, lon)
+        log.info("rollout %d/%d: %d frames from %s", r + 1, s.rollouts, s.rollout_frames, str(times[start])[:10])
+    roll_parts = _gather(mine, world)
+    gen_s = time.perf_counter() - gen_t0
+    if rank != 0:
+        return None
+    unc = np.stack([unc_parts[i] for i in range(s.unconditional)])
+    rollouts = [roll_parts[r] for r in range(s.rollouts)]
+    rdates = [times[int(start)] + step * np.arange(s.rollout_frames) for start in starts]
+    truth = []
+    for start in starts:
         avail = data[start : start + s.rollout_frames]
         pad = np.full((s.rollout_frames - avail.shape[0], *avail.shape[1:]), np.nan, dtype=np.float32)
         truth.append(np.concatenate([avail, pad]))
-        log.info("rollout %d/%d: %d frames from %s", r + 1, s.rollouts, s.rollout_frames, str(times[start])[:10])
-    gen_s = time.perf_counter() - gen_t0
 
     common = {"latitude": lat, "longitude": lon}
     unc_ds = denormalise(
@@ -179,6 +229,7 @@ def run_sample(cfg: Config, run: StageRun) -> Path:
                 "sampling_steps": s.steps,
                 "seed": cfg.seed,
                 "guidance_weight": s.guidance_weight,
+                "processes": world,
                 "checkpoint_file": str(cfg.checkpoint_dir / "inference" / f"{tag}.pt"),
                 "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} pipeline sample",
             }

@@ -13,15 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, require
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("PIPELINE_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium; .ci/run does)"),
-]
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(autouse=True)
+def _chromium() -> None:
+    require(CHROMIUM is not None, "Chromium is not installed (apt-get install chromium; .ci/run does)")
 
 
 def _free_port() -> int:
@@ -71,7 +73,7 @@ def mlflow_ui(ci_workflow: Path):
 
 
 def test_experiment_page_shows_stage_and_evaluation_runs(mlflow_ui) -> None:
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (a test extra)")
+    import playwright.sync_api as playwright  # a test dependency
     from mlflow.tracking import MlflowClient
 
     url, work = mlflow_ui

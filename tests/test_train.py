@@ -23,8 +23,6 @@ from pipeline.config import load_config
 from pipeline.train import deepspeed_config, load_inference, lr_factor
 from tests.conftest import REPO, pipeline_cli
 
-pytest.importorskip("deepspeed", reason="DeepSpeed is a project dependency; install it with pip install -e .")
-
 TINY = {
     "model": {"base_channels": 8, "channel_mults": [1, 2], "attention_levels": [1], "heads": 2},
     "train": {

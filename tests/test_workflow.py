@@ -13,7 +13,7 @@ import yaml
 from tests.conftest import REPO
 
 SNAKEMAKE = shutil.which("snakemake")
-pytestmark = pytest.mark.skipif(SNAKEMAKE is None, reason="snakemake is not installed")
+assert SNAKEMAKE is not None, "snakemake is a dependency of the project: pip install -e '.[test]'"
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -101,13 +101,16 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     import xarray as xr
 
     table = pd.read_csv(exp / "eval/summary.csv")
-    assert len(table) == 2 * 2 * 2  # checkpoints x samplers x steps, one variable
+    assert len(table) == 2 * 2 * 2 * 2  # checkpoints x samplers x steps x guidance weights, one variable
     assert set(table["sampler"]) == {"ddim", "dpmpp_2m"} and set(table["steps"]) == {5, 10}
+    assert set(table["guidance_weight"]) == {0.0, 2.0}
     assert (table["crps"] > 0).all() and (table["rmse"] > 0).all()
     best = json.loads((exp / "eval/best.json").read_text())
     assert best["checkpoint"] in set(table["checkpoint"])
     point = json.loads((exp / f"eval/{best['checkpoint']}/{best['sampler']}-{best['steps']}.json").read_text())
-    z = point["variables"]["z500"]
+    assert [r["guidance_weight"] for r in point["results"]] == [0.0, 2.0]
+    (best_result,) = [r for r in point["results"] if r["guidance_weight"] == best["guidance_weight"]]
+    z = best_result["variables"]["z500"]
     assert z["units"] == "m" and len(z["rank_histogram"]) == 4 and len(z["rmse_per_lead"]) == 6
     samples = exp / "samples"
     unc = xr.open_zarr(samples / "unconditional.zarr", zarr_format=3, consolidated=False)
@@ -128,7 +131,8 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     exp_id = client.get_experiment_by_name(exp.name).experiment_id
     runs = client.search_runs([exp_id], max_results=500)
     evals = [r for r in runs if r.data.tags.get("pipeline.stage") == "evaluate"]
-    assert len(evals) == 8
+    assert len(evals) == 16  # one run per point and guidance weight
+    assert {r.data.params["guidance_weight"] for r in evals} == {"0.0", "2.0"}
     for r in evals:  # the same param and metric names at every sweep point: the compare view lines them up
         assert {"checkpoint", "checkpoint_step", "sampler", "steps", "guidance_weight", "ensemble"} <= set(
             r.data.params

@@ -172,12 +172,12 @@ def test_regrid_stays_lazy() -> None:
 
 @pytest.fixture
 def era5_grib():
-    from tests.conftest import SHARED_DATA
+    import cfgrib  # noqa: F401  (a test dependency)
 
-    pytest.importorskip("cfgrib", reason="GRIB needs cfgrib (pip install .[grib])")
+    from tests.conftest import SHARED_DATA, require
+
     p = SHARED_DATA / "era5-2mt-2019-03-uk.grib"
-    if not p.exists():
-        pytest.skip(f"real ERA5 GRIB test file not found at {p}")
+    require(p.exists(), f"real ERA5 GRIB test file not found at {p}")
     return p
 
 

@@ -109,7 +109,8 @@ def test_classifier_free_guidance_extrapolates_the_conditional_mean() -> None:
 
 
 def test_ddim_step_matches_diffusers_ddim_scheduler() -> None:
-    diffusers = pytest.importorskip("diffusers", reason="diffusers is the peer implementation for this test")
+    import diffusers  # the peer implementation for this test (a test dependency)
+
     n_train = 50
     sched = CosineSchedule(-10, 10)
     tau = torch.arange(1, n_train + 1, dtype=torch.float64) / n_train  # discrete step k <-> t = (k+1)/N

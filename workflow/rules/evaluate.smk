@@ -23,7 +23,7 @@ rule evaluate_checkpoint:
     params:
         config=CONFIG_FILE,
         settings=settings(
-            "evaluate.guidance_weight",
+            "evaluate.guidance_weights",
             "evaluate.context_frames",
             "evaluate.ensemble",
             "evaluate.test_clips",
