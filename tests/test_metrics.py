@@ -138,3 +138,44 @@ def test_lag1_autocorrelation() -> None:
     assert lag1_autocorrelation(da) == pytest.approx(phi, abs=0.05)
     white = da.copy(data=rng.standard_normal(da.shape))
     assert abs(lag1_autocorrelation(white)) < 0.05
+
+
+def test_bias_and_rank_histogram_against_xskillscore() -> None:
+    import xskillscore as xs
+
+    f, y = _grid(5, seed=12) + 0.3, _grid(None, seed=13)
+    w = np.cos(np.deg2rad(y["latitude"])).broadcast_like(y)
+    ref = xs.me(f.mean("member"), y, dim=["frame", "latitude", "longitude"], weights=w)
+    assert float(bias(f, y)) == pytest.approx(float(ref), rel=1e-12)
+    # continuous values: no ties, so the random tie-breaking plays no part
+    ref_hist = xs.rank_histogram(y, f, dim=["frame", "latitude", "longitude"], member_dim="member")
+    np.testing.assert_array_equal(rank_histogram(f, y), ref_hist.values)
+
+
+def test_lag1_autocorrelation_against_the_textbook_estimator_and_pandas() -> None:
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    x = np.cumsum(rng.standard_normal(64))  # one cell: the pooled estimator is the textbook one
+    da = xr.DataArray(
+        x[:, None, None], dims=("frame", "latitude", "longitude"), coords={"latitude": [10.0], "longitude": [0.0]}
+    )
+    a = x - x.mean()
+    textbook = float((a[1:] * a[:-1]).sum() / (a**2).sum())
+    assert lag1_autocorrelation(da) == pytest.approx(textbook, rel=1e-12)
+    # pandas' autocorr (Pearson of the lagged pairs) differs only in its mean and normalisation
+    assert lag1_autocorrelation(da) == pytest.approx(pd.Series(x).autocorr(1), abs=0.05)
+
+
+def test_zonal_spectrum_against_scipy_periodogram() -> None:
+    from scipy.signal import periodogram
+
+    field = _grid(None, frames=1, seed=14, nlat=1, nlon=16).isel(frame=0)
+    ours = zonal_power_spectrum(field).values
+    _, p = periodogram(
+        field.values[0], fs=1.0, window="boxcar", detrend=False, scaling="spectrum", return_onesided=False
+    )
+    # two-sided |X_k|^2 / n^2 per wavenumber: the same numbers as ours for k = 0 .. n/2
+    np.testing.assert_allclose(ours, p[: ours.size], rtol=1e-12)
+    # Parseval: the two-sided spectrum sums to the mean square
+    assert float(p.sum()) == pytest.approx(float((field.values**2).mean()), rel=1e-12)

@@ -195,6 +195,10 @@ def test_evaluation_sweep_is_one_submitit_job_array(work: Path, slurm: dict) -> 
     assert r.returncode == 0 and "evaluate: 0 sweep point(s)" in r.stderr, r.stderr[-2000:]
 
 
+# the test cluster: partition "debug", two fake GPUs; the profile's GPU rules ask for partition "gpu"
+GPU_RULE_TEST_RESOURCES = ("slurm_partition=debug", "mem_mb=2000", "cpus_per_task=1")
+
+
 def test_snakemake_profile_slurm_runs_the_workflow(slurm: dict, tmp_path: Path) -> None:
     """`snakemake --profile slurm`: CPU rules as SLURM jobs (executor plugin, squeue status), training
     submitted by submitit, one evaluation point, sampling. Killed hard (process group) after 15 min."""
@@ -208,7 +212,14 @@ def test_snakemake_profile_slurm_runs_the_workflow(slurm: dict, tmp_path: Path) 
             {
                 "experiment": "profile-slurm",
                 "launch": {"executor": "slurm"},
-                "evaluate": {"checkpoints": "last", "samplers": ["ddim"], "steps": [5], "test_clips": 1, "ensemble": 2},
+                "evaluate": {
+                    "checkpoints": "last",
+                    "samplers": ["ddim"],
+                    "steps": [3, 5],
+                    "guidance_weights": [2.0],
+                    "test_clips": 1,
+                    "ensemble": 2,
+                },
             }
         )
     )
@@ -229,6 +240,7 @@ def test_snakemake_profile_slurm_runs_the_workflow(slurm: dict, tmp_path: Path) 
         "--set-resources",
         "regrid_source:mem_mb=2000",
         "regrid_source:cpus_per_task=1",
+        *(f"{rule}:{key}" for rule in ("evaluate_checkpoint", "sample_model") for key in GPU_RULE_TEST_RESOURCES),
     ]
     proc = subprocess.Popen(
         cmd,
@@ -247,7 +259,10 @@ def test_snakemake_profile_slurm_runs_the_workflow(slurm: dict, tmp_path: Path) 
         pytest.fail(f"snakemake --profile slurm did not finish in 15 min:\n{out[-4000:]}")
     assert proc.returncode == 0, out[-4000:]
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", out)
-    assert len(submitted) >= 4, out[-3000:]  # regrid, normalise, the evaluation point, collect, sample
+    assert len(submitted) >= 4, out[-3000:]  # regrid, normalise, collect, sample
+    # the two evaluation points: one SLURM job array, one GPU per task
+    arrays = re.findall(r"Submitted array job with Snakemake IDs \S+ and SLURM job ID (\d+)", out)
+    assert len(arrays) == 1, out[-3000:]
     exp = tmp_path / "results" / "profile-slurm"
     assert (exp / "samples" / "manifest.json").exists() and (exp / "eval" / "best.json").exists()
     assert json.loads((exp / "train_job.json").read_text())["executor"] == "slurm"

@@ -1,4 +1,11 @@
 # Sample generation from the best checkpoint of the sweep (or the one named in sample.checkpoint).
+# With sample.processes > 1 the stage submits its own multi-process (multi-GPU) job through submitit,
+# like training, so the rule then runs where Snakemake runs.
+
+if CFG.sample.processes > 1:
+
+    localrules:
+        sample_model,
 
 
 rule sample_model:
@@ -19,5 +26,6 @@ rule sample_model:
     params:
         config=CONFIG_FILE,
         settings=settings("sample", "evaluate.context_frames", "seed"),
+        launch=settings("launch") if CFG.sample.processes > 1 else "",
     shell:
         "python -m pipeline sample --config {params.config} > {log} 2>&1"
