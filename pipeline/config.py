@@ -362,13 +362,14 @@ class SampleConfig(_Section):
     rollout_frames: int = Field(24, description="Length of each rollout in frames.")
     guidance_weight: float = Field(2.0, description="Reconstruction-guidance weight for extending rollouts.")
     netcdf: bool = Field(False, description="Also write the samples as NetCDF.")
+    batch_size: int = Field(8, description="Clips (or rollouts) sampled at once on each process.")
     processes: int = Field(
         1,
         description="Processes the clips and rollouts are split across (one GPU each on a GPU node), launched by "
         "submitit like training (launch.executor); every clip has its own seed, so the samples do not depend on it.",
     )
 
-    @field_validator("processes", "unconditional", "rollouts", "steps")
+    @field_validator("processes", "unconditional", "rollouts", "steps", "batch_size")
     @classmethod
     def _positive(cls, v: int) -> int:
         if v < 1:

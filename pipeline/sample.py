@@ -33,6 +33,7 @@ from pipeline.config import Config
 from pipeline.data.io import atomic_path, open_store, write_zarr
 from pipeline.data.stats import denormalise, read_stats
 from pipeline.diffusion import SAMPLERS, extend
+from pipeline.diffusion.objective import randn
 from pipeline.plots import animate_side_by_side, first_last_maps, spectra_plot
 from pipeline.tracking import StageRun
 from pipeline.train import load_inference
@@ -69,6 +70,11 @@ def _as_dataset(
 def _item_generator(seed: int, kind: int, index: int, device: torch.device) -> torch.Generator:
     """One generator per clip / rollout: the samples do not depend on how the work is split."""
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + kind * 100_003 + index)
+
+
+def _batches(indices: range, size: int) -> list[list[int]]:
+    items = list(indices)
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _gather(items: dict[int, np.ndarray], world: int) -> dict[int, np.ndarray]:
@@ -134,48 +140,50 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
     sampler = SAMPLERS[s.sampler]
     shape = (len(names), frames, lat.size, lon.size)
 
-    # unconditional clips, dated like the first test clip; one clip at a time, each with its own seed
+    # unconditional clips, dated like the first test clip, in batches; each clip has its own seed
     gen_t0 = time.perf_counter()
     dates = times[test_idx[0]] + step * np.arange(frames)
-    cond = {"doy": torch.from_numpy(_doy(dates))[None].to(device)} if use_doy else None
+    doy = torch.from_numpy(_doy(dates))[None].to(device)
     mine: dict[int, np.ndarray] = {}
-    for i in tqdm(range(rank, s.unconditional, world), desc=f"unconditional (rank {rank})", disable=None):
-        g = _item_generator(cfg.seed, 0, i, device)
+    for batch in tqdm(_batches(range(rank, s.unconditional, world), s.batch_size), desc="unconditional", disable=None):
+        gens = [_item_generator(cfg.seed, 0, i, device) for i in batch]
+        cond = {"doy": doy.expand(len(batch), -1)} if use_doy else None
         with torch.no_grad():
-            x = sampler(model, torch.randn((1, *shape), generator=g, device=device), s.steps, cond=cond, generator=g)
-        mine[i] = x[0].float().cpu().numpy()
+            z = randn((len(batch), *shape), gens, device, torch.float32)
+            x = sampler(model, z, s.steps, cond=cond, generator=gens).float().cpu().numpy()
+        mine.update(zip(batch, x, strict=True))
     unc_parts = _gather(mine, world)
 
-    # rollouts from real initial frames spread over the test period
+    # rollouts from real initial frames spread over the test period, in batches; each has its own seed
     m = cfg.evaluate.context_frames
     data = np.stack([store[n].values for n in names], axis=1)  # (time, C, lat, lon), normalised
     starts = np.linspace(test_idx[0], max(test_idx[0], test_idx[-1] - m + 1), s.rollouts).round().astype(int)
     mine = {}
-    for r in range(rank, s.rollouts, world):
-        start = int(starts[r])
-        init = torch.from_numpy(np.nan_to_num(data[start : start + m]).transpose(1, 0, 2, 3))[None].to(device)
-        d = times[start] + step * np.arange(s.rollout_frames)
+    for batch in tqdm(_batches(range(rank, s.rollouts, world), s.batch_size), desc="rollouts", disable=None):
+        init = np.stack([np.nan_to_num(data[starts[r] : starts[r] + m]).transpose(1, 0, 2, 3) for r in batch])
+        first = times[starts[batch]]
 
-        def cond_for(window_start: int, window: int, d: np.ndarray = d) -> dict[str, torch.Tensor] | None:
+        def cond_for(window_start: int, window: int, first: np.ndarray = first) -> dict[str, torch.Tensor] | None:
             if not use_doy:
                 return None
-            dd = d[0] + step * (window_start + np.arange(window))
-            return {"doy": torch.from_numpy(_doy(dd))[None].to(device)}
+            offsets = step * (window_start + np.arange(window))
+            return {"doy": torch.from_numpy(np.stack([_doy(t0 + offsets) for t0 in first])).to(device)}
 
-        out = extend(
-            model,
-            sampler,
-            init.float(),
-            s.rollout_frames,
-            frames,
-            s.steps,
-            s.guidance_weight,
-            overlap=m,
-            cond_for_window=cond_for,
-            generator=_item_generator(cfg.seed, 1, r, device),
-        )
-        mine[r] = out[0].cpu().numpy().transpose(1, 0, 2, 3)  # (lead, C, lat, lon)
-        log.info("rollout %d/%d: %d frames from %s", r + 1, s.rollouts, s.rollout_frames, str(times[start])[:10])
+        with torch.no_grad():
+            out = extend(
+                model,
+                sampler,
+                torch.from_numpy(init).float().to(device),
+                s.rollout_frames,
+                frames,
+                s.steps,
+                s.guidance_weight,
+                overlap=m,
+                cond_for_window=cond_for,
+                generator=[_item_generator(cfg.seed, 1, r, device) for r in batch],
+            )
+        mine.update(zip(batch, out.cpu().numpy().transpose(0, 2, 1, 3, 4), strict=True))  # (lead, C, lat, lon)
+        log.info("rollouts %s: %d frames each", [r + 1 for r in batch], s.rollout_frames)
     roll_parts = _gather(mine, world)
     gen_s = time.perf_counter() - gen_t0
     if rank != 0:

@@ -76,11 +76,12 @@ def test_evaluate_point_arguments_all_or_none(copied: Path) -> None:
     assert r.returncode == 2 and "give all of --checkpoint, --sampler and --steps" in r.stderr
 
 
-def test_sampling_split_across_processes_gives_the_same_samples(copied: Path) -> None:
+def test_sampling_split_across_processes_and_batches_gives_the_same_samples(copied: Path) -> None:
     exp = copied / "results/eofs-z500-ci"
-    # 3 clips: the ranks get 2 and 1
-    one = _override(copied, "one.yaml", {"sample": {"processes": 1, "unconditional": 3}})
-    args = _override(copied, "two.yaml", {"sample": {"processes": 2, "unconditional": 3}})
+    # 3 clips, 2 rollouts: one process one at a time vs two processes (clips 0, 2 in one batch on rank 0)
+    clips = {"unconditional": 3, "rollouts": 2}
+    one = _override(copied, "one.yaml", {"sample": {"processes": 1, "batch_size": 1, **clips}})
+    args = _override(copied, "two.yaml", {"sample": {"processes": 2, "batch_size": 2, **clips}})
     r = pipeline_cli("sample", *one, cwd=copied, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     shutil.move(exp / "samples", copied / "one-process")

@@ -19,7 +19,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pipeline.diffusion.objective import Denoiser, Prediction, eps_from_v, expand, v_from_x_eps, x_from_v
+from pipeline.diffusion.objective import (
+    Denoiser,
+    Generators,
+    Prediction,
+    eps_from_v,
+    expand,
+    randn,
+    v_from_x_eps,
+    x_from_v,
+)
 from pipeline.diffusion.schedule import Schedule, alpha_sigma
 
 __all__ = ["ClassifierFreeGuidance", "ReconstructionGuidance", "Replacement", "extend", "frame_mask"]
@@ -104,7 +113,7 @@ class ReconstructionGuidance:
 class Replacement:
     """Replacement baseline: known frames of ``z_t`` overwritten by a sample of ``q(z_t | x_a)``."""
 
-    def __init__(self, model: Denoiser, known: Tensor, mask: Tensor, generator: torch.Generator | None = None):
+    def __init__(self, model: Denoiser, known: Tensor, mask: Tensor, generator: Generators = None):
         self.model = model
         self.known = known
         self.mask = mask
@@ -116,7 +125,7 @@ class Replacement:
 
     def predict(self, z: Tensor, logsnr: Tensor, cond: dict[str, Any] | None = None) -> Prediction:
         alpha, sigma = alpha_sigma(logsnr)
-        noise = torch.randn(z.shape, generator=self.generator, device=z.device, dtype=z.dtype)
+        noise = randn(z.shape, self.generator, z.device, z.dtype)
         z_known = expand(alpha, z) * self.known + expand(sigma, z) * noise
         zr = self.mask * z_known + (1 - self.mask) * z
         pred = self.model.predict(zr, logsnr, cond)
@@ -136,7 +145,7 @@ def extend(
     overlap: int | None = None,
     method: str = "reconstruction",
     cond_for_window: Callable[[int, int], dict[str, Any] | None] | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> Tensor:
     """Extend ``initial`` (B, C, M, H, W) to ``total_frames`` frames.
@@ -167,7 +176,7 @@ def extend(
         else:
             msg = f"extension method {method!r} is not 'reconstruction' or 'replacement'"
             raise ValueError(msg)
-        z = torch.randn(known.shape, generator=generator, device=known.device, dtype=known.dtype)
+        z = randn(known.shape, generator, known.device, known.dtype)
         cond = cond_for_window(start, window) if cond_for_window is not None else None
         x = sampler(guided, z, steps, cond=cond, generator=generator)
         frames = torch.cat([frames, x[:, :, m:]], dim=2)

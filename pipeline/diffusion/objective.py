@@ -7,6 +7,7 @@ Notation (seed 000): ``z_t = alpha_t x + sigma_t eps`` (forward process), veloci
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -17,17 +18,33 @@ from pipeline.diffusion.schedule import Schedule, alpha_sigma
 
 __all__ = [
     "Denoiser",
+    "Generators",
     "Prediction",
     "VDiffusion",
     "eps_from_v",
     "expand",
     "loss_weight",
+    "randn",
     "v_from_x_eps",
     "x_from_v",
     "z_from_x_eps",
 ]
 
 Weighting = Literal["v", "eps", "elbo", "sigmoid"]
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def randn(shape: Sequence[int], generator: Generators, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Standard normal noise of ``shape``. ``generator`` may be one generator per batch item, so that
+    every item's noise (and sample) is the same whatever batch it is drawn in."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        msg = f"{len(generator)} generators for a batch of {shape[0]}"
+        raise ValueError(msg)
+    return torch.stack([torch.randn(tuple(shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
 
 
 def expand(coef: Tensor, like: Tensor) -> Tensor:

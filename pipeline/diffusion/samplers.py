@@ -6,6 +6,8 @@
   or a guidance wrapper around it);
 - ``z`` the initial noise ``z_1 ~ N(0, I)``;
 - ``steps`` a number of uniform steps in t, or a decreasing time grid from 1 to 0;
+- ``generator`` one torch generator, or one per batch item (each item's noise then does not
+  depend on the batch it is in);
 - ``callback`` receives a dict (``i``, ``t``, ``logsnr``, ``z``, ``x_hat``) after each step.
 
 Per-step maths is in ``*_step`` functions so tests can check one step against a closed
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pipeline.diffusion.objective import Denoiser, Prediction, expand
+from pipeline.diffusion.objective import Denoiser, Generators, Prediction, expand, randn
 from pipeline.diffusion.schedule import alpha_sigma
 
 __all__ = [
@@ -51,8 +53,8 @@ def time_grid(steps: int | Tensor, device: torch.device | str | None = None) -> 
     return torch.linspace(1.0, 0.0, int(steps) + 1, dtype=torch.float64, device=device)
 
 
-def _noise(z: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+def _noise(z: Tensor, generator: Generators) -> Tensor:
+    return randn(z.shape, generator, z.device, z.dtype)
 
 
 def _c(logsnr_t: Tensor, logsnr_s: Tensor) -> Tensor:
@@ -134,7 +136,7 @@ def sample_ancestral(
     steps: int | Tensor,
     cond: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """The seed's discrete-time ancestral sampler (eqs. 2.13-2.19), from t = 1 to t = 0."""
     ts, lam = _levels(model, z, steps)
@@ -154,7 +156,7 @@ def sample_ddim(
     steps: int | Tensor,
     cond: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 0.0,
 ) -> Tensor:
     """DDIM; ``eta = 0`` deterministic, ``eta = 1`` equals the ancestral sampler in distribution."""
@@ -176,7 +178,7 @@ def sample_dpmpp_2m(
     steps: int | Tensor,
     cond: dict[str, Any] | None = None,
     callback: Callback | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> Tensor:
     """DPM-Solver++(2M): deterministic, second order, good in 10-25 steps. ``generator`` is unused.
 

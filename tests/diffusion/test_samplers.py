@@ -91,6 +91,18 @@ def test_same_generator_same_samples() -> None:
     assert torch.equal(a, b)
 
 
+def test_one_generator_per_item_makes_samples_independent_of_the_batch() -> None:
+    model = GaussianDenoiser(0.0, 1.0)
+    z = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+    batch = sample_ancestral(model, z, 10, generator=gens)
+    alone = sample_ancestral(model, z[1:2], 10, generator=[torch.Generator().manual_seed(11)])
+    torch.testing.assert_close(batch[1:2], alone, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(batch[0], batch[1])  # the items get their own noise
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        sample_ancestral(model, z, 10, generator=gens[:2])
+
+
 class _CondGauss(GaussianDenoiser):
     """Conditional mean ``cond['mu']``, unconditional mean 0: CFG moves samples past the condition."""
 
