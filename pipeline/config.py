@@ -555,16 +555,18 @@ def section_json(cfg: Config, *keys: str) -> str:
     return json.dumps(out, sort_keys=True)
 
 
-def resolved_config_path(cfg: Config) -> Path:
+def resolved_config_path(cfg: Config, write: bool = True) -> Path:
     """Write the validated config to ``<results>/<experiment>/config.resolved.yaml`` (if changed).
 
     Snakemake rules hand this one file to ``python -m pipeline <stage>``, so overrides given with
     ``--configfile`` or ``--config`` reach the stage exactly as Snakemake saw them. The path is
     stable, so the file itself never triggers reruns; ``section_json`` params do that per rule.
+    ``write=False`` (a dry run) leaves the file alone: a ``snakemake -n --config ...`` beside a
+    running workflow must not change the settings of that workflow's next jobs.
     """
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     path = cfg.exp_dir / "config.resolved.yaml"
-    if not path.exists() or path.read_text() != text:
+    if write and (not path.exists() or path.read_text() != text):
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, text)
     return path

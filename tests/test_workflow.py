@@ -63,6 +63,7 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     assert (exp / "benchmarks/regrid_source.tsv").exists()
     assert (exp / "checkpoints/final.pt").exists()
     _check_evaluation_and_samples(exp)
+    resolved = (exp / "config.resolved.yaml").read_text()
     r = _run([SNAKEMAKE, "-n", *CI], workdir)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout + r.stderr
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'data={"grid":{"nan_threshold":0.9}}'], workdir)
@@ -84,6 +85,8 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     r = _run([SNAKEMAKE, "-n", *CI, "--forcerun", "train_model"], workdir)
     out = r.stdout + r.stderr
     assert "rule train_model:" in out and "rule regrid_source:" not in out and "rule normalise_data:" not in out, out
+    # the dry runs with other settings left the running workflow's resolved config alone
+    assert (exp / "config.resolved.yaml").read_text() == resolved
 
 
 def test_bad_config_fails_at_parse_time(workdir: Path) -> None:

@@ -6,7 +6,7 @@ from pipeline.prepare import check_data
 # before any job is submitted, naming the config key.
 CFG = load_config(config)
 _, SOURCE_FILES, _ = check_data(CFG)
-CONFIG_FILE = str(resolved_config_path(CFG))
+CONFIG_FILE = str(resolved_config_path(CFG, write=not workflow.dryrun))
 EXP = str(CFG.exp_dir)
 EVAL_POINTS = [
     f"{EXP}/eval/{ckpt}/{sampler}-{steps}.json"
