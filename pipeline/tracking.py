@@ -122,12 +122,16 @@ def _lock(path: Path) -> Any:
     return f
 
 
-def _parent_run(client: Any, exp_dir: Path, experiment: str, artifact_root: Path) -> tuple[str, str]:
-    """Experiment id and the parent run id (created once, under a file lock, and kept)."""
+def _parent_run(client: Any, exp_dir: Path, experiment: str, artifact_root: Path | None) -> tuple[str, str]:
+    """Experiment id and the parent run id (created once, under a file lock, and kept).
+
+    ``artifact_root`` None: the tracking server chooses (a server started with
+    ``--artifacts-destination`` stores them and proxies uploads over HTTP)."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         try:
-            exp_id = client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
+            location = artifact_root.resolve().as_uri() if artifact_root is not None else None
+            exp_id = client.create_experiment(experiment, artifact_location=location)
         except Exception:
             exp_id = client.get_experiment_by_name(experiment).experiment_id
     else:
@@ -177,7 +181,9 @@ def stage_run(
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
-        exp_id, parent = _parent_run(client, exp_dir, experiment, Path(exp_dir).parent / "mlartifacts")
+        server = uri.startswith(("http://", "https://"))
+        artifacts = None if server else Path(exp_dir).parent / "mlartifacts"
+        exp_id, parent = _parent_run(client, exp_dir, experiment, artifacts)
         client.update_run(parent, status="RUNNING")
         if run_id is not None:
             client.update_run(run_id, status="RUNNING")
