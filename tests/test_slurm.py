@@ -1,5 +1,6 @@
-"""The training job on a real SLURM cluster (tests/slurm/cluster.sh): submit, scancel + resume,
-reattach after the launcher dies, cancel on SIGTERM."""
+"""Jobs on a real SLURM cluster (tests/slurm/cluster.sh): training (submit, scancel + resume, reattach
+after the launcher dies, cancel on SIGTERM), the evaluation sweep as a job array, sampling on two
+(fake) GPUs, and `snakemake --profile slurm`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import xarray as xr
 import yaml
 
 from tests.conftest import REPO, pipeline_cli, require
@@ -161,9 +163,9 @@ def test_sigterm_to_the_launcher_cancels_the_job(work: Path, slurm: dict) -> Non
     _wait_for(lambda: _state(job_id, slurm) in ("CANCELLED", "COMPLETING"), timeout=60)
 
 
-def test_evaluation_sweep_is_one_submitit_job_array(work: Path, slurm: dict) -> None:
+def test_evaluation_array_and_multi_gpu_sampling(work: Path, slurm: dict) -> None:
     """`python -m pipeline evaluate` on SLURM: the sweep's points as one sbatch --array, then nothing
-    left to do; the points' results and MLflow runs are there."""
+    left to do; then `sample` with 2 processes as one 2-task job with a GPU per task."""
     cfg, exp = _experiment(
         work,
         "array",
@@ -193,6 +195,30 @@ def test_evaluation_sweep_is_one_submitit_job_array(work: Path, slurm: dict) -> 
         assert point["results"][0]["variables"]["z500"]["crps"] > 0
     r = pipeline_cli("evaluate", "-c", cfg, cwd=work, env=slurm)
     assert r.returncode == 0 and "evaluate: 0 sweep point(s)" in r.stderr, r.stderr[-2000:]
+    # sampling split across 2 processes: one SLURM job of 2 tasks with one (fake) GPU each
+    (work / "sample2.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "launch": {"gpus_per_node": 1},
+                "sample": {
+                    "checkpoint": "step-00000010",
+                    "processes": 2,
+                    "steps": 3,
+                    "unconditional": 3,
+                    "rollouts": 2,
+                    "rollout_frames": 6,
+                },
+            }
+        )
+    )
+    r = pipeline_cli("sample", "-c", cfg, "-c", "sample2.yaml", cwd=work, env=slurm)
+    assert r.returncode == 0, r.stderr[-3000:]
+    job = json.loads((exp / "sample_job.json").read_text())
+    assert job["executor"] == "slurm" and job["tasks"] == 2
+    sbatch = (exp / "submitit" / f"{job['job_id']}_submission.sh").read_text()
+    assert "--gpus-per-node=2" in sbatch and "--ntasks-per-node=2" in sbatch, sbatch
+    unc = xr.open_zarr(exp / "samples" / "unconditional.zarr", zarr_format=3, consolidated=False)
+    assert unc.sizes["sample"] == 3 and unc.attrs["processes"] == 2
 
 
 # the test cluster: partition "debug", two fake GPUs; the profile's GPU rules ask for partition "gpu"
