@@ -360,7 +360,11 @@ class SampleConfig(_Section):
     unconditional: int = Field(4, description="Unconditional clips to generate.")
     rollouts: int = Field(2, description="Long rollouts, each from real initial frames of the test period.")
     rollout_frames: int = Field(24, description="Length of each rollout in frames.")
-    guidance_weight: float = Field(2.0, description="Reconstruction-guidance weight for extending rollouts.")
+    guidance_weight: float | Literal["best"] = Field(
+        2.0,
+        description="Reconstruction-guidance weight for extending rollouts, or 'best': the weight of the sweep's "
+        "best point (eval/best.json).",
+    )
     netcdf: bool = Field(False, description="Also write the samples as NetCDF.")
     batch_size: int = Field(8, description="Clips (or rollouts) sampled at once on each process.")
     processes: int = Field(

@@ -38,19 +38,26 @@ from pipeline.plots import animate_side_by_side, first_last_maps, spectra_plot
 from pipeline.tracking import StageRun
 from pipeline.train import load_inference
 
-__all__ = ["resolve_checkpoint", "run_sample", "sample_task"]
+__all__ = ["resolve_checkpoint", "resolve_guidance", "run_sample", "sample_task"]
 
 log = logging.getLogger(__name__)
 
 
-def resolve_checkpoint(cfg: Config) -> str:
-    if cfg.sample.checkpoint != "best":
-        return cfg.sample.checkpoint
+def _best(cfg: Config, key: str) -> Any:
     best = cfg.eval_dir / "best.json"
     if not best.exists():
-        msg = f"sample.checkpoint = 'best' needs {best} (run the evaluation sweep first) or name a checkpoint tag"
+        msg = f"sample.{key} = 'best' needs {best} (run the evaluation sweep first) or give a value"
         raise FileNotFoundError(msg)
-    return json.loads(best.read_text())["checkpoint"]
+    return json.loads(best.read_text())[key]
+
+
+def resolve_checkpoint(cfg: Config) -> str:
+    return cfg.sample.checkpoint if cfg.sample.checkpoint != "best" else str(_best(cfg, "checkpoint"))
+
+
+def resolve_guidance(cfg: Config) -> float:
+    w = cfg.sample.guidance_weight
+    return float(w) if w != "best" else float(_best(cfg, "guidance_weight"))
 
 
 def _doy(times: np.ndarray) -> np.ndarray:
@@ -121,6 +128,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
     t0 = time.perf_counter()
     s = cfg.sample
     tag = resolve_checkpoint(cfg)
+    guidance = resolve_guidance(cfg)
     if torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
     else:
@@ -177,7 +185,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
                 s.rollout_frames,
                 frames,
                 s.steps,
-                s.guidance_weight,
+                guidance,
                 overlap=m,
                 cond_for_window=cond_for,
                 generator=[_item_generator(cfg.seed, 1, r, device) for r in batch],
@@ -236,7 +244,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
                 "sampler": s.sampler,
                 "sampling_steps": s.steps,
                 "seed": cfg.seed,
-                "guidance_weight": s.guidance_weight,
+                "guidance_weight": guidance,
                 "processes": world,
                 "checkpoint_file": str(cfg.checkpoint_dir / "inference" / f"{tag}.pt"),
                 "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} pipeline sample",
@@ -281,6 +289,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
                     "sampler": s.sampler,
                     "steps": s.steps,
                     "seed": cfg.seed,
+                    "guidance_weight": guidance,
                     "unconditional": s.unconditional,
                     "rollouts": s.rollouts,
                     "rollout_frames": s.rollout_frames,
@@ -290,7 +299,9 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
             )
         )
     n_frames = s.unconditional * frames + s.rollouts * s.rollout_frames
-    run.log_params({"sample": s.model_dump(), "checkpoint": tag, "checkpoint_step": meta["step"]})
+    run.log_params(
+        {"sample": s.model_dump(), "checkpoint": tag, "checkpoint_step": meta["step"], "guidance_weight": guidance}
+    )
     run.log_metrics(
         {
             "frames_per_s": n_frames / gen_s,

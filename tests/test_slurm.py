@@ -202,6 +202,7 @@ def test_evaluation_array_and_multi_gpu_sampling(work: Path, slurm: dict) -> Non
                 "launch": {"gpus_per_node": 1},
                 "sample": {
                     "checkpoint": "step-00000010",
+                    "guidance_weight": 1.0,
                     "processes": 2,
                     "steps": 3,
                     "unconditional": 3,

@@ -122,6 +122,7 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     assert roll["z500"].dims == ("rollout", "lead", "latitude", "longitude") and roll.sizes["lead"] == 12
     for ds in (unc, roll):
         assert ds.attrs["Conventions"] == "CF-1.8" and ds.attrs["sampler"] == "dpmpp_2m"
+        assert ds.attrs["guidance_weight"] == best["guidance_weight"]  # sample.guidance_weight: best
         assert ds["z500"].attrs["units"] == "m" and ds["z500"].attrs["standard_name"] == "geopotential_height"
         assert ds["latitude"].attrs["units"] == "degrees_north"
         assert 4000 < float(ds["z500"].mean()) < 7000  # denormalised: metres, not standard units
