@@ -127,9 +127,18 @@ def test_stages_log_to_a_postgres_backed_server(postgres: str, server: tuple[str
     # artifacts went through the server into its destination, not into the client's results folder
     assert list(artifacts.rglob("quicklook_regrid.png"))
     assert not (tmp_path / "results" / "mlartifacts").exists()
-    # the runs are rows of the PostgreSQL database: parent + two stages
-    import psycopg2
-
-    with psycopg2.connect(postgres) as conn, conn.cursor() as cur:
-        cur.execute("select count(*) from runs where experiment_id = %s", (int(exp.experiment_id),))
-        assert cur.fetchone()[0] == 3
+    # the runs are rows of the PostgreSQL database: parent + two stages. Asked with psql, not psycopg2:
+    # psycopg2-binary's bundled OpenSSL, loaded beside the system one in this process, crashed the
+    # interpreter at exit (segfault after all tests passed).
+    r = subprocess.run(
+        [
+            f"{PG_BIN}/psql",
+            postgres,
+            "-tAc",
+            f"select count(*) from runs where experiment_id = {int(exp.experiment_id)}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "3", r.stdout + r.stderr
