@@ -16,10 +16,10 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.atomic import write_text_atomic
 
@@ -37,6 +37,17 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the person who edits the YAML."""
+
+
+def _at_least_one(v: int) -> int:
+    if v < 1:
+        msg = f"must be >= 1, got {v}"
+        raise ValueError(msg)
+    return v
+
+
+# an int setting that counts something (steps, clips, processes, channels, ...)
+AtLeastOne = Annotated[int, AfterValidator(_at_least_one)]
 
 
 class _Section(BaseModel):
@@ -140,7 +151,7 @@ class DataConfig(_Section):
     )
     grid: GridConfig = Field(default_factory=GridConfig, description="The target regular lat-lon grid.")
     split: SplitConfig = Field(description="Time periods for training, validation and test.")
-    time_chunk: int = Field(8, description="Time steps per zarr chunk: about one training clip.")
+    time_chunk: AtLeastOne = Field(8, description="Time steps per zarr chunk: about one training clip.")
 
     @field_validator("variables")
     @classmethod
@@ -154,25 +165,17 @@ class DataConfig(_Section):
             raise ValueError(msg)
         return v
 
-    @field_validator("time_chunk")
-    @classmethod
-    def _chunk(cls, v: int) -> int:
-        if v < 1:
-            msg = f"must be >= 1, got {v}"
-            raise ValueError(msg)
-        return v
-
 
 class ModelConfig(_Section):
-    base_channels: int = Field(32, description="Channels of the first U-Net level; the size knob.")
+    base_channels: AtLeastOne = Field(32, description="Channels of the first U-Net level; the size knob.")
     channel_mults: list[int] = Field(
         [1, 2], description="Channel multiplier per level; each level after the first halves the grid."
     )
-    num_res_blocks: int = Field(1, description="Residual blocks per level.")
+    num_res_blocks: AtLeastOne = Field(1, description="Residual blocks per level.")
     attention_levels: list[int] = Field(
         [1], description="Levels (0-based) with spatial self-attention; every block has temporal attention."
     )
-    heads: int = Field(4, description="Attention heads.")
+    heads: AtLeastOne = Field(4, description="Attention heads.")
     dropout: float = Field(0.0, description="Dropout in residual blocks.")
     periodic_lon: bool | None = Field(
         None, description="Circular padding in longitude; null = true exactly when the grid is global."
@@ -182,14 +185,6 @@ class ModelConfig(_Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass (less memory, ~30% slower)."
     )
-
-    @field_validator("base_channels", "num_res_blocks", "heads")
-    @classmethod
-    def _pos(cls, v: int) -> int:
-        if v < 1:
-            msg = f"must be >= 1, got {v}"
-            raise ValueError(msg)
-        return v
 
 
 class DiffusionConfig(_Section):
@@ -303,12 +298,12 @@ class EvaluateConfig(_Section):
     primary_metric: Literal["crps", "rmse"] = Field(
         "crps", description="Metric (mean over variables) that picks the best checkpoint."
     )
-    array_parallelism: int = Field(
+    array_parallelism: AtLeastOne = Field(
         4,
         description="`python -m pipeline evaluate` without a point: sweep points running at once in the submitit job "
         "array (SLURM: one GPU each when launch.gpus_per_node > 0; partition/account/qos from launch).",
     )
-    timeout_min: int = Field(60, description="Wall time of one sweep point's array task, in minutes.")
+    timeout_min: AtLeastOne = Field(60, description="Wall time of one sweep point's array task, in minutes.")
 
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
@@ -342,23 +337,15 @@ class EvaluateConfig(_Section):
             raise ValueError(msg)
         return v
 
-    @field_validator("array_parallelism", "timeout_min")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            msg = "must be >= 1"
-            raise ValueError(msg)
-        return v
-
 
 class SampleConfig(_Section):
     checkpoint: str = Field(
         "best", description="'best' (from the evaluation sweep) or a checkpoint tag like 'step-00000300'."
     )
     sampler: Literal["ancestral", "ddim", "dpmpp_2m"] = Field("dpmpp_2m", description="Sampler for generation.")
-    steps: int = Field(25, description="Sampling steps.")
-    unconditional: int = Field(4, description="Unconditional clips to generate.")
-    rollouts: int = Field(2, description="Long rollouts, each from real initial frames of the test period.")
+    steps: AtLeastOne = Field(25, description="Sampling steps.")
+    unconditional: AtLeastOne = Field(4, description="Unconditional clips to generate.")
+    rollouts: AtLeastOne = Field(2, description="Long rollouts, each from real initial frames of the test period.")
     rollout_frames: int = Field(24, description="Length of each rollout in frames.")
     guidance_weight: float | Literal["best"] = Field(
         2.0,
@@ -366,20 +353,12 @@ class SampleConfig(_Section):
         "best point (eval/best.json).",
     )
     netcdf: bool = Field(False, description="Also write the samples as NetCDF.")
-    batch_size: int = Field(8, description="Clips (or rollouts) sampled at once on each process.")
-    processes: int = Field(
+    batch_size: AtLeastOne = Field(8, description="Clips (or rollouts) sampled at once on each process.")
+    processes: AtLeastOne = Field(
         1,
         description="Processes the clips and rollouts are split across (one GPU each on a GPU node), launched by "
         "submitit like training (launch.executor); every clip has its own seed, so the samples do not depend on it.",
     )
-
-    @field_validator("processes", "unconditional", "rollouts", "steps", "batch_size")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            msg = "must be >= 1"
-            raise ValueError(msg)
-        return v
 
 
 class TrackingConfig(_Section):
