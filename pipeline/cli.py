@@ -78,20 +78,20 @@ def _evaluate(cfg: Config, config_paths: Sequence[str], args: argparse.Namespace
         msg = f"evaluate: {cfg.final_checkpoint} does not exist: train first (python -m pipeline train)"
         raise ConfigError(msg)
     log.info("evaluate: %d sweep point(s) to run: %s", len(todo), [f"{c}/{s}-{n}" for c, s, n in todo])
-    paths = [str(Path(p).resolve()) for p in config_paths]
-    launch_array(cfg, paths, "pipeline.evaluate:evaluate_point", todo, "evaluate")
+    launch_array(cfg, config_paths, "pipeline.evaluate:evaluate_point", todo, "evaluate")
 
 
 def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argparse.Namespace) -> None:
     from pipeline.tracking import stage_run
 
     t0 = time.perf_counter()
+    config_paths = [str(Path(p).resolve()) for p in config_paths]  # the jobs run in other processes
     if name == "train":
         from pipeline.launch import launch, prepare_checkpoint_dir
 
         resuming = prepare_checkpoint_dir(cfg)
         log.info("train: %s", "resuming from the last checkpoint" if resuming else "starting afresh")
-        results = launch(cfg, [str(Path(p).resolve()) for p in config_paths], "pipeline.train:run_training", "train")
+        results = launch(cfg, config_paths, "pipeline.train:run_training", "train")
         log.info(
             "train finished in %.1f s at step %d -> %s",
             time.perf_counter() - t0,
@@ -106,8 +106,7 @@ def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argpar
     if name == "sample" and cfg.sample.processes > 1:
         from pipeline.launch import launch
 
-        paths = [str(Path(p).resolve()) for p in config_paths]
-        out = launch(cfg, paths, "pipeline.sample:sample_task", "sample", processes=cfg.sample.processes)[0]
+        out = launch(cfg, config_paths, "pipeline.sample:sample_task", "sample", processes=cfg.sample.processes)[0]
         log.info("sample finished in %.1f s -> %s", time.perf_counter() - t0, out)
         return
     with stage_run(cfg.tracking_uri, cfg.experiment, cfg.exp_dir, name, enabled=cfg.tracking.enabled) as run:

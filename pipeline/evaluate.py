@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +156,11 @@ def _guided_run(
     meta: dict[str, Any],
     clips: list[dict[str, torch.Tensor]],
     device: torch.device,
+    truth: xr.Dataset,
+    physical: Callable[[np.ndarray], xr.Dataset],
 ) -> dict[str, Any]:
-    """Generate and score one guidance weight of a point, as its own MLflow child run."""
+    """Generate and score one guidance weight of a point, as its own MLflow child run. ``truth`` is the
+    clips in physical units; ``physical`` turns the ensemble into the same (masked, denormalised)."""
     e = cfg.evaluate
     t0 = time.perf_counter()
     point = f"{checkpoint}/{sampler}-{steps}"
@@ -183,21 +187,11 @@ def _guided_run(
                 bool(meta["model_config"].get("day_of_year")),
             )
         gen_s = time.perf_counter() - t0
-        truth = np.stack([c["x"].numpy() for c in clips])
-        masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)
-        truth = np.where(masks, truth, np.nan)
-        ens = np.where(masks[:, None], ens, np.nan)
-        store = open_store(cfg.normalised_path)
-        lat, lon = store["latitude"].values, store["longitude"].values
-        stats = read_stats(cfg.stats_path)
-        names = meta["variables"]
-        f = denormalise(_to_xr(ens, names, lat, lon, True), stats)
-        y = denormalise(_to_xr(truth, names, lat, lon, False), stats)
         result = {
             "guidance_weight": weight,
             "samples_per_s": len(clips) * e.ensemble / gen_s,
             "seconds": time.perf_counter() - t0,
-            "variables": score(f, y, e.context_frames),
+            "variables": score(physical(ens), truth, e.context_frames),
         }
         run.log_params({**{k: common[k] for k in SWEEP_PARAMS if k in common}, "guidance_weight": weight})
         flat = {"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]}
@@ -245,8 +239,20 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Pa
         "clip_frames": frames,
         "clip_starts": [str(store["time"].values[int(c["start"])])[:19] for c in clips],
     }
+    # the truth in physical units, once for every weight
+    masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)
+    lat, lon = store["latitude"].values, store["longitude"].values
+    stats = read_stats(cfg.stats_path)
+    names = meta["variables"]
+    raw = np.where(masks, np.stack([c["x"].numpy() for c in clips]), np.nan)
+    truth = denormalise(_to_xr(raw, names, lat, lon, False), stats)
+
+    def physical(ens: np.ndarray) -> xr.Dataset:
+        return denormalise(_to_xr(np.where(masks[:, None], ens, np.nan), names, lat, lon, True), stats)
+
     results = [
-        _guided_run(cfg, checkpoint, sampler, steps, w, common, model, meta, clips, device) for w in e.guidance_weights
+        _guided_run(cfg, checkpoint, sampler, steps, w, common, model, meta, clips, device, truth, physical)
+        for w in e.guidance_weights
     ]
     out = point_path(cfg, checkpoint, sampler, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
