@@ -54,6 +54,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CoordinateNames(_Section):
+    latitude: str = Field(description="Variable holding geographic latitude (degrees north).")
+    longitude: str = Field(description="Variable holding geographic longitude (degrees east).")
+
+
 class SourceConfig(_Section):
     paths: list[str] = Field(
         default_factory=lambda: ["bundled:eofs/hgt_djf.nc"],
@@ -61,6 +66,32 @@ class SourceConfig(_Section):
         "the working directory, or 'bundled:eofs/<file>' for the real data shipped with the eofs package.",
     )
     engine: str | None = Field(None, description="xarray engine; null picks one from the file type.")
+    coordinates: CoordinateNames | None = Field(
+        None,
+        description="Names of the geographic latitude and longitude variables (1-D, or 2-D on a curvilinear "
+        "grid), where the files' CF attributes do not say which they are; null finds them by CF meaning.",
+    )
+    time_reference: str | None = Field(
+        None,
+        description="Reference date ('1950-01-01', optionally with ' hh:mm:ss') for a time coordinate whose units "
+        "have none ('days' instead of 'days since 1950-01-01'); null = the files must carry it.",
+    )
+    overlap: Literal["error", "later_wins"] = Field(
+        "error",
+        description="Input files whose time spans overlap: 'error' stops and names both files; 'later_wins' drops "
+        "the earlier file's overlapping steps.",
+    )
+
+    @field_validator("time_reference", mode="before")
+    @classmethod
+    def _reference_date(cls, v: Any) -> Any:
+        if isinstance(v, dt.date):  # YAML reads an unquoted 1950-01-01 as a date
+            return v.isoformat(sep=" ") if isinstance(v, dt.datetime) else v.isoformat()
+        m = re.fullmatch(r"(\d{1,4})-(\d{1,2})-(\d{1,2})([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?", str(v).strip())
+        if v is not None and not (m and 1 <= int(m[2]) <= 12 and 1 <= int(m[3]) <= 31):
+            msg = f"must be a date like '1950-01-01' or '1950-01-01 06:00:00' (where time values count from), got {v!r}"
+            raise ValueError(msg)
+        return v if v is None else str(v).strip()
 
     @field_validator("paths")
     @classmethod

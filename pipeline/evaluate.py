@@ -29,6 +29,7 @@ from pipeline.config import Config
 from pipeline.data.clips import ClipDataset
 from pipeline.data.io import open_store
 from pipeline.data.stats import denormalise, read_stats
+from pipeline.data.times import format_time
 from pipeline.diffusion import SAMPLERS, ReconstructionGuidance
 from pipeline.diffusion.guidance import frame_mask
 from pipeline.tracking import StageRun, stage_run
@@ -237,7 +238,7 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Pa
         "test_clips": n,
         "context_frames": e.context_frames,
         "clip_frames": frames,
-        "clip_starts": [str(store["time"].values[int(c["start"])])[:19] for c in clips],
+        "clip_starts": [format_time(store["time"].values[int(c["start"])]) for c in clips],
     }
     # the truth in physical units, once for every weight
     masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)

@@ -16,7 +16,7 @@ __all__ = ["animate_side_by_side", "first_last_maps", "quicklook_regrid", "spect
 
 
 def _first_frame(da: xr.DataArray) -> xr.DataArray:
-    sel = {d: 0 for d in da.dims if d not in ("latitude", "longitude")}
+    sel = {d: 0 for d in da.dims if d not in ("latitude", "longitude", "y", "x")}
     return da.isel(sel)
 
 
@@ -33,7 +33,8 @@ def quicklook_regrid(before: xr.Dataset, after: xr.Dataset, path: Path) -> Path:
             ((b, "source grid"), (a, f"regridded ({after[name].attrs.get('regrid_method', '')})"))
         ):
             ax = axes[row, col]
-            im = _map(ax, da, vmin, vmax, f"{name}: {title}\n{da.sizes['latitude']} x {da.sizes['longitude']}")
+            size = " x ".join(str(n) for n in da.shape)
+            im = _map(ax, da, vmin, vmax, f"{name}: {title}\n{size}")
             fig.colorbar(im, ax=ax, label=units)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ def _map(ax, da: xr.DataArray, vmin: float, vmax: float, title: str):
     im = ax.pcolormesh(
         da["longitude"],
         da["latitude"],
-        da.transpose("latitude", "longitude"),
+        da.transpose(*(("y", "x") if da["latitude"].ndim == 2 else ("latitude", "longitude"))),
         vmin=vmin,
         vmax=vmax,
         shading="nearest",

@@ -32,6 +32,11 @@ def _as_config_error(key: str, fn, *args):
         raise ConfigError(msg) from None
 
 
+def _names(cfg: Config) -> dict[str, str] | None:
+    c = cfg.data.source.coordinates
+    return None if c is None else c.model_dump()
+
+
 def open_selected(cfg: Config) -> tuple[xr.Dataset, list[Path]]:
     """Open the sources lazily, standardise coordinates, select variables and levels.
 
@@ -39,8 +44,15 @@ def open_selected(cfg: Config) -> tuple[xr.Dataset, list[Path]]:
     """
     paths = _as_config_error("data.source.paths", resolve_paths, cfg.data.source.paths)
     label = paths[0].name if len(paths) == 1 else f"{len(paths)} files ({paths[0].name}, ...)"
-    ds = _as_config_error("data.source.paths", open_source, paths, cfg.data.source.engine)
-    ds = fill_units(_as_config_error("data.source.paths", standardise, ds, label), label)
+    ds = _as_config_error(
+        "data.source.paths",
+        open_source,
+        paths,
+        cfg.data.source.engine,
+        cfg.data.source.time_reference,
+        cfg.data.source.overlap,
+    )
+    ds = fill_units(_as_config_error("data.source", standardise, ds, label, _names(cfg)), label)
     ds = _as_config_error("data.variables", select, ds, [(v.name, v.levels) for v in cfg.data.variables], label)
     return ds, paths
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import xarray as xr
 from tqdm.auto import tqdm
@@ -32,6 +31,7 @@ from pipeline import __version__
 from pipeline.config import Config
 from pipeline.data.io import atomic_path, open_store, write_zarr
 from pipeline.data.stats import denormalise, read_stats
+from pipeline.data.times import day_of_year, regular_times
 from pipeline.diffusion import SAMPLERS, extend
 from pipeline.diffusion.objective import randn
 from pipeline.plots import animate_side_by_side, first_last_maps, spectra_plot
@@ -58,11 +58,6 @@ def resolve_checkpoint(cfg: Config) -> str:
 def resolve_guidance(cfg: Config) -> float:
     w = cfg.sample.guidance_weight
     return float(w) if w != "best" else float(_best(cfg, "guidance_weight"))
-
-
-def _doy(times: np.ndarray) -> np.ndarray:
-    t = pd.DatetimeIndex(times)
-    return (t.dayofyear + t.hour / 24).to_numpy(dtype=np.float32)
 
 
 def _as_dataset(
@@ -144,14 +139,13 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
     lat, lon = store["latitude"], store["longitude"]
     times = store["time"].values
     test_idx = np.flatnonzero(store["split"].values == 3)
-    step = np.median(np.diff(times)) if times.size > 1 else np.timedelta64(1, "D")
     sampler = SAMPLERS[s.sampler]
     shape = (len(names), frames, lat.size, lon.size)
 
     # unconditional clips, dated like the first test clip, in batches; each clip has its own seed
     gen_t0 = time.perf_counter()
-    dates = times[test_idx[0]] + step * np.arange(frames)
-    doy = torch.from_numpy(_doy(dates))[None].to(device)
+    dates = regular_times(times, times[test_idx[0]], frames)  # datetime64 or cftime, in the data's calendar
+    doy = torch.from_numpy(day_of_year(dates))[None].to(device)
     mine: dict[int, np.ndarray] = {}
     for batch in tqdm(_batches(range(rank, s.unconditional, world), s.batch_size), desc="unconditional", disable=None):
         gens = [_item_generator(cfg.seed, 0, i, device) for i in batch]
@@ -166,16 +160,17 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
     m = cfg.evaluate.context_frames
     data = np.stack([store[n].values for n in names], axis=1)  # (time, C, lat, lon), normalised
     starts = np.linspace(test_idx[0], max(test_idx[0], test_idx[-1] - m + 1), s.rollouts).round().astype(int)
+    # valid times of each rollout, on past the data's end in its calendar (the last window may overshoot)
+    rdates = [regular_times(times, times[int(start)], s.rollout_frames + frames) for start in starts]
     mine = {}
     for batch in tqdm(_batches(range(rank, s.rollouts, world), s.batch_size), desc="rollouts", disable=None):
         init = np.stack([np.nan_to_num(data[starts[r] : starts[r] + m]).transpose(1, 0, 2, 3) for r in batch])
-        first = times[starts[batch]]
 
-        def cond_for(window_start: int, window: int, first: np.ndarray = first) -> dict[str, torch.Tensor] | None:
+        def cond_for(window_start: int, window: int, batch: list[int] = batch) -> dict[str, torch.Tensor] | None:
             if not use_doy:
                 return None
-            offsets = step * (window_start + np.arange(window))
-            return {"doy": torch.from_numpy(np.stack([_doy(t0 + offsets) for t0 in first])).to(device)}
+            doys = [day_of_year(rdates[r][window_start : window_start + window]) for r in batch]
+            return {"doy": torch.from_numpy(np.stack(doys)).to(device)}
 
         with torch.no_grad():
             out = extend(
@@ -198,7 +193,6 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
         return None
     unc = np.stack([unc_parts[i] for i in range(s.unconditional)])
     rollouts = [roll_parts[r] for r in range(s.rollouts)]
-    rdates = [times[int(start)] + step * np.arange(s.rollout_frames) for start in starts]
     truth = []
     for start in starts:
         avail = data[start : start + s.rollout_frames]
@@ -211,7 +205,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
             unc,
             names,
             ("sample", "frame", "latitude", "longitude"),
-            {**common, "doy": ("frame", _doy(dates))},
+            {**common, "doy": ("frame", day_of_year(dates))},
             var_attrs,
         ),
         stats,
@@ -221,7 +215,11 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
     roll_coords = {
         **common,
         "lead": np.arange(s.rollout_frames),
-        "time": (("rollout", "lead"), np.stack(rdates), {"standard_name": "time", "long_name": "valid time"}),
+        "time": (
+            ("rollout", "lead"),
+            np.stack([d[: s.rollout_frames] for d in rdates]),
+            {"standard_name": "time", "long_name": "valid time"},
+        ),
         "init_time": ("rollout", times[starts]),
     }
     roll_ds = denormalise(

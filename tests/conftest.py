@@ -24,6 +24,15 @@ def eraint_path() -> Path:
     return p
 
 
+@pytest.fixture(scope="session")
+def era5_grib() -> Path:
+    import cfgrib  # noqa: F401  (a test dependency)
+
+    p = SHARED_DATA / "era5-2mt-2019-03-uk.grib"
+    require(p.exists(), f"real ERA5 GRIB test file not found at {p}")
+    return p
+
+
 def require(ok: bool, why: str) -> None:
     """A test's tool or data is missing: skip on a developer's machine, fail in CI (CI=true), where
     .ci/run installs every tool and ../shared is beside the clone."""

@@ -218,7 +218,7 @@ def test_evaluation_array_and_multi_gpu_sampling(work: Path, slurm: dict) -> Non
     assert job["executor"] == "slurm" and job["tasks"] == 2
     sbatch = (exp / "submitit" / f"{job['job_id']}_submission.sh").read_text()
     assert "--gpus-per-node=2" in sbatch and "--ntasks-per-node=2" in sbatch, sbatch
-    unc = xr.open_zarr(exp / "samples" / "unconditional.zarr", zarr_format=3, consolidated=False)
+    unc = xr.open_zarr(exp / "samples" / "unconditional.zarr", zarr_format=3)
     assert unc.sizes["sample"] == 3 and unc.attrs["processes"] == 2
 
 

@@ -144,3 +144,18 @@ def test_mlflow_sqlite_works_after_grib_backend_loaded(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert tuple(int(x) for x in r.stdout.strip().split(".")) >= (3, 31)
+
+
+def test_rotated_grids_work_after_grib_backend_loaded(era5_grib: Path) -> None:
+    """eccodes' eckit bundles another libproj; importing pipeline first keeps pyproj's own (and its proj.db)."""
+    code = (
+        "import pipeline, xarray as xr, pyproj\n"
+        f"xr.open_dataset({str(era5_grib)!r}, engine='cfgrib', backend_kwargs={{'indexpath': ''}})['t2m'][0].load()\n"
+        "crs = pyproj.CRS.from_cf({'grid_mapping_name': 'rotated_latitude_longitude',\n"
+        "    'grid_north_pole_latitude': 39.25, 'grid_north_pole_longitude': -162.0})\n"
+        "print(pyproj.Transformer.from_crs(crs, 'EPSG:4326', always_xy=True).transform(0.0, 0.0))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lon, lat = (float(v) for v in r.stdout.strip().strip("()").split(","))
+    assert abs(lon - 18.0) < 1e-9 and abs(lat - 50.75) < 1e-9  # the rotated origin of EUR-CORDEX

@@ -91,8 +91,8 @@ def test_sampling_split_across_processes_and_batches_gives_the_same_samples(copi
     cfg = load_config([copied / "results/eofs-z500-ci/config.resolved.yaml", copied / "two.yaml"])
     assert cfg.sample.processes == 2
     for name in ("unconditional.zarr", "rollouts.zarr"):
-        a = xr.open_zarr(copied / "one-process" / name, zarr_format=3, consolidated=False)
-        b = xr.open_zarr(exp / "samples" / name, zarr_format=3, consolidated=False)
+        a = xr.open_zarr(copied / "one-process" / name, zarr_format=3)
+        b = xr.open_zarr(exp / "samples" / name, zarr_format=3)
         assert a.attrs["processes"] == 1 and b.attrs["processes"] == 2
         assert a["z500"].shape == b["z500"].shape
         # same seeds per clip: the same fields, up to float32 rounding of different thread counts

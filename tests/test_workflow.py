@@ -116,8 +116,8 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     z = best_result["variables"]["z500"]
     assert z["units"] == "m" and len(z["rank_histogram"]) == 4 and len(z["rmse_per_lead"]) == 6
     samples = exp / "samples"
-    unc = xr.open_zarr(samples / "unconditional.zarr", zarr_format=3, consolidated=False)
-    roll = xr.open_zarr(samples / "rollouts.zarr", zarr_format=3, consolidated=False)
+    unc = xr.open_zarr(samples / "unconditional.zarr", zarr_format=3)
+    roll = xr.open_zarr(samples / "rollouts.zarr", zarr_format=3)
     assert unc["z500"].dims == ("sample", "frame", "latitude", "longitude") and unc.sizes["sample"] == 2
     assert roll["z500"].dims == ("rollout", "lead", "latitude", "longitude") and roll.sizes["lead"] == 12
     for ds in (unc, roll):

@@ -1,7 +1,8 @@
 """Video clips from the normalised zarr store, for torch.
 
 A clip is ``(channels = variables, frames, lat, lon)`` float32 with NaN cells set to 0 and a mask
-(1 = valid) so the loss can leave them out, plus the day of year of each frame. Clips never
+(1 = valid) so the loss can leave them out, plus the day of year of each frame
+(:func:`pipeline.data.times.day_of_year`, on a 365.25-day year in every calendar). Clips never
 cross the boundary of their split. Reads are whole time chunks: a clip of ``T`` frames touches at
 most ``ceil(T / chunk) + 1`` chunks, and the chunk cache keeps the last few decoded chunks so
 neighbouring clips reuse them.
@@ -14,6 +15,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 
+import cftime
 import numpy as np
 import torch
 import zarr
@@ -21,6 +23,7 @@ from torch.utils.data import Dataset, Sampler
 
 from pipeline.data.coords import DataError
 from pipeline.data.stats import SPLIT_NAMES
+from pipeline.data.times import day_of_year
 
 __all__ = ["ClipDataset", "ClipSampler"]
 
@@ -81,10 +84,7 @@ class ClipDataset(Dataset):
         time = root["time"]
         units = time.attrs.get("units", "")
         calendar = time.attrs.get("calendar", "standard")
-        import cftime
-
-        dates = cftime.num2date(np.asarray(time[:]), units, calendar)
-        self.doy = np.array([d.timetuple().tm_yday + d.hour / 24 for d in dates], dtype=np.float32)
+        self.doy = day_of_year(cftime.num2date(np.asarray(time[:]), units, calendar))
         self.shape = root[self.variables[0]].shape
         self.chunk = root[self.variables[0]].chunks[0]
         self.cache_chunks = cache_chunks

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import itertools
 import os
 import shutil
 import sys
@@ -23,6 +24,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.data.coords import DataError
+from pipeline.data.times import check_time_axes, decode_time, find_time, format_time
 
 __all__ = [
     "BUNDLED_PREFIX",
@@ -88,25 +90,103 @@ def _engine(path: Path, engine: str | None) -> str:
     raise DataError(msg)
 
 
-def open_source(paths: list[Path], engine: str | None = None) -> xr.Dataset:
-    """Open one or many files lazily (dask), decoding packed integers (scale_factor, add_offset)."""
+def _open_one(path: Path, kwargs: dict[str, Any], time_reference: str | None) -> xr.Dataset:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = xr.open_dataset(path, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        msg = f"could not open {path} as climate data ({type(e).__name__}: {e})"
+        raise DataError(msg) from e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. xarray's note on an unpadded reference year ('hours since 1-1-1')
+        return decode_time(ds, str(path), time_reference)
+
+
+def _check_same_coords(named: list[tuple[str, xr.Dataset]], skip: set[str]) -> None:
+    """Index coordinates shared by the files (other than ``skip``) must be equal, e.g. the same grid."""
+    first_name, first = named[0]
+    for name, ds in named[1:]:
+        for c in set(first.indexes) & set(ds.indexes) - skip:
+            a, b = first[c].values, ds[c].values
+            same = a.shape == b.shape and (
+                np.array_equal(a, b) or (a.dtype.kind in "fiu" and np.allclose(a, b, rtol=1e-9, atol=1e-9))
+            )
+            if not same:
+                msg = f"{first_name} and {name} differ in coordinate {c!r} ({a.size} vs {b.size} values): not one grid"
+                raise DataError(msg)
+
+
+def _join_time(parts: list[tuple[str, xr.Dataset]], overlap: str) -> xr.Dataset:
+    ordered = check_time_axes(parts, overlap)
+    if len(ordered) == 1:
+        return ordered[0]
+    dim = ordered[0][find_time(ordered[0])].dims[0]
+    _check_same_coords(parts, {dim})
+    kwargs: dict[str, Any] = {"data_vars": "minimal", "coords": "minimal", "compat": "override", "join": "override"}
+    try:
+        return xr.concat(ordered, dim=dim, combine_attrs="override", **kwargs)
+    except ValueError as e:
+        msg = f"could not join {[n for n, _ in parts]} along time ({e})"
+        raise DataError(msg) from e
+
+
+def open_source(
+    paths: list[Path], engine: str | None = None, time_reference: str | None = None, overlap: str = "error"
+) -> xr.Dataset:
+    """Open one or many files lazily (dask), decoding packed integers and time in any CF calendar.
+
+    Each file's time is decoded by :func:`pipeline.data.times.decode_time` (``time_reference`` completes
+    units without a reference date). Files holding the same variables are joined along time in time
+    order after :func:`pipeline.data.times.check_time_axes` (overlaps, per ``overlap``, and gaps);
+    files of different variables are then merged, and must share their time steps and grid.
+    """
     engines = {_engine(p, engine) for p in paths}
     if len(engines) > 1:
         msg = f"inputs mix formats {sorted(map(str, engines))}: {[str(p) for p in paths]}"
         raise DataError(msg)
     eng = engines.pop()
-    kwargs: dict[str, Any] = {"chunks": {}, "mask_and_scale": True, "decode_times": True, "engine": eng}
+    kwargs: dict[str, Any] = {
+        "chunks": {},
+        "mask_and_scale": True,
+        "decode_times": False,  # decoded by decode_time: every CF calendar, months since, clear errors
+        "decode_timedelta": False,
+        "engine": eng,
+    }
     if eng == "cfgrib":
         kwargs["backend_kwargs"] = {"indexpath": ""}  # never write .idx files next to the user's data
+    parts = [(str(p), _open_one(p, kwargs, time_reference)) for p in paths]
+    if len(parts) == 1:
+        return parts[0][1]
+    groups: dict[tuple[str, ...], list[tuple[str, xr.Dataset]]] = {}
+    static = []
+    for name, ds in parts:
+        t = find_time(ds)
+        if t is None:
+            static.append((name, ds))
+            continue
+        dim = ds[t].dims[0]
+        groups.setdefault(tuple(sorted(str(v) for v, da in ds.data_vars.items() if dim in da.dims)), []).append(
+            (name, ds)
+        )
+    joined = [(", ".join(n for n, _ in members), _join_time(members, overlap)) for members in groups.values()]
+    for (a, da), (b, db) in itertools.pairwise(joined):
+        ta, tb = da[find_time(da)].values, db[find_time(db)].values
+        if ta.shape != tb.shape or not np.all(ta == tb):
+            msg = (
+                f"files of different variables hold different time steps: {a} has {ta.size} "
+                f"({format_time(ta[0])} .. {format_time(ta[-1])}), {b} has {tb.size} "
+                f"({format_time(tb[0])} .. {format_time(tb[-1])})"
+            )
+            raise DataError(msg)
+    everything = joined + static
+    if len(everything) == 1:
+        return everything[0][1]
+    _check_same_coords(everything, set())
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if len(paths) == 1:
-                return xr.open_dataset(paths[0], **kwargs)
-            return xr.open_mfdataset(paths, combine="by_coords", **kwargs)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        names = ", ".join(str(p) for p in paths)
-        msg = f"could not open {names} as climate data ({type(e).__name__}: {e})"
+        return xr.merge([d for _, d in everything], compat="override", join="override", combine_attrs="override")
+    except ValueError as e:
+        msg = f"could not merge {[n for n, _ in everything]} ({e})"
         raise DataError(msg) from e
 
 
@@ -115,7 +195,7 @@ def open_store(path: str | os.PathLike[str]) -> xr.Dataset:
     if not p.exists():
         msg = f"store {p} does not exist; run the stage that makes it first"
         raise DataError(msg)
-    return xr.open_zarr(p, consolidated=False, zarr_format=3)
+    return xr.open_zarr(p, consolidated=True, zarr_format=3)
 
 
 def _quick_hash(path: Path, block: int = 1 << 20) -> str:
@@ -197,14 +277,20 @@ def write_zarr(ds: xr.Dataset, path: Path, time_chunk: int, progress: bool | Non
     Returns the bytes written. ``progress=None`` shows a bar only on a terminal.
     """
     chunks = {d: (min(time_chunk, n) if d == "time" else -1) for d, n in ds.sizes.items()}
-    ds = _clean_encoding(ds).chunk(chunks)
+    ds = _clean_encoding(ds)
+    # small non-index coordinates (valid_time, 2-D latitude) in memory: a chunked datetime coordinate with a
+    # units encoding but no dtype cannot be encoded lazily
+    ds = ds.assign_coords({k: v.load() for k, v in ds.coords.items() if k not in ds.indexes})
+    ds = ds.assign({k: v.chunk({d: chunks[d] for d in v.dims}) for k, v in ds.data_vars.items()})
     for name, var in ds.data_vars.items():
         if np.issubdtype(var.dtype, np.floating):
             var.encoding["_FillValue"] = np.nan
         ds[name] = var
     show = sys.stderr.isatty() if progress is None else progress
     with atomic_path(path) as tmp:
-        job = ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=False)
+        with warnings.catch_warnings():  # zarr notes that consolidated metadata is an extension of v3
+            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            job = ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False)
         if show:
             from tqdm.dask import TqdmCallback
 

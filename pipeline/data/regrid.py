@@ -7,6 +7,7 @@ inputs first and phrases errors for the config.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -15,10 +16,13 @@ import xarray as xr
 import xarray_regrid  # noqa: F401  (registers the .regrid accessor)
 
 from pipeline.data.coords import DataError
+from pipeline.data.curvilinear import check_footprint, regrid_curvilinear
 
 __all__ = ["Method", "check_covers", "regrid", "select", "target_grid"]
 
 Method = Literal["conservative", "bilinear"]
+
+log = logging.getLogger(__name__)
 
 
 def _centres(lo: float, hi: float, res: float) -> np.ndarray:
@@ -62,18 +66,30 @@ def select(
 
     A variable with a vertical dimension becomes one variable per level, named ``<name><level>``
     (``z500``, ``t850``), with ``source_variable``, ``level`` and ``level_units`` attributes: the
-    channels of a training clip, and no padding when variables have different levels.
+    channels of a training clip, and no padding when variables have different levels. A vertical
+    dimension of length one with no levels asked for (CORDEX's ``height = 2 m``) is no level: it
+    becomes attributes and the name stays the source's, as do scalar coordinates and other
+    length-one dimensions (``realization``, ``forecast_period``, ...).
     """
+    horizontal = ("y", "x") if ds.attrs.get("grid_kind") == "curvilinear" else ("latitude", "longitude")
     out = {}
     for name, levels in variables:
         if name not in ds.data_vars:
             msg = f"{source}: no variable {name!r}; it has {sorted(map(str, ds.data_vars))}"
             raise DataError(msg)
-        da = ds[name]
-        for dim in ("latitude", "longitude"):
+        da = _squeeze(ds[name], levels, source)
+        for dim in horizontal:
             if dim not in da.dims:
                 msg = f"{source}: variable {name!r} has dims {da.dims}, no {dim} dimension"
                 raise DataError(msg)
+        extra = [d for d in da.dims if d not in (*horizontal, "time", "level")]
+        if extra:
+            msg = (
+                f"{source}: variable {name!r} has dimension(s) {[f'{d} ({da.sizes[d]})' for d in extra]} besides "
+                f"time, a vertical level and the horizontal grid; the pipeline trains on (time, lat, lon) fields: "
+                f"select one member/step in the files, or choose another variable in data.variables"
+            )
+            raise DataError(msg)
         if "level" not in da.dims:
             if levels is not None:
                 msg = f"{source}: levels {list(levels)} asked for {name!r}, which has no vertical dimension (dims {da.dims})"
@@ -95,10 +111,40 @@ def select(
                 "level_units": ds["level"].attrs.get("units", ""),
             }
             out[f"{name}{float(lv):g}"] = one
-    return xr.Dataset(out, attrs=ds.attrs)
+    result = xr.Dataset(out, attrs=ds.attrs)
+    if "cell_corners" in ds.coords:  # a curvilinear grid's corners span dims no variable has
+        result = result.assign_coords(cell_corners=ds["cell_corners"])
+    return result
+
+
+def _squeeze(da: xr.DataArray, levels: Sequence[float] | None, source: str) -> xr.DataArray:
+    """Length-one dims and scalar coordinates become attributes (``height = 2.0 m``), kept as provenance."""
+    keep = {"time", "latitude", "longitude", "y", "x"}
+    scalars = {}
+    for d in [d for d in da.dims if d not in keep and da.sizes[d] == 1 and not (d == "level" and levels is not None)]:
+        if d in da.coords:
+            scalars[str(d)] = da[d]
+        da = da.isel({d: 0}, drop=d not in da.coords)
+    for c in [c for c in da.coords if c not in da.dims and c not in ("latitude", "longitude", "cell_corners")]:
+        if da[c].ndim == 0 or "time" in da[c].dims:  # expver, forecast_period, ... along time
+            scalars[str(c)] = da[c]
+    attrs = dict(da.attrs)
+    for c, v in scalars.items():
+        values = np.unique(np.asarray(v.values).ravel())
+        value = values[0] if values.size == 1 else f"{values.size} values along time: {values[:3].tolist()}..."
+        units = v.attrs.get("units", "")
+        attrs[f"coordinate_{v.attrs.get('source_name', c)}"] = f"{value}{f' {units}' if units else ''}"
+    if scalars:
+        log.info("%s: %r: scalar coordinate(s) kept as attributes: %s", source, da.name, sorted(scalars))
+    da = da.drop_vars(list(scalars), errors="ignore")
+    da.attrs = attrs
+    return da
 
 
 def check_covers(ds: xr.Dataset, target: xr.Dataset, source: str) -> None:
+    if ds.attrs.get("grid_kind") == "curvilinear":
+        check_footprint(ds, target, source)
+        return
     lat, tlat = ds["latitude"].values, target["latitude"].values
     dlat = float(np.abs(np.diff(lat)).max()) if lat.size > 1 else 0.0
     if tlat.min() < lat.min() - dlat or tlat.max() > lat.max() + dlat:
@@ -134,6 +180,12 @@ def regrid(
     Bilinear: a target point is NaN if any of its four neighbours is NaN (masks do not leak).
     """
     check_covers(ds, target, source)
+    if ds.attrs.get("grid_kind") == "curvilinear":
+        result = regrid_curvilinear(ds, target, methods, nan_threshold)
+        for name, method in methods.items():
+            result[name].attrs["regrid_method"] = method
+        result.attrs.pop("grid_kind", None)
+        return result.transpose(*[d for d in ("time", "level", "latitude", "longitude") if d in result.dims])
     time_dim = "time" if "time" in ds.dims else None
     out = {}
     for name, method in methods.items():

@@ -19,6 +19,7 @@ import xarray as xr
 
 from pipeline.atomic import write_text_atomic
 from pipeline.data.coords import DataError
+from pipeline.data.times import calendar_of, format_time, in_period
 
 __all__ = [
     "SPLIT_NAMES",
@@ -41,19 +42,14 @@ def area_weights(lat: xr.DataArray) -> xr.DataArray:
     return np.cos(np.deg2rad(lat)).clip(min=0.0).rename("area_weight")
 
 
-def _in_period(times: np.ndarray, first: dt.date, last: dt.date) -> np.ndarray:
-    t = np.asarray(times).astype("datetime64[ns]")
-    return (t >= np.datetime64(first)) & (t < np.datetime64(last) + np.timedelta64(1, "D"))
-
-
 SPLIT_NAMES = ("none", "train", "val", "test")
 
 
 def split_labels(times: np.ndarray, periods: Mapping[str, tuple[dt.date, dt.date]]) -> xr.DataArray:
-    """Per time step the code of its period as a CF flag variable (0 none, 1 train, 2 val, 3 test)."""
+    """Per time step (any calendar) the code of its period as a CF flag variable (0 none, 1 train, 2 val, 3 test)."""
     codes = np.zeros(len(times), dtype="int8")
     for name, (a, b) in periods.items():
-        codes[_in_period(times, a, b)] = SPLIT_NAMES.index(name)
+        codes[in_period(times, a, b)] = SPLIT_NAMES.index(name)
     attrs = {
         "long_name": "data split",
         "flag_values": list(range(len(SPLIT_NAMES))),
@@ -65,18 +61,19 @@ def split_labels(times: np.ndarray, periods: Mapping[str, tuple[dt.date, dt.date
 def split_periods(
     ds: xr.Dataset, periods: Mapping[str, tuple[dt.date, dt.date]], source: str = "dataset"
 ) -> dict[str, xr.Dataset]:
-    """Select each [first, last] period (inclusive, by day); each must hold data."""
+    """Select each [first, last] period (inclusive, by day, in the data's calendar); each must hold data."""
     if "time" not in ds.dims:
         msg = f"{source}: no time dimension to split into {list(periods)}"
         raise DataError(msg)
     t = ds["time"].values
     out = {}
     for name, (a, b) in periods.items():
-        sel = ds.isel(time=np.flatnonzero(_in_period(t, a, b)))
+        sel = ds.isel(time=np.flatnonzero(in_period(t, a, b)))
         if sel.sizes["time"] == 0:
             msg = (
                 f"data.split.{name} = [{a}, {b}] holds no time step of {source}, "
-                f"whose time runs {str(t.min())[:10]} .. {str(t.max())[:10]} ({t.size} steps)"
+                f"whose time runs {format_time(t.min())[:10]} .. {format_time(t.max())[:10]} "
+                f"({t.size} steps, {calendar_of(t)} calendar)"
             )
             raise DataError(msg)
         out[name] = sel

@@ -37,7 +37,9 @@ def test_truncated_netcdf(tmp_path: Path, write_nc) -> None:
 def test_no_latitude(write_nc) -> None:
     ds = make_dataset(LAT, LON, times=2, names={"lat": "row"}, cf_attrs=False)
     with pytest.raises(
-        DataError, match=r"no latitude coordinate found .* the dataset has coordinates \['lon', 'plev', 'row', 'time'\]"
+        DataError,
+        match=r"in.nc: no geographic latitude/longitude found .* the dataset has coordinates .*row\('row',\).* "
+        r"Name them with data.source.coordinates",
     ):
         standardise(open_source([write_nc(ds)]), "in.nc")
 

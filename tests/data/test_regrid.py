@@ -11,6 +11,7 @@ from pipeline.data.coords import DataError, standardise
 from pipeline.data.io import open_source
 from pipeline.data.regrid import regrid, select, target_grid
 from tests.conftest import analytic, make_dataset
+from tests.data.test_conventions import cell_mean, field_at
 
 
 def _cell_area_mean(da: xr.DataArray) -> xr.DataArray:
@@ -29,7 +30,8 @@ def _cell_area_mean(da: xr.DataArray) -> xr.DataArray:
 
 @pytest.mark.parametrize("res", [5.625, 2.8125])
 def test_conservative_preserves_global_area_mean_on_era_interim(eraint_path, res: float) -> None:
-    ds = standardise(open_source([eraint_path]).rename(month="time"))
+    ds = open_source([eraint_path]).rename(month="time")  # an integer month, no units: dated here
+    ds = standardise(ds.assign_coords(time=np.array(["1990-01-15", "1990-07-15"], dtype="datetime64[ns]")))
     out = regrid(ds, target_grid(res), {"z": "conservative", "u": "conservative", "v": "conservative"}).compute()
     assert out["z"].shape == (2, 3, round(180 / res), round(360 / res))
     assert not out["z"].isnull().any()
@@ -170,17 +172,6 @@ def test_regrid_stays_lazy() -> None:
     assert all(isinstance(v.data, dask.array.Array) for v in out.data_vars.values())
 
 
-@pytest.fixture
-def era5_grib():
-    import cfgrib  # noqa: F401  (a test dependency)
-
-    from tests.conftest import SHARED_DATA, require
-
-    p = SHARED_DATA / "era5-2mt-2019-03-uk.grib"
-    require(p.exists(), f"real ERA5 GRIB test file not found at {p}")
-    return p
-
-
 def test_grib_regional_real_data(era5_grib) -> None:
     ds = standardise(open_source([era5_grib]), era5_grib.name)
     assert ds["latitude"].values[0] < ds["latitude"].values[-1]  # GRIB latitude was descending
@@ -189,3 +180,71 @@ def test_grib_regional_real_data(era5_grib) -> None:
     assert out["t2m"].shape == (24, 6, 9) and out["t2m"].attrs["units"] == "K"
     src = ds["t2m"].isel(time=slice(0, 24)).sel(latitude=slice(51, 57), longitude=slice(-8, 1)).load()
     assert float(src.min()) - 0.01 <= float(out["t2m"].min()) and float(out["t2m"].max()) <= float(src.max()) + 0.01
+
+
+def _rotated_dataset(step: float, n_lat: int, n_lon: int) -> xr.Dataset:
+    import pyproj
+
+    pole = {
+        "grid_mapping_name": "rotated_latitude_longitude",
+        "grid_north_pole_latitude": 39.25,
+        "grid_north_pole_longitude": -162.0,
+    }
+    rlat, rlon = -23.375 + step * np.arange(n_lat), -28.375 + step * np.arange(n_lon)
+    tr = pyproj.Transformer.from_crs(pyproj.CRS.from_cf(pole), "EPSG:4326", always_xy=True)
+    lon, lat = (np.asarray(a) for a in tr.transform(*np.meshgrid(rlon, rlat)))
+    return xr.Dataset(
+        {
+            "t": (("rlat", "rlon"), field_at(lat, lon), {"units": "K"}),
+            "rotated_pole": ((), 0, pole),
+        },
+        coords={
+            "rlat": ("rlat", rlat, {"standard_name": "grid_latitude", "units": "degrees"}),
+            "rlon": ("rlon", rlon, {"standard_name": "grid_longitude", "units": "degrees"}),
+        },
+    ).assign(t=lambda d: d["t"].assign_attrs(grid_mapping="rotated_pole"))
+
+
+def test_rotated_grid_against_the_analytic_field() -> None:
+    """Bilinear against the field at the target points, conservative against exact cell means."""
+    std = standardise(_rotated_dataset(0.22, 200, 210))
+    tg = target_grid(0.5, (40.0, 60.0), (-5.0, 25.0))
+    tlat, tlon = tg["latitude"].values, tg["longitude"].values
+    w = np.cos(np.deg2rad(tlat))[:, None] * np.ones(tlon.size)
+    # bilinear: O(h^2) interpolation error, also in the mean; conservative: exact up to straight cell edges
+    for method, exact, tol, mean_tol in (
+        ("bilinear", field_at(tlat[:, None], tlon[None, :]), 5e-4, 1e-4),
+        ("conservative", cell_mean(tlat, tlon, 0.5), 1e-2, 2e-5),
+    ):
+        out = regrid(std, tg, {"t": method})["t"].values
+        assert not np.isnan(out).any(), method
+        assert np.abs(out - exact).max() < tol, (method, np.abs(out - exact).max())
+        assert abs(np.average(out, weights=w) - np.average(exact, weights=w)) < mean_tol, method
+
+
+def test_conservative_weights_partition_the_cells() -> None:
+    """Overlap areas are exact: a covered target cell is filled once, a source cell inside is spread whole."""
+    import shapely
+
+    from pipeline.data.curvilinear import conservative_weights
+
+    std = standardise(_rotated_dataset(0.44, 100, 105))
+    tg = target_grid(1.0, (40.0, 60.0), (-5.0, 25.0))
+    w = conservative_weights(std["cell_corners"].values, tg)
+    np.testing.assert_allclose(np.asarray(w.sum(axis=1)).ravel(), 1.0, atol=1e-9)
+    corners = std["cell_corners"].values.reshape(-1, 4, 2)
+    src_area = shapely.area(shapely.polygons(np.stack([corners[..., 1], np.sin(np.deg2rad(corners[..., 0]))], -1)))
+    t_area = np.repeat(np.diff(np.sin(np.deg2rad(np.arange(40.0, 60.1, 1.0)))), 30) * 1.0
+    spread = np.asarray(w.multiply(t_area[:, None]).sum(axis=0)).ravel()
+    c = corners.reshape(-1, 4, 2)
+    inside = (c[..., 0].min(1) > 40) & (c[..., 0].max(1) < 60) & (c[..., 1].min(1) > -5) & (c[..., 1].max(1) < 25)
+    assert inside.sum() > 1000
+    np.testing.assert_allclose(spread[inside], src_area[inside], rtol=1e-9)
+
+
+def test_curvilinear_target_outside_the_source_is_refused() -> None:
+    std = standardise(_rotated_dataset(0.44, 100, 105), "eur.nc")
+    with pytest.raises(
+        DataError, match=r"target grid reaches outside the curvilinear source grid \(eur.nc.*data\.grid"
+    ):
+        regrid(std, target_grid(1.0, (0.0, 30.0), (-40.0, 0.0)), {"t": "bilinear"}, source="eur.nc")

@@ -1,0 +1,381 @@
+"""Time coordinates in every CF calendar: decoding, multi-file time axes, day of year, periods.
+
+Times are numpy ``datetime64`` for the standard calendars (within its range) and ``cftime``
+datetimes otherwise, so a 360_day or noleap date is never silently converted. ``months since`` and
+``years since`` are decoded as calendar months and years, the way CDO does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from typing import Any
+
+import cftime
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pipeline.data.coords import DataError
+
+__all__ = [
+    "CALENDARS",
+    "calendar_of",
+    "check_time_axes",
+    "day_of_year",
+    "decode_time",
+    "find_time",
+    "format_time",
+    "in_period",
+    "regular_times",
+    "time_seconds",
+]
+
+log = logging.getLogger(__name__)
+
+# CF calendars and their canonical names
+CALENDARS = {
+    "standard": "standard",
+    "gregorian": "standard",
+    "proleptic_gregorian": "proleptic_gregorian",
+    "noleap": "noleap",
+    "365_day": "noleap",
+    "all_leap": "all_leap",
+    "366_day": "all_leap",
+    "360_day": "360_day",
+    "julian": "julian",
+}
+_REAL_WORLD = ("standard", "proleptic_gregorian")
+_SINCE = re.compile(r"^\s*([a-z_]+)\s+since\s+(\S.*?)\s*$", re.IGNORECASE)
+_CALENDAR_UNITS = {"months": 1, "month": 1, "years": 12, "year": 12}
+_TIME_UNITS = (
+    *_CALENDAR_UNITS,
+    *("days", "day", "d", "hours", "hour", "hr", "h", "minutes", "minute", "min", "seconds", "second", "sec", "s"),
+)
+_TIME_NAMES = ("time", "valid_time", "t")
+
+
+def _is_time(name: Any, var: xr.Variable) -> bool:
+    a = var.attrs
+    return (
+        a.get("standard_name") == "time"
+        or str(a.get("axis", "")).upper() == "T"
+        or bool(_SINCE.match(str(a.get("units", ""))))
+        or str(name).lower() in _TIME_NAMES
+        or var.dtype.kind == "M"
+        or (var.dtype.kind == "O" and var.size > 0 and isinstance(var.values.flat[0], cftime.datetime))
+    )
+
+
+def find_time(ds: xr.Dataset) -> str | None:
+    """The time coordinate: a dimension coordinate first, else a 1-D coordinate, found by CF attributes
+    (standard_name time, axis T, units '<unit> since <date>', datetime values) or name (time, valid_time, t)."""
+    one_d = [(n, v) for n, v in ds.coords.items() if v.ndim == 1 and _is_time(n, v.variable)]
+    for group in ([n for n, v in one_d if v.dims[0] == n], [n for n, _ in one_d]):
+        if group:
+            best = [n for n in group if ds[n].attrs.get("standard_name") == "time"]
+            return str((best or group)[0])
+    return None
+
+
+def _calendar(attrs: dict, source: str, name: str) -> str:
+    cal = str(attrs.get("calendar", "standard")).lower()
+    if cal not in CALENDARS:
+        msg = f"{source}: variable {name!r} has calendar {cal!r}; CF calendars are {sorted(CALENDARS)}"
+        raise DataError(msg)
+    return CALENDARS[cal]
+
+
+def _add_months(ref: cftime.datetime, months: int) -> cftime.datetime:
+    """``ref`` plus whole calendar months; a day past the month's end becomes its last day (like CDO)."""
+    y, m = divmod(ref.month - 1 + months, 12)
+    first = cftime.datetime(ref.year + y, m + 1, 1, calendar=ref.calendar, has_year_zero=ref.has_year_zero)
+    day = min(ref.day, first.daysinmonth)
+    return first.replace(day=day, hour=ref.hour, minute=ref.minute, second=ref.second, microsecond=ref.microsecond)
+
+
+def _to_numpy(dates: list[cftime.datetime], calendar: str) -> np.ndarray:
+    """datetime64 for real-world calendars within its range (as xarray decodes them), else cftime objects."""
+    if calendar in _REAL_WORLD and all(1678 < d.year < 2262 and (d.year, d.month) > (1582, 10) for d in dates):
+        return np.array([np.datetime64(d.isoformat()) for d in dates], dtype="datetime64[ns]")
+    return np.array(dates, dtype=object)
+
+
+def _decode_calendar_months(
+    var: xr.Variable, unit: str, ref: str, calendar: str, source: str, name: str
+) -> xr.Variable:
+    values = np.asarray(var.values, dtype=np.float64)
+    if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+        bad = values[~np.isfinite(values) | (values != np.round(values))][:3]
+        msg = (
+            f"{source}: variable {name!r} counts '{unit} since {ref}' with values that are not whole {unit} "
+            f"(e.g. {bad.tolist()}); calendar {unit} have no fixed length, so only whole numbers can be decoded"
+        )
+        raise DataError(msg)
+    try:
+        start = cftime.num2date(0, f"days since {ref}", calendar=calendar)
+    except ValueError as e:
+        msg = f"{source}: variable {name!r} has an unreadable reference date in '{unit} since {ref}' ({e})"
+        raise DataError(msg) from e
+    k = _CALENDAR_UNITS[unit.lower()]
+    dates = [_add_months(start, int(v) * k) for v in values.ravel()]
+    attrs = {a: v for a, v in var.attrs.items() if a not in ("units", "calendar")}
+    return xr.Variable(var.dims, _to_numpy(dates, calendar).reshape(values.shape), attrs, {"calendar": calendar})
+
+
+def _decode_variable(var: xr.Variable, units: str, calendar: str, source: str, name: str) -> xr.Variable:
+    unit, ref = _SINCE.match(units).groups()  # type: ignore[union-attr]
+    ref = re.sub(r"^(\d{1,3})-", lambda m: f"{int(m[1]):04d}-", ref)  # 'since 1-1-1' is year 0001, say so
+    units = f"{unit} since {ref}"
+    if unit.lower() in _CALENDAR_UNITS:
+        out = _decode_calendar_months(var, unit, ref, calendar, source, name)
+        log.info(
+            "%s: decoded %r ('%s') as calendar %s in the %s calendar, the way CDO does",
+            source,
+            name,
+            units,
+            "months" if _CALENDAR_UNITS[unit.lower()] == 1 else "years",
+            calendar,
+        )
+        return out
+    var = var.copy(deep=False)
+    var.attrs = {**var.attrs, "units": units, "calendar": calendar}
+    coder = xr.coders.CFDatetimeCoder(use_cftime=None if calendar in _REAL_WORLD else True)
+    try:
+        out = coder.decode(var, name=name)
+        out = out if out.chunks else out.load()  # in memory already (an index): decode now, so bad values fail here
+    except (ValueError, TypeError, OverflowError) as e:
+        msg = f"{source}: cannot decode variable {name!r} with units {units!r}, calendar {calendar!r} ({e})"
+        raise DataError(msg) from e
+    return out
+
+
+def decode_time(ds: xr.Dataset, source: str, reference: str | None = None) -> xr.Dataset:
+    """Decode the time coordinate of ``ds`` (opened with ``decode_times=False``) and every other variable
+    with units '<unit> since <date>' (time bounds inherit the coordinate's units and calendar).
+
+    Standard units (days/hours/minutes/seconds since) are decoded by xarray: datetime64 for the
+    standard calendars, cftime for the others. ``months since`` and ``years since`` are whole calendar
+    months or years added to the reference date (a day past the end of a month becomes its last day);
+    fractional values are an error. ``reference`` (``data.source.time_reference``) completes units
+    without a reference date (``days`` becomes ``days since <reference>``). The calendar is kept in
+    the encoding, so writing to zarr or NetCDF round-trips.
+    """
+    name = find_time(ds)
+    if name is None:
+        return ds
+    var = ds[name].variable
+    units = str(var.attrs.get("units", "")).strip()
+    if var.dtype.kind in "MO":
+        return ds  # already decoded
+    if not _SINCE.match(units):
+        if units.lower() in _TIME_UNITS and reference is not None:
+            units = f"{units} since {reference}"
+        else:
+            seen = f"units {units!r}" if units else "no units"
+            hint = (
+                "set data.source.time_reference: '1950-01-01' (the date its values count from)"
+                if units.lower() in _TIME_UNITS
+                else "give it CF units such as 'days since 1950-01-01'"
+            )
+            msg = f"{source}: time coordinate {name!r} has {seen}, without a reference date ('<unit> since <date>')"
+            msg = f"{msg}; {hint}"
+            raise DataError(msg)
+    calendar = _calendar(var.attrs, source, name)
+    decoded = {name: _decode_variable(var, units, calendar, source, name)}
+    bounds = var.attrs.get("bounds")
+    if bounds in ds.variables and "units" not in ds[bounds].attrs:
+        decoded[bounds] = _decode_variable(ds[bounds].variable, units, calendar, source, bounds)
+    for other, v in ds.variables.items():
+        u = str(v.attrs.get("units", ""))
+        if other not in decoded and _SINCE.match(u) and v.dtype.kind in "iuf":
+            decoded[str(other)] = _decode_variable(v, u, _calendar(v.attrs, source, str(other)), source, str(other))
+    coords = {k: v for k, v in decoded.items() if k in ds.coords}
+    return ds.assign_coords(coords).assign({k: v for k, v in decoded.items() if k not in coords})
+
+
+def calendar_of(times: np.ndarray) -> str:
+    """The canonical calendar of decoded times: 'standard' for datetime64, else the cftime calendar."""
+    t = np.asarray(times)
+    if t.dtype.kind == "M" or t.size == 0:
+        return "standard"
+    return CALENDARS.get(t.flat[0].calendar, t.flat[0].calendar)
+
+
+def time_seconds(times: np.ndarray) -> np.ndarray:
+    """Seconds since 1970-01-01 in the times' own calendar (float64): comparable, subtractable numbers."""
+    t = np.asarray(times)
+    if t.dtype.kind == "M":
+        return (t - np.datetime64("1970-01-01")) / np.timedelta64(1, "s")
+    if t.size == 0:
+        return np.zeros(t.shape)
+    first = t.flat[0]
+    out = cftime.date2num(
+        t.ravel(), "seconds since 1970-01-01", calendar=first.calendar, has_year_zero=first.has_year_zero
+    )
+    return np.asarray(out, dtype=np.float64).reshape(t.shape)
+
+
+def format_time(t: Any) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` for a datetime64 or cftime value (a 360_day date may be the 30th of February)."""
+    if isinstance(t, cftime.datetime):
+        return t.strftime("%Y-%m-%dT%H:%M:%S")
+    return str(np.datetime_as_string(np.datetime64(t, "s"), unit="s"))
+
+
+def day_of_year(times: np.ndarray) -> np.ndarray:
+    """Day of year as float32 on a 365.25-day year, in any calendar.
+
+    ``1 + (days since 1 January, with the fraction of the day) / (days in the calendar's year) * 365.25``:
+    1 January 00:00 is 1.0 and the year ends at 366.25 in every calendar, so the model's
+    annual harmonics (``2 pi doy k / 365.25``, :mod:`pipeline.diffusion.unet`) see one full cycle
+    per year, also for 360-day and 366-day years.
+    """
+    t = np.asarray(times).ravel()
+    if t.dtype.kind == "M":
+        idx = pd.DatetimeIndex(t)
+        frac = (idx - idx.normalize()) / pd.Timedelta(days=1)
+        elapsed = np.asarray(idx.day_of_year - 1 + frac, dtype=np.float64)
+        length = np.where(idx.is_leap_year, 366.0, 365.0)
+    else:
+        lengths: dict[tuple[str, int], float] = {}
+        elapsed = np.empty(t.size)
+        length = np.empty(t.size)
+        for i, d in enumerate(t):
+            key = (d.calendar, d.year)
+            if key not in lengths:
+                jan1 = cftime.datetime(d.year, 1, 1, calendar=d.calendar, has_year_zero=d.has_year_zero)
+                lengths[key] = ((jan1.replace(year=d.year + 1)) - jan1).days
+            elapsed[i] = d.dayofyr - 1 + (d.hour * 3600 + d.minute * 60 + d.second + d.microsecond / 1e6) / 86400
+            length[i] = lengths[key]
+    return (1.0 + elapsed / length * 365.25).astype(np.float32).reshape(np.shape(times))
+
+
+def _day_bound(d: dt.date, calendar: str, has_year_zero: bool, after: bool) -> cftime.datetime:
+    """Start of day ``d`` (or of the day after it) in ``calendar``; a day the calendar lacks (31 December in
+    360_day) is taken as past the end of its month."""
+    first = cftime.datetime(d.year, d.month, 1, calendar=calendar, has_year_zero=has_year_zero)
+    if d.day > first.daysinmonth:
+        return first.replace(day=first.daysinmonth) + dt.timedelta(days=1)
+    return first.replace(day=d.day) + dt.timedelta(days=int(after))
+
+
+def in_period(times: np.ndarray, first: dt.date, last: dt.date) -> np.ndarray:
+    """Whether each time lies in the days ``first`` .. ``last`` (inclusive), in the times' own calendar.
+
+    The end bound is the start of the day after ``last``, counted in that calendar (360_day:
+    2000-02-30 + 1 day = 2000-03-01). A day the calendar lacks (31 December in 360_day) lies past the
+    end of its month.
+    """
+    t = np.asarray(times)
+    if t.size == 0:
+        return np.zeros(t.shape, dtype=bool)
+    if t.dtype.kind == "M":
+        lo, hi = np.datetime64(first), np.datetime64(last) + np.timedelta64(1, "D")
+    else:
+        d = t.flat[0]
+        lo = _day_bound(first, d.calendar, d.has_year_zero, after=False)
+        hi = _day_bound(last, d.calendar, d.has_year_zero, after=True)
+    return np.asarray((t >= lo) & (t < hi), dtype=bool)
+
+
+def regular_times(times: np.ndarray, start: Any, n: int) -> np.ndarray:
+    """``n`` times from ``start`` at the step of the axis ``times``, beyond its end if need be.
+
+    An axis of whole calendar months (every time on the same day and hour: monthly or one season per
+    year) steps by months in its calendar; any other axis by its median step.
+    """
+    t = np.asarray(times)
+    is_np = t.dtype.kind == "M"
+    if t.size > 1:
+        parts = pd.DatetimeIndex(t) if is_np else None
+        fields = (
+            [(x.year, x.month, x.day, x.hour, x.minute, x.second) for x in parts]
+            if parts is not None
+            else [(x.year, x.month, x.day, x.hour, x.minute, x.second) for x in t]
+        )
+        months = np.diff([y * 12 + m for y, m, *_ in fields])
+        if len({f[2:] for f in fields}) == 1 and months[0] > 0 and np.all(months == months[0]):
+            k = int(months[0])
+            if is_np:
+                s = pd.Timestamp(start)
+                return np.array([s + pd.DateOffset(months=k * i) for i in range(n)], dtype="datetime64[ns]")
+            return np.array([_add_months(start, k * i) for i in range(n)], dtype=object)
+        step = float(np.median(np.diff(time_seconds(t))))
+    else:
+        step = 86400.0
+    if is_np:
+        return np.datetime64(start, "ns") + np.arange(n) * np.timedelta64(round(step * 1e9), "ns")
+    return np.array([start + dt.timedelta(seconds=step * i) for i in range(n)], dtype=object)
+
+
+def _span(name: str, t: np.ndarray) -> str:
+    return f"{name} ({format_time(t[0])} .. {format_time(t[-1])})"
+
+
+def check_time_axes(parts: list[tuple[str, xr.Dataset]], overlap: str = "error") -> list[xr.Dataset]:
+    """Check that decoded per-file datasets (of the same variables) form one time axis; return them in time order.
+
+    Each file's time must increase; all files share one calendar. Overlapping files (a file's first time
+    not after the previous file's last) are an error, or with ``overlap="later_wins"`` the earlier
+    file's overlapping steps are dropped. A gap between files (more than 1.5 x the largest step inside
+    either file; a file of one step uses the other's) is an error: a file is missing.
+    """
+    if overlap not in ("error", "later_wins"):
+        msg = f"data.source.overlap must be 'error' or 'later_wins', got {overlap!r}"
+        raise DataError(msg)
+    items = []
+    for name, ds in parts:
+        tname = find_time(ds)
+        if tname is None:
+            msg = f"{name}: no time coordinate, unlike the other files {[n for n, _ in parts if n != name]}"
+            raise DataError(msg)
+        t = ds[tname].values
+        if t.size == 0:
+            log.warning("%s: no time steps; left out", name)
+            continue
+        s = time_seconds(t)
+        if t.size > 1 and not np.all(np.diff(s) > 0):
+            i = int(np.argmax(np.diff(s) <= 0))
+            msg = f"{name}: time does not increase ({format_time(t[i])}, {format_time(t[i + 1])} at position {i})"
+            raise DataError(msg)
+        items.append((name, ds, tname, t, s))
+    cals = {calendar_of(it[3]) for it in items}
+    if len(cals) > 1:
+        each = ", ".join(f"{it[0]}: {calendar_of(it[3])}" for it in items)
+        msg = f"input files use different calendars ({each}); convert them to one calendar first"
+        raise DataError(msg)
+    items.sort(key=lambda it: (it[4][0], it[4][-1]))
+    out = items[:1]
+    for name, ds, tname, t, s in items[1:]:
+        pname, pds, ptname, pt, ps = out[-1]
+        if s[0] <= ps[-1]:
+            if ps[-1] > s[-1]:
+                msg = f"{_span(pname, pt)} contains all of {_span(name, t)}; remove one of them"
+                raise DataError(msg)
+            keep = ps < s[0]
+            if overlap == "error":
+                msg = (
+                    f"{_span(pname, pt)} and {_span(name, t)} overlap by {int((~keep).sum())} steps; "
+                    "set data.source.overlap: later_wins to let the later file win"
+                )
+                raise DataError(msg)
+            log.warning("%s: %d steps overlap %s; the later file wins", pname, int((~keep).sum()), name)
+            if not keep.any():
+                out.pop()
+                out.append((name, ds, tname, t, s))
+                continue
+            pds = pds.isel({pds[ptname].dims[0]: np.flatnonzero(keep)})
+            pt, ps = pt[keep], ps[keep]
+            out[-1] = (pname, pds, ptname, pt, ps)
+        steps = [float(np.max(np.diff(x))) for x in (ps, s) if x.size > 1]
+        if steps and s[0] - ps[-1] > 1.5 * max(steps):
+            msg = (
+                f"time steps are missing between {_span(pname, pt)} and {_span(name, t)}: nothing from "
+                f"{format_time(pt[-1])} to {format_time(t[0])} ({(s[0] - ps[-1]) / 86400:g} days, while steps inside "
+                f"the files are at most {max(steps) / 86400:g} days); add the file that holds them to data.source.paths"
+            )
+            raise DataError(msg)
+        out.append((name, ds, tname, t, s))
+    return [it[1] for it in out]
