@@ -7,13 +7,13 @@ period only, NaNs skipped. Everything stays lazy (dask): memory is bounded by a 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 import xarray as xr
 
@@ -23,14 +23,18 @@ from pipeline.data.times import calendar_of, format_time, in_period
 
 __all__ = [
     "SPLIT_NAMES",
+    "Moments",
     "Stats",
     "area_weights",
     "compute_stats",
     "denormalise",
+    "merge_moments",
     "normalise",
+    "partial_moments",
     "read_stats",
     "split_labels",
     "split_periods",
+    "stats_from_moments",
     "write_stats",
 ]
 
@@ -80,25 +84,74 @@ def split_periods(
     return out
 
 
-def compute_stats(train: xr.Dataset) -> Stats:
-    """Area-weighted mean and standard deviation per variable, NaNs skipped.
+# Per variable: (sum of weights, weighted mean, weighted sum of squared deviations): partial moments that
+# merge exactly (Chan, Golub & LeVeque 1979), so statistics computed in parts equal the one-pass result.
+Moments = dict[str, tuple[float, float, float]]
 
-    Variables are single-level (see :func:`pipeline.data.regrid.select`). Two lazy passes
-    (mean, then mean squared deviation): numerically stable, memory bounded by a chunk.
+
+def merge_moments(a: tuple[float, float, float], b: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Chan et al.'s pairwise update: the moments of the union of two disjoint samples."""
+    wa, ma, qa = a
+    wb, mb, qb = b
+    w = wa + wb
+    if w == 0:
+        return (0.0, 0.0, 0.0)
+    d = mb - ma
+    return (w, ma + d * wb / w, qa + qb + d * d * wa * wb / w)
+
+
+def _time_slices(da: xr.DataArray) -> list[slice]:
+    if "time" not in da.dims:
+        return [slice(None)]
+    sizes = da.chunksizes.get("time", (da.sizes["time"],)) if da.chunks is not None else (da.sizes["time"],)
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+
+
+def partial_moments(ds: xr.Dataset) -> Moments:
+    """Area-weighted moments of every variable, NaNs skipped, in one pass chunk by chunk (float64).
+
+    Memory is bounded by one time chunk; the per-chunk moments are merged with :func:`merge_moments`.
     """
-    w = area_weights(train["latitude"])
-    means = {name: da.weighted(w).mean() for name, da in train.data_vars.items()}
-    (means,) = dask.compute(means)
-    variances = {name: ((da - float(means[name])) ** 2).weighted(w).mean() for name, da in train.data_vars.items()}
-    (variances,) = dask.compute(variances)
+    w = area_weights(ds["latitude"]).values.astype(np.float64)
+    out: Moments = {}
+    for name, da in ds.data_vars.items():
+        acc = (0.0, 0.0, 0.0)
+        shape = [w.size if d == "latitude" else 1 for d in da.dims]
+        weights = w.reshape(shape)
+        for sl in _time_slices(da):
+            x = np.asarray(da.isel(time=sl).values if "time" in da.dims else da.values, dtype=np.float64)
+            ww = np.where(np.isfinite(x), np.broadcast_to(weights, x.shape), 0.0)
+            total = float(ww.sum())
+            if total == 0:
+                continue
+            mean = float(np.nansum(x * ww) / total)
+            m2 = float(np.nansum(ww * (x - mean) ** 2))
+            acc = merge_moments(acc, (total, mean, m2))
+        out[str(name)] = acc
+    return out
+
+
+def stats_from_moments(moments: Moments, units: dict[str, str]) -> Stats:
+    """Mean and standard deviation (population, area-weighted) from merged moments."""
     stats: Stats = {}
-    for name, da in train.data_vars.items():
-        std = float(np.sqrt(variances[name]))
+    for name, (w, mean, m2) in moments.items():
+        std = float(np.sqrt(m2 / w)) if w > 0 else float("nan")
         if not np.isfinite(std) or std <= 0:
             msg = f"variable {name!r}: standard deviation over the training period is {std} (constant or all NaN)"
             raise DataError(msg)
-        stats[str(name)] = {"mean": float(means[name]), "std": std, "units": da.attrs.get("units", "")}
+        stats[name] = {"mean": float(mean), "std": std, "units": units.get(name, "")}
     return stats
+
+
+def compute_stats(train: xr.Dataset) -> Stats:
+    """Area-weighted mean and standard deviation per variable, NaNs skipped.
+
+    Variables are single-level (see :func:`pipeline.data.regrid.select`). One pass of partial moments,
+    chunk by chunk (:func:`partial_moments`): numerically stable, memory bounded by a chunk.
+    """
+    units = {str(n): da.attrs.get("units", "") for n, da in train.data_vars.items()}
+    return stats_from_moments(partial_moments(train), units)
 
 
 def _coef(stats: Stats, name: str) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import dask
 import numpy as np
@@ -92,3 +93,26 @@ def test_statistics_stay_chunked() -> None:
         compute_stats(d)
     one_chunk = 4 * lat.size * lon.size * 8
     assert max(biggest) <= one_chunk * 1.01, (max(biggest), one_chunk)
+
+
+def test_moments_from_parts_merge_to_the_one_pass_result(ds: xr.Dataset) -> None:
+    """Statistics from parts (any split of time, an empty part too) equal the one-pass float64 result."""
+    from pipeline.data.stats import merge_moments, partial_moments
+
+    whole = partial_moments(ds.chunk({"time": -1}))
+    w = np.cos(np.deg2rad(ds["latitude"].values))[None, :, None]
+    for cuts in ([10], [3, 17, 29], [0, 1, 2, 30]):
+        edges = [0, *cuts, ds.sizes["time"]]
+        merged = {name: (0.0, 0.0, 0.0) for name in ds.data_vars}
+        for a, b in itertools.pairwise(edges):
+            for name, m in partial_moments(ds.isel(time=slice(a, b))).items():
+                merged[name] = merge_moments(merged[name], m)
+        for name in ds.data_vars:
+            x = ds[name].values.astype(np.float64)
+            ww = np.broadcast_to(w, x.shape) * np.isfinite(x)
+            mean = np.nansum(x * ww) / ww.sum()
+            m2 = np.nansum(ww * (x - mean) ** 2)
+            for got in (merged[name], whole[name]):
+                assert got[0] == pytest.approx(ww.sum(), rel=1e-12)
+                assert got[1] == pytest.approx(mean, rel=1e-10)
+                assert got[2] == pytest.approx(m2, rel=1e-10)
