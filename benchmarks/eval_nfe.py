@@ -25,7 +25,8 @@ from pipeline.data.clips import ClipDataset
 from pipeline.data.io import open_store
 from pipeline.data.stats import denormalise, read_stats
 from pipeline.diffusion import SAMPLERS
-from pipeline.evaluate import _to_xr, generate_extensions, score
+from pipeline.evaluate import generate_extensions
+from pipeline.scoring import _to_xr, pick_test_clips, score
 from pipeline.train import load_inference
 
 
@@ -38,7 +39,7 @@ def main() -> None:
     e = cfg.evaluate
     model, meta = load_inference(cfg.final_checkpoint)
     ds = ClipDataset(cfg.normalised_path, "test", meta["clip_frames"], 1, variables=meta["variables"])
-    clips = [ds[i] for i in range(min(e.test_clips, len(ds)))]
+    clips = [ds[int(i)] for i in pick_test_clips(len(ds), e.test_clips, e.test_stride)]  # the sweep's clips
     store = open_store(cfg.normalised_path)
     lat, lon = store["latitude"].values, store["longitude"].values
     stats = read_stats(cfg.stats_path)

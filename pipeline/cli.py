@@ -20,9 +20,12 @@ STAGES: dict[str, str] = {
     "prepare": "open the raw files, select variables and levels, regrid, write regridded.zarr",
     "normalise": "area-weighted training statistics, write normalised.zarr and stats.json",
     "train": "DeepSpeed training launched by submitit (SLURM or local processes); resumes from checkpoints",
+    "references": "climatological ensemble, climatological mean and persistence scored on the evaluation's test "
+    "clips, one MLflow run each -> eval/references.json",
     "evaluate": "the sweep's missing points as one submitit job array (SLURM or local processes), or with "
     "--checkpoint/--sampler/--steps one point in this process -> eval/<checkpoint>/<sampler>-<steps>.json",
-    "collect-eval": "the sweep's table (CSV, parquet), summary plot and best checkpoint",
+    "collect-eval": "the sweep's table with reference rows, skill and bootstrap intervals (CSV, parquet), summary "
+    "plot, scorecard and best.json (the best point, and whether it beats climatology and persistence)",
     "sample": "unconditional clips and long rollouts from the best checkpoint: CF zarr, GIFs, maps, spectra "
     "(split across sample.processes processes launched by submitit when > 1)",
 }
@@ -61,7 +64,7 @@ def _check_config(cfg: Config) -> None:
 
 
 def _evaluate(cfg: Config, config_paths: Sequence[str], args: argparse.Namespace) -> None:
-    from pipeline.evaluate import evaluate_point, missing_points
+    from pipeline.evaluate import evaluate_point, missing_points, references_path
 
     point = (args.checkpoint, args.sampler, args.steps)
     if all(v is not None for v in point):
@@ -77,6 +80,10 @@ def _evaluate(cfg: Config, config_paths: Sequence[str], args: argparse.Namespace
     if not cfg.final_checkpoint.exists():
         msg = f"evaluate: {cfg.final_checkpoint} does not exist: train first (python -m pipeline train)"
         raise ConfigError(msg)
+    if todo and not references_path(cfg).exists():  # every point's skill is measured against them
+        from pipeline.references import run_references
+
+        log.info("evaluate: scoring the reference forecasts first -> %s", run_references(cfg))
     log.info("evaluate: %d sweep point(s) to run: %s", len(todo), [f"{c}/{s}-{n}" for c, s, n in todo])
     launch_array(cfg, config_paths, "pipeline.evaluate:evaluate_point", todo, "evaluate")
 
@@ -98,6 +105,11 @@ def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argpar
             results[0]["step"],
             cfg.final_checkpoint,
         )
+        return
+    if name == "references":  # one MLflow run per reference, opened by the stage
+        from pipeline.references import run_references
+
+        log.info("references finished in %.1f s -> %s", time.perf_counter() - t0, run_references(cfg))
         return
     if name == "evaluate":
         _evaluate(cfg, config_paths, args)

@@ -325,7 +325,24 @@ class EvaluateConfig(_Section):
     )
     context_frames: int = Field(2, description="Frames of each test clip given as known; the rest are generated.")
     ensemble: int = Field(4, description="Ensemble members per test clip (>= 2 for CRPS and spread).")
-    test_clips: int = Field(4, description="Test clips evaluated (the first N of the test period).")
+    test_clips: int | Literal["all"] = Field(
+        "all",
+        description="Test clips every sweep point and reference is scored on: 'all' (every clip start in the test "
+        "period, every test_stride steps) or N (N clip starts spread evenly over the test period).",
+    )
+    test_stride: AtLeastOne = Field(1, description="With test_clips: all, time steps between test clip starts.")
+    reference_members: int = Field(
+        50,
+        description="Members of the climatological ensemble (training-period frames), at most as many as the "
+        "climatology window holds.",
+    )
+    climatology_window_days: float = Field(
+        15.0,
+        description="Climatological references draw training frames within this many days of the target's day of "
+        "year; widened to half the data's time step, so annual or seasonal means use every training year.",
+    )
+    bootstrap: int = Field(1000, description="Bootstrap resamples of the test clips for confidence intervals.")
+    confidence: float = Field(0.9, description="Level of the bootstrap confidence intervals (e.g. 0.9 = 90%).")
     primary_metric: Literal["crps", "rmse"] = Field(
         "crps", description="Metric (mean over variables) that picks the best checkpoint."
     )
@@ -344,10 +361,50 @@ class EvaluateConfig(_Section):
         if any(s < 1 for s in self.steps) or not self.steps or not self.samplers:
             msg = "samplers and steps must be non-empty, steps >= 1"
             raise ValueError(msg)
-        if self.context_frames < 1 or self.test_clips < 1:
-            msg = "context_frames and test_clips must be >= 1"
+        if self.context_frames < 1:
+            msg = "context_frames must be >= 1"
             raise ValueError(msg)
         return self
+
+    @field_validator("test_clips", mode="before")
+    @classmethod
+    def _test_clips(cls, v: Any) -> Any:
+        if v != "all" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            msg = f"must be 'all' or a number of clips >= 1, got {v!r}"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("reference_members")
+    @classmethod
+    def _members(cls, v: int) -> int:
+        if v < 2:
+            msg = f"must be >= 2 (the fair CRPS needs two members), got {v}"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("climatology_window_days")
+    @classmethod
+    def _window(cls, v: float) -> float:
+        if v < 0:
+            msg = f"must be >= 0 days, got {v}"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _bootstrap(cls, v: int) -> int:
+        if v < 100:
+            msg = f"must be >= 100 resamples (the interval ends are tail quantiles), got {v}"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("confidence")
+    @classmethod
+    def _confidence(cls, v: float) -> float:
+        if not 0 < v < 1:
+            msg = f"must lie between 0 and 1 (0.9 = a 90% interval), got {v}"
+            raise ValueError(msg)
+        return v
 
     @field_validator("checkpoints")
     @classmethod

@@ -2,12 +2,15 @@
 ``collect`` of the sweep. ``python -m pipeline evaluate`` without a point runs the missing points as one
 submitit job array (see :mod:`pipeline.launch`).
 
-For each of the first ``test_clips`` clips of the held-out test period, the first ``context_frames``
-frames are given and an ensemble of ``ensemble`` members generates the rest with reconstruction
-guidance. Metrics are computed per variable in physical units (denormalised): area-weighted RMSE
-of the ensemble mean and bias, fair CRPS, spread/skill, rank histogram, skill per lead frame,
-zonal power spectra of samples vs truth (ratio per band), lag-1 temporal autocorrelation, mean
-and 99th percentile of the sample distribution vs truth.
+On the test clips of :func:`pipeline.scoring.pick_test_clips` (by default every clip start of the
+held-out test period), the first ``context_frames`` frames are given and an ensemble of ``ensemble``
+members generates the rest with reconstruction guidance. Metrics are computed per variable in physical
+units (denormalised) by :func:`pipeline.scoring.score`, the same code that scores the reference
+forecasts (``eval/references.json``) on the same clips: area-weighted RMSE of the ensemble mean and
+bias, fair CRPS, spread/skill, rank histogram, skill per lead frame, skill scores against climatology
+and persistence, zonal power spectra, lag-1 autocorrelation, mean and 99th percentile. Each point keeps
+its per-clip scores, so ``collect`` puts bootstrap intervals on every score and compares points (and
+climatology) with a paired bootstrap.
 """
 
 from __future__ import annotations
@@ -15,75 +18,82 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import xarray as xr
 
 from pipeline import metrics
 from pipeline.atomic import write_text_atomic
 from pipeline.config import Config
-from pipeline.data.clips import ClipDataset
-from pipeline.data.io import open_store
-from pipeline.data.stats import denormalise, read_stats
-from pipeline.data.times import format_time
+from pipeline.data.stats import read_stats
 from pipeline.diffusion import SAMPLERS, ReconstructionGuidance
 from pipeline.diffusion.guidance import frame_mask
+from pipeline.scoring import (
+    SCALAR_METRICS,
+    SKILL,
+    SWEEP_PARAMS,
+    EvalClips,
+    _to_xr,
+    clip_statistics,
+    load_test_clips,
+    log_scores,
+    score,
+    summarise,
+)
 from pipeline.tracking import StageRun, stage_run
 from pipeline.train import load_inference
 
-__all__ = ["SCALAR_METRICS", "SWEEP_PARAMS", "collect", "evaluate_point", "missing_points", "point_path"]
-
-# Scalar metrics per variable: MLflow metric names (``<metric>_<variable>``) and table columns.
-SCALAR_METRICS = (
-    "rmse",
-    "bias",
-    "crps",
-    "spread",
-    "spread_skill",
-    "mean_sample",
-    "mean_truth",
-    "p99_sample",
-    "p99_truth",
-    "lag1_autocorr_sample",
-    "lag1_autocorr_truth",
-)
-
-# MLflow params of every sweep run: the same names at every point, so the compare view lines them up.
-SWEEP_PARAMS = (
-    "checkpoint",
-    "checkpoint_step",
-    "sampler",
-    "steps",
-    "guidance_weight",
-    "ensemble",
-    "test_clips",
-    "context_frames",
-)
+__all__ = [
+    "SCALAR_METRICS",
+    "SWEEP_PARAMS",
+    "collect",
+    "evaluate_point",
+    "missing_points",
+    "point_path",
+    "read_references",
+    "references_path",
+    "score",
+]
 
 log = logging.getLogger(__name__)
+_ = _to_xr  # kept importable from here (benchmarks/eval_nfe.py)
 
 
 def point_path(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Path:
     return cfg.eval_dir / checkpoint / f"{sampler}-{steps}.json"
 
 
+def references_path(cfg: Config) -> Path:
+    return cfg.eval_dir / "references.json"
+
+
+def read_references(cfg: Config, labels: list[str] | None = None, frames: int | None = None) -> dict[str, Any]:
+    """``eval/references.json``; with ``labels``/``frames``, checked to be scored on exactly those clips."""
+    path = references_path(cfg)
+    if not path.exists():
+        msg = f"{path} does not exist: score the reference forecasts first (python -m pipeline references)"
+        raise FileNotFoundError(msg)
+    refs = json.loads(path.read_text())
+    if (labels is not None and refs["clip_starts"] != labels) or (frames is not None and refs["clip_frames"] != frames):
+        msg = (
+            f"{path} was scored on {len(refs['clip_starts'])} clips of {refs['clip_frames']} frames from "
+            f"{refs['clip_starts'][:3]}..., this evaluation on {len(labels or [])} clips of {frames} frames from "
+            f"{(labels or [])[:3]}...: rerun the references (python -m pipeline references) with the same "
+            "train.clip_frames and evaluate.test_clips / test_stride / context_frames"
+        )
+        raise ValueError(msg)
+    return refs
+
+
+def _ref_clips(refs: dict[str, Any], variable: str) -> dict[str, Any]:
+    """Per-clip scores of every reference for one variable."""
+    return {name: r["variables"][variable]["per_clip"] for name, r in refs["references"].items()}
+
+
 def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _to_xr(arr: np.ndarray, names: list[str], lat: np.ndarray, lon: np.ndarray, member: bool) -> xr.Dataset:
-    """(clip, [member,] C, frame, lat, lon) numpy -> Dataset of one variable per channel."""
-    dims = (
-        ("clip", "member", "frame", "latitude", "longitude") if member else ("clip", "frame", "latitude", "longitude")
-    )
-    return xr.Dataset(
-        {n: (dims, np.take(arr, i, axis=2 if member else 1)) for i, n in enumerate(names)},
-        coords={"latitude": lat, "longitude": lon},
-    )
 
 
 def generate_extensions(
@@ -112,72 +122,35 @@ def generate_extensions(
     return np.stack(out)
 
 
-def score(forecast: xr.Dataset, truth: xr.Dataset, context: int) -> dict[str, Any]:
-    """All metrics per variable on the generated (lead) frames; physical units."""
-    result: dict[str, Any] = {}
-    lead_f = forecast.isel(frame=slice(context, None))
-    lead_t = truth.isel(frame=slice(context, None))
-    for name in forecast.data_vars:
-        f, y = lead_f[name], lead_t[name]
-        spread, _skill, ratio = metrics.spread_skill(f, y)
-        crps = metrics.crps_ensemble(f, y)
-        r: dict[str, Any] = {
-            "rmse": float(metrics.rmse(f, y)),
-            "bias": float(metrics.bias(f, y)),
-            "crps": float(metrics.area_mean(crps, list(crps.dims))),
-            "spread": spread,
-            "spread_skill": ratio,
-            "rank_histogram": metrics.rank_histogram(f, y).tolist(),
-            "rmse_per_lead": metrics.rmse(f, y, dims=["clip", "latitude", "longitude"]).values.tolist(),
-            "crps_per_lead": metrics.area_mean(crps, ["clip", "latitude", "longitude"]).values.tolist(),
-            "mean_sample": float(metrics.area_mean(f, list(f.dims))),
-            "mean_truth": float(metrics.area_mean(y, list(y.dims))),
-            "p99_sample": float(np.nanquantile(f.values, 0.99)),
-            "p99_truth": float(np.nanquantile(y.values, 0.99)),
-            "lag1_autocorr_sample": metrics.lag1_autocorrelation(forecast[name], "frame"),
-            "lag1_autocorr_truth": metrics.lag1_autocorrelation(truth[name], "frame"),
-            "units": forecast[name].attrs.get("units", ""),
-        }
-        if not bool(f.isnull().any()) and f.sizes["longitude"] >= 8:
-            r["spectral_ratio"] = metrics.spectral_ratio(f, y.broadcast_like(f))
-            r["spectrum_sample"] = metrics.zonal_power_spectrum(f).values.tolist()
-            r["spectrum_truth"] = metrics.zonal_power_spectrum(y).values.tolist()
-        result[str(name)] = r
-    return result
-
-
 def _guided_run(
     cfg: Config,
-    checkpoint: str,
-    sampler: str,
-    steps: int,
+    point: tuple[str, str, int],
     weight: float,
     common: dict[str, Any],
     model: Any,
     meta: dict[str, Any],
-    clips: list[dict[str, torch.Tensor]],
+    test: EvalClips,
+    refs: dict[str, Any],
     device: torch.device,
-    truth: xr.Dataset,
-    physical: Callable[[np.ndarray], xr.Dataset],
 ) -> dict[str, Any]:
-    """Generate and score one guidance weight of a point, as its own MLflow child run. ``truth`` is the
-    clips in physical units; ``physical`` turns the ensemble into the same (masked, denormalised)."""
+    """Generate and score one guidance weight of a point, as its own MLflow child run; skill point
+    estimates against the references (intervals come at collect time, from the per-clip scores)."""
     e = cfg.evaluate
+    checkpoint, sampler, steps = point
     t0 = time.perf_counter()
-    point = f"{checkpoint}/{sampler}-{steps}"
     with stage_run(
         cfg.tracking_uri,
         cfg.experiment,
         cfg.exp_dir,
         "evaluate",
         enabled=cfg.tracking.enabled,
-        tags={"sweep_point": point, "guidance_weight": weight},
+        tags={"sweep_point": f"{checkpoint}/{sampler}-{steps}", "guidance_weight": weight},
         run_name=f"evaluate {checkpoint} {sampler}-{steps} w{weight:g}",
     ) as run:
         with torch.no_grad():
             ens = generate_extensions(
                 model,
-                clips,
+                test.clips,
                 e.context_frames,
                 e.ensemble,
                 sampler,
@@ -188,27 +161,24 @@ def _guided_run(
                 bool(meta["model_config"].get("day_of_year")),
             )
         gen_s = time.perf_counter() - t0
+        variables = score(test.physical(ens), test.truth, e.context_frames)
+        for v, r in variables.items():
+            r |= {k: x for k, x in summarise(r["per_clip"], _ref_clips(refs, v)).items() if k.startswith(tuple(SKILL))}
         result = {
             "guidance_weight": weight,
-            "samples_per_s": len(clips) * e.ensemble / gen_s,
+            "samples_per_s": len(test.clips) * e.ensemble / gen_s,
             "seconds": time.perf_counter() - t0,
-            "variables": score(physical(ens), truth, e.context_frames),
+            "variables": variables,
         }
-        run.log_params({**{k: common[k] for k in SWEEP_PARAMS if k in common}, "guidance_weight": weight})
-        flat = {"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]}
-        for v, r in result["variables"].items():
-            for k in SCALAR_METRICS:
-                flat[f"{k}_{v}"] = r[k]
-            for lead, (a, b) in enumerate(zip(r["rmse_per_lead"], r["crps_per_lead"], strict=True), start=1):
-                run.log_metrics({f"rmse_lead_{v}": a, f"crps_lead_{v}": b}, step=lead)
-        run.log_metrics(flat)
+        log_scores(run, {**common, "guidance_weight": weight}, variables)
+        run.log_metrics({"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]})
         run.set_tags({"checkpoint_file": str(cfg.checkpoint_dir / "inference" / f"{checkpoint}.pt")})
         run.log_dict({**common, **result}, "result.json")
     log.info(
-        "evaluate %s w=%g: %s",
-        point,
+        "evaluate %s/%s-%d w=%g: %s",
+        *point,
         weight,
-        {v: {k: round(r[k], 4) for k in ("rmse", "crps", "spread_skill")} for v, r in result["variables"].items()},
+        {v: {k: round(r[k], 4) for k in ("rmse", "crps", "crpss_climatology")} for v, r in variables.items()},
     )
     return result
 
@@ -218,41 +188,22 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Pa
     t0 = time.perf_counter()
     e = cfg.evaluate
     device = _device()
-    path = cfg.checkpoint_dir / "inference" / f"{checkpoint}.pt"
-    model, meta = load_inference(path, device)
-    frames = int(meta["clip_frames"])
-    if e.context_frames >= frames:
-        msg = f"evaluate.context_frames ({e.context_frames}) must be smaller than train.clip_frames ({frames})"
-        raise ValueError(msg)
-    ds = ClipDataset(cfg.normalised_path, "test", frames, 1, variables=meta["variables"])
-    n = min(e.test_clips, len(ds))
-    idx = np.linspace(0, len(ds) - 1, n).round().astype(int)  # spread over the test period
-    clips = [ds[int(i)] for i in idx]
-    store = open_store(cfg.normalised_path)
+    model, meta = load_inference(cfg.checkpoint_dir / "inference" / f"{checkpoint}.pt", device)
+    test = load_test_clips(cfg, int(meta["clip_frames"]), meta["variables"])
+    refs = read_references(cfg, test.labels, test.frames)
     common = {
         "checkpoint": checkpoint,
         "checkpoint_step": int(meta["step"]),
         "sampler": sampler,
         "steps": steps,
         "ensemble": e.ensemble,
-        "test_clips": n,
+        "test_clips": len(test.clips),
         "context_frames": e.context_frames,
-        "clip_frames": frames,
-        "clip_starts": [format_time(store["time"].values[int(c["start"])]) for c in clips],
+        "clip_frames": test.frames,
+        "clip_starts": test.labels,
     }
-    # the truth in physical units, once for every weight
-    masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)
-    lat, lon = store["latitude"].values, store["longitude"].values
-    stats = read_stats(cfg.stats_path)
-    names = meta["variables"]
-    raw = np.where(masks, np.stack([c["x"].numpy() for c in clips]), np.nan)
-    truth = denormalise(_to_xr(raw, names, lat, lon, False), stats)
-
-    def physical(ens: np.ndarray) -> xr.Dataset:
-        return denormalise(_to_xr(np.where(masks[:, None], ens, np.nan), names, lat, lon, True), stats)
-
     results = [
-        _guided_run(cfg, checkpoint, sampler, steps, w, common, model, meta, clips, device, truth, physical)
+        _guided_run(cfg, (checkpoint, sampler, steps), w, common, model, meta, test, refs, device)
         for w in e.guidance_weights
     ]
     out = point_path(cfg, checkpoint, sampler, steps)
@@ -272,64 +223,220 @@ def missing_points(cfg: Config, force: bool = False) -> list[tuple[str, str, int
     return [p for p in points if force or not point_path(cfg, *p).exists()]
 
 
-def collect(cfg: Config, run: StageRun) -> Path:
-    """One table (CSV + parquet) of the sweep, summary plots, and ``best.json`` (primary metric)."""
-    import pandas as pd
+# The reference each primary metric's skill is measured against, and the skill's name in words.
+_CLIMATOLOGY = {"crps": "climatology-ensemble", "rmse": "climatology-mean"}
+_SKILL_WORDS = {"crps": "CRPSS", "rmse": "RMSE skill score"}
+_INTERVAL_KEYS = ("crps", "rmse", *SKILL)
 
-    from pipeline.plots import sweep_summary
 
-    rows = []
+def _forecasts(cfg: Config, refs: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every sweep point and guidance weight, then every reference: (table columns, per-variable results)."""
+    out = []
     for ckpt, sampler, steps in missing_points(cfg, force=True):
-        res = json.loads(point_path(cfg, ckpt, sampler, steps).read_text())
+        path = point_path(cfg, ckpt, sampler, steps)
+        res = json.loads(path.read_text())
+        if res.get("clip_starts") != refs["clip_starts"] or res.get("clip_frames") != refs["clip_frames"]:
+            msg = (
+                f"{path} was scored on other clips than {references_path(cfg)} ({len(res.get('clip_starts', []))} vs "
+                f"{len(refs['clip_starts'])} clips): rerun the point (python -m pipeline evaluate --force) or the references"
+            )
+            raise ValueError(msg)
         by_weight = {r["guidance_weight"]: r for r in res["results"]}
         for w in cfg.evaluate.guidance_weights:
             if w not in by_weight:
-                msg = f"{point_path(cfg, ckpt, sampler, steps)} has no result for guidance weight {w}: rerun the point"
+                msg = f"{path} has no result for guidance weight {w}: rerun the point"
                 raise ValueError(msg)
-            for v, r in by_weight[w]["variables"].items():
-                rows.append(
-                    {
-                        "checkpoint": ckpt,
-                        "checkpoint_step": res["checkpoint_step"],
-                        "sampler": sampler,
-                        "steps": steps,
-                        "guidance_weight": w,
-                        "variable": v,
-                        "samples_per_s": by_weight[w]["samples_per_s"],
-                        **{k: r[k] for k in SCALAR_METRICS},
-                    }
-                )
+            info = {
+                "kind": "checkpoint",
+                "checkpoint": ckpt,
+                "checkpoint_step": res["checkpoint_step"],
+                "sampler": sampler,
+                "steps": steps,
+                "guidance_weight": w,
+                "samples_per_s": by_weight[w]["samples_per_s"],
+            }
+            out.append((info, by_weight[w]["variables"]))
+    for name, r in refs["references"].items():
+        info = {
+            "kind": "reference",
+            "checkpoint": name,
+            "checkpoint_step": 0,
+            "sampler": "reference",
+            "steps": 0,
+            "guidance_weight": 0.0,
+            "samples_per_s": float("nan"),
+        }
+        out.append((info, r["variables"]))
+    return out
+
+
+def _label(info: dict[str, Any]) -> str:
+    if info["kind"] == "reference":
+        return str(info["checkpoint"])
+    return f"{info['checkpoint']} {info['sampler']}-{info['steps']} w={info['guidance_weight']:g}"
+
+
+def _interval(samples: np.ndarray, confidence: float) -> list[float]:
+    lo, hi = metrics.percentile_interval(samples, confidence)
+    return [float(lo), float(hi)]
+
+
+def collect(cfg: Config, run: StageRun) -> Path:
+    """The sweep's table (CSV + parquet; sweep points and reference rows, scores and skill with bootstrap
+    intervals), summary plot, scorecard and ``best.json``.
+
+    ``best`` is the point with the lowest primary metric (averaged over variables in units of each
+    variable's standard deviation) among the points that beat climatology significantly, or among all
+    points where none does. A paired bootstrap over the test clips (the same resampled clips for every
+    forecast) gives the intervals of its skill against climatology and persistence and of its
+    difference to every other point; ``best.json`` says in words what they show.
+    """
+    import pandas as pd
+
+    from pipeline.plots import scorecard, sweep_summary
+
+    e = cfg.evaluate
+    refs = read_references(cfg)
+    forecasts = _forecasts(cfg, refs)
+    n = len(refs["clip_starts"])
+    idx = metrics.bootstrap_indices(n, e.bootstrap, cfg.seed)
+    ident = np.arange(n)[None]
+    rows, summaries = [], []
+    for info, variables in forecasts:
+        summ = {v: summarise(r["per_clip"], _ref_clips(refs, v), idx, e.confidence) for v, r in variables.items()}
+        summaries.append(summ)
+        for v, r in variables.items():
+            intervals = {f"{k}{s}": summ[v][f"{k}{s}"] for k in _INTERVAL_KEYS for s in ("", "_lo", "_hi")}
+            rows.append({**info, "variable": v, **{k: r[k] for k in SCALAR_METRICS}, **intervals})
     table = pd.DataFrame(rows)
     out = cfg.eval_dir
     table.to_csv(out / "summary.csv", index=False)
     table.to_parquet(out / "summary.parquet", index=False)
-    primary = cfg.evaluate.primary_metric
-    # variables in different units: rank by the metric normalised by each variable's std
-    stats = read_stats(cfg.stats_path)
-    table["score"] = table[primary] / table["variable"].map(lambda v: stats[v]["std"])
-    per_point = table.groupby(["checkpoint", "sampler", "steps", "guidance_weight"], as_index=False)["score"].mean()
-    best = per_point.sort_values("score").iloc[0]
+
+    # one score per forecast over all variables (in units of each variable's std), on the same resampled clips
+    primary = e.primary_metric
+    std = {v: s["std"] for v, s in read_stats(cfg.stats_path).items()}
+
+    def combined(variables: dict[str, Any], which: np.ndarray) -> np.ndarray:
+        per_var = [clip_statistics(r["per_clip"], {}, which)[primary][0] / std[v] for v, r in variables.items()]
+        return np.mean(per_var, axis=0)
+
+    est = [float(combined(v, ident)[0]) for _, v in forecasts]
+    boot = [combined(v, idx) for _, v in forecasts]
+    ref_pos = {info["checkpoint"]: i for i, (info, _) in enumerate(forecasts) if info["kind"] == "reference"}
+    points = [i for i, (info, _) in enumerate(forecasts) if info["kind"] == "checkpoint"]
+
+    def skill(i: int, ref: str) -> tuple[float, list[float]]:
+        j = ref_pos[ref]
+        return float(metrics.skill_score(est[i], est[j])), _interval(
+            metrics.skill_score(boot[i], boot[j]), e.confidence
+        )
+
+    beats = {i: skill(i, _CLIMATOLOGY[primary])[1][0] > 0 for i in points}
+    pool = [i for i in points if beats[i]] or points
+    b = min(pool, key=lambda i: est[i])
+    info_b = forecasts[b][0]
+    runners = []
+    for i in points:
+        if i != b:
+            lo, hi = _interval(boot[b] - boot[i], e.confidence)
+            if hi >= 0:  # the best point's advantage over this one is not significant
+                runners.append(
+                    {
+                        **{k: forecasts[i][0][k] for k in ("checkpoint", "sampler", "steps", "guidance_weight")},
+                        "difference": est[b] - est[i],
+                        "interval": [lo, hi],
+                    }
+                )
+    clim, pers = skill(b, _CLIMATOLOGY[primary]), skill(b, "persistence")
+    words = _SKILL_WORDS[primary]
+    pct = f"{e.confidence:.0%}"
+
+    def verdict(name: str, s: tuple[float, list[float]], against: str) -> str:
+        lo, hi = s[1]
+        word = "beats" if lo > 0 else ("is worse than" if hi < 0 else "does not beat")
+        return f"{word} {name} ({words} against {against} {s[0]:.3f}, {pct} interval [{lo:.3f}, {hi:.3f}])"
+
+    others = len(points) - 1
+    if not runners:
+        rank = f"significantly better than the other {others} point(s)" if others else "the only point"
+    else:
+        listed = "; ".join(f"{_label(r | {'kind': 'checkpoint'})}" for r in runners)
+        rank = f"not significantly better than {len(runners)} of the other {others} point(s): {listed}"
+    statement = (
+        f"{_label(info_b)} is the best of {len(points)} sweep point(s) by {primary} on {n} test clips; it "
+        f"{verdict('climatology', clim, _CLIMATOLOGY[primary])} and {verdict('persistence', pers, 'persistence')}; "
+        f"it is {rank}."
+    )
+    if not any(beats.values()):
+        statement += " No sweep point beats climatology significantly."
+    if n < 10:  # a bootstrap over a handful of cases has a handful of distinct resamples
+        statement += f" Only {n} test clips: intervals from so few cases are unreliable."
+        log.warning("no sweep point beats climatology significantly (%s %s)", words, pct)
     best_info = {
-        "checkpoint": best["checkpoint"],
-        "sampler": best["sampler"],
-        "steps": int(best["steps"]),
-        "guidance_weight": float(best["guidance_weight"]),
+        "checkpoint": info_b["checkpoint"],
+        "sampler": info_b["sampler"],
+        "steps": int(info_b["steps"]),
+        "guidance_weight": float(info_b["guidance_weight"]),
         "primary_metric": primary,
-        "score": float(best["score"]),
-        "file": str(cfg.checkpoint_dir / "inference" / f"{best['checkpoint']}.pt"),
+        "score": est[b],
+        "score_interval": _interval(boot[b], e.confidence),
+        "file": str(cfg.checkpoint_dir / "inference" / f"{info_b['checkpoint']}.pt"),
+        "statement": statement,
+        "beats_climatology": clim[1][0] > 0,
+        "beats_persistence": pers[1][0] > 0,
+        "any_point_beats_climatology": any(beats.values()),
+        "skill": {
+            "climatology": {"reference": _CLIMATOLOGY[primary], "score": words, "value": clim[0], "interval": clim[1]},
+            "persistence": {"reference": "persistence", "score": words, "value": pers[0], "interval": pers[1]},
+        },
+        "significantly_better": not runners,
+        "runners_up": runners,
+        "confidence": e.confidence,
+        "bootstrap": e.bootstrap,
+        "test_clips": n,
+        "variables": summaries[b],
+        "references": {
+            name: {
+                v: {k: s[k] for k in ("crps", "crps_lo", "crps_hi", "rmse", "rmse_lo", "rmse_hi")}
+                for v, s in summaries[j].items()
+            }
+            for name, j in ref_pos.items()
+        },
     }
     write_text_atomic(out / "best.json", json.dumps(best_info, indent=2))
+
+    # the scorecard: the best point, then the best point of every other sampler
+    panels = [(_label(info_b), summaries[b])]
+    for sampler in dict.fromkeys(forecasts[i][0]["sampler"] for i in points):
+        i = min((i for i in points if forecasts[i][0]["sampler"] == sampler), key=lambda i: est[i])
+        if i != b:
+            panels.append((_label(forecasts[i][0]), summaries[i]))
+    card = scorecard(panels, e.confidence, out / "scorecard.png")
     plot = sweep_summary(table, primary, out / "summary.png")
-    for p in (out / "summary.csv", out / "summary.parquet", out / "best.json", plot):
+    for p in (out / "summary.csv", out / "summary.parquet", out / "best.json", plot, card):
         run.log_artifact(p)
         run.log_to_parent(p, "evaluation")
-    run.log_metrics({f"best_{primary}_score": best_info["score"], "points": len(per_point)})
+    run.log_metrics(
+        {
+            f"best_{primary}_score": best_info["score"],
+            "points": len(points),
+            "best_skill_climatology": clim[0],
+            "best_skill_climatology_lo": clim[1][0],
+            "best_skill_climatology_hi": clim[1][1],
+            "best_skill_persistence": pers[0],
+            "best_skill_persistence_lo": pers[1][0],
+            "best_skill_persistence_hi": pers[1][1],
+        }
+    )
     run.set_tags(
         {
             "best_checkpoint": best_info["checkpoint"],
             "best_sampler": f"{best_info['sampler']}-{best_info['steps']}",
             "best_guidance_weight": best_info["guidance_weight"],
+            "beats_climatology": best_info["beats_climatology"],
+            "beats_persistence": best_info["beats_persistence"],
         }
     )
-    log.info("best: %s", best_info)
+    log.info("best: %s", statement)
     return out / "best.json"

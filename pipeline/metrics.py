@@ -1,8 +1,10 @@
 """Climate skill metrics: pure functions on xarray objects (no I/O).
 
-Conventions: an ensemble forecast has a ``member`` dimension; the truth does not; both have
-``latitude`` and ``longitude`` (and any others, e.g. ``clip``, ``frame``). Spatial means are
-area-weighted by cos(latitude) and skip NaN cells (masks).
+Conventions: an ensemble forecast has a ``member`` dimension; a deterministic forecast (a reference
+such as persistence) and the truth do not; all have ``latitude`` and ``longitude`` (and any others,
+e.g. ``clip``, ``frame``). Spatial means are area-weighted by cos(latitude) and skip NaN cells (masks).
+The fair CRPS and the weighted (R)MSE come from the ``scores`` package; confidence intervals come from
+resampling cases (a paired bootstrap when the same resamples serve two forecasts).
 """
 
 from __future__ import annotations
@@ -12,14 +14,20 @@ from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
+from scores.continuous import mse as _scores_mse
+from scores.probability import crps_for_ensemble
 
 __all__ = [
     "area_mean",
     "bias",
+    "bootstrap_indices",
     "crps_ensemble",
     "lag1_autocorrelation",
+    "mse",
+    "percentile_interval",
     "rank_histogram",
     "rmse",
+    "skill_score",
     "spectral_ratio",
     "spread_skill",
     "zonal_power_spectrum",
@@ -38,17 +46,22 @@ def area_mean(da: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArr
     return da.weighted(_weights(da)).mean(dims)
 
 
+def mse(
+    forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None, member_dim: str = "member"
+) -> xr.DataArray:
+    """Area-weighted mean squared error of the ensemble mean (of ``forecast`` itself if it has no members)
+    over ``dims`` (default: every dim but the member dim), NaN cells skipped (``scores.continuous.mse``)."""
+    mean = forecast.mean(member_dim) if member_dim in forecast.dims else forecast
+    dims = list(mean.dims) if dims is None else list(dims)
+    return _scores_mse(mean, truth, reduce_dims=dims, weights=_weights(truth))
+
+
 def rmse(
     forecast: xr.DataArray, truth: xr.DataArray, dims: Sequence[str] | None = None, member_dim: str = "member"
 ) -> xr.DataArray:
-    """Area-weighted RMSE of the ensemble mean (of ``forecast`` itself if it has no members).
-
-    The square root is taken after averaging over ``dims`` (default: every dim but the member dim).
-    """
-    mean = forecast.mean(member_dim) if member_dim in forecast.dims else forecast
-    err2 = (mean - truth) ** 2
-    dims = [d for d in err2.dims] if dims is None else list(dims)
-    return np.sqrt(area_mean(err2, dims))
+    """Area-weighted RMSE of the ensemble mean: the square root of :func:`mse` (taken after averaging
+    over ``dims``)."""
+    return np.sqrt(mse(forecast, truth, dims, member_dim))
 
 
 def bias(
@@ -63,26 +76,29 @@ def bias(
 def crps_ensemble(
     forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = "member", fair: bool = True
 ) -> xr.DataArray:
-    """Pointwise ensemble CRPS: ``mean_i |x_i - y| - c * sum_ij |x_i - x_j|``.
+    """Pointwise CRPS: ``mean_i |x_i - y| - sum_ij |x_i - x_j| / (2 K)`` (``scores.probability.crps_for_ensemble``).
 
-    ``fair=True`` (Ferro 2014): ``c = 1 / (2 m (m - 1))``, unbiased for the CRPS of the distribution the
-    members are drawn from; ``fair=False``: ``c = 1 / (2 m^2)``, the CRPS of the empirical distribution.
-    Reduce with :func:`area_mean` for a score.
+    ``fair=True`` (Ferro 2014): ``K = m (m - 1)``, unbiased for the CRPS of the distribution the members
+    are drawn from; ``fair=False``: ``K = m^2``, the CRPS of the empirical distribution. A forecast without
+    ``member_dim`` is deterministic: its CRPS is the absolute error (the CRPS of a point mass), so
+    deterministic references sit on the same scale as ensembles. Reduce with :func:`area_mean` for a score.
     """
+    if member_dim not in forecast.dims:
+        return abs(forecast - truth)
     m = forecast.sizes[member_dim]
     if fair and m < 2:
         msg = f"the fair CRPS needs at least 2 members, got {m}"
         raise ValueError(msg)
-    skill = abs(forecast - truth).mean(member_dim)
-    other = forecast.rename({member_dim: f"{member_dim}_2"})
-    spread = abs(forecast - other).sum([member_dim, f"{member_dim}_2"])
-    c = 1.0 / (2 * m * (m - 1)) if fair else 1.0 / (2 * m * m)
-    return skill - c * spread
+    method = "fair" if fair else "ecdf"
+    return crps_for_ensemble(forecast, truth, member_dim, method=method, preserve_dims="all")
 
 
 def spread_skill(forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = "member") -> tuple[float, float, float]:
     """(spread, skill, ratio): spread = sqrt(area mean of the unbiased ensemble variance), skill = RMSE
-    of the ensemble mean, ratio = sqrt((m + 1) / m) * spread / skill (Fortin et al. 2014; 1 when reliable)."""
+    of the ensemble mean, ratio = sqrt((m + 1) / m) * spread / skill (Fortin et al. 2014; 1 when reliable).
+    A deterministic forecast (no ``member_dim``) has spread 0 and ratio 0."""
+    if member_dim not in forecast.dims:
+        return 0.0, float(rmse(forecast, truth, member_dim=member_dim)), 0.0
     m = forecast.sizes[member_dim]
     var = forecast.var(member_dim, ddof=1)
     spread = float(np.sqrt(area_mean(var, list(var.dims))))
@@ -94,7 +110,10 @@ def spread_skill(forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = 
 def rank_histogram(
     forecast: xr.DataArray, truth: xr.DataArray, member_dim: str = "member", seed: int = 0
 ) -> np.ndarray:
-    """Counts of the truth's rank among the members (0..m), ties broken at random; NaN cells skipped."""
+    """Counts of the truth's rank among the members (0..m), ties broken at random; NaN cells skipped.
+    A deterministic forecast counts as one member (2 bins: truth below, above)."""
+    if member_dim not in forecast.dims:
+        forecast = forecast.expand_dims({member_dim: 1})
     f = forecast.transpose(member_dim, ...).values.reshape(forecast.sizes[member_dim], -1)
     y = (
         truth.broadcast_like(forecast.isel({member_dim: 0}))
@@ -161,3 +180,26 @@ def lag1_autocorrelation(x: xr.DataArray, dim: str = "frame") -> float:
     other = [d for d in num_s.dims if d not in SPACE]
     r = num_s.sum(other) / den_s.sum(other)
     return float(area_mean(r))
+
+
+def skill_score(score: np.ndarray | float, reference: np.ndarray | float) -> np.ndarray:
+    """``1 - score / reference`` for negatively oriented scores (CRPSS, RMSE skill score): 1 is perfect, 0 is
+    as good as the reference, negative is worse."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 - np.asarray(score, dtype=np.float64) / np.asarray(reference, dtype=np.float64)
+
+
+def bootstrap_indices(cases: int, resamples: int, seed: int) -> np.ndarray:
+    """``(resamples, cases)`` case indices drawn with replacement. Scoring every forecast on the same array
+    makes the bootstrap paired: the spread of a difference then holds only what differs between forecasts,
+    not which cases happened to be hard."""
+    if cases < 1:
+        msg = f"the bootstrap needs at least one case, got {cases}"
+        raise ValueError(msg)
+    return np.random.default_rng(seed).integers(0, cases, size=(resamples, cases))
+
+
+def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Equal-tailed percentile interval over the first axis (the resamples) at level ``confidence``."""
+    tail = (1.0 - confidence) / 2.0
+    return np.quantile(samples, tail, axis=0), np.quantile(samples, 1.0 - tail, axis=0)

@@ -12,7 +12,14 @@ import numpy as np
 import xarray as xr
 from matplotlib.animation import FuncAnimation, PillowWriter
 
-__all__ = ["animate_side_by_side", "first_last_maps", "quicklook_regrid", "spectra_plot", "sweep_summary"]
+__all__ = [
+    "animate_side_by_side",
+    "first_last_maps",
+    "quicklook_regrid",
+    "scorecard",
+    "spectra_plot",
+    "sweep_summary",
+]
 
 
 def _first_frame(da: xr.DataArray) -> xr.DataArray:
@@ -43,40 +50,108 @@ def quicklook_regrid(before: xr.Dataset, after: xr.Dataset, path: Path) -> Path:
     return path
 
 
+_REF_STYLE = {"climatology-ensemble": "--", "climatology-mean": ":", "persistence": "-."}
+
+
+def _errorbar(ax, x, g, metric: str, label: str) -> None:
+    """Points with their bootstrap interval (columns ``<metric>_lo``, ``<metric>_hi`` where present)."""
+    if f"{metric}_lo" in g:
+        yerr = np.stack([g[metric] - g[f"{metric}_lo"], g[f"{metric}_hi"] - g[metric]])
+        ax.errorbar(x, g[metric], yerr=yerr, marker="o", capsize=3, label=label)
+    else:
+        ax.plot(x, g[metric], marker="o", label=label)
+
+
 def sweep_summary(table, metric: str, path: Path) -> Path:
     """Per variable: ``metric`` vs sampling steps per sampler (last checkpoint), and vs checkpoint step;
-    one line per sampler and guidance weight."""
+    one line per sampler and guidance weight, with bootstrap confidence bars; the reference forecasts
+    (rows of ``kind`` reference) as horizontal lines with a band for their interval."""
     variables = sorted(table["variable"].unique())
-    fig, axes = plt.subplots(len(variables), 2, figsize=(10, 3.4 * len(variables)), squeeze=False)
-    last = table["checkpoint_step"].max()
-    several = table["guidance_weight"].nunique() > 1
+    fig, axes = plt.subplots(len(variables), 2, figsize=(10, 3.6 * len(variables)), squeeze=False)
+    kind = table["kind"] if "kind" in table else "checkpoint"
+    points, refs = table[kind == "checkpoint"], table[kind == "reference"]
+    last = points["checkpoint_step"].max()
+    several = points["guidance_weight"].nunique() > 1
 
     def label(sampler: str, weight: float, suffix: str = "") -> str:
         return f"{sampler}{suffix} w={weight:g}" if several else f"{sampler}{suffix}"
 
+    def references(ax, v: str) -> None:
+        for _, r in refs[refs["variable"] == v].iterrows():
+            ls = _REF_STYLE.get(r["checkpoint"], "--")
+            line = ax.axhline(r[metric], color="grey", ls=ls, lw=1, label=r["checkpoint"])
+            if f"{metric}_lo" in r:
+                ax.axhspan(r[f"{metric}_lo"], r[f"{metric}_hi"], color=line.get_color(), alpha=0.08, lw=0)
+
     for row, v in enumerate(variables):
-        tv = table[table["variable"] == v]
+        tv = points[points["variable"] == v]
         ax = axes[row, 0]
         for (sampler, w), g in tv[tv["checkpoint_step"] == last].groupby(["sampler", "guidance_weight"]):
             g = g.sort_values("steps")
-            ax.plot(g["steps"], g[metric], marker="o", label=label(sampler, w))
+            _errorbar(ax, g["steps"], g, metric, label(sampler, w))
+        references(ax, v)
         ax.set_xscale("log")
         ax.set_xlabel("sampling steps (NFE)")
         ax.set_ylabel(f"{metric} ({v})")
         ax.set_title(f"{v}: {metric} vs steps, checkpoint step {last}", fontsize=9)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         ax = axes[row, 1]
         most = tv["steps"].max()
         for (sampler, w), g in tv[tv["steps"] == most].groupby(["sampler", "guidance_weight"]):
             g = g.sort_values("checkpoint_step")
-            ax.plot(g["checkpoint_step"], g[metric], marker="o", label=label(sampler, w, f"-{most}"))
+            _errorbar(ax, g["checkpoint_step"], g, metric, label(sampler, w, f"-{most}"))
+        references(ax, v)
         ax.set_xlabel("checkpoint (training step)")
         ax.set_ylabel(f"{metric} ({v})")
-        ax.set_title(f"{v}: {metric} vs checkpoint", fontsize=9)
-        ax.legend(fontsize=8)
+        ax.set_title(f"{v}: {metric} vs checkpoint (bars and bands: bootstrap intervals)", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# scorecard rows: (metric label, skill key) per variable; skill against climatology
+_CARD_ROWS = (("CRPS", "crpss_climatology"), ("RMSE", "rmse_ss_climatology"))
+
+
+def scorecard(panels: list[tuple[str, dict]], confidence: float, path: Path) -> Path:
+    """WeatherBench-2-style scorecard: one panel per forecast (title, {variable: summary}); rows variable x
+    metric, columns lead frame, colour = skill against climatology (CRPSS against the climatological
+    ensemble, RMSE skill score against the climatological mean; blue better, red worse, white = as good),
+    annotated; hatched where the bootstrap interval includes 0 (no significant difference)."""
+    from matplotlib.patches import Rectangle
+
+    rows = [(v, name, key) for v in next(iter([p[1] for p in panels])) for name, key in _CARD_ROWS]
+    leads = len(panels[0][1][rows[0][0]][f"{rows[0][2]}_per_lead"])
+    values = [np.array([s[v][f"{k}_per_lead"] for v, _, k in rows]) for _, s in panels]
+    lim = float(np.clip(np.nanmax(np.abs(np.concatenate([x.ravel() for x in values]))), 0.1, 1.0))
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(2.5 + (0.6 + 0.9 * leads) * len(panels), 1.6 + 0.55 * len(rows)),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
+    for ax, (title, summ), val in zip(axes[0], panels, values, strict=True):
+        im = ax.imshow(val, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+        for r, (v, _, k) in enumerate(rows):
+            lo, hi = summ[v][f"{k}_per_lead_lo"], summ[v][f"{k}_per_lead_hi"]
+            for c in range(leads):
+                dark = abs(val[r, c]) > 0.6 * lim
+                ax.text(c, r, f"{val[r, c]:+.2f}", ha="center", va="center", fontsize=8, color="w" if dark else "k")
+                if lo[c] <= 0 <= hi[c]:
+                    ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, hatch="///", ec="0.5", lw=0))
+        ax.set_xticks(range(leads), [str(i + 1) for i in range(leads)])
+        ax.set_yticks(range(len(rows)), [f"{v} {name}" for v, name, _ in rows])
+        ax.set_xlabel("lead frame", fontsize=8)
+        ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=list(axes[0]), label="skill vs climatology\n(CRPSS, RMSE skill score)", shrink=0.9)
+    fig.supxlabel(f"hatched: the {confidence:.0%} bootstrap interval includes 0", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

@@ -55,6 +55,7 @@ def test_sweep_as_a_job_array_runs_only_the_missing_points(copied: Path) -> None
     new = json.loads((eval_dir / "step-00000020" / "ancestral-10.json").read_text())
     assert [x["guidance_weight"] for x in new["results"]] == [0.0, 2.0]
     assert new["results"][0]["variables"]["z500"]["crps"] > 0
+    assert new["clip_starts"] == json.loads((eval_dir / "references.json").read_text())["clip_starts"]
     runs = _evaluate_runs(copied)
     assert len(runs) == runs_before + 4 * 2  # one MLflow run per new point and guidance weight
     # nothing left to do: no job submitted
@@ -66,7 +67,9 @@ def test_sweep_as_a_job_array_runs_only_the_missing_points(copied: Path) -> None
     import pandas as pd
 
     table = pd.read_csv(eval_dir / "summary.csv")
-    assert len(table) == 12 * 2 and set(table["sampler"]) == {"ddim", "dpmpp_2m", "ancestral"}
+    points = table[table["kind"] == "checkpoint"]
+    assert len(points) == 12 * 2 and set(points["sampler"]) == {"ddim", "dpmpp_2m", "ancestral"}
+    assert (table["kind"] == "reference").sum() == 3  # the references, scored once, beside every point
 
 
 def test_evaluate_point_arguments_all_or_none(copied: Path) -> None:

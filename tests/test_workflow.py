@@ -81,6 +81,12 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     points = re.findall(r"wildcards: checkpoint=(step-\d+), sampler=(\w+), steps=(\d+)", out)
     assert len(points) == 4 and {p[1] for p in points} == {"ancestral"}, points
     assert "rule collect_evaluation:" in out and "rule train_model:" not in out
+    assert "rule score_references:" not in out  # the references do not depend on the sweep's axes
+    # a reference setting reruns the references and what scores against them, not the data or training
+    r = _run([SNAKEMAKE, "-n", *CI, "--config", 'evaluate={"reference_members":20}'], workdir)
+    out = r.stdout + r.stderr
+    assert "rule score_references:" in out and "rule collect_evaluation:" in out, out
+    assert "rule train_model:" not in out and "rule normalise_data:" not in out, out
     # --forcerun train_model reruns training and nothing upstream
     r = _run([SNAKEMAKE, "-n", *CI, "--forcerun", "train_model"], workdir)
     out = r.stdout + r.stderr
@@ -100,21 +106,36 @@ def test_bad_config_fails_at_parse_time(workdir: Path) -> None:
 def _check_evaluation_and_samples(exp: Path) -> None:
     import json
 
+    import numpy as np
     import pandas as pd
     import xarray as xr
 
     table = pd.read_csv(exp / "eval/summary.csv")
-    assert len(table) == 2 * 2 * 2 * 2  # checkpoints x samplers x steps x guidance weights, one variable
-    assert set(table["sampler"]) == {"ddim", "dpmpp_2m"} and set(table["steps"]) == {5, 10}
-    assert set(table["guidance_weight"]) == {0.0, 2.0}
+    points, refs = table[table["kind"] == "checkpoint"], table[table["kind"] == "reference"]
+    assert len(points) == 2 * 2 * 2 * 2  # checkpoints x samplers x steps x guidance weights, one variable
+    assert set(points["sampler"]) == {"ddim", "dpmpp_2m"} and set(points["steps"]) == {5, 10}
+    assert set(points["guidance_weight"]) == {0.0, 2.0}
     assert (table["crps"] > 0).all() and (table["rmse"] > 0).all()
+    assert set(refs["checkpoint"]) == {"climatology-ensemble", "climatology-mean", "persistence"}
+    for k in ("crps", "rmse", "crpss_climatology", "crpss_persistence", "rmse_ss_climatology", "rmse_ss_persistence"):
+        assert ((table[f"{k}_lo"] <= table[k] + 1e-9) & (table[k] <= table[f"{k}_hi"] + 1e-9)).all(), k
+    clim = refs[refs["checkpoint"] == "climatology-ensemble"].iloc[0]
+    assert clim["crpss_climatology"] == 0.0 and clim["crps"] < refs[refs["checkpoint"] == "persistence"].iloc[0]["crps"]
     best = json.loads((exp / "eval/best.json").read_text())
-    assert best["checkpoint"] in set(table["checkpoint"])
+    assert best["checkpoint"] in set(points["checkpoint"])
+    assert isinstance(best["beats_climatology"], bool) and isinstance(best["beats_persistence"], bool)
+    assert ("it beats climatology" in best["statement"]) == best["beats_climatology"]  # or: does not beat / is worse
+    assert best["test_clips"] == 4 and len(best["skill"]["climatology"]["interval"]) == 2
     point = json.loads((exp / f"eval/{best['checkpoint']}/{best['sampler']}-{best['steps']}.json").read_text())
     assert [r["guidance_weight"] for r in point["results"]] == [0.0, 2.0]
+    references = json.loads((exp / "eval/references.json").read_text())
+    assert point["clip_starts"] == references["clip_starts"] and len(point["clip_starts"]) == 4  # the same clips
     (best_result,) = [r for r in point["results"] if r["guidance_weight"] == best["guidance_weight"]]
     z = best_result["variables"]["z500"]
-    assert z["units"] == "m" and len(z["rank_histogram"]) == 4 and len(z["rmse_per_lead"]) == 6
+    assert z["units"] == "m" and len(z["rank_histogram"]) == 4 and len(z["rmse_per_lead"]) == 2
+    assert np.shape(z["per_clip"]["crps"]) == (4, 2) and np.shape(z["per_clip"]["se"]) == (4, 2)
+    assert len(z["crpss_climatology_per_lead"]) == 2 and "rmse_ss_persistence" in z
+    assert (exp / "eval/scorecard.png").stat().st_size > 10_000
     samples = exp / "samples"
     unc = xr.open_zarr(samples / "unconditional.zarr", zarr_format=3)
     roll = xr.open_zarr(samples / "rollouts.zarr", zarr_format=3)
@@ -137,13 +158,29 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     evals = [r for r in runs if r.data.tags.get("pipeline.stage") == "evaluate"]
     assert len(evals) == 16  # one run per point and guidance weight
     assert {r.data.params["guidance_weight"] for r in evals} == {"0.0", "2.0"}
-    for r in evals:  # the same param and metric names at every sweep point: the compare view lines them up
+    references = [r for r in runs if r.data.tags.get("reference") == "true"]
+    assert sorted(r.info.run_name for r in references) == [
+        "reference climatology-ensemble",
+        "reference climatology-mean",
+        "reference persistence",
+    ]
+    names = set(evals[0].data.metrics)
+    for r in evals + references:  # the same param and metric names everywhere: the compare view lines them up
+        assert set(r.data.params) == set(evals[0].data.params), r.info.run_name
         assert {"checkpoint", "checkpoint_step", "sampler", "steps", "guidance_weight", "ensemble"} <= set(
             r.data.params
         )
-        assert {"crps_z500", "rmse_z500", "spread_skill_z500"} <= set(r.data.metrics)
+        assert {
+            "crps_z500",
+            "rmse_z500",
+            "spread_skill_z500",
+            "crpss_climatology_z500",
+            "rmse_ss_persistence_z500",
+        } <= (set(r.data.metrics))
+        assert set(r.data.metrics) - {"samples_per_s", "seconds"} == names - {"samples_per_s", "seconds"}
     parent = (exp / "mlflow_parent_run_id").read_text().strip()
     names = {a.path for a in client.list_artifacts(parent, "evaluation")}
     assert {"evaluation/summary.csv", "evaluation/summary.png", "evaluation/best.json"} <= names
+    assert "evaluation/scorecard.png" in names
     stages = {r.data.tags.get("pipeline.stage") for r in runs}
-    assert {"prepare", "normalise", "train", "evaluate", "collect-eval", "sample"} <= stages
+    assert {"prepare", "normalise", "references", "train", "evaluate", "collect-eval", "sample"} <= stages

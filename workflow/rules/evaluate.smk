@@ -1,10 +1,42 @@
-# Evaluation sweep: one job per (checkpoint, sampler, steps) point, then one collecting job.
+# Evaluation sweep: reference forecasts once, one job per (checkpoint, sampler, steps) point, then one
+# collecting job.
+
+
+rule score_references:
+    input:
+        store=f"{EXP}/data/normalised.zarr",
+        stats=f"{EXP}/data/stats.json",
+    output:
+        f"{EXP}/eval/references.json",
+    log:
+        f"{EXP}/logs/score_references.log",
+    benchmark:
+        f"{EXP}/benchmarks/score_references.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        config=CONFIG_FILE,
+        settings=settings(
+            "train.clip_frames",
+            "evaluate.context_frames",
+            "evaluate.test_clips",
+            "evaluate.test_stride",
+            "evaluate.reference_members",
+            "evaluate.climatology_window_days",
+            "seed",
+        ),
+    shell:
+        "python -m pipeline references --config {params.config} > {log} 2>&1"
 
 
 rule evaluate_checkpoint:
     input:
         final=f"{EXP}/checkpoints/final.pt",
         stats=f"{EXP}/data/stats.json",
+        references=f"{EXP}/eval/references.json",
     output:
         f"{EXP}/eval/{{checkpoint}}/{{sampler}}-{{steps}}.json",
     log:
@@ -27,6 +59,7 @@ rule evaluate_checkpoint:
             "evaluate.context_frames",
             "evaluate.ensemble",
             "evaluate.test_clips",
+            "evaluate.test_stride",
             "seed",
         ),
     shell:
@@ -36,18 +69,25 @@ rule evaluate_checkpoint:
 
 rule collect_evaluation:
     input:
-        EVAL_POINTS,
+        points=EVAL_POINTS,
+        references=f"{EXP}/eval/references.json",
     output:
         csv=f"{EXP}/eval/summary.csv",
         parquet=f"{EXP}/eval/summary.parquet",
         best=f"{EXP}/eval/best.json",
         plot=f"{EXP}/eval/summary.png",
+        scorecard=f"{EXP}/eval/scorecard.png",
     log:
         f"{EXP}/logs/collect_evaluation.log",
     conda:
         "../../envs/pipeline.yaml"
     params:
         config=CONFIG_FILE,
-        settings=settings("evaluate.primary_metric"),
+        settings=settings(
+            "evaluate.primary_metric",
+            "evaluate.bootstrap",
+            "evaluate.confidence",
+            "seed",
+        ),
     shell:
         "python -m pipeline collect-eval --config {params.config} > {log} 2>&1"

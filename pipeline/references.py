@@ -1,0 +1,185 @@
+"""Stage ``references``: reference forecasts on exactly the sweep's test clips and lead frames, scored by
+the same code (:func:`pipeline.scoring.score`) -> ``eval/references.json``, one MLflow run each.
+
+- ``climatology-ensemble``: members drawn (seeded, without repeats) from training-period frames within
+  ``evaluate.climatology_window_days`` of each target frame's day of year (the window is widened to
+  half the data's time step, so annual or seasonal means draw from every training year).
+- ``climatology-mean``: the mean of those same training frames (deterministic).
+- ``persistence``: the last context frame, for every lead frame (deterministic).
+
+A forecast that does not beat these has learnt nothing a table of past weather does not already know.
+Times are handled in the data's own calendar (:mod:`pipeline.data.times`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from pipeline.atomic import write_text_atomic
+from pipeline.config import Config
+from pipeline.data.io import open_store
+from pipeline.data.stats import SPLIT_NAMES
+from pipeline.data.times import day_of_year, time_seconds
+from pipeline.scoring import REFERENCES, SKILL, EvalClips, load_test_clips, log_scores, score, summarise
+from pipeline.tracking import stage_run
+
+__all__ = [
+    "climatology_candidates",
+    "climatology_ensemble",
+    "climatology_mean",
+    "persistence",
+    "run_references",
+]
+
+log = logging.getLogger(__name__)
+
+_YEAR = 365.25  # day_of_year() puts every calendar on a 365.25-day year
+
+
+def climatology_candidates(
+    times: np.ndarray, train: np.ndarray, targets: np.ndarray, window_days: float
+) -> tuple[list[np.ndarray], float]:
+    """For each target time index, the training time indices whose day of year lies within the window
+    (circular distance), and the window used: ``max(window_days, half the median time step)``, so data
+    with one step per year (or season) gets every training year instead of nothing."""
+    step_days = float(np.median(np.diff(time_seconds(times)))) / 86400 if times.size > 1 else 1.0
+    half = max(float(window_days), step_days / 2)
+    doy_train = day_of_year(times[train]).astype(np.float64)
+    doy_target = day_of_year(times[targets]).astype(np.float64)
+    d = np.abs(doy_target[:, None] - doy_train[None, :]) % _YEAR
+    d = np.minimum(d, _YEAR - d)
+    return [train[row <= half + 1e-6] for row in d], half
+
+
+def _frames(store: xr.Dataset, names: list[str], index: np.ndarray) -> dict[int, np.ndarray]:
+    """Normalised fields (C, H, W) of the store's time steps ``index`` (read once)."""
+    index = np.unique(index)
+    data = np.stack([store[n].isel(time=index).values for n in names], axis=1).astype(np.float32)
+    return dict(zip(index.tolist(), data, strict=True))
+
+
+def _targets(test: EvalClips) -> np.ndarray:
+    """Store time index of every lead frame: (clip, lead)."""
+    return test.starts[:, None] + np.arange(test.context, test.frames)[None, :]
+
+
+def climatology_ensemble(
+    test: EvalClips, store: xr.Dataset, candidates: list[np.ndarray], members: int, seed: int
+) -> np.ndarray:
+    """(clip, member, C, T, H, W) normalised: the given frames, then for each lead frame ``members``
+    training frames drawn without repeats from its candidates (one seeded stream, in clip and lead order)."""
+    rng = np.random.default_rng([seed, 11])
+    drawn = [rng.choice(c, members, replace=False) for c in candidates]
+    fields = _frames(store, test.names, np.concatenate(drawn))
+    lead = test.frames - test.context
+    out = np.repeat(test.raw[:, None], members, axis=1)
+    for k, d in enumerate(drawn):
+        c, j = divmod(k, lead)
+        out[c, :, :, test.context + j] = np.stack([fields[int(t)] for t in d])
+    return out
+
+
+def climatology_mean(test: EvalClips, store: xr.Dataset, candidates: list[np.ndarray]) -> np.ndarray:
+    """(clip, C, T, H, W) normalised: the given frames, then the mean of each lead frame's candidates."""
+    fields = _frames(store, test.names, np.concatenate(candidates))
+    lead = test.frames - test.context
+    out = test.raw.copy()
+    means: dict[bytes, np.ndarray] = {}  # most targets share a window: average it once
+    for k, cand in enumerate(candidates):
+        key = cand.tobytes()
+        if key not in means:
+            means[key] = np.nanmean(np.stack([fields[int(t)] for t in cand]), axis=0)
+        c, j = divmod(k, lead)
+        out[c, :, test.context + j] = means[key]
+    return out
+
+
+def persistence(test: EvalClips) -> np.ndarray:
+    """(clip, C, T, H, W) normalised: the given frames, then the last given frame for every lead frame."""
+    out = test.raw.copy()
+    out[:, :, test.context :] = test.raw[:, :, test.context - 1 : test.context]
+    return out
+
+
+def run_references(cfg: Config) -> Path:
+    """Score the three references on the evaluation's test clips; one MLflow run each; write references.json."""
+    t0 = time.perf_counter()
+    e = cfg.evaluate
+    test = load_test_clips(cfg, cfg.train.clip_frames)
+    store = open_store(cfg.normalised_path)
+    times = store["time"].values
+    train = np.flatnonzero(store["split"].values == SPLIT_NAMES.index("train"))
+    candidates, half = climatology_candidates(times, train, _targets(test).ravel(), e.climatology_window_days)
+    fewest = min(len(c) for c in candidates)
+    if fewest < 2:
+        msg = (
+            f"the climatology window (evaluate.climatology_window_days = {e.climatology_window_days}) holds only "
+            f"{fewest} training frame(s) for some test frame; widen it or lengthen data.split.train"
+        )
+        raise ValueError(msg)
+    members = min(e.reference_members, fewest)
+    if members < e.reference_members:
+        log.info("climatology ensemble: %d members (the fewest training frames in a window)", members)
+    forecasts = {
+        "climatology-ensemble": climatology_ensemble(test, store, candidates, members, cfg.seed),
+        "climatology-mean": climatology_mean(test, store, candidates),
+        "persistence": persistence(test),
+    }
+    scored = {name: score(test.physical(f), test.truth, test.context) for name, f in forecasts.items()}
+    refs: dict[str, Any] = {}
+    for name in REFERENCES:
+        variables = scored[name]
+        for v, r in variables.items():
+            others = {k: s[v]["per_clip"] for k, s in scored.items()}
+            r |= {k: x for k, x in summarise(r["per_clip"], others).items() if k.startswith(tuple(SKILL))}
+        size = members if name == "climatology-ensemble" else 1
+        params = {
+            "checkpoint": name,
+            "checkpoint_step": 0,
+            "sampler": "reference",
+            "steps": 0,
+            "guidance_weight": 0.0,
+            "ensemble": size,
+            "test_clips": len(test.clips),
+            "context_frames": test.context,
+        }
+        with stage_run(
+            cfg.tracking_uri,
+            cfg.experiment,
+            cfg.exp_dir,
+            "references",
+            enabled=cfg.tracking.enabled,
+            tags={"reference": "true"},
+            run_name=f"reference {name}",
+        ) as run:
+            log_scores(run, params, variables)
+            run.log_dict({**params, "variables": variables}, "result.json")
+        refs[name] = {"members": size, "variables": variables}
+        log.info(
+            "reference %s: %s",
+            name,
+            {v: {k: round(r[k], 4) for k in ("rmse", "crps")} for v, r in variables.items()},
+        )
+    out = cfg.eval_dir / "references.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "clip_frames": test.frames,
+        "context_frames": test.context,
+        "test_clips": len(test.clips),
+        "clip_starts": test.labels,
+        "climatology_window_days": half,
+        "training_frames": int(train.size),
+        "members": members,
+        "seed": cfg.seed,
+        "seconds": time.perf_counter() - t0,
+        "references": refs,
+    }
+    write_text_atomic(out, json.dumps(result, indent=2))
+    return out

@@ -1,0 +1,263 @@
+"""Scoring shared by the sweep points (:mod:`pipeline.evaluate`) and the reference forecasts
+(:mod:`pipeline.references`): which test clips, the truth on them, the metrics, and skill with
+bootstrap intervals from per-clip scores.
+
+Checkpoints and references must be scored on exactly the same clips and lead frames by the same
+code, or their skill scores and paired differences mean nothing: :func:`pick_test_clips` is the
+one place that picks the clips, :func:`score` the one place that scores a forecast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from pipeline import metrics
+from pipeline.config import Config
+from pipeline.data.clips import ClipDataset
+from pipeline.data.io import open_store
+from pipeline.data.stats import denormalise, read_stats
+from pipeline.data.times import format_time
+from pipeline.tracking import StageRun
+
+__all__ = [
+    "REFERENCES",
+    "SCALAR_METRICS",
+    "SKILL",
+    "SWEEP_PARAMS",
+    "EvalClips",
+    "clip_statistics",
+    "load_test_clips",
+    "log_scores",
+    "pick_test_clips",
+    "score",
+    "summarise",
+]
+
+# Scalar metrics per variable: MLflow metric names (``<metric>_<variable>``) and table columns.
+SCALAR_METRICS = (
+    "rmse",
+    "bias",
+    "crps",
+    "spread",
+    "spread_skill",
+    "mean_sample",
+    "mean_truth",
+    "p99_sample",
+    "p99_truth",
+    "lag1_autocorr_sample",
+    "lag1_autocorr_truth",
+)
+
+# MLflow params of every sweep and reference run: the same names everywhere, so the compare view lines them up.
+SWEEP_PARAMS = (
+    "checkpoint",
+    "checkpoint_step",
+    "sampler",
+    "steps",
+    "guidance_weight",
+    "ensemble",
+    "test_clips",
+    "context_frames",
+)
+
+# The reference forecasts, computed once per experiment by the references stage.
+REFERENCES = ("climatology-ensemble", "climatology-mean", "persistence")
+
+# Skill scores: name -> (score, reference). The probabilistic climatology is the reference for the CRPS,
+# its mean (the best constant forecast for the squared error) for the RMSE.
+SKILL = {
+    "crpss_climatology": ("crps", "climatology-ensemble"),
+    "crpss_persistence": ("crps", "persistence"),
+    "rmse_ss_climatology": ("rmse", "climatology-mean"),
+    "rmse_ss_persistence": ("rmse", "persistence"),
+}
+
+
+def pick_test_clips(available: int, test_clips: int | str, stride: int = 1) -> np.ndarray:
+    """Indices of the test clips (into the test period's clips starting every step): ``'all'`` takes every
+    ``stride``-th clip start; a number N takes N starts spread evenly over the period (at most all)."""
+    if available < 1:
+        msg = "the test period holds no clip"
+        raise ValueError(msg)
+    if test_clips == "all":
+        return np.arange(0, available, stride)
+    n = min(int(test_clips), available)
+    return np.unique(np.linspace(0, available - 1, n).round().astype(int))
+
+
+def _to_xr(arr: np.ndarray, names: list[str], lat: np.ndarray, lon: np.ndarray, member: bool) -> xr.Dataset:
+    """(clip, [member,] C, frame, lat, lon) numpy -> Dataset of one variable per channel."""
+    dims = (
+        ("clip", "member", "frame", "latitude", "longitude") if member else ("clip", "frame", "latitude", "longitude")
+    )
+    return xr.Dataset(
+        {n: (dims, np.take(arr, i, axis=2 if member else 1)) for i, n in enumerate(names)},
+        coords={"latitude": lat, "longitude": lon},
+    )
+
+
+@dataclass(frozen=True)
+class EvalClips:
+    """The test clips one evaluation scores on: normalised clips for the model, the truth in physical units."""
+
+    clips: list[dict[str, torch.Tensor]]
+    starts: np.ndarray  # store time index of each clip's first frame
+    labels: list[str]  # first time of each clip, formatted (the JSON files' ``clip_starts``)
+    names: list[str]
+    frames: int
+    context: int
+    masks: np.ndarray  # (clip, C, T, H, W), True = valid
+    raw: np.ndarray  # (clip, C, T, H, W) normalised truth, NaN where masked
+    truth: xr.Dataset  # physical units, NaN where masked
+    lat: np.ndarray
+    lon: np.ndarray
+    stats: dict[str, Any]
+
+    def physical(self, forecast: np.ndarray) -> xr.Dataset:
+        """A normalised forecast (clip, [member,] C, T, H, W) masked like the truth and in physical units."""
+        member = forecast.ndim == 6
+        masked = np.where(self.masks[:, None] if member else self.masks, forecast, np.nan)
+        return denormalise(_to_xr(masked, self.names, self.lat, self.lon, member), self.stats)
+
+
+def load_test_clips(cfg: Config, frames: int, variables: list[str] | None = None) -> EvalClips:
+    """The test clips of ``evaluate.test_clips`` / ``test_stride``, with their truth in physical units."""
+    e = cfg.evaluate
+    if e.context_frames >= frames:
+        msg = f"evaluate.context_frames ({e.context_frames}) must be smaller than train.clip_frames ({frames})"
+        raise ValueError(msg)
+    ds = ClipDataset(cfg.normalised_path, "test", frames, 1, variables=variables)
+    clips = [ds[int(i)] for i in pick_test_clips(len(ds), e.test_clips, e.test_stride)]
+    store = open_store(cfg.normalised_path)
+    starts = np.array([int(c["start"]) for c in clips])
+    masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)
+    raw = np.where(masks, np.stack([c["x"].numpy() for c in clips]), np.nan)
+    lat, lon = store["latitude"].values, store["longitude"].values
+    stats = read_stats(cfg.stats_path)
+    return EvalClips(
+        clips=clips,
+        starts=starts,
+        labels=[format_time(store["time"].values[s]) for s in starts],
+        names=list(ds.variables),
+        frames=frames,
+        context=e.context_frames,
+        masks=masks,
+        raw=raw,
+        truth=denormalise(_to_xr(raw, list(ds.variables), lat, lon, False), stats),
+        lat=lat,
+        lon=lon,
+        stats=stats,
+    )
+
+
+def score(forecast: xr.Dataset, truth: xr.Dataset, context: int) -> dict[str, Any]:
+    """All metrics per variable on the lead frames (after the ``context`` given ones); physical units.
+
+    A forecast with a ``member`` dim is an ensemble, one without is deterministic (CRPS = absolute
+    error, spread 0). ``per_clip`` keeps the area-mean CRPS and squared error of the (ensemble mean)
+    forecast per clip and lead frame: every headline score is a mean of these, so intervals and paired
+    differences can be resampled from them later; RMSE = sqrt(mean squared error).
+    """
+    result: dict[str, Any] = {}
+    lead_f = forecast.isel(frame=slice(context, None))
+    lead_t = truth.isel(frame=slice(context, None))
+    space = list(metrics.SPACE)
+    for name in forecast.data_vars:
+        f, y = lead_f[name], lead_t[name]
+        spread, _skill, ratio = metrics.spread_skill(f, y)
+        crps = metrics.area_mean(metrics.crps_ensemble(f, y), space).transpose("clip", "frame").values
+        se = metrics.mse(f, y, dims=space).transpose("clip", "frame").values
+        r: dict[str, Any] = {
+            "rmse": float(np.sqrt(se.mean())),
+            "bias": float(metrics.bias(f, y)),
+            "crps": float(crps.mean()),
+            "spread": spread,
+            "spread_skill": ratio,
+            "rank_histogram": metrics.rank_histogram(f, y).tolist(),
+            "rmse_per_lead": np.sqrt(se.mean(axis=0)).tolist(),
+            "crps_per_lead": crps.mean(axis=0).tolist(),
+            "mean_sample": float(metrics.area_mean(f, list(f.dims))),
+            "mean_truth": float(metrics.area_mean(y, list(y.dims))),
+            "p99_sample": float(np.nanquantile(f.values, 0.99)),
+            "p99_truth": float(np.nanquantile(y.values, 0.99)),
+            "lag1_autocorr_sample": metrics.lag1_autocorrelation(forecast[name], "frame"),
+            "lag1_autocorr_truth": metrics.lag1_autocorrelation(truth[name], "frame"),
+            "units": forecast[name].attrs.get("units", ""),
+            "per_clip": {"crps": crps.tolist(), "se": se.tolist()},
+        }
+        if not bool(f.isnull().any()) and f.sizes["longitude"] >= 8:
+            r["spectral_ratio"] = metrics.spectral_ratio(f, y.broadcast_like(f))
+            r["spectrum_sample"] = metrics.zonal_power_spectrum(f).values.tolist()
+            r["spectrum_truth"] = metrics.zonal_power_spectrum(y).values.tolist()
+        result[str(name)] = r
+    return result
+
+
+def clip_statistics(
+    per_clip: Mapping[str, Any], refs: Mapping[str, Mapping[str, Any]], idx: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Scores and skill of one forecast and variable on resampled clips.
+
+    ``per_clip`` and each reference's: ``{"crps": (clip, lead), "se": (clip, lead)}``; ``idx`` (B, clips):
+    resampled clip indices, the same for the forecast and its references (paired). Returns
+    ``name -> (overall (B,), per lead (B, lead))`` for crps, rmse and every :data:`SKILL` whose reference
+    is in ``refs``. Skill is ``1 - mean score / mean reference score`` on the same resampled clips.
+    """
+
+    def scores_of(pc: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        crps = np.asarray(pc["crps"], dtype=np.float64)[idx].mean(axis=1)
+        se = np.asarray(pc["se"], dtype=np.float64)[idx].mean(axis=1)
+        return {"crps": (crps.mean(axis=-1), crps), "rmse": (np.sqrt(se.mean(axis=-1)), np.sqrt(se))}
+
+    out = scores_of(per_clip)
+    for name, (metric, ref) in SKILL.items():
+        if ref in refs:
+            r = scores_of(refs[ref])[metric]
+            out[name] = (metrics.skill_score(out[metric][0], r[0]), metrics.skill_score(out[metric][1], r[1]))
+    return out
+
+
+def summarise(
+    per_clip: Mapping[str, Any],
+    refs: Mapping[str, Mapping[str, Any]],
+    idx: np.ndarray | None = None,
+    confidence: float = 0.9,
+) -> dict[str, Any]:
+    """Point estimates of crps, rmse and skill (``name``, ``name_per_lead``) and, given bootstrap indices
+    ``idx``, their intervals (``name_lo``, ``name_hi``, ``name_per_lead_lo``, ``name_per_lead_hi``)."""
+    n = len(per_clip["crps"])
+    est = clip_statistics(per_clip, refs, np.arange(n)[None])
+    boot = clip_statistics(per_clip, refs, idx) if idx is not None else None
+    out: dict[str, Any] = {}
+    for k, (total, lead) in est.items():
+        out[k] = float(total[0])
+        out[f"{k}_per_lead"] = lead[0].tolist()
+        if boot is not None:
+            lo, hi = metrics.percentile_interval(boot[k][0], confidence)
+            llo, lhi = metrics.percentile_interval(boot[k][1], confidence)
+            out |= {f"{k}_lo": float(lo), f"{k}_hi": float(hi)}
+            out |= {f"{k}_per_lead_lo": llo.tolist(), f"{k}_per_lead_hi": lhi.tolist()}
+    return out
+
+
+def log_scores(run: StageRun, params: Mapping[str, Any], variables: Mapping[str, Mapping[str, Any]]) -> None:
+    """One sweep point or reference as MLflow params and metrics, under the same names for every run:
+    the SWEEP_PARAMS, ``<metric>_<variable>`` for the scalar metrics and skill scores, and per lead
+    frame (as the step) ``rmse_lead_<variable>``, ``crps_lead_<variable>`` and the skill scores."""
+    run.log_params({k: params[k] for k in SWEEP_PARAMS})
+    flat: dict[str, float] = {}
+    for v, r in variables.items():
+        for k in (*SCALAR_METRICS, *SKILL):
+            if k in r:
+                flat[f"{k}_{v}"] = r[k]
+        per_lead = {"rmse": r["rmse_per_lead"], "crps": r["crps_per_lead"]}
+        per_lead |= {k: r[f"{k}_per_lead"] for k in SKILL if f"{k}_per_lead" in r}
+        for lead in range(len(r["rmse_per_lead"])):
+            run.log_metrics({f"{k}_lead_{v}": vals[lead] for k, vals in per_lead.items()}, step=lead + 1)
+    run.log_metrics(flat)

@@ -1,0 +1,295 @@
+"""Reference forecasts, skill scores, bootstrap intervals and the sweep's verdict (best.json), on tiny
+inputs with answers derived by hand, against an oracle library (xskillscore), and on synthetic sweeps."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import cftime
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline import metrics
+from pipeline.data.stats import denormalise
+from pipeline.references import climatology_candidates, climatology_ensemble, climatology_mean, persistence
+from pipeline.scoring import EvalClips, _to_xr, clip_statistics, pick_test_clips, score, summarise
+
+LAT, LON = np.array([0.0, 60.0]), np.array([0.0, 90.0])  # cos-latitude weights 1 and 1/2
+STATS = {"z": {"mean": 0.0, "std": 1.0, "units": "m"}}
+
+
+def _field(lat0: float, lat60: float) -> np.ndarray:
+    """A 2x2 field: ``lat0`` on the equator row, ``lat60`` on the 60N row."""
+    return np.array([[lat0, lat0], [lat60, lat60]], dtype=np.float32)
+
+
+@pytest.fixture
+def tiny() -> tuple[EvalClips, xr.Dataset]:
+    """Five daily steps in the 360_day calendar: two training frames (0 and 2 everywhere) and a test period
+    of three (f0 = 0; f1 = 1 on the equator, 3 at 60N; f2 = 4), so two clips of 2 frames, 1 given."""
+    times = np.array([cftime.datetime(2001, 1, d, calendar="360_day") for d in (1, 2, 3, 4, 5)], dtype=object)
+    frames = [_field(0, 0), _field(2, 2), _field(0, 0), _field(1, 3), _field(4, 4)]
+    store = xr.Dataset(
+        {"z": (("time", "latitude", "longitude"), np.stack(frames))},
+        coords={"time": times, "latitude": LAT, "longitude": LON, "split": ("time", [1, 1, 3, 3, 3])},
+    )
+    raw = np.stack([np.stack(frames[2:4]), np.stack(frames[3:5])])[:, None]  # (clip, C, T, H, W)
+    test = EvalClips(
+        clips=[],
+        starts=np.array([2, 3]),
+        labels=["2001-01-03T00:00:00", "2001-01-04T00:00:00"],
+        names=["z"],
+        frames=2,
+        context=1,
+        masks=np.ones(raw.shape, dtype=bool),
+        raw=raw,
+        truth=denormalise(_to_xr(raw, ["z"], LAT, LON, False), STATS),
+        lat=LAT,
+        lon=LON,
+        stats=STATS,
+    )
+    return test, store
+
+
+def _references(test: EvalClips, store: xr.Dataset) -> dict[str, dict]:
+    train = np.flatnonzero(store["split"].values == 1)
+    targets = (test.starts + test.context).ravel()
+    cand, _ = climatology_candidates(store["time"].values, train, targets, 15.0)
+    forecasts = {
+        "climatology-ensemble": climatology_ensemble(test, store, cand, 2, seed=0),
+        "climatology-mean": climatology_mean(test, store, cand),
+        "persistence": persistence(test),
+    }
+    return {name: score(test.physical(f), test.truth, test.context)["z"] for name, f in forecasts.items()}
+
+
+def test_references_and_skill_by_hand(tiny) -> None:
+    refs = _references(*tiny)
+    # persistence: clip 0 forecasts 0 for (1, 3): |e| 1 and 3, weights 1 and 1/2 -> MAE 5/3, MSE 11/3;
+    # clip 1 forecasts (1, 3) for 4: |e| 3 and 1 -> MAE 7/3, MSE 19/3
+    p = refs["persistence"]
+    np.testing.assert_allclose(p["per_clip"]["crps"], [[5 / 3], [7 / 3]], rtol=1e-12)
+    np.testing.assert_allclose(p["per_clip"]["se"], [[11 / 3], [19 / 3]], rtol=1e-12)
+    assert p["crps"] == pytest.approx(2.0) and p["rmse"] == pytest.approx(np.sqrt(5.0))
+    assert p["spread"] == 0.0 and p["spread_skill"] == 0.0
+    # climatological mean: 1 everywhere -> clip 0: |e| 0 and 2 -> MAE 2/3, MSE 4/3; clip 1: |e| 3 -> 3, 9
+    m = refs["climatology-mean"]
+    assert m["crps"] == pytest.approx((2 / 3 + 3) / 2) and m["rmse"] == pytest.approx(np.sqrt((4 / 3 + 9) / 2))
+    # climatological ensemble {0, 2}: fair CRPS = mean|x - y| - (|0 - 2| + |2 - 0|) / (2 * 2 * 1)
+    # clip 0: y = 1 -> 1 - 1 = 0, y = 3 -> 2 - 1 = 1 -> (0 + 1/2) / (3/2) = 1/3; clip 1: y = 4 -> 3 - 1 = 2
+    e = refs["climatology-ensemble"]
+    np.testing.assert_allclose(e["per_clip"]["crps"], [[1 / 3], [2.0]], rtol=1e-12)
+    assert e["crps"] == pytest.approx(7 / 6) and e["rmse"] == pytest.approx(m["rmse"])  # ensemble mean 1
+    assert e["spread"] > 0 and len(e["rank_histogram"]) == 3
+    # skill: CRPSS of persistence = 1 - 2 / (7/6) = -5/7; RMSE skill score vs the climatological mean
+    s = summarise(p["per_clip"], {k: r["per_clip"] for k, r in refs.items()})
+    assert s["crpss_climatology"] == pytest.approx(-5 / 7)
+    assert s["rmse_ss_climatology"] == pytest.approx(1 - np.sqrt(5.0) / np.sqrt(31 / 6))
+    assert s["crpss_persistence"] == pytest.approx(0.0) and s["rmse_ss_persistence"] == pytest.approx(0.0)
+    assert s["crpss_climatology_per_lead"] == [pytest.approx(-5 / 7)]
+
+
+def test_references_against_xskillscore(tiny) -> None:
+    import xskillscore as xs
+
+    test, store = tiny
+    refs = _references(test, store)
+    truth = test.truth["z"].isel(frame=slice(1, None))
+    w = np.cos(np.deg2rad(truth["latitude"])).broadcast_like(truth)
+    pers = test.physical(persistence(test))["z"].isel(frame=slice(1, None))
+    # a deterministic forecast's CRPS is its MAE: xskillscore's weighted MAE and RMSE over everything
+    assert refs["persistence"]["crps"] == pytest.approx(float(xs.mae(pers, truth, dim=list(truth.dims), weights=w)))
+    rmse_xs = xs.rmse(pers, truth, dim=["latitude", "longitude"], weights=w.isel(clip=0, frame=0))  # per clip, lead
+    np.testing.assert_allclose(refs["persistence"]["per_clip"]["se"], (rmse_xs**2).values, rtol=1e-12)
+    # the climatological ensemble's ecdf CRPS per cell against xskillscore's
+    train = np.flatnonzero(store["split"].values == 1)
+    cand, _ = climatology_candidates(store["time"].values, train, test.starts + 1, 15.0)
+    ens = test.physical(climatology_ensemble(test, store, cand, 2, seed=0))["z"].isel(frame=slice(1, None))
+    np.testing.assert_allclose(
+        metrics.crps_ensemble(ens, truth, fair=False).transpose(*truth.dims).values,
+        xs.crps_ensemble(truth, ens, dim=[]).values,
+        rtol=1e-12,
+    )
+
+
+def test_climatology_window_in_a_360_day_calendar_and_for_annual_means() -> None:
+    # daily 360_day data over three years; day_of_year puts every calendar on a 365.25-day year, so a
+    # 15-day window is 15 * 360 / 365.25 = 14.8 calendar days: a target on 5 January 2002 draws the
+    # training days 21 December .. 19 January (the year wrapping round), 29 a year
+    times = np.array([cftime.datetime(2000, 1, 1, calendar="360_day") + dt.timedelta(days=i) for i in range(1080)])
+    train = np.arange(720)  # 2000 and 2001
+    target = np.array([np.flatnonzero(times == cftime.datetime(2002, 1, 5, calendar="360_day"))[0]])
+    (cand,), half = climatology_candidates(times, train, target, 15.0)
+    assert half == 15.0
+    days = {(t.month, t.day) for t in times[cand]}
+    assert {(12, 21), (12, 30), (1, 1), (1, 19)} <= days and not {(12, 20), (1, 20), (6, 1)} & days
+    assert len(cand) == 2 * 29 and {t.year for t in times[cand]} == {2000, 2001}
+    # one step per year (DJF means stamped 1 December): the window widens to half a year, every year counts
+    annual = np.array([cftime.datetime(y, 12, 1, calendar="noleap") for y in range(1948, 1960)])
+    (cand,), half = climatology_candidates(annual, np.arange(8), np.array([10]), 15.0)
+    assert half > 180 and cand.tolist() == list(range(8))
+
+
+def test_climatology_ensemble_draws_seeded_distinct_members(tiny) -> None:
+    test, store = tiny
+    cand = [np.array([0, 1])] * 2
+    a = climatology_ensemble(test, store, cand, 2, seed=3)
+    b = climatology_ensemble(test, store, cand, 2, seed=3)
+    np.testing.assert_array_equal(a, b)
+    lead = a[:, :, 0, 1, 0, 0]  # (clip, member) at one cell
+    assert all(sorted(row) == [0.0, 2.0] for row in lead.tolist())  # without repeats: both training frames
+    np.testing.assert_array_equal(a[:, :, :, 0], np.repeat(test.raw[:, None, :, 0], 2, axis=1))  # given frames
+
+
+def test_test_clip_selection() -> None:
+    assert pick_test_clips(10, "all").tolist() == list(range(10))
+    assert pick_test_clips(10, "all", 3).tolist() == [0, 3, 6, 9]
+    assert pick_test_clips(10, 4).tolist() == [0, 3, 6, 9]  # spread over the period
+    assert pick_test_clips(2, 4).tolist() == [0, 1]  # at most what exists
+    with pytest.raises(ValueError, match="holds no clip"):
+        pick_test_clips(0, "all")
+
+
+def test_bootstrap_intervals() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    base = {"crps": rng.gamma(2.0, 1.0, (n, 2)), "se": rng.gamma(2.0, 1.0, (n, 2))}
+    idx = metrics.bootstrap_indices(n, 2000, seed=1)
+    # identical forecasts: every paired resample gives the same score, the difference interval has zero width
+    same = clip_statistics(base, {}, idx)["crps"][0] - clip_statistics(dict(base), {}, idx)["crps"][0]
+    assert metrics.percentile_interval(same, 0.9) == (0.0, 0.0)
+    # a clearly better forecast (10% lower CRPS on every clip): the paired difference excludes 0, and its
+    # skill against the other is exactly 0.1 on every resample
+    better = {"crps": 0.9 * base["crps"], "se": base["se"]}
+    _, hi = metrics.percentile_interval(
+        clip_statistics(better, {}, idx)["crps"][0] - clip_statistics(base, {}, idx)["crps"][0], 0.9
+    )
+    assert hi < 0
+    s = summarise(better, {"climatology-ensemble": base}, idx, 0.9)
+    assert s["crpss_climatology_lo"] == pytest.approx(0.1) and s["crpss_climatology_hi"] == pytest.approx(0.1)
+    # same seed -> the same interval; another seed -> another
+    first = summarise(base, {}, idx, 0.9)
+    again = summarise(base, {}, metrics.bootstrap_indices(n, 2000, seed=1), 0.9)
+    other = summarise(base, {}, metrics.bootstrap_indices(n, 2000, seed=2), 0.9)
+    assert (again["crps_lo"], again["crps_hi"]) == (first["crps_lo"], first["crps_hi"])
+    assert (other["crps_lo"], other["crps_hi"]) != (first["crps_lo"], first["crps_hi"])
+    # a known answer: the mean of n standard normal cases has a 90% interval of about +-1.645 / sqrt(n)
+    normal = {"crps": rng.standard_normal((n, 1)), "se": np.ones((n, 1))}
+    s = summarise(normal, {}, idx, 0.9)
+    centre = normal["crps"].mean()
+    assert s["crps_lo"] - centre == pytest.approx(-1.645 / np.sqrt(n), rel=0.15)
+    assert s["crps_hi"] - centre == pytest.approx(1.645 / np.sqrt(n), rel=0.15)
+
+
+def test_deterministic_crps_is_the_absolute_error() -> None:
+    f = xr.DataArray([1.0, 5.0], dims="x")
+    y = xr.DataArray([2.0, 2.0], dims="x")
+    assert metrics.crps_ensemble(f, y).values.tolist() == [1.0, 3.0]
+    with pytest.raises(ValueError, match="at least 2 members"):
+        metrics.crps_ensemble(f.expand_dims(member=1), y)
+
+
+# ---- the sweep's verdict on synthetic per-clip scores -------------------------------------------------
+
+
+def _entry(crps: np.ndarray, se: np.ndarray) -> dict:
+    """One variable's result as evaluate/references write it (the scalar metrics are placeholders)."""
+    from pipeline.scoring import SCALAR_METRICS
+
+    r = {k: 0.0 for k in SCALAR_METRICS}
+    r |= {"crps": float(crps.mean()), "rmse": float(np.sqrt(se.mean())), "units": "m"}
+    r |= {"crps_per_lead": crps.mean(0).tolist(), "rmse_per_lead": np.sqrt(se.mean(0)).tolist()}
+    return r | {"per_clip": {"crps": crps.tolist(), "se": se.tolist()}}
+
+
+def _synthetic_sweep(tmp_path: Path, model_factor: tuple[float, float]):
+    """A sweep of two points (ddim-10, ddim-25) on 40 clips x 2 leads; each point's CRPS and squared error
+    are the climatological ensemble's times a factor, with noise."""
+    from pipeline.config import load_config
+    from pipeline.evaluate import collect, point_path
+    from pipeline.tracking import StageRun
+    from tests.conftest import REPO
+
+    cfg = load_config(
+        [
+            REPO / "config" / "config.yaml",
+            {
+                "experiment": "synthetic",
+                "results_dir": str(tmp_path),
+                "train": {"steps": 300, "checkpoint_every": 300},
+                "evaluate": {"checkpoints": "last", "samplers": ["ddim"], "steps": [10, 25]},
+            },
+        ]
+    )
+    rng = np.random.default_rng(0)
+    n, leads = 40, 2
+    clim = rng.gamma(4.0, 5.0, (n, leads))
+    clim_se = clim**2 * 2
+    starts = [f"{2000 + i}-01-01T00:00:00" for i in range(n)]
+    refs = {
+        "climatology-ensemble": _entry(clim, clim_se),
+        "climatology-mean": _entry(clim * 1.3, clim_se),
+        "persistence": _entry(clim * 1.5, clim_se * 2.0),
+    }
+    cfg.eval_dir.mkdir(parents=True)
+    (cfg.data_dir).mkdir(parents=True)
+    (cfg.stats_path).write_text(json.dumps({"variables": {"z500": {"mean": 5500.0, "std": 250.0, "units": "m"}}}))
+    (cfg.eval_dir / "references.json").write_text(
+        json.dumps(
+            {
+                "clip_frames": 4,
+                "clip_starts": starts,
+                "references": {k: {"members": 2, "variables": {"z500": v}} for k, v in refs.items()},
+            }
+        )
+    )
+    for steps, factor in zip((10, 25), model_factor, strict=True):
+        noise = np.exp(rng.normal(0, 0.05, (n, leads)))
+        crps = clim * factor * noise
+        variables = {"z500": _entry(crps, clim_se * factor**2 * noise)}
+        path = point_path(cfg, "step-00000300", "ddim", steps)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        result = {"guidance_weight": 2.0, "samples_per_s": 1.0, "variables": variables}
+        path.write_text(
+            json.dumps({"checkpoint_step": 300, "clip_frames": 4, "clip_starts": starts, "results": [result]})
+        )
+    collect(cfg, StageRun(None, None, None))
+    return cfg, json.loads((cfg.eval_dir / "best.json").read_text())
+
+
+def test_best_json_says_when_no_point_beats_climatology(tmp_path: Path) -> None:
+    import pandas as pd
+
+    cfg, best = _synthetic_sweep(tmp_path, (1.0, 1.01))
+    assert best["beats_climatology"] is False and best["any_point_beats_climatology"] is False
+    assert best["beats_persistence"] is True  # persistence is 1.5 x worse
+    assert "does not beat climatology (CRPSS against climatology-ensemble" in best["statement"]
+    assert "No sweep point beats climatology significantly" in best["statement"]
+    lo, hi = best["skill"]["climatology"]["interval"]
+    assert lo < 0 < hi
+    # the two points differ by 1%: not significantly, so the runner-up is named
+    assert best["significantly_better"] is False and len(best["runners_up"]) == 1
+    assert "not significantly better than 1 of the other 1 point(s)" in best["statement"]
+    assert best["checkpoint"] == "step-00000300" and best["guidance_weight"] == 2.0  # what sample.py reads
+    table = pd.read_csv(cfg.eval_dir / "summary.csv")
+    assert table["kind"].tolist() == ["checkpoint"] * 2 + ["reference"] * 3
+    clim = table[table["checkpoint"] == "climatology-ensemble"].iloc[0]
+    assert clim["crpss_climatology"] == 0.0 and clim["crpss_climatology_lo"] == 0.0
+    assert (table["crps_lo"] <= table["crps"]).all() and (table["crps"] <= table["crps_hi"]).all()
+    for name in ("scorecard.png", "summary.png"):
+        assert (cfg.eval_dir / name).stat().st_size > 10_000
+
+
+def test_best_json_says_when_a_point_beats_climatology(tmp_path: Path) -> None:
+    _, best = _synthetic_sweep(tmp_path, (1.2, 0.7))
+    assert best["steps"] == 25 and best["beats_climatology"] is True and best["beats_persistence"] is True
+    assert best["skill"]["climatology"]["value"] == pytest.approx(0.3, abs=0.02)
+    assert best["skill"]["climatology"]["interval"][0] > 0
+    assert " beats climatology (CRPSS" in best["statement"] and "No sweep point" not in best["statement"]
+    assert best["significantly_better"] is True and best["runners_up"] == []
+    assert "significantly better than the other 1 point(s)" in best["statement"]
+    v = best["variables"]["z500"]
+    assert v["crpss_climatology_lo"] > 0 and len(v["crpss_climatology_per_lead"]) == 2
