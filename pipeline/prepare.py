@@ -77,7 +77,8 @@ def run_prepare(cfg: Config, run: StageRun) -> Path:
     g = cfg.data.grid
     by_source = {v.name: v.regrid for v in cfg.data.variables}
     methods = {str(k): by_source[da.attrs.get("source_variable", str(k))] for k, da in ds.data_vars.items()}
-    out = regrid(ds, target, methods, nan_threshold=g.nan_threshold)
+    # regular sources: the separable weights are cached beside the store (built once per experiment)
+    out = regrid(ds, target, methods, nan_threshold=g.nan_threshold, cache_dir=cfg.data_dir, source=paths[0].name)
     out["time"].attrs.update(ds["time"].attrs)
     provenance = file_provenance(paths)
     out.attrs.update(

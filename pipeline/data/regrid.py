@@ -1,7 +1,9 @@
-"""Selecting variables and levels, the target grid, and regridding with xarray-regrid.
+"""Selecting variables and levels, the target grid, and regridding.
 
-xarray-regrid does the numerics (conservative area weights with the spherical correction,
-linear interpolation, periodic longitude padding, pole handling); this module validates the
+Regular latitude-longitude sources are regridded by two banded products per field with weights from
+:mod:`pipeline.data.weights` (xarray-regrid's definitions: conservative area weights with the
+spherical correction, linear interpolation, periodic longitude, pole padding; checked against it in
+the tests); curvilinear sources go to :mod:`pipeline.data.curvilinear`. This module validates the
 inputs first and phrases errors for the config.
 """
 
@@ -9,18 +11,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
-import xarray_regrid  # noqa: F401  (registers the .regrid accessor)
 
 from pipeline.data.coords import DataError
 from pipeline.data.curvilinear import check_footprint, regrid_curvilinear
+from pipeline.data.weights import Method, RegridWeights, apply_weights, regrid_weights
 
 __all__ = ["Method", "check_covers", "regrid", "select", "target_grid"]
-
-Method = Literal["conservative", "bilinear"]
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +172,16 @@ def regrid(
     methods: Mapping[str, Method],
     nan_threshold: float = 0.5,
     source: str = "dataset",
+    cache_dir: Path | None = None,
 ) -> xr.Dataset:
-    """Regrid each variable with its method; lazy in, lazy out. Attributes are kept.
+    """Regrid each variable with its method; lazy in, lazy out (one task per chunk of the other dims,
+    latitude and longitude whole). Attributes are kept; float32 stays float32.
 
     Conservative: area-weighted with xarray-regrid's spherical (cos latitude) correction; NaN
     cells are skipped and a target cell with less than ``nan_threshold`` valid coverage is NaN.
     Bilinear: a target point is NaN if any of its four neighbours is NaN (masks do not leak).
+    ``cache_dir``: keep the weights of a regular grid there (``weights_<hash>.npz``, see
+    :func:`pipeline.data.weights.regrid_weights`), e.g. the folder of the regridded store.
     """
     check_covers(ds, target, source)
     if ds.attrs.get("grid_kind") == "curvilinear":
@@ -186,24 +190,38 @@ def regrid(
             result[name].attrs["regrid_method"] = method
         result.attrs.pop("grid_kind", None)
         return result.transpose(*[d for d in ("time", "level", "latitude", "longitude") if d in result.dims])
-    time_dim = "time" if "time" in ds.dims else None
+    grids = [np.asarray(g[c].values, dtype=np.float64) for g in (ds, target) for c in ("latitude", "longitude")]
+    weights: dict[str, RegridWeights] = {}
     out = {}
     for name, method in methods.items():
-        da = ds[[name]]
-        if method == "conservative":
-            # xarray-regrid's threshold keeps cells with at least (1 - t) valid coverage
-            res = da.regrid.conservative(
-                target, latitude_coord="latitude", time_dim=time_dim, skipna=True, nan_threshold=1.0 - nan_threshold
-            )
-        elif method == "bilinear":
-            res = da.regrid.linear(target, time_dim=time_dim)
-        else:
+        if method not in ("conservative", "bilinear"):
             msg = f"regrid method for {name!r} must be 'conservative' or 'bilinear', got {method!r}"
             raise DataError(msg)
-        r = res[name]
+        if method not in weights:
+            weights[method] = regrid_weights(*grids, method, cache_dir=cache_dir)
+        r = _apply(ds[name], weights[method], nan_threshold)
         r.attrs = dict(ds[name].attrs)
         r.attrs["regrid_method"] = method
-        out[name] = r.transpose(*[d for d in ds[name].dims])
+        out[name] = r.transpose(*ds[name].dims)
     result = xr.Dataset(out, attrs=ds.attrs)
     result = result.assign_coords(latitude=target["latitude"], longitude=target["longitude"])
     return result
+
+
+def _apply(da: xr.DataArray, weights: RegridWeights, nan_threshold: float) -> xr.DataArray:
+    """The weights over (latitude, longitude), block by block: each block whole in both."""
+    da = da.drop_vars([c for c in da.coords if {"latitude", "longitude"} & set(da[c].dims)])
+    da = da.rename({"latitude": "source_latitude", "longitude": "source_longitude"})
+    if da.chunks is not None and any(len(da.chunksizes[d]) > 1 for d in ("source_latitude", "source_longitude")):
+        da = da.chunk({"source_latitude": -1, "source_longitude": -1})
+    n_lat, n_lon = weights.target_shape
+    return xr.apply_ufunc(
+        apply_weights,
+        da,
+        input_core_dims=[["source_latitude", "source_longitude"]],
+        output_core_dims=[["latitude", "longitude"]],
+        dask="parallelized",
+        kwargs={"weights": weights, "nan_threshold": nan_threshold},
+        output_dtypes=[np.float32 if da.dtype == np.float32 else np.float64],
+        dask_gufunc_kwargs={"output_sizes": {"latitude": n_lat, "longitude": n_lon}},
+    )
