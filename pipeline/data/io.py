@@ -61,11 +61,16 @@ def _bundled(spec: str) -> Path:
 
 
 def resolve_paths(patterns: list[str]) -> list[Path]:
-    """Expand globs and bundled references; every pattern must match something."""
+    """Expand globs, bundled and simulated references; every pattern must match something."""
     out: list[Path] = []
     for pat in patterns:
         if pat.startswith(BUNDLED_PREFIX):
             out.append(_bundled(pat))
+            continue
+        if pat.startswith("simulated:"):  # made once by a simulator package into a cache folder (no download)
+            from pipeline.data.simulated import simulated_path
+
+            out.append(simulated_path(pat))
             continue
         hits = sorted(glob.glob(os.path.expanduser(pat)))
         if not hits:
