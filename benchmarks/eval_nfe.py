@@ -45,15 +45,27 @@ def main() -> None:
     stats = read_stats(cfg.stats_path)
     names = meta["variables"]
     truth = denormalise(_to_xr(np.stack([c["x"].numpy() for c in clips]), names, lat, lon, False), stats)
-    print(f"checkpoint step {meta['step']}, {len(clips)} test clips x {e.ensemble} members, "
-          f"{e.context_frames} given frames, guidance w_r = {e.guidance_weights[0]}, {torch.get_num_threads()} threads")
+    print(
+        f"checkpoint step {meta['step']}, {len(clips)} test clips x {e.ensemble} members, "
+        f"{e.context_frames} given frames, guidance w_r = {e.guidance_weights[0]}, {torch.get_num_threads()} threads"
+    )
     v = names[0]
     print(f"{'sampler':<11}{'steps':>6}{f'CRPS {v}':>12}{f'RMSE {v}':>12}{'spread/skill':>14}{'samples/s':>11}")
     for sampler in SAMPLERS:
         for steps in args.steps:
             t0 = time.perf_counter()
-            ens = generate_extensions(model, clips, e.context_frames, e.ensemble, sampler, steps, e.guidance_weights[0],
-                                      cfg.seed, torch.device("cpu"), bool(meta["model_config"].get("day_of_year")))
+            ens = generate_extensions(
+                model,
+                clips,
+                e.context_frames,
+                e.ensemble,
+                sampler,
+                steps,
+                e.guidance_weights[0],
+                cfg.seed,
+                torch.device("cpu"),
+                bool(meta["model_config"].get("day_of_year")),
+            )
             rate = len(clips) * e.ensemble / (time.perf_counter() - t0)
             r = score(denormalise(_to_xr(ens, names, lat, lon, True), stats), truth, e.context_frames)[v]
             print(f"{sampler:<11}{steps:>6}{r['crps']:>12.2f}{r['rmse']:>12.2f}{r['spread_skill']:>14.3f}{rate:>11.2f}")

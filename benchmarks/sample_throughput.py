@@ -55,8 +55,13 @@ def main() -> None:
                     gens = [torch.Generator(device=device).manual_seed(j) for j in range(i, i + b)]
                     cond = {"doy": torch.full((b, f), 15.0, device=device)} if use_doy else None
                     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                        sampler(model, randn((b, c, f, h, w), gens, device, torch.float32), args.steps, cond=cond,
-                                generator=gens)
+                        sampler(
+                            model,
+                            randn((b, c, f, h, w), gens, device, torch.float32),
+                            args.steps,
+                            cond=cond,
+                            generator=gens,
+                        )
 
             run(b)  # warm-up
             if device.type == "cuda":
