@@ -35,7 +35,6 @@ from pipeline.scoring import (
     SKILL,
     SWEEP_PARAMS,
     EvalClips,
-    _to_xr,
     clip_statistics,
     load_test_clips,
     log_scores,
@@ -58,7 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_ = _to_xr  # kept importable from here (benchmarks/eval_nfe.py)
 
 
 def point_path(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Path:
