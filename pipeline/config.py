@@ -342,6 +342,12 @@ class EvaluateConfig(_Section):
         "year; widened to half the data's time step, so annual or seasonal means use every training year.",
     )
     bootstrap: int = Field(1000, description="Bootstrap resamples of the test clips for confidence intervals.")
+    bootstrap_block: AtLeastOne = Field(
+        1,
+        description="Consecutive test clips resampled together (moving-block bootstrap): 1 for independent clips; "
+        "about the decorrelation time in clips when neighbouring clips' scores are correlated (collect-eval "
+        "reports their lag-1 autocorrelation).",
+    )
     confidence: float = Field(0.9, description="Level of the bootstrap confidence intervals (e.g. 0.9 = 90%).")
     primary_metric: Literal["crps", "rmse"] = Field(
         "crps", description="Metric (mean over variables) that picks the best checkpoint."

@@ -67,22 +67,13 @@ def references_path(cfg: Config) -> Path:
     return cfg.eval_dir / "references.json"
 
 
-def read_references(cfg: Config, labels: list[str] | None = None, frames: int | None = None) -> dict[str, Any]:
-    """``eval/references.json``; with ``labels``/``frames``, checked to be scored on exactly those clips."""
+def read_references(cfg: Config) -> dict[str, Any]:
+    """``eval/references.json`` (the sweep's points are checked against its clips at collect time)."""
     path = references_path(cfg)
     if not path.exists():
         msg = f"{path} does not exist: score the reference forecasts first (python -m pipeline references)"
         raise FileNotFoundError(msg)
-    refs = json.loads(path.read_text())
-    if (labels is not None and refs["clip_starts"] != labels) or (frames is not None and refs["clip_frames"] != frames):
-        msg = (
-            f"{path} was scored on {len(refs['clip_starts'])} clips of {refs['clip_frames']} frames from "
-            f"{refs['clip_starts'][:3]}..., this evaluation on {len(labels or [])} clips of {frames} frames from "
-            f"{(labels or [])[:3]}...: rerun the references (python -m pipeline references) with the same "
-            "train.clip_frames and evaluate.test_clips / test_stride / context_frames"
-        )
-        raise ValueError(msg)
-    return refs
+    return json.loads(path.read_text())
 
 
 def _ref_clips(refs: dict[str, Any], variable: str) -> dict[str, Any]:
@@ -128,11 +119,11 @@ def _guided_run(
     model: Any,
     meta: dict[str, Any],
     test: EvalClips,
-    refs: dict[str, Any],
     device: torch.device,
 ) -> dict[str, Any]:
-    """Generate and score one guidance weight of a point, as its own MLflow child run; skill point
-    estimates against the references (intervals come at collect time, from the per-clip scores)."""
+    """Generate and score one guidance weight of a point, as its own MLflow child run. Skill against the
+    references comes at collect time (from the per-clip scores, logged into this run then), so a change
+    to the references does not rerun the sweep."""
     e = cfg.evaluate
     checkpoint, sampler, steps = point
     t0 = time.perf_counter()
@@ -160,9 +151,8 @@ def _guided_run(
             )
         gen_s = time.perf_counter() - t0
         variables = score(test.physical(ens), test.truth, e.context_frames)
-        for v, r in variables.items():
-            r |= {k: x for k, x in summarise(r["per_clip"], _ref_clips(refs, v)).items() if k.startswith(tuple(SKILL))}
         result = {
+            "mlflow_run_id": run.run_id,
             "guidance_weight": weight,
             "samples_per_s": len(test.clips) * e.ensemble / gen_s,
             "seconds": time.perf_counter() - t0,
@@ -176,7 +166,7 @@ def _guided_run(
         "evaluate %s/%s-%d w=%g: %s",
         *point,
         weight,
-        {v: {k: round(r[k], 4) for k in ("rmse", "crps", "crpss_climatology")} for v, r in variables.items()},
+        {v: {k: round(r[k], 4) for k in ("rmse", "crps")} for v, r in variables.items()},
     )
     return result
 
@@ -188,7 +178,6 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Pa
     device = _device()
     model, meta = load_inference(cfg.checkpoint_dir / "inference" / f"{checkpoint}.pt", device)
     test = load_test_clips(cfg, int(meta["clip_frames"]), meta["variables"])
-    refs = read_references(cfg, test.labels, test.frames)
     common = {
         "checkpoint": checkpoint,
         "checkpoint_step": int(meta["step"]),
@@ -201,8 +190,7 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Pa
         "clip_starts": test.labels,
     }
     results = [
-        _guided_run(cfg, (checkpoint, sampler, steps), w, common, model, meta, test, refs, device)
-        for w in e.guidance_weights
+        _guided_run(cfg, (checkpoint, sampler, steps), w, common, model, meta, test, device) for w in e.guidance_weights
     ]
     out = point_path(cfg, checkpoint, sampler, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +240,7 @@ def _forecasts(cfg: Config, refs: dict[str, Any]) -> list[tuple[dict[str, Any], 
                 "steps": steps,
                 "guidance_weight": w,
                 "samples_per_s": by_weight[w]["samples_per_s"],
+                "mlflow_run_id": by_weight[w].get("mlflow_run_id"),
             }
             out.append((info, by_weight[w]["variables"]))
     for name, r in refs["references"].items():
@@ -263,9 +252,22 @@ def _forecasts(cfg: Config, refs: dict[str, Any]) -> list[tuple[dict[str, Any], 
             "steps": 0,
             "guidance_weight": 0.0,
             "samples_per_s": float("nan"),
+            "mlflow_run_id": r.get("mlflow_run_id"),
         }
         out.append((info, r["variables"]))
     return out
+
+
+def _log_skill(cfg: Config, run_id: str | None, summaries: dict[str, dict[str, Any]]) -> None:
+    """A sweep point's skill against the references (overall and per lead frame) into the point's own MLflow
+    run, under the names the references' runs use (the intervals are in the table and best.json)."""
+    if run_id is None or not cfg.tracking.enabled:
+        return
+    with stage_run(cfg.tracking_uri, cfg.experiment, cfg.exp_dir, "evaluate", run_id=run_id) as run:
+        for v, s in summaries.items():
+            run.log_metrics({f"{k}_{v}": s[k] for k in SKILL if k in s})
+            for lead in range(len(s["rmse_per_lead"])):
+                run.log_metrics({f"{k}_lead_{v}": s[f"{k}_per_lead"][lead] for k in SKILL if k in s}, step=lead + 1)
 
 
 def _label(info: dict[str, Any]) -> str:
@@ -277,6 +279,27 @@ def _label(info: dict[str, Any]) -> str:
 def _interval(samples: np.ndarray, confidence: float) -> list[float]:
     lo, hi = metrics.percentile_interval(samples, confidence)
     return [float(lo), float(hi)]
+
+
+def _clip_dependence(best: np.ndarray, climatology: np.ndarray, block: int) -> dict[str, Any]:
+    """How much neighbouring test clips' scores depend on each other: the autocorrelation of the best
+    point's per-clip score difference to climatology (the series whose mean the headline interval is
+    about) at lags 1, 2, ...; where lag 1 exceeds 0.2 and the bootstrap resamples single clips, the
+    intervals are too narrow and the statement says which ``evaluate.bootstrap_block`` to try (the first
+    lag where the autocorrelation falls below 0.2)."""
+    diff = np.asarray(best, dtype=np.float64) - np.asarray(climatology, dtype=np.float64)
+    acf = [metrics.lagged_autocorrelation(diff, k) for k in range(1, max(2, diff.size // 4) + 1)]
+    r1 = acf[0]
+    out: dict[str, Any] = {"lag_autocorrelation": acf, "statement": ""}
+    if np.isfinite(r1) and r1 > 0.2 and block == 1:
+        below = [k for k, r in enumerate(acf, start=1) if r < 0.2]
+        suggest = below[0] if below else len(acf)
+        out["suggested_block"] = suggest
+        out["statement"] = (
+            f" Neighbouring test clips' score differences are correlated (lag-1 autocorrelation {r1:.2f}), so these "
+            f"intervals are too narrow: set evaluate.bootstrap_block to about {suggest}."
+        )
+    return out
 
 
 def collect(cfg: Config, run: StageRun) -> Path:
@@ -297,12 +320,17 @@ def collect(cfg: Config, run: StageRun) -> Path:
     refs = read_references(cfg)
     forecasts = _forecasts(cfg, refs)
     n = len(refs["clip_starts"])
-    idx = metrics.bootstrap_indices(n, e.bootstrap, cfg.seed)
+    if e.bootstrap_block > n:
+        msg = f"evaluate.bootstrap_block = {e.bootstrap_block} is more than the {n} test clips"
+        raise ValueError(msg)
+    idx = metrics.bootstrap_indices(n, e.bootstrap, cfg.seed, e.bootstrap_block)
     ident = np.arange(n)[None]
     rows, summaries = [], []
     for info, variables in forecasts:
         summ = {v: summarise(r["per_clip"], _ref_clips(refs, v), idx, e.confidence) for v, r in variables.items()}
         summaries.append(summ)
+        if info["kind"] == "checkpoint":
+            _log_skill(cfg, info["mlflow_run_id"], summ)
         for v, r in variables.items():
             intervals = {f"{k}{s}": summ[v][f"{k}{s}"] for k in _INTERVAL_KEYS for s in ("", "_lo", "_hi")}
             rows.append({**info, "variable": v, **{k: r[k] for k in SCALAR_METRICS}, **intervals})
@@ -331,6 +359,7 @@ def collect(cfg: Config, run: StageRun) -> Path:
         )
 
     beats = {i: skill(i, _CLIMATOLOGY[primary])[1][0] > 0 for i in points}
+    per_clip_clim = combined(forecasts[ref_pos[_CLIMATOLOGY[primary]]][1], np.arange(n)[:, None])
     pool = [i for i in points if beats[i]] or points
     b = min(pool, key=lambda i: est[i])
     info_b = forecasts[b][0]
@@ -368,9 +397,11 @@ def collect(cfg: Config, run: StageRun) -> Path:
     )
     if not any(beats.values()):
         statement += " No sweep point beats climatology significantly."
+        log.warning("no sweep point beats climatology significantly (%s %s)", words, pct)
     if n < 10:  # a bootstrap over a handful of cases has a handful of distinct resamples
         statement += f" Only {n} test clips: intervals from so few cases are unreliable."
-        log.warning("no sweep point beats climatology significantly (%s %s)", words, pct)
+    dependence = _clip_dependence(combined(forecasts[b][1], np.arange(n)[:, None]), per_clip_clim, e.bootstrap_block)
+    statement += dependence["statement"]
     best_info = {
         "checkpoint": info_b["checkpoint"],
         "sampler": info_b["sampler"],
@@ -392,6 +423,8 @@ def collect(cfg: Config, run: StageRun) -> Path:
         "runners_up": runners,
         "confidence": e.confidence,
         "bootstrap": e.bootstrap,
+        "bootstrap_block": e.bootstrap_block,
+        "clip_dependence": {k: v for k, v in dependence.items() if k != "statement"},
         "test_clips": n,
         "variables": summaries[b],
         "references": {

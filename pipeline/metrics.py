@@ -19,10 +19,12 @@ from scores.probability import crps_for_ensemble
 
 __all__ = [
     "area_mean",
+    "autocorrelation",
     "bias",
     "bootstrap_indices",
     "crps_ensemble",
     "lag1_autocorrelation",
+    "lagged_autocorrelation",
     "mse",
     "percentile_interval",
     "rank_histogram",
@@ -182,6 +184,26 @@ def lag1_autocorrelation(x: xr.DataArray, dim: str = "frame") -> float:
     return float(area_mean(r))
 
 
+def autocorrelation(x: xr.DataArray, dim: str, lags: Sequence[int], mean: xr.DataArray) -> list[float]:
+    """Autocorrelation at each lag along ``dim`` of the anomalies about a fixed ``mean`` field (for example
+    the test period's mean map): ``sum a_t a_(t+k) / sum a_t^2``, both sums over every pair inside one
+    sequence, every other dim and the grid cells (cos-latitude weighted), NaNs skipped. A fixed mean (not
+    each sequence's own) keeps short sequences comparable with long ones; ``nan`` where a lag does not
+    fit in the sequences."""
+    a = (x - mean).transpose(dim, ...)
+    w = np.broadcast_to(_weights(x).broadcast_like(a.isel({dim: 0})).values, a.shape[1:])
+    v = a.values
+    den = np.nansum(w * v * v)
+    out = []
+    for k in lags:
+        if not 0 < k < v.shape[0]:
+            out.append(float("nan"))
+            continue
+        num = np.nansum(w * v[k:] * v[:-k]) / (v.shape[0] - k)
+        out.append(float(num / (den / v.shape[0])) if den > 0 else float("nan"))
+    return out
+
+
 def skill_score(score: np.ndarray | float, reference: np.ndarray | float) -> np.ndarray:
     """``1 - score / reference`` for negatively oriented scores (CRPSS, RMSE skill score): 1 is perfect, 0 is
     as good as the reference, negative is worse."""
@@ -189,14 +211,38 @@ def skill_score(score: np.ndarray | float, reference: np.ndarray | float) -> np.
         return 1.0 - np.asarray(score, dtype=np.float64) / np.asarray(reference, dtype=np.float64)
 
 
-def bootstrap_indices(cases: int, resamples: int, seed: int) -> np.ndarray:
+def bootstrap_indices(cases: int, resamples: int, seed: int, block: int = 1) -> np.ndarray:
     """``(resamples, cases)`` case indices drawn with replacement. Scoring every forecast on the same array
     makes the bootstrap paired: the spread of a difference then holds only what differs between forecasts,
-    not which cases happened to be hard."""
+    not which cases happened to be hard.
+
+    ``block`` > 1 is the moving-block bootstrap (Kuensch 1989): runs of ``block`` consecutive cases are drawn
+    (starts uniform over the ``cases - block + 1`` possible runs) and joined until ``cases`` are drawn, so
+    cases that follow each other closely in time (autocorrelated scores) stay together and the interval
+    is not too narrow. ``block`` = 1 is the ordinary case bootstrap."""
     if cases < 1:
         msg = f"the bootstrap needs at least one case, got {cases}"
         raise ValueError(msg)
-    return np.random.default_rng(seed).integers(0, cases, size=(resamples, cases))
+    if not 1 <= block <= cases:
+        msg = f"the bootstrap block must hold 1 to {cases} cases (evaluate.bootstrap_block), got {block}"
+        raise ValueError(msg)
+    rng = np.random.default_rng(seed)
+    if block == 1:
+        return rng.integers(0, cases, size=(resamples, cases))
+    runs = -(-cases // block)
+    starts = rng.integers(0, cases - block + 1, size=(resamples, runs))
+    return (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :cases]
+
+
+def lagged_autocorrelation(series: np.ndarray, lag: int = 1) -> float:
+    """Sample autocorrelation of a 1-D series at ``lag`` (anomalies about the series mean, divided by the
+    lag-0 sum of squares, as in the usual ACF estimate); NaN for a constant or too short series."""
+    x = np.asarray(series, dtype=np.float64)
+    a = x - x.mean()
+    den = float(np.sum(a * a))
+    if x.size <= lag or den == 0.0:
+        return float("nan")
+    return float(np.sum(a[lag:] * a[:-lag]) / den)
 
 
 def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ __all__ = [
     "animate_side_by_side",
     "first_last_maps",
     "quicklook_regrid",
+    "realism_figure",
     "scorecard",
     "spectra_plot",
     "sweep_summary",
@@ -156,7 +157,7 @@ def scorecard(panels: list[tuple[str, dict]], confidence: float, path: Path) -> 
     return path
 
 
-def _map(ax, da: xr.DataArray, vmin: float, vmax: float, title: str):
+def _map(ax, da: xr.DataArray, vmin: float, vmax: float, title: str, cmap: str = "viridis"):
     im = ax.pcolormesh(
         da["longitude"],
         da["latitude"],
@@ -164,7 +165,7 @@ def _map(ax, da: xr.DataArray, vmin: float, vmax: float, title: str):
         vmin=vmin,
         vmax=vmax,
         shading="nearest",
-        cmap="viridis",
+        cmap=cmap,
     )
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("longitude (deg E)")
@@ -235,5 +236,67 @@ def spectra_plot(rollouts: xr.DataArray, unconditional: xr.DataArray, truth: xr.
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+_SETS = {"unconditional": "unconditional clips", "rollouts": "rollouts", "train_period": "train period (real)"}
+
+
+def realism_figure(name: str, res: dict, units: str, path: Path) -> Path:
+    """One variable's samples against the test period (:func:`pipeline.realism.assess`): mean and standard
+    deviation bias maps of each set beside the training period's (the real yardstick), the p1/p50/p99 of
+    values, the zonal spectral ratio per band, autocorrelation against lag and the rollouts' drift."""
+    fig = plt.figure(figsize=(16, 11))
+    grid = fig.add_gridspec(3, 4)
+    for row, key in enumerate(("mean_bias", "std_bias")):
+        lim = max(float(np.nanmax(np.abs(res[s]["maps"][key]))) for s in _SETS) or 1.0
+        for col, (s, label) in enumerate(_SETS.items()):
+            ax = fig.add_subplot(grid[row, col])
+            rms = res[s][f"{key}_rms"]
+            im = _map(ax, res[s]["maps"][key], -lim, lim, f"{label}: {key.replace('_', ' ')} (RMS {rms:.3g})", "RdBu_r")
+        fig.colorbar(im, ax=ax, label=f"{units} (minus test period)")
+    ax = fig.add_subplot(grid[0, 3])
+    bands = list(res["unconditional"].get("spectral_ratio", {}))
+    for i, s in enumerate(_SETS):
+        ratios = res[s].get("spectral_ratio", {})
+        ax.bar(np.arange(len(bands)) + (i - 1) * 0.27, [ratios.get(b, np.nan) for b in bands], 0.27, label=_SETS[s])
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(bands)), bands, fontsize=8)
+    ax.set_title("zonal power / test period's, per wavenumber band", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = fig.add_subplot(grid[1, 3])
+    x = np.arange(3)
+    for i, s in enumerate(_SETS):
+        diff = [res[s][f"p{p}"] - res[s][f"test_p{p}"] for p in (1, 50, 99)]
+        ax.bar(x + (i - 1) * 0.27, diff, 0.27, label=f"{_SETS[s]} (W1 {res[s]['w1_rel']:.2f} std)")
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_xticks(x, ["p1", "p50", "p99"])
+    ax.set_ylabel(f"{units} (minus test period)")
+    ax.set_title("quantiles of the values minus the test period's\n(W1: Wasserstein-1 distance / test std)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax = fig.add_subplot(grid[2, 0])
+    for s, label in (*_SETS.items(), ("test_period", "test period")):
+        acf = res[s]["autocorrelation"]
+        ax.plot(np.arange(1, len(acf) + 1), acf, "o-", label=label, color="k" if s == "test_period" else None)
+    ax.set_xlabel("lag (frames)")
+    ax.set_title("autocorrelation (anomalies about each set's mean map)", fontsize=9)
+    ax.axhline(0.0, color="grey", lw=0.5)
+    ax.legend(fontsize=7)
+    d = res["drift"]
+    for col, key in ((1, "area_mean"), (2, "spread")):
+        ax = fig.add_subplot(grid[2, col])
+        curves = d["curves"][key]
+        for r in range(curves.shape[0]):
+            ax.plot(np.arange(curves.shape[-1]), curves.values[r], lw=1)
+        real = d[f"real_{key}_change_q05_q50_q95"]
+        span = "" if real is None else f"; real windows 5-95%: [{real[0]:.3g}, {real[2]:.3g}]"
+        ax.set_title(f"rollouts' {key.replace('_', ' ')}: change {d[f'{key}_change']:.3g}{span}", fontsize=8)
+        ax.set_xlabel("lead frame")
+        ax.set_ylabel(units)
+    fig.suptitle(f"{name}: samples against the test period, beside the training period (real yardstick)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

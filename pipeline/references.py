@@ -26,12 +26,11 @@ from pipeline.atomic import write_text_atomic
 from pipeline.config import Config
 from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES
-from pipeline.data.times import day_of_year, time_seconds
+from pipeline.data.times import climatology_candidates
 from pipeline.scoring import REFERENCES, SKILL, EvalClips, load_test_clips, log_scores, score, summarise
 from pipeline.tracking import stage_run
 
 __all__ = [
-    "climatology_candidates",
     "climatology_ensemble",
     "climatology_mean",
     "persistence",
@@ -39,24 +38,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_YEAR = 365.25  # day_of_year() puts every calendar on a 365.25-day year
-
-
-def climatology_candidates(
-    times: np.ndarray, train: np.ndarray, targets: np.ndarray, window_days: float
-) -> tuple[list[np.ndarray], float]:
-    """For each target time index, the training time indices whose day of year lies within the window
-    (circular distance), and the window used: ``max(window_days, half the median time step)``, so data
-    with one step per year (or season) gets every training year instead of nothing."""
-    step_days = float(np.median(np.diff(time_seconds(times)))) / 86400 if times.size > 1 else 1.0
-    half = max(float(window_days), step_days / 2)
-    doy_train = day_of_year(times[train]).astype(np.float64)
-    doy_target = day_of_year(times[targets]).astype(np.float64)
-    d = np.abs(doy_target[:, None] - doy_train[None, :]) % _YEAR
-    d = np.minimum(d, _YEAR - d)
-    return [train[row <= half + 1e-6] for row in d], half
-
 
 def _frames(store: xr.Dataset, names: list[str], index: np.ndarray) -> dict[int, np.ndarray]:
     """Normalised fields (C, H, W) of the store's time steps ``index`` (read once)."""

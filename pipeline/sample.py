@@ -6,7 +6,10 @@
   2-D ``time`` coordinate), each extended from real initial frames of the test period by
   reconstruction guidance, window = the training clip length, overlap = ``evaluate.context_frames``;
 - per variable: an animated GIF of rollout 0 beside the truth for the same initial frames, maps of
-  the first and last frame, and zonal power spectra of samples vs the test period.
+  the first and last frame, and zonal power spectra of samples vs the test period;
+- ``realism.json`` and ``<variable>_realism.png``: the samples against the real climate of the test period
+  (distribution distance and quantiles, bias maps, spectra, autocorrelation, rollout drift), each beside
+  the same figure for the training period against the test period (:mod:`pipeline.realism`).
 
 Everything is denormalised to physical units with the variables' CF attributes, plus provenance
 (checkpoint, sampler, steps, seed, guidance). The folder is written under a temporary name and
@@ -31,10 +34,11 @@ from pipeline import __version__
 from pipeline.config import Config
 from pipeline.data.io import atomic_path, open_store, write_zarr
 from pipeline.data.stats import denormalise, read_stats
-from pipeline.data.times import day_of_year, regular_times
+from pipeline.data.times import climatology_candidates, day_of_year, regular_times
 from pipeline.diffusion import SAMPLERS, extend
 from pipeline.diffusion.objective import randn
-from pipeline.plots import animate_side_by_side, first_last_maps, spectra_plot
+from pipeline.plots import animate_side_by_side, first_last_maps, realism_figure, spectra_plot
+from pipeline.realism import as_json, assess, flat_metrics
 from pipeline.tracking import StageRun
 from pipeline.train import load_inference
 
@@ -114,6 +118,34 @@ def sample_task(cfg: Config) -> str | None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _realism(
+    cfg: Config, unc: xr.Dataset, roll: xr.Dataset, real: xr.Dataset, split: np.ndarray, frames: int, out: Path
+) -> dict[str, float]:
+    """Samples against the real climate (:mod:`pipeline.realism`) -> ``realism.json`` and one figure per
+    variable in ``out``; returns the MLflow scalars. The unconditional clips are compared with the test
+    frames of their season (within ``evaluate.climatology_window_days`` of their days of year)."""
+    times = real["time"].values
+    test, train = np.flatnonzero(split == 3), np.flatnonzero(split == 1)
+    first = np.arange(test[0], min(test[0] + frames, times.size))
+    season = np.unique(
+        np.concatenate(climatology_candidates(times, test, first, cfg.evaluate.climatology_window_days)[0])
+    )
+    lags = list(range(1, max(2, min(5, max(frames, cfg.sample.rollout_frames) - 1)) + 1))
+    result = assess(unc, roll, real, test, train, season, lags)
+    doc = {
+        "reference": "test period",
+        "yardstick": "train_period: the training period's fields against the test period's (real against real)",
+        "test_fields": int(test.size),
+        "unconditional_season_fields": int(season.size),
+        "lags": lags,
+        "variables": as_json(result),
+    }
+    (out / "realism.json").write_text(json.dumps(doc, indent=2))
+    for v, res in result.items():
+        realism_figure(v, res, unc[v].attrs.get("units", ""), out / f"{v}_realism.png")
+    return flat_metrics(result)
 
 
 def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Path | None:
@@ -258,16 +290,11 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
         if s.netcdf:
             unc_ds.to_netcdf(tmp / "unconditional.nc")
             roll_ds.drop_vars("time").assign_coords(valid_time=roll_ds["time"]).to_netcdf(tmp / "rollouts.nc")
-        test_truth = denormalise(
-            _as_dataset(
-                data[test_idx][None].transpose(0, 2, 1, 3, 4),
-                names,
-                ("s", "frame", "latitude", "longitude"),
-                common,
-                var_attrs,
-            ),
-            stats,
+        real = denormalise(
+            _as_dataset(data, names, ("time", "latitude", "longitude"), {**common, "time": times}, var_attrs), stats
         )
+        test_truth = real.isel(time=test_idx).rename({"time": "frame"}).drop_vars("frame")
+        realism = _realism(cfg, unc_ds, roll_ds, real, store["split"].values, frames, tmp)
         for n in names:
             animate_side_by_side(
                 roll_ds[n].isel(rollout=0),
@@ -305,6 +332,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
             "frames_per_s": n_frames / gen_s,
             "seconds": time.perf_counter() - t0,
             **{f"mean_{n}": float(roll_ds[n].mean()) for n in names},
+            **realism,
         }
     )
     for p in sorted(out_dir.iterdir()):

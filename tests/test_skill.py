@@ -14,7 +14,8 @@ import xarray as xr
 
 from pipeline import metrics
 from pipeline.data.stats import denormalise
-from pipeline.references import climatology_candidates, climatology_ensemble, climatology_mean, persistence
+from pipeline.data.times import climatology_candidates
+from pipeline.references import climatology_ensemble, climatology_mean, persistence
 from pipeline.scoring import EvalClips, _to_xr, clip_statistics, pick_test_clips, score, summarise
 
 LAT, LON = np.array([0.0, 60.0]), np.array([0.0, 90.0])  # cos-latitude weights 1 and 1/2

@@ -82,17 +82,29 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     assert len(points) == 4 and {p[1] for p in points} == {"ancestral"}, points
     assert "rule collect_evaluation:" in out and "rule train_model:" not in out
     assert "rule score_references:" not in out  # the references do not depend on the sweep's axes
-    # a reference setting reruns the references and what scores against them, not the data or training
+    # a reference setting reruns the references and the collecting job (skill), not the sweep points
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'evaluate={"reference_members":20}'], workdir)
     out = r.stdout + r.stderr
     assert "rule score_references:" in out and "rule collect_evaluation:" in out, out
-    assert "rule train_model:" not in out and "rule normalise_data:" not in out, out
+    assert "rule evaluate_checkpoint:" not in out and "rule train_model:" not in out, out
+    assert "rule normalise_data:" not in out, out
+    # the bootstrap settings rerun only the collecting job
+    r = _run([SNAKEMAKE, "-n", *CI, "--config", 'evaluate={"bootstrap_block":2}'], workdir)
+    out = r.stdout + r.stderr
+    assert "rule collect_evaluation:" in out and "rule score_references:" not in out, out
+    assert "rule evaluate_checkpoint:" not in out, out
     # --forcerun train_model reruns training and nothing upstream
     r = _run([SNAKEMAKE, "-n", *CI, "--forcerun", "train_model"], workdir)
     out = r.stdout + r.stderr
     assert "rule train_model:" in out and "rule regrid_source:" not in out and "rule normalise_data:" not in out, out
     # the dry runs with other settings left the running workflow's resolved config alone
     assert (exp / "config.resolved.yaml").read_text() == resolved
+    # Snakemake's own report collects the evaluation and sample figures
+    r = _run([SNAKEMAKE, *CI, "--report", "report.html"], workdir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    html = (workdir / "report.html").read_text(errors="replace")
+    for name in ("scorecard.png", "summary.png", "z500_realism.png", "z500_rollout.gif", "Evaluation", "Samples"):
+        assert name in html, name
 
 
 def test_bad_config_fails_at_parse_time(workdir: Path) -> None:
@@ -134,7 +146,9 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     z = best_result["variables"]["z500"]
     assert z["units"] == "m" and len(z["rank_histogram"]) == 4 and len(z["rmse_per_lead"]) == 2
     assert np.shape(z["per_clip"]["crps"]) == (4, 2) and np.shape(z["per_clip"]["se"]) == (4, 2)
-    assert len(z["crpss_climatology_per_lead"]) == 2 and "rmse_ss_persistence" in z
+    assert "crpss_climatology" not in z  # skill comes at collect time: new references do not rerun the sweep
+    zb = best["variables"]["z500"]
+    assert len(zb["crpss_climatology_per_lead"]) == 2 and "rmse_ss_persistence" in zb
     assert (exp / "eval/scorecard.png").stat().st_size > 10_000
     samples = exp / "samples"
     unc = xr.open_zarr(samples / "unconditional.zarr", zarr_format=3)
@@ -148,8 +162,14 @@ def _check_evaluation_and_samples(exp: Path) -> None:
         assert ds["latitude"].attrs["units"] == "degrees_north"
         assert 4000 < float(ds["z500"].mean()) < 7000  # denormalised: metres, not standard units
     assert roll["time"].dims == ("rollout", "lead")
-    for name in ("z500_rollout.gif", "z500_first_last.png", "z500_spectra.png", "manifest.json"):
+    for name in ("z500_rollout.gif", "z500_first_last.png", "z500_spectra.png", "z500_realism.png", "manifest.json"):
         assert (samples / name).stat().st_size > 0
+    realism = json.loads((samples / "realism.json").read_text())["variables"]["z500"]
+    for name in ("unconditional", "rollouts", "train_period"):  # each set, and the real yardstick, vs the test period
+        assert realism[name]["w1"] > 0 and realism[name]["fields"] > 0 and len(realism[name]["autocorrelation"]) >= 1
+        assert realism[name]["p1"] < realism[name]["p50"] < realism[name]["p99"]
+    assert realism["train_period"]["fields"] > realism["unconditional"]["fields"] == 2 * 4
+    assert realism["drift"]["frames"] == 12 and "real_area_mean_change_q05_q50_q95" in realism["drift"]
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{exp.parent / 'mlflow.db'}")

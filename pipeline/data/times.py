@@ -23,6 +23,7 @@ __all__ = [
     "CALENDARS",
     "calendar_of",
     "check_time_axes",
+    "climatology_candidates",
     "day_of_year",
     "decode_time",
     "find_time",
@@ -379,3 +380,21 @@ def check_time_axes(parts: list[tuple[str, xr.Dataset]], overlap: str = "error")
             raise DataError(msg)
         out.append((name, ds, tname, t, s))
     return [it[1] for it in out]
+
+
+_YEAR = 365.25  # day_of_year() puts every calendar on a 365.25-day year
+
+
+def climatology_candidates(
+    times: np.ndarray, train: np.ndarray, targets: np.ndarray, window_days: float
+) -> tuple[list[np.ndarray], float]:
+    """For each target time index, the training time indices whose day of year lies within the window
+    (circular distance), and the window used: ``max(window_days, half the median time step)``, so data
+    with one step per year (or season) gets every training year instead of nothing."""
+    step_days = float(np.median(np.diff(time_seconds(times)))) / 86400 if times.size > 1 else 1.0
+    half = max(float(window_days), step_days / 2)
+    doy_train = day_of_year(times[train]).astype(np.float64)
+    doy_target = day_of_year(times[targets]).astype(np.float64)
+    d = np.abs(doy_target[:, None] - doy_train[None, :]) % _YEAR
+    d = np.minimum(d, _YEAR - d)
+    return [train[row <= half + 1e-6] for row in d], half

@@ -36,7 +36,6 @@ rule evaluate_checkpoint:
     input:
         final=f"{EXP}/checkpoints/final.pt",
         stats=f"{EXP}/data/stats.json",
-        references=f"{EXP}/eval/references.json",
     output:
         f"{EXP}/eval/{{checkpoint}}/{{sampler}}-{{steps}}.json",
     log:
@@ -75,8 +74,16 @@ rule collect_evaluation:
         csv=f"{EXP}/eval/summary.csv",
         parquet=f"{EXP}/eval/summary.parquet",
         best=f"{EXP}/eval/best.json",
-        plot=f"{EXP}/eval/summary.png",
-        scorecard=f"{EXP}/eval/scorecard.png",
+        plot=report(
+            f"{EXP}/eval/summary.png",
+            caption="../report/summary.rst",
+            category="Evaluation",
+        ),
+        scorecard=report(
+            f"{EXP}/eval/scorecard.png",
+            caption="../report/scorecard.rst",
+            category="Evaluation",
+        ),
     log:
         f"{EXP}/logs/collect_evaluation.log",
     conda:
@@ -86,6 +93,7 @@ rule collect_evaluation:
         settings=settings(
             "evaluate.primary_metric",
             "evaluate.bootstrap",
+            "evaluate.bootstrap_block",
             "evaluate.confidence",
             "seed",
         ),

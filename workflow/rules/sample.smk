@@ -13,7 +13,12 @@ rule sample_model:
         best=f"{EXP}/eval/best.json",
         final=f"{EXP}/checkpoints/final.pt",
     output:
-        directory(f"{EXP}/samples"),
+        report(
+            directory(f"{EXP}/samples"),
+            patterns=["{name}.png", "{name}.gif"],
+            caption="../report/samples.rst",
+            category="Samples",
+        ),
     log:
         f"{EXP}/logs/sample_model.log",
     benchmark:

@@ -1,0 +1,180 @@
+"""Samples against the real climate: how close generated fields are to the test period, beside how close
+two real periods are to each other (the yardstick for "as close as real data is to itself").
+
+Every figure is computed the same way for each set of generated sequences (unconditional clips, long
+rollouts) and for the training period, each against the test period, per variable, in physical units:
+
+- ``w1``: Wasserstein-1 distance between the distributions of grid-cell values (cos-latitude weights),
+  also as a fraction of the test period's standard deviation (``w1_rel``); the p1, p50 and p99 of the
+  values (``p1`` ...) beside the test period's (``test_p1`` ...);
+- ``mean_bias_rms`` / ``std_bias_rms``: area-weighted RMS of the map of the mean (standard deviation)
+  over all fields minus the test period's, with the maps themselves for the figure;
+- ``spectral_ratio``: summed zonal power / the test period's, per wavenumber band;
+- ``autocorrelation``: at lags 1..k along each sequence, of the anomalies about the set's own mean map
+  over all its fields (:func:`pipeline.metrics.autocorrelation`), beside the test period's own;
+- ``drift`` (rollouts): the area mean and spatial spread against lead frame, and the change of each
+  from the first to the last quarter of the rollout, beside the same change over windows of the same
+  length taken from the real series (its 5-95% range over windows).
+
+For data with a seasonal cycle the real fields compared with the unconditional clips are those within
+``evaluate.climatology_window_days`` of the clips' days of year (annual or seasonal means: all).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from scipy.stats import wasserstein_distance
+
+from pipeline import metrics
+
+__all__ = ["QUANTILES", "as_json", "assess", "compare", "drift", "drift_yardstick", "flat_metrics", "sequences"]
+
+QUANTILES = (0.01, 0.5, 0.99)
+SPACE = ("latitude", "longitude")
+
+
+def sequences(series: xr.DataArray) -> xr.DataArray:
+    """A real (time, lat, lon) series as one sequence: dims (case, frame, lat, lon)."""
+    return series.rename({"time": "frame"}).expand_dims("case").drop_vars("time", errors="ignore")
+
+
+def _weights_like(da: xr.DataArray) -> np.ndarray:
+    w = np.cos(np.deg2rad(da["latitude"])).clip(min=0.0)
+    return np.broadcast_to(w.broadcast_like(da).transpose(*da.dims).values, da.shape)
+
+
+def _values(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    v, w = da.values.ravel(), _weights_like(da).ravel()
+    ok = np.isfinite(v) & (w > 0)
+    return v[ok].astype(np.float64), w[ok].astype(np.float64)
+
+
+def _rms(field: xr.DataArray) -> float:
+    return float(np.sqrt(metrics.area_mean(field**2)))
+
+
+def _moments(seq: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
+    """Mean and standard deviation maps over every field of (case, frame, lat, lon) sequences."""
+    stacked = seq.stack(field=("case", "frame"))
+    return stacked.mean("field"), stacked.std("field")
+
+
+def compare(candidate: xr.DataArray, test: xr.DataArray, lags: list[int]) -> dict:
+    """The figures of one set of (case, frame, lat, lon) sequences against the test period, given as
+    (case, frame, lat, lon) too (see :func:`sequences`). Scalars and lists for JSON, plus the bias maps
+    under ``maps`` (xarray, for the figure)."""
+    cv, cw = _values(candidate)
+    tv, tw = _values(test)
+    if cv.size == 0 or tv.size == 0:
+        msg = "realism: a set of fields has no finite values to compare"
+        raise ValueError(msg)
+    test_std = float(np.sqrt(np.cov(tv, aweights=tw)))
+    w1 = float(wasserstein_distance(cv, tv, cw, tw))
+    cq = np.quantile(cv, QUANTILES, weights=cw, method="inverted_cdf")
+    tq = np.quantile(tv, QUANTILES, weights=tw, method="inverted_cdf")
+    c_mean, c_std = _moments(candidate)
+    t_mean, t_std = _moments(test)
+    mean_bias, std_bias = c_mean - t_mean, c_std - t_std
+    out: dict = {
+        "fields": int(candidate.sizes["case"] * candidate.sizes["frame"]),
+        "w1": w1,
+        "w1_rel": w1 / test_std if test_std > 0 else float("nan"),
+        "mean_bias_rms": _rms(mean_bias),
+        "std_bias_rms": _rms(std_bias),
+        "std_ratio": float(metrics.area_mean(c_std) / metrics.area_mean(t_std)),
+        "autocorrelation": metrics.autocorrelation(candidate, "frame", lags, c_mean),
+        "maps": {"mean_bias": mean_bias, "std_bias": std_bias},
+    }
+    out |= {f"p{round(q * 100)}": float(v) for q, v in zip(QUANTILES, cq, strict=True)}
+    out |= {f"test_p{round(q * 100)}": float(v) for q, v in zip(QUANTILES, tq, strict=True)}
+    if not (bool(candidate.isnull().any()) or bool(test.isnull().any())):
+        out["spectral_ratio"] = metrics.spectral_ratio(candidate, test)
+    return out
+
+
+def drift(rollouts: xr.DataArray, lead: str = "lead") -> dict[str, xr.DataArray]:
+    """Area mean and area-weighted spatial standard deviation of each rollout against lead frame."""
+    mean = metrics.area_mean(rollouts)
+    spread = np.sqrt(metrics.area_mean((rollouts - mean) ** 2))
+    return {"area_mean": mean.transpose(..., lead), "spread": spread.transpose(..., lead)}
+
+
+def _change(curves: np.ndarray) -> np.ndarray:
+    """Mean of the last quarter minus the mean of the first quarter of each curve (last axis)."""
+    q = max(1, curves.shape[-1] // 4)
+    return curves[..., -q:].mean(axis=-1) - curves[..., :q].mean(axis=-1)
+
+
+def drift_yardstick(rollouts: xr.DataArray, real: xr.DataArray, lead: str = "lead") -> dict[str, float | list | None]:
+    """The rollouts' change of area mean and spread from the first to the last quarter (mean over rollouts),
+    beside the same change over every window of as many frames in the real (time, lat, lon) series (its 5%,
+    50% and 95% quantiles; None where the series is shorter than a rollout)."""
+    frames = rollouts.sizes[lead]
+    gen = drift(rollouts, lead)
+    real_curves = drift(real, "time")
+    out: dict[str, float | list | None] = {"frames": frames}
+    for k, curve in gen.items():
+        out[f"{k}_change"] = float(_change(curve.values).mean())
+        series = real_curves[k].values
+        if series.size < frames:
+            out[f"real_{k}_change_q05_q50_q95"] = None
+            continue
+        windows = np.lib.stride_tricks.sliding_window_view(series, frames)
+        out[f"real_{k}_change_q05_q50_q95"] = np.quantile(_change(windows), [0.05, 0.5, 0.95]).tolist()
+    return out
+
+
+def assess(
+    unconditional: xr.Dataset,
+    rollouts: xr.Dataset,
+    real: xr.Dataset,
+    test: np.ndarray,
+    train: np.ndarray,
+    test_season: np.ndarray,
+    lags: list[int],
+) -> dict[str, dict]:
+    """Every figure, per variable: ``unconditional`` (sample, frame, lat, lon) against the test-period fields
+    ``test_season`` (indices into ``real``'s time: those of the clips' season), ``rollouts`` (rollout, lead,
+    lat, lon) and the training period (``train``) against the whole test period (``test``); the test
+    period's own autocorrelation; the rollouts' drift beside the real series' (all of ``real``). Per
+    variable: ``{set: figures}``, ``test_period`` and ``drift``; bias maps and drift curves stay xarray."""
+    out: dict[str, dict] = {}
+    for v in unconditional.data_vars:
+        series = real[v]
+        test_seq = sequences(series.isel(time=test))
+        sets = {
+            "unconditional": (
+                unconditional[v].rename({"sample": "case"}),
+                sequences(series.isel(time=test_season)),
+            ),
+            "rollouts": (rollouts[v].rename({"rollout": "case", "lead": "frame"}).drop_vars("time"), test_seq),
+            "train_period": (sequences(series.isel(time=train)), test_seq),
+        }
+        res = {name: compare(c, t, lags) for name, (c, t) in sets.items()}
+        t_mean = _moments(test_seq)[0]
+        res["test_period"] = {"autocorrelation": metrics.autocorrelation(test_seq, "frame", lags, t_mean)}
+        res["drift"] = drift_yardstick(rollouts[v], series) | {"curves": drift(rollouts[v])}
+        out[str(v)] = res
+    return out
+
+
+def as_json(result: dict[str, dict]) -> dict[str, dict]:
+    """:func:`assess`'s result without the maps and curves (what goes to realism.json)."""
+    drop = {"maps", "curves"}
+    return {v: {k: {m: x for m, x in r.items() if m not in drop} for k, r in res.items()} for v, res in result.items()}
+
+
+def flat_metrics(result: dict[str, dict]) -> dict[str, float]:
+    """Scalars for MLflow: ``realism_<figure>_<set>_<variable>`` (and lag-1 autocorrelation, drift changes)."""
+    flat: dict[str, float] = {}
+    for v, res in result.items():
+        for name in ("unconditional", "rollouts", "train_period"):
+            r = res[name]
+            for k in ("w1", "w1_rel", "mean_bias_rms", "std_bias_rms", "std_ratio"):
+                flat[f"realism_{k}_{name}_{v}"] = r[k]
+            flat[f"realism_lag1_autocorrelation_{name}_{v}"] = r["autocorrelation"][0]
+        flat[f"realism_lag1_autocorrelation_test_period_{v}"] = res["test_period"]["autocorrelation"][0]
+        for k in ("area_mean_change", "spread_change"):
+            flat[f"realism_drift_{k}_{v}"] = res["drift"][k]
+    return {k: float(x) for k, x in flat.items() if x is not None and np.isfinite(x)}
