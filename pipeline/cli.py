@@ -131,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline", description="Video diffusion for climate data: pipeline stages."
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    helps = {"check-config": "validate a config (keys, types, values, and against the data's metadata)", **STAGES}
+    helps = {
+        "check-config": "validate a config (keys, types, values, and against the data's metadata)",
+        **STAGES,
+        "status": "where the experiment stands: each stage done / running / stopped / missing, the training job, "
+        "the last step and loss, the sweep's points, the best point against climatology, SLURM jobs in flight",
+    }
     for name, text in helps.items():
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument(
@@ -161,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = load_config(args.config)
         if args.command == "check-config":
             _check_config(cfg)
+        elif args.command == "status":
+            from pipeline.status import experiment_status, format_status, slurm_jobs
+
+            print(format_status(cfg, experiment_status(cfg), slurm_jobs()))
         else:
             _run_stage(args.command, cfg, args.config, args)
     except (ConfigError, DataError) as e:

@@ -33,7 +33,15 @@ import submitit
 from pipeline.atomic import write_text_atomic
 from pipeline.config import Config, config_hash, load_config
 
-__all__ = ["DistEnv", "DistributedJob", "distributed_env", "launch", "launch_array", "prepare_checkpoint_dir"]
+__all__ = [
+    "DistEnv",
+    "DistributedJob",
+    "distributed_env",
+    "launch",
+    "launch_array",
+    "prepare_checkpoint_dir",
+    "squeue_state",
+]
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +181,7 @@ def _executor(
 TERMINAL = {"CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "COMPLETED"}
 
 
-def _squeue_state(job_id: str) -> str | None:
+def squeue_state(job_id: str) -> str | None:
     """SLURM state from squeue (works without accounting; finished jobs stay listed for MinJobAge);
     None when squeue does not know the job."""
     if not shutil.which("squeue"):
@@ -257,7 +265,7 @@ def launch(
     job = None
     if kind == "slurm" and job_file.exists():
         info = json.loads(job_file.read_text())
-        state = _squeue_state(info["job_id"])
+        state = squeue_state(info["job_id"])
         if state in ("PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "SUSPENDED", "COMPLETING"):
             log.info("reattaching to SLURM job %s (%s) instead of submitting another", info["job_id"], state)
             job = submitit.SlurmJob(folder=folder, job_id=info["job_id"], tasks=tuple(range(info["tasks"])))
@@ -288,7 +296,7 @@ def _wait(jobs: Sequence[submitit.Job], kind: str, folder: Path, poll_s: float) 
             for job in jobs:
                 if kind != "slurm" or job.done():
                     continue
-                state = _squeue_state(str(job.job_id))
+                state = squeue_state(str(job.job_id))
                 if state is None or state in TERMINAL:
                     time.sleep(poll_s)
                     if not job.done():

@@ -1,0 +1,58 @@
+"""`python -m pipeline status`: each stage's state read from the experiment's files (and the process or SLURM
+job recorded for training), on a results folder built up step by step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO, pipeline_cli
+
+
+def _states(out: str) -> dict[str, str]:
+    rows = [ln.split() for ln in out.splitlines() if ln.startswith("  ") and len(ln.split()) >= 2]
+    return {r[0]: r[1] for r in rows}
+
+
+def test_status_follows_the_experiment_files(tmp_path: Path) -> None:
+    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    c["results_dir"] = str(tmp_path / "results")
+    c["tracking"]["enabled"] = False
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(c))
+    exp = tmp_path / "results" / c["experiment"]
+
+    def status() -> tuple[dict[str, str], str]:
+        r = pipeline_cli("status", "-c", "c.yaml", cwd=tmp_path, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return _states(r.stdout), r.stdout
+
+    states, _ = status()
+    assert set(states) == {"prepare", "normalise", "train", "references", "evaluate", "collect-eval", "sample"}
+    assert set(states.values()) == {"missing"}
+    (exp / "data" / "regridded.zarr").mkdir(parents=True)
+    (exp / "data" / ".stats.json.tmp-1234").write_text("{}")  # normalise writing its output
+    (exp / "train_log.jsonl").write_text(json.dumps({"step": 120, "loss": 0.25}) + "\n")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (exp / "train_job.json").write_text(json.dumps({"job_id": str(sleeper.pid), "executor": "local"}))
+        states, out = status()
+        assert states["prepare"] == "done" and states["normalise"] == "running", out
+        assert states["train"] == "running" and "step 120 of 300, loss 0.25" in out, out
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    states, out = status()
+    assert states["train"] == "stopped" and "rerun the stage to resume" in out, out
+    points = [(ck, s, n) for ck in ("step-00000200", "step-00000300") for s in ("ddim", "dpmpp_2m") for n in (10, 25)]
+    for ck, s, n in points[:3]:
+        (exp / "eval" / ck).mkdir(parents=True, exist_ok=True)
+        (exp / "eval" / ck / f"{s}-{n}.json").write_text("{}")
+    states, out = status()
+    assert states["evaluate"] == "partial" and "3 of 8 sweep points scored" in out, out
+    (exp / "eval" / "best.json").write_text(json.dumps({"statement": "X does not beat climatology (CRPSS 0.01)"}))
+    states, out = status()
+    assert states["collect-eval"] == "done" and "does not beat climatology" in out, out
