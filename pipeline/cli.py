@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import SAMPLER_NAMES, Config, ConfigError, load_config
 from pipeline.data.coords import DataError
 
 __all__ = ["main"]
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
         if name == "evaluate":
             sp.add_argument("--checkpoint", help="one point: checkpoint tag, e.g. step-00000300")
-            sp.add_argument("--sampler", choices=["ancestral", "ddim", "dpmpp_2m"], help="one point: sampler")
+            sp.add_argument("--sampler", choices=SAMPLER_NAMES, help="one point: sampler")
             sp.add_argument("--steps", type=int, help="one point: sampling steps")
             sp.add_argument("--force", action="store_true", help="the sweep: rerun points that have a result too")
     return p

@@ -49,6 +49,11 @@ def _at_least_one(v: int) -> int:
 # an int setting that counts something (steps, clips, processes, channels, ...)
 AtLeastOne = Annotated[int, AfterValidator(_at_least_one)]
 
+# The samplers a config may name: the keys of pipeline.diffusion.SAMPLERS (a test keeps the two equal; the
+# schema does not import the torch code). The CLI and the Snakemake wildcards take them from here.
+SAMPLER_NAMES = ("ancestral", "ddim", "dpmpp_2m")
+SamplerName = Literal[SAMPLER_NAMES]
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -314,9 +319,7 @@ class EvaluateConfig(_Section):
         description="'last', 'last N' (the N latest kept checkpoints), 'all' (every kept checkpoint) or a list of "
         "checkpoint steps.",
     )
-    samplers: list[Literal["ancestral", "ddim", "dpmpp_2m"]] = Field(
-        ["ddim", "dpmpp_2m"], description="Samplers to compare."
-    )
+    samplers: list[SamplerName] = Field(["ddim", "dpmpp_2m"], description="Samplers to compare.")
     steps: list[int] = Field([10, 25], description="Sampling step counts (NFE) to compare.")
     guidance_weights: list[float] = Field(
         [2.0],
@@ -436,7 +439,7 @@ class SampleConfig(_Section):
     checkpoint: str = Field(
         "best", description="'best' (from the evaluation sweep) or a checkpoint tag like 'step-00000300'."
     )
-    sampler: Literal["ancestral", "ddim", "dpmpp_2m"] = Field("dpmpp_2m", description="Sampler for generation.")
+    sampler: SamplerName = Field("dpmpp_2m", description="Sampler for generation.")
     steps: AtLeastOne = Field(25, description="Sampling steps.")
     unconditional: AtLeastOne = Field(4, description="Unconditional clips to generate.")
     rollouts: AtLeastOne = Field(2, description="Long rollouts, each from real initial frames of the test period.")

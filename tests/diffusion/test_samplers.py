@@ -154,3 +154,10 @@ def test_ddim_step_matches_diffusers_ddim_scheduler() -> None:
             ours = ddim_step(z, pred, lt, ls, eta, noise).float()
             theirs = ref.step(v, k, z, eta=eta, variance_noise=noise if eta > 0 else None).prev_sample
             assert torch.allclose(ours, theirs, atol=2e-5), (k, eta, (ours - theirs).abs().max())
+
+
+def test_the_config_schema_names_exactly_the_implemented_samplers() -> None:
+    from pipeline.config import SAMPLER_NAMES
+    from pipeline.diffusion import SAMPLERS
+
+    assert tuple(sorted(SAMPLERS)) == tuple(sorted(SAMPLER_NAMES))

@@ -1,5 +1,5 @@
 # Parse-time validation and path lookups. Anything longer than a lookup lives in pipeline/.
-from pipeline.config import load_config, resolved_config_path, section_json
+from pipeline.config import SAMPLER_NAMES, load_config, resolved_config_path, section_json
 from pipeline.prepare import check_data
 
 # A bad key, type or value, a missing variable or a split outside the data fails here,

@@ -44,7 +44,7 @@ rule evaluate_checkpoint:
         f"{EXP}/benchmarks/evaluate/{{checkpoint}}/{{sampler}}-{{steps}}.tsv"
     wildcard_constraints:
         checkpoint=r"step-\d+",
-        sampler="ancestral|ddim|dpmpp_2m",
+        sampler="|".join(SAMPLER_NAMES),
         steps=r"\d+",
     conda:
         "../../envs/pipeline.yaml"
