@@ -14,7 +14,7 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,15 +39,25 @@ class ConfigError(ValueError):
     """A configuration problem, phrased for the person who edits the YAML."""
 
 
-def _at_least_one(v: int) -> int:
-    if v < 1:
-        msg = f"must be >= 1, got {v}"
-        raise ValueError(msg)
-    return v
+def _bounded(ok: Callable[[Any], bool], expected: str) -> AfterValidator:
+    """A check of one value, reported against its own key (``train.lr = -1: must be > 0``), so every bad
+    value of a config is listed at once, each with only its own value."""
+
+    def check(v: Any) -> Any:
+        if not ok(v):
+            msg = f"must be {expected}"
+            raise ValueError(msg)
+        return v
+
+    return AfterValidator(check)
 
 
-# an int setting that counts something (steps, clips, processes, channels, ...)
-AtLeastOne = Annotated[int, AfterValidator(_at_least_one)]
+# The constrained value types of the schema: every range check is one of these (or a Literal).
+AtLeastOne = Annotated[int, _bounded(lambda v: v >= 1, ">= 1")]  # counts: steps, clips, processes, ...
+AtLeastZero = Annotated[int, _bounded(lambda v: v >= 0, ">= 0")]  # counts that may be none
+NonNegative = Annotated[float, _bounded(lambda v: v >= 0, ">= 0")]
+Positive = Annotated[float, _bounded(lambda v: v > 0, "> 0")]
+Fraction = Annotated[float, _bounded(lambda v: 0 <= v <= 1, "between 0 and 1")]
 
 # The samplers a config may name: the keys of pipeline.diffusion.SAMPLERS (a test keeps the two equal; the
 # schema does not import the torch code). The CLI and the Snakemake wildcards take them from here.
@@ -240,66 +250,43 @@ class DiffusionConfig(_Section):
 
 
 class TrainConfig(_Section):
-    clip_frames: int = Field(8, description="Frames per training clip.")
-    clip_stride: int = Field(1, description="Time steps between the starts of consecutive clips.")
-    micro_batch: int = Field(4, description="Clips per process per forward pass.")
-    grad_accum: int = Field(
+    clip_frames: AtLeastOne = Field(8, description="Frames per training clip.")
+    clip_stride: AtLeastOne = Field(1, description="Time steps between the starts of consecutive clips.")
+    micro_batch: AtLeastOne = Field(4, description="Clips per process per forward pass.")
+    grad_accum: AtLeastOne = Field(
         1, description="Micro batches per optimizer step; global batch = micro_batch x grad_accum x processes."
     )
-    steps: int = Field(300, description="Optimizer steps in total.")
-    lr: float = Field(2e-4, description="Peak learning rate (AdamW).")
-    warmup_steps: int = Field(50, description="Linear warm-up steps, then cosine decay to min_lr_ratio x lr.")
-    min_lr_ratio: float = Field(0.1, description="Final learning rate as a fraction of lr.")
-    weight_decay: float = Field(0.01, description="AdamW weight decay.")
-    clip_grad: float = Field(1.0, description="Gradient norm clipping; 0 = off.")
-    ema_decay: float = Field(0.999, description="Decay of the exponential moving average of the weights.")
+    steps: AtLeastOne = Field(300, description="Optimizer steps in total.")
+    lr: Positive = Field(2e-4, description="Peak learning rate (AdamW).")
+    warmup_steps: AtLeastZero = Field(50, description="Linear warm-up steps, then cosine decay to min_lr_ratio x lr.")
+    min_lr_ratio: Fraction = Field(0.1, description="Final learning rate as a fraction of lr.")
+    weight_decay: NonNegative = Field(0.01, description="AdamW weight decay.")
+    clip_grad: NonNegative = Field(1.0, description="Gradient norm clipping; 0 = off.")
+    ema_decay: Annotated[float, _bounded(lambda v: 0 <= v < 1, "in [0, 1)")] = Field(
+        0.999, description="Decay of the exponential moving average of the weights."
+    )
     zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage (0, 1, 2).")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on GPUs, fp32 on the CPU.")
     low_discrepancy: bool = Field(True, description="Stratified t across the batch (VDM); lower-variance loss.")
-    log_every: int = Field(10, description="Steps between metric logs.")
-    val_every: int = Field(100, description="Steps between validation losses (raw and EMA weights).")
-    val_clips: int = Field(8, description="Validation clips (the first N) for the validation loss.")
-    checkpoint_every: int = Field(100, description="Steps between checkpoints (and one at the end).")
-    keep_last: int = Field(2, description="Checkpoints kept: the last N ...")
-    keep_every: int = Field(0, description="... plus every one whose step is a multiple of this (0 = none).")
-    num_workers: int = Field(1, description="Data loader worker processes per training process.")
-
-    @model_validator(mode="after")
-    def _positive(self) -> TrainConfig:
-        for key in (
-            "clip_frames",
-            "clip_stride",
-            "micro_batch",
-            "grad_accum",
-            "steps",
-            "log_every",
-            "val_every",
-            "val_clips",
-            "checkpoint_every",
-            "keep_last",
-        ):
-            if getattr(self, key) < 1:
-                msg = f"{key} must be >= 1, got {getattr(self, key)}"
-                raise ValueError(msg)
-        if not 0 <= self.ema_decay < 1:
-            msg = f"ema_decay must be in [0, 1), got {self.ema_decay}"
-            raise ValueError(msg)
-        if self.lr <= 0:
-            msg = f"lr must be > 0, got {self.lr}"
-            raise ValueError(msg)
-        return self
+    log_every: AtLeastOne = Field(10, description="Steps between metric logs.")
+    val_every: AtLeastOne = Field(100, description="Steps between validation losses (raw and EMA weights).")
+    val_clips: AtLeastOne = Field(8, description="Validation clips (the first N) for the validation loss.")
+    checkpoint_every: AtLeastOne = Field(100, description="Steps between checkpoints (and one at the end).")
+    keep_last: AtLeastOne = Field(2, description="Checkpoints kept: the last N ...")
+    keep_every: AtLeastZero = Field(0, description="... plus every one whose step is a multiple of this (0 = none).")
+    num_workers: AtLeastZero = Field(1, description="Data loader worker processes per training process.")
 
 
 class LaunchConfig(_Section):
     executor: Literal["auto", "local", "slurm"] = Field(
         "auto", description="auto = SLURM when a controller answers (sinfo), else local processes."
     )
-    nodes: int = Field(1, description="Nodes for GPU stages.")
-    tasks_per_node: int = Field(1, description="Processes per node: one per GPU on GPU nodes.")
-    gpus_per_node: int = Field(0, description="GPUs per node (0 = CPU training, gloo backend).")
-    cpus_per_task: int = Field(2, description="CPU cores per process (data loader workers + main).")
-    mem_gb: float = Field(8, description="Memory per node in GB.")
-    timeout_min: int = Field(
+    nodes: AtLeastOne = Field(1, description="Nodes for GPU stages.")
+    tasks_per_node: AtLeastOne = Field(1, description="Processes per node: one per GPU on GPU nodes.")
+    gpus_per_node: AtLeastZero = Field(0, description="GPUs per node (0 = CPU training, gloo backend).")
+    cpus_per_task: AtLeastOne = Field(2, description="CPU cores per process (data loader workers + main).")
+    mem_gb: Positive = Field(8, description="Memory per node in GB.")
+    timeout_min: AtLeastOne = Field(
         60, description="Wall time per job in minutes; the job requeues from its last checkpoint after it."
     )
     partition: str | None = Field(None, description="SLURM partition.")
@@ -307,8 +294,8 @@ class LaunchConfig(_Section):
     qos: str | None = Field(None, description="SLURM QOS.")
     constraint: str | None = Field(None, description="SLURM constraint (e.g. a GPU type).")
     extra_sbatch: dict[str, str] = Field(default_factory=dict, description="More sbatch options, e.g. {exclusive: ''}.")
-    max_requeues: int = Field(3, description="Requeues after preemption or time-out before giving up.")
-    signal_delay_s: int = Field(
+    max_requeues: AtLeastZero = Field(3, description="Requeues after preemption or time-out before giving up.")
+    signal_delay_s: AtLeastZero = Field(
         120, description="Seconds before the time limit at which SLURM signals the job to checkpoint and requeue."
     )
 
@@ -319,39 +306,51 @@ class EvaluateConfig(_Section):
         description="'last', 'last N' (the N latest kept checkpoints), 'all' (every kept checkpoint) or a list of "
         "checkpoint steps.",
     )
-    samplers: list[SamplerName] = Field(["ddim", "dpmpp_2m"], description="Samplers to compare.")
-    steps: list[int] = Field([10, 25], description="Sampling step counts (NFE) to compare.")
+    samplers: Annotated[list[SamplerName], _bounded(len, "a non-empty list")] = Field(
+        ["ddim", "dpmpp_2m"], description="Samplers to compare."
+    )
+    steps: Annotated[list[AtLeastOne], _bounded(len, "a non-empty list")] = Field(
+        [10, 25], description="Sampling step counts (NFE) to compare."
+    )
     guidance_weights: list[float] = Field(
         [2.0],
         description="Reconstruction-guidance weights w_r for extending the given frames: a sweep axis (each point "
         "file holds one result per weight; each weight is its own MLflow run).",
     )
-    context_frames: int = Field(2, description="Frames of each test clip given as known; the rest are generated.")
-    ensemble: int = Field(4, description="Ensemble members per test clip (>= 2 for CRPS and spread).")
+    context_frames: AtLeastOne = Field(
+        2, description="Frames of each test clip given as known; the rest are generated."
+    )
+    ensemble: Annotated[int, _bounded(lambda v: v >= 2, ">= 2 (CRPS and spread need two members)")] = Field(
+        4, description="Ensemble members per test clip (>= 2 for CRPS and spread)."
+    )
     test_clips: int | Literal["all"] = Field(
         "all",
         description="Test clips every sweep point and reference is scored on: 'all' (every clip start in the test "
         "period, every test_stride steps) or N (N clip starts spread evenly over the test period).",
     )
     test_stride: AtLeastOne = Field(1, description="With test_clips: all, time steps between test clip starts.")
-    reference_members: int = Field(
+    reference_members: Annotated[int, _bounded(lambda v: v >= 2, ">= 2 (the fair CRPS needs two members)")] = Field(
         50,
         description="Members of the climatological ensemble (training-period frames), at most as many as the "
         "climatology window holds.",
     )
-    climatology_window_days: float = Field(
+    climatology_window_days: NonNegative = Field(
         15.0,
         description="Climatological references draw training frames within this many days of the target's day of "
         "year; widened to half the data's time step, so annual or seasonal means use every training year.",
     )
-    bootstrap: int = Field(1000, description="Bootstrap resamples of the test clips for confidence intervals.")
+    bootstrap: Annotated[int, _bounded(lambda v: v >= 100, ">= 100 resamples (interval ends are tail quantiles)")] = (
+        Field(1000, description="Bootstrap resamples of the test clips for confidence intervals.")
+    )
     bootstrap_block: AtLeastOne = Field(
         1,
         description="Consecutive test clips resampled together (moving-block bootstrap): 1 for independent clips; "
         "about the decorrelation time in clips when neighbouring clips' scores are correlated (collect-eval "
         "reports their lag-1 autocorrelation).",
     )
-    confidence: float = Field(0.9, description="Level of the bootstrap confidence intervals (e.g. 0.9 = 90%).")
+    confidence: Annotated[float, _bounded(lambda v: 0 < v < 1, "between 0 and 1 (0.9 = a 90% interval)")] = Field(
+        0.9, description="Level of the bootstrap confidence intervals (e.g. 0.9 = 90%)."
+    )
     primary_metric: Literal["crps", "rmse"] = Field(
         "crps", description="Metric (mean over variables) that picks the best checkpoint."
     )
@@ -362,56 +361,11 @@ class EvaluateConfig(_Section):
     )
     timeout_min: AtLeastOne = Field(60, description="Wall time of one sweep point's array task, in minutes.")
 
-    @model_validator(mode="after")
-    def _check(self) -> EvaluateConfig:
-        if self.ensemble < 2:
-            msg = f"ensemble must be >= 2 (CRPS, spread), got {self.ensemble}"
-            raise ValueError(msg)
-        if any(s < 1 for s in self.steps) or not self.steps or not self.samplers:
-            msg = "samplers and steps must be non-empty, steps >= 1"
-            raise ValueError(msg)
-        if self.context_frames < 1:
-            msg = "context_frames must be >= 1"
-            raise ValueError(msg)
-        return self
-
     @field_validator("test_clips", mode="before")
     @classmethod
     def _test_clips(cls, v: Any) -> Any:
         if v != "all" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             msg = f"must be 'all' or a number of clips >= 1, got {v!r}"
-            raise ValueError(msg)
-        return v
-
-    @field_validator("reference_members")
-    @classmethod
-    def _members(cls, v: int) -> int:
-        if v < 2:
-            msg = f"must be >= 2 (the fair CRPS needs two members), got {v}"
-            raise ValueError(msg)
-        return v
-
-    @field_validator("climatology_window_days")
-    @classmethod
-    def _window(cls, v: float) -> float:
-        if v < 0:
-            msg = f"must be >= 0 days, got {v}"
-            raise ValueError(msg)
-        return v
-
-    @field_validator("bootstrap")
-    @classmethod
-    def _bootstrap(cls, v: int) -> int:
-        if v < 100:
-            msg = f"must be >= 100 resamples (the interval ends are tail quantiles), got {v}"
-            raise ValueError(msg)
-        return v
-
-    @field_validator("confidence")
-    @classmethod
-    def _confidence(cls, v: float) -> float:
-        if not 0 < v < 1:
-            msg = f"must lie between 0 and 1 (0.9 = a 90% interval), got {v}"
             raise ValueError(msg)
         return v
 

@@ -1,0 +1,55 @@
+"""Config validation: every bad value of a config is reported at once, each against its own key with only its
+own value, by one mechanism (constrained types), for every section."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from tests.conftest import REPO
+
+BASE = str(REPO / "config" / "config.yaml")
+
+
+def _errors(override: dict) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_config([BASE, override])
+    return [ln.strip() for ln in str(e.value).splitlines()[1:]]
+
+
+def test_every_bad_value_is_listed_each_with_its_key_and_value_only() -> None:
+    lines = _errors({"train": {"steps": 0, "lr": -1, "ema_decay": 1.0}, "launch": {"nodes": 0, "mem_gb": 0}})
+    assert lines == [
+        "- train.steps = 0: must be >= 1",
+        "- train.lr = -1: must be > 0",
+        "- train.ema_decay = 1.0: must be in [0, 1)",
+        "- launch.nodes = 0: must be >= 1",
+        "- launch.mem_gb = 0: must be > 0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "words"),
+    [
+        ("train", "keep_every", -1, "must be >= 0"),
+        ("train", "min_lr_ratio", 1.5, "must be between 0 and 1"),
+        ("launch", "gpus_per_node", -1, "must be >= 0"),
+        ("launch", "tasks_per_node", 0, "must be >= 1"),
+        ("evaluate", "ensemble", 1, "must be >= 2"),
+        ("evaluate", "steps", [], "must be a non-empty list"),
+        ("evaluate", "steps", [10, 0], "must be >= 1"),
+        ("evaluate", "bootstrap", 50, "must be >= 100"),
+        ("evaluate", "confidence", 1.0, "must be between 0 and 1"),
+        ("evaluate", "reference_members", 1, "must be >= 2"),
+        ("evaluate", "climatology_window_days", -3, "must be >= 0"),
+        ("sample", "steps", 0, "must be >= 1"),
+    ],
+)
+def test_each_range_is_checked(section: str, key: str, value, words: str) -> None:
+    (line,) = _errors({section: {key: value}})
+    assert line.startswith(f"- {section}.{key}") and words in line, line
+
+
+def test_good_values_pass() -> None:
+    cfg = load_config([BASE, {"train": {"keep_every": 0, "warmup_steps": 0}, "launch": {"gpus_per_node": 4}}])
+    assert cfg.train.keep_every == 0 and cfg.launch.gpus_per_node == 4
