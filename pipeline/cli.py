@@ -17,8 +17,10 @@ __all__ = ["main"]
 log = logging.getLogger("pipeline")
 
 STAGES: dict[str, str] = {
-    "prepare": "open the raw files, select variables and levels, regrid, write regridded.zarr",
-    "normalise": "area-weighted training statistics, write normalised.zarr and stats.json",
+    "prepare": "open the raw files, select variables and levels, regrid, write regridded.zarr (in data.parts parts: "
+    "with --init, --part N or --finalise one step of them, else all in this process)",
+    "normalise": "area-weighted training statistics, write normalised.zarr and stats.json (in data.parts parts, "
+    "like prepare)",
     "train": "DeepSpeed training launched by submitit (SLURM or local processes); resumes from checkpoints",
     "references": "climatological ensemble, climatological mean and persistence scored on the evaluation's test "
     "clips, one MLflow run each -> eval/references.json",
@@ -33,13 +35,13 @@ STAGES: dict[str, str] = {
 
 def _stage_fn(name: str, args: argparse.Namespace) -> Callable[[Config, object], Path]:
     if name == "prepare":
-        from pipeline.prepare import run_prepare
+        from pipeline.prepare import finalise_prepare, run_prepare
 
-        return run_prepare
+        return finalise_prepare if args.finalise else run_prepare
     if name == "normalise":
-        from pipeline.normalise import run_normalise
+        from pipeline.normalise import finalise_normalise, run_normalise
 
-        return run_normalise
+        return finalise_normalise if args.finalise else run_normalise
     if name == "collect-eval":
         from pipeline.evaluate import collect
 
@@ -88,6 +90,20 @@ def _evaluate(cfg: Config, config_paths: Sequence[str], args: argparse.Namespace
     launch_array(cfg, config_paths, "pipeline.evaluate:evaluate_point", todo, "evaluate")
 
 
+# stages built in data.parts parts: --init, --part N, --finalise (pipeline.data.parts)
+IN_PARTS = ("prepare", "normalise")
+
+
+def _build_step(name: str, cfg: Config, args: argparse.Namespace) -> None:
+    if name == "prepare":
+        from pipeline.prepare import init_prepare as init
+        from pipeline.prepare import prepare_part as part
+    else:
+        from pipeline.normalise import init_normalise as init
+        from pipeline.normalise import normalise_part as part
+    log.info("%s -> %s", name, init(cfg) if args.init else part(cfg, args.part))
+
+
 def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argparse.Namespace) -> None:
     from pipeline.tracking import stage_run
 
@@ -114,6 +130,10 @@ def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argpar
     if name == "evaluate":
         _evaluate(cfg, config_paths, args)
         log.info("evaluate finished in %.1f s", time.perf_counter() - t0)
+        return
+    if name in IN_PARTS and (args.init or args.part is not None):  # one step of a build in parts: no MLflow run
+        _build_step(name, cfg, args)
+        log.info("%s finished in %.1f s", name, time.perf_counter() - t0)
         return
     if name == "sample" and cfg.sample.processes > 1:
         from pipeline.launch import launch
@@ -148,6 +168,24 @@ def build_parser() -> argparse.ArgumentParser:
             help="YAML config; repeat to apply override files in order (later wins)",
         )
         sp.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        if name in IN_PARTS:
+            steps = sp.add_mutually_exclusive_group()
+            steps.add_argument(
+                "--init",
+                action="store_true",
+                help="only start the build: the store's metadata and the plan of its parts",
+            )
+            steps.add_argument(
+                "--part",
+                type=int,
+                metavar="N",
+                help="only part N (0 to data.parts - 1): its chunks of the store and its completion marker",
+            )
+            steps.add_argument(
+                "--finalise",
+                action="store_true",
+                help="only finish the build: check every part completed, consolidate, move the store into place",
+            )
         if name == "evaluate":
             sp.add_argument("--checkpoint", help="one point: checkpoint tag, e.g. step-00000300")
             sp.add_argument("--sampler", choices=SAMPLER_NAMES, help="one point: sampler")

@@ -198,6 +198,16 @@ class DataConfig(_Section):
     grid: GridConfig = Field(default_factory=GridConfig, description="The target regular lat-lon grid.")
     split: SplitConfig = Field(description="Time periods for training, validation and test.")
     time_chunk: AtLeastOne = Field(8, description="Time steps per zarr chunk: about one training clip.")
+    parts: AtLeastOne = Field(
+        1,
+        description="Time parts that prepare and normalise are split into, each its own job writing its chunks of "
+        "one store (at most the number of time chunks); the stores do not depend on it.",
+    )
+
+    def content_hash(self) -> str:
+        """:func:`config_hash` of the settings that decide the data's values: all but ``parts``, which only
+        splits the work (a store built in 1 or in 8 parts is the same store)."""
+        return config_hash(self.model_dump(mode="json", exclude={"parts"}))
 
     @field_validator("variables")
     @classmethod

@@ -1,4 +1,11 @@
-"""Stage ``normalise``: training-period statistics, the normalised store, ``stats.json``."""
+"""Stage ``normalise``: training-period statistics, the normalised store, ``stats.json``.
+
+In ``data.parts`` parts over time (:mod:`pipeline.data.parts`), like ``prepare``: :func:`init_normalise`
+merges the moments per chunk that prepare's parts kept in their markers into the area-weighted statistics
+of the training period (recomputing only the chunks the period's ends cut) and writes the normalised
+store's metadata; each :func:`normalise_part` normalises its region; :func:`finalise_normalise` checks,
+consolidates and writes ``stats.json``. :func:`run_normalise` does all of them in this process.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +13,98 @@ import logging
 import time
 from pathlib import Path
 
-from pipeline.config import Config, config_hash
-from pipeline.data.io import open_store, write_zarr
-from pipeline.data.stats import compute_stats, normalise, split_labels, split_periods, write_stats
+from pipeline.config import Config
+from pipeline.data.coords import DataError
+from pipeline.data.io import directory_bytes, open_store
+from pipeline.data.parts import (
+    Build,
+    chunk_edges,
+    finalise_store,
+    init_store,
+    part_span,
+    read_markers,
+    read_plan,
+    write_marker,
+    write_region,
+)
+from pipeline.data.stats import (
+    normalise,
+    period_moments,
+    split_labels,
+    split_periods,
+    stats_from_moments,
+    write_stats,
+)
+from pipeline.data.times import in_period
 from pipeline.tracking import StageRun
 
-__all__ = ["run_normalise"]
+__all__ = ["finalise_normalise", "init_normalise", "normalise_part", "run_normalise"]
 
 log = logging.getLogger(__name__)
 
 
-def run_normalise(cfg: Config, run: StageRun) -> Path:
-    t0 = time.perf_counter()
+def init_normalise(cfg: Config) -> Path:
+    """Statistics of the training period from the regridded store's moments per chunk, then the normalised
+    store's metadata and coordinates (with the ``split`` flags) and the plan of its parts (holding the
+    statistics). Returns the plan's path."""
     ds = open_store(cfg.regridded_path)
+    made = Build(cfg.regridded_path)
+    plan = read_plan(made)
+    if plan["data_config_hash"] != ds.attrs.get("data_config_hash"):
+        msg = (
+            f"the markers in {made.root} belong to another build than {cfg.regridded_path}: "
+            f"run prepare again (python -m pipeline prepare)"
+        )
+        raise DataError(msg)
+    markers = read_markers(made, plan)
+    per_chunk = {name: [m for marker in markers for m in marker["moments"][name]] for name in ds.data_vars}
     periods = {k: getattr(cfg.data.split, k) for k in ("train", "val", "test")}
-    parts = split_periods(ds, periods, str(cfg.regridded_path))
-    stats = compute_stats(parts["train"])
-    norm = normalise(ds, stats)
-    norm = norm.assign_coords(split=split_labels(ds["time"].values, periods))
-    norm.attrs.update({"stats_file": cfg.stats_path.name, "data_config_hash": config_hash(cfg.data)})
-    written = write_zarr(norm, cfg.normalised_path, cfg.data.time_chunk)
+    selected = split_periods(ds, periods, str(cfg.regridded_path))  # each period must hold data
+    train = in_period(ds["time"].values, *periods["train"])
+    moments = period_moments(ds, per_chunk, chunk_edges(plan), train)
+    units = {str(n): da.attrs.get("units", "") for n, da in ds.data_vars.items()}
+    stats = stats_from_moments(moments, units)
+    norm = normalise(ds, stats).assign_coords(split=split_labels(ds["time"].values, periods))
+    norm.attrs.update({"stats_file": cfg.stats_path.name, "data_config_hash": cfg.data.content_hash()})
     extra = {
         "split": {k: [str(a), str(b)] for k, (a, b) in periods.items()},
-        "steps": {k: int(v.sizes["time"]) for k, v in parts.items()},
+        "steps": {k: int(v.sizes["time"]) for k, v in selected.items()},
         "weighting": "cos(latitude)",
         "source": str(cfg.regridded_path),
     }
+    build = Build(cfg.normalised_path)
+    init_store(build, norm, cfg.data.time_chunk, cfg.data.parts, {"stats": stats, "stats_extra": extra})
+    log.info("normalise: statistics %s; initialised %s", stats, build.store)
+    return build.plan_path
+
+
+def normalise_part(cfg: Config, part: int) -> Path:
+    """Normalise part ``part``'s steps of the regridded store into its region. Returns the marker's path."""
+    t0 = time.perf_counter()
+    build = Build(cfg.normalised_path)
+    plan = read_plan(build, cfg.data.parts)
+    span = part_span(plan, part)
+    ds = open_store(cfg.regridded_path).isel(time=slice(span["start"], span["stop"]))
+    write_region(build, plan, part, normalise(ds, plan["stats"]))
+    seconds = time.perf_counter() - t0
+    marker = write_marker(build, plan, part, {"bytes_read": int(ds.nbytes), "seconds": seconds})
+    log.info("normalise part %d: %.4g MB in %.1f s -> %s", part, ds.nbytes / 1e6, seconds, marker)
+    return marker
+
+
+def finalise_normalise(cfg: Config, run: StageRun) -> Path:
+    """Check every part completed, consolidate and move the store into place, write ``stats.json``; log."""
+    t0 = time.perf_counter()
+    plan, markers = finalise_store(Build(cfg.normalised_path))
+    stats, extra = plan["stats"], plan["stats_extra"]
     write_stats(stats, cfg.stats_path, extra)
-    elapsed = time.perf_counter() - t0
+    part_seconds = [m["seconds"] for m in markers]
     metrics = {
-        "bytes_read": int(ds.nbytes),
-        "bytes_written": written,
-        "seconds": elapsed,
+        "bytes_read": sum(m["bytes_read"] for m in markers),
+        "bytes_written": directory_bytes(cfg.normalised_path),
+        "parts": len(markers),
+        "seconds": sum(part_seconds) + time.perf_counter() - t0,
+        "slowest_part_seconds": max(part_seconds),
         **{f"steps_{k}": v for k, v in extra["steps"].items()},
     }
     for name, s in stats.items():
@@ -46,6 +113,14 @@ def run_normalise(cfg: Config, run: StageRun) -> Path:
     log.info("normalise: %s", metrics)
     run.log_params({"data.split": extra["split"], "data.time_chunk": cfg.data.time_chunk})
     run.log_metrics(metrics)
-    run.set_tags({"input": str(cfg.regridded_path), "data_config_hash": config_hash(cfg.data)})
+    run.set_tags({"input": str(cfg.regridded_path), "data_config_hash": cfg.data.content_hash()})
     run.log_artifact(cfg.stats_path)
     return cfg.normalised_path
+
+
+def run_normalise(cfg: Config, run: StageRun) -> Path:
+    """The whole stage in this process: init, every part in turn, finalise."""
+    init_normalise(cfg)
+    for part in range(cfg.data.parts):
+        normalise_part(cfg, part)
+    return finalise_normalise(cfg, run)

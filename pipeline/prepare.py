@@ -1,4 +1,12 @@
-"""Stage ``prepare``: open the raw files, select variables and levels, regrid, write the zarr store."""
+"""Stage ``prepare``: open the raw files, select variables and levels, regrid, write the zarr store.
+
+In ``data.parts`` parts over time (:mod:`pipeline.data.parts`): :func:`init_prepare` checks the data and
+writes the store's metadata, coordinates and provenance; each :func:`prepare_part` opens only the source
+files its time range needs (from an index of the files' time spans, ``<data dir>/source_index.json``),
+regrids them and writes its chunks with their area-weighted moments per chunk in its marker (what
+``normalise`` merges into the statistics); :func:`finalise_prepare` checks, consolidates and logs.
+:func:`run_prepare` does all of them in this process.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +16,39 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from pipeline import __version__
-from pipeline.config import Config, ConfigError, config_hash
+from pipeline.config import Config, ConfigError
 from pipeline.data.coords import DataError, fill_units, standardise
-from pipeline.data.io import file_provenance, open_source, open_store, resolve_paths, write_zarr
+from pipeline.data.io import (
+    TimeGrid,
+    directory_bytes,
+    file_provenance,
+    files_for,
+    open_source,
+    open_store,
+    resolve_paths,
+    source_index,
+)
+from pipeline.data.parts import (
+    Build,
+    finalise_store,
+    init_store,
+    open_building,
+    part_ranges,
+    part_span,
+    read_plan,
+    write_marker,
+    write_region,
+)
 from pipeline.data.regrid import check_covers, regrid, select, target_grid
-from pipeline.data.stats import split_periods
-from pipeline.plots import quicklook_regrid
+from pipeline.data.stats import chunk_moments, split_periods
+from pipeline.data.times import time_seconds
 from pipeline.tracking import StageRun
 
-__all__ = ["check_data", "open_selected", "run_prepare"]
+__all__ = ["check_data", "finalise_prepare", "init_prepare", "open_selected", "prepare_part", "run_prepare"]
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +66,16 @@ def _names(cfg: Config) -> dict[str, str] | None:
     return None if c is None else c.model_dump()
 
 
-def open_selected(cfg: Config) -> tuple[xr.Dataset, list[Path]]:
-    """Open the sources lazily, standardise coordinates, select variables and levels.
+def open_selected(
+    cfg: Config, paths: list[Path] | None = None, grid: TimeGrid | None = None
+) -> tuple[xr.Dataset, list[Path]]:
+    """Open the sources lazily (``paths``: a subset of them), standardise coordinates, select variables and levels.
 
+    ``grid``: dask chunks along the chunks of that time axis (see :func:`pipeline.data.io.open_source`).
     Raises :class:`ConfigError` naming the config key whose value does not fit the data.
     """
-    paths = _as_config_error("data.source.paths", resolve_paths, cfg.data.source.paths)
+    if paths is None:
+        paths = _as_config_error("data.source.paths", resolve_paths, cfg.data.source.paths)
     label = paths[0].name if len(paths) == 1 else f"{len(paths)} files ({paths[0].name}, ...)"
     ds = _as_config_error(
         "data.source.paths",
@@ -51,6 +84,7 @@ def open_selected(cfg: Config) -> tuple[xr.Dataset, list[Path]]:
         cfg.data.source.engine,
         cfg.data.source.time_reference,
         cfg.data.source.overlap,
+        grid,
     )
     ds = fill_units(_as_config_error("data.source", standardise, ds, label, _names(cfg)), label)
     ds = _as_config_error("data.variables", select, ds, [(v.name, v.levels) for v in cfg.data.variables], label)
@@ -68,42 +102,124 @@ def check_data(cfg: Config) -> tuple[xr.Dataset, list[Path], xr.Dataset]:
     g = cfg.data.grid
     target = _as_config_error("data.grid", target_grid, g.resolution, g.lat_bounds, g.lon_bounds)
     _as_config_error("data.grid", check_covers, ds, target, "source")
+    _as_config_error("data.parts", part_ranges, ds.sizes["time"], cfg.data.time_chunk, cfg.data.parts)
     return ds, paths, target
 
 
-def run_prepare(cfg: Config, run: StageRun) -> Path:
-    t0 = time.perf_counter()
-    ds, paths, target = check_data(cfg)
-    g = cfg.data.grid
+def _regridded(cfg: Config, ds: xr.Dataset, paths: list[Path], target: xr.Dataset) -> xr.Dataset:
+    """``ds`` regridded lazily, each variable by its method; regular sources' weights cached in the data dir."""
     by_source = {v.name: v.regrid for v in cfg.data.variables}
     methods = {str(k): by_source[da.attrs.get("source_variable", str(k))] for k, da in ds.data_vars.items()}
-    # regular sources: the separable weights are cached beside the store (built once per experiment)
-    out = regrid(ds, target, methods, nan_threshold=g.nan_threshold, cache_dir=cfg.data_dir, source=paths[0].name)
+    out = regrid(
+        ds, target, methods, nan_threshold=cfg.data.grid.nan_threshold, cache_dir=cfg.data_dir, source=paths[0].name
+    )
     out["time"].attrs.update(ds["time"].attrs)
+    return out
+
+
+def _index(cfg: Config, paths: list[Path]) -> list[dict]:
+    src = cfg.data.source
+    return source_index(paths, src.engine, src.time_reference, cfg.data_dir / "source_index.json")
+
+
+def init_prepare(cfg: Config) -> Path:
+    """Check the data, index the source files' time spans, write the store's metadata, coordinates and
+    provenance and the plan of its ``data.parts`` parts. Returns the plan's path."""
+    ds, paths, target = check_data(cfg)
+    _index(cfg, paths)  # read once here; each part then opens only the files it needs
+    out = _regridded(cfg, ds, paths, target)
     provenance = file_provenance(paths)
+    methods = ", ".join(f"{k}: {v.attrs['regrid_method']}" for k, v in out.data_vars.items())
     out.attrs.update(
         {
             "Conventions": "CF-1.8",
             "title": f"{cfg.experiment}: regridded training data",
             "source_files": str([p["path"] for p in provenance]),
             "source_provenance": str(provenance),
-            "data_config_hash": config_hash(cfg.data),
+            "data_config_hash": cfg.data.content_hash(),
             "pipeline_version": __version__,
             "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} pipeline {__version__} prepare: regridded to "
-            f"{g.resolution} deg ({', '.join(f'{k}: {v}' for k, v in methods.items())})",
+            f"{cfg.data.grid.resolution} deg ({methods})",
         }
     )
-    bytes_read = int(ds.nbytes)
-    written = write_zarr(out, cfg.regridded_path, cfg.data.time_chunk)
-    elapsed = time.perf_counter() - t0
+    build = Build(cfg.regridded_path)
+    info = {"data_config_hash": cfg.data.content_hash(), "source_hashes": [p["quick_sha256"] for p in provenance]}
+    plan = init_store(build, out, cfg.data.time_chunk, cfg.data.parts, info)
+    log.info(
+        "prepare: initialised %s (%d steps, %d part(s): %s)",
+        build.store,
+        plan["steps"],
+        len(plan["parts"]),
+        ", ".join(f"{p['start']}-{p['stop'] - 1}" for p in plan["parts"]),
+    )
+    return build.plan_path
+
+
+def prepare_part(cfg: Config, part: int) -> Path:
+    """Regrid part ``part``'s time steps from the source files that hold them into its region of the store;
+    its marker keeps the area-weighted moments of each of its chunks. Returns the marker's path."""
+    t0 = time.perf_counter()
+    build = Build(cfg.regridded_path)
+    plan = read_plan(build, cfg.data.parts)
+    span = part_span(plan, part)
+    paths = _as_config_error("data.source.paths", resolve_paths, cfg.data.source.paths)
+    files = files_for(_index(cfg, paths), span["first"], span["last"])
+    log.info(
+        "prepare part %d: steps %d-%d from %d of %d file(s)",
+        part,
+        span["start"],
+        span["stop"] - 1,
+        len(files),
+        len(paths),
+    )
+    # read and regridded in the store's chunks, cut where a file begins (the regridded pieces are joined to
+    # write): every part regrids the same blocks as a one-part build, so the values are the same bit for
+    # bit, and a task holds at most one chunk of the source
+    grid = TimeGrid(time_seconds(open_building(build)["time"].values), cfg.data.time_chunk)
+    ds, _ = open_selected(cfg, files, grid)
+    ds = ds.isel(time=slice(*_steps_between(ds, span["first"], span["last"])))
+    g = cfg.data.grid
+    target = target_grid(g.resolution, g.lat_bounds, g.lon_bounds)
+    out = _regridded(cfg, ds, files, target)
+    write_region(build, plan, part, out)
+    # the moments of each chunk as written (read back: a fraction of what was read when regridding to a coarser grid)
+    moments = chunk_moments(open_building(build).isel(time=slice(span["start"], span["stop"])))
+    seconds = time.perf_counter() - t0
+    payload = {
+        "moments": moments,
+        "files": [p.name for p in files],
+        "bytes_read": int(ds.nbytes),
+        "seconds": seconds,
+    }
+    marker = write_marker(build, plan, part, payload)
+    log.info("prepare part %d: %.4g MB in %.1f s -> %s", part, ds.nbytes / 1e6, seconds, marker)
+    return marker
+
+
+def _steps_between(ds: xr.Dataset, first: float, last: float) -> tuple[int, int]:
+    """The index range of ``ds``'s time steps in [first, last] (seconds, as the plan has them)."""
+    s = time_seconds(ds["time"].values)
+    return int(np.searchsorted(s, first, side="left")), int(np.searchsorted(s, last, side="right"))
+
+
+def finalise_prepare(cfg: Config, run: StageRun) -> Path:
+    """Check every part completed, consolidate and move the store into place; log the stage to MLflow."""
+    t0 = time.perf_counter()
+    build = Build(cfg.regridded_path)
+    plan, markers = finalise_store(build)
+    out = open_store(cfg.regridded_path)
+    part_seconds = [m["seconds"] for m in markers]
+    bytes_read = sum(m["bytes_read"] for m in markers)
     cells = int(out.sizes["time"] * out.sizes["latitude"] * out.sizes["longitude"]) * len(out.data_vars)
     metrics = {
         "bytes_read": bytes_read,
-        "bytes_written": written,
+        "bytes_written": directory_bytes(cfg.regridded_path),
         "cells_out": cells,
         "time_steps": out.sizes["time"],
-        "seconds": elapsed,
-        "throughput_MBps": bytes_read / 1e6 / max(elapsed, 1e-9),
+        "parts": len(markers),
+        "seconds": sum(part_seconds) + time.perf_counter() - t0,
+        "slowest_part_seconds": max(part_seconds),
+        "throughput_MBps": bytes_read / 1e6 / max(sum(part_seconds), 1e-9),
     }
     log.info(
         "prepare: %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
@@ -112,12 +228,26 @@ def run_prepare(cfg: Config, run: StageRun) -> Path:
     run.log_metrics(metrics)
     run.set_tags(
         {
-            "data_config_hash": config_hash(cfg.data),
-            "source_hashes": ",".join(p["quick_sha256"] for p in provenance),
+            "data_config_hash": cfg.data.content_hash(),
+            "source_hashes": ",".join(plan["source_hashes"]),
             "output": str(cfg.regridded_path),
         }
     )
     run.log_dict(cfg.model_dump(mode="json"), "config.json")
-    with tempfile.TemporaryDirectory() as d:
-        run.log_artifact(quicklook_regrid(ds, open_store(cfg.regridded_path), Path(d) / "quicklook_regrid.png"))
+    if run.active:  # the source's first step beside the regridded one, from the files that hold it
+        from pipeline.plots import quicklook_regrid  # matplotlib: only here, not in every part's job
+
+        first = plan["parts"][0]["first"]
+        paths = _as_config_error("data.source.paths", resolve_paths, cfg.data.source.paths)
+        src, _ = open_selected(cfg, files_for(_index(cfg, paths), first, first))
+        with tempfile.TemporaryDirectory() as d:
+            run.log_artifact(quicklook_regrid(src, out, Path(d) / "quicklook_regrid.png"))
     return cfg.regridded_path
+
+
+def run_prepare(cfg: Config, run: StageRun) -> Path:
+    """The whole stage in this process: init, every part in turn, finalise."""
+    init_prepare(cfg)
+    for part in range(cfg.data.parts):
+        prepare_part(cfg, part)
+    return finalise_prepare(cfg, run)

@@ -60,7 +60,7 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     exp = workdir / "results/eofs-z500-ci"
     assert (exp / "data/normalised.zarr/zarr.json").exists()
     assert (exp / "data/stats.json").exists()
-    assert (exp / "benchmarks/regrid_source.tsv").exists()
+    assert (exp / "benchmarks/regrid_part-0000.tsv").exists()
     assert (exp / "checkpoints/final.pt").exists()
     _check_evaluation_and_samples(exp)
     resolved = (exp / "config.resolved.yaml").read_text()
@@ -69,12 +69,13 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'data={"grid":{"nan_threshold":0.9}}'], workdir)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
-    assert "rule regrid_source:" in out and "Params have changed" in out
-    assert "rule normalise_data:" in out and "rule train_model:" in out  # downstream of the changed output
+    assert "rule init_store:" in out and "Params have changed" in out
+    assert "rule regrid_part:" in out and "rule finalise_normalised:" in out  # downstream of the changed output
+    assert "rule train_model:" in out
     # a training setting reruns training only
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'train={"lr":0.001}'], workdir)
     out = r.stdout + r.stderr
-    assert "rule train_model:" in out and "rule regrid_source:" not in out and "rule normalise_data:" not in out, out
+    assert "rule train_model:" in out and "rule init_store:" not in out and "rule init_normalised:" not in out, out
     # another sampler list: only the new sweep points (and what collects them) run
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'evaluate={"samplers":["ddim","dpmpp_2m","ancestral"]}'], workdir)
     out = r.stdout + r.stderr
@@ -87,7 +88,7 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     out = r.stdout + r.stderr
     assert "rule score_references:" in out and "rule collect_evaluation:" in out, out
     assert "rule evaluate_checkpoint:" not in out and "rule train_model:" not in out, out
-    assert "rule normalise_data:" not in out, out
+    assert "rule init_normalised:" not in out, out
     # the bootstrap settings rerun only the collecting job
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'evaluate={"bootstrap_block":2}'], workdir)
     out = r.stdout + r.stderr
@@ -96,7 +97,7 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     # --forcerun train_model reruns training and nothing upstream
     r = _run([SNAKEMAKE, "-n", *CI, "--forcerun", "train_model"], workdir)
     out = r.stdout + r.stderr
-    assert "rule train_model:" in out and "rule regrid_source:" not in out and "rule normalise_data:" not in out, out
+    assert "rule train_model:" in out and "rule init_store:" not in out and "rule init_normalised:" not in out, out
     # the dry runs with other settings left the running workflow's resolved config alone
     assert (exp / "config.resolved.yaml").read_text() == resolved
     # Snakemake's own report collects the evaluation and sample figures

@@ -9,6 +9,7 @@ import contextlib
 import glob
 import hashlib
 import itertools
+import json
 import os
 import shutil
 import sys
@@ -18,26 +19,36 @@ import warnings
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 
+from pipeline.atomic import write_text_atomic
 from pipeline.data.coords import DataError
-from pipeline.data.times import check_time_axes, decode_time, find_time, format_time
+from pipeline.data.times import check_time_axes, decode_time, find_time, format_time, time_seconds
 
 __all__ = [
     "BUNDLED_PREFIX",
+    "CONSOLIDATED_NOTE",
+    "TimeGrid",
     "atomic_path",
+    "compute_with_progress",
     "directory_bytes",
     "file_provenance",
+    "files_for",
+    "move_into_place",
     "open_source",
     "open_store",
     "resolve_paths",
+    "source_index",
     "write_zarr",
+    "zarr_ready",
 ]
 
 BUNDLED_PREFIX = "bundled:"
+# zarr's warning that consolidated metadata is an extension of zarr v3 (the pipeline writes it on purpose)
+CONSOLIDATED_NOTE = "Consolidated metadata is currently not part"
 
 
 def _bundled(spec: str) -> Path:
@@ -95,7 +106,23 @@ def _engine(path: Path, engine: str | None) -> str:
     raise DataError(msg)
 
 
-def _open_one(path: Path, kwargs: dict[str, Any], time_reference: str | None) -> xr.Dataset:
+class TimeGrid(NamedTuple):
+    """Chunks of ``size`` steps of a time axis (``seconds``: :func:`pipeline.data.times.time_seconds` of it)."""
+
+    seconds: np.ndarray
+    size: int
+
+    def chunks_from(self, first: float, steps: int) -> tuple[int, ...]:
+        """Chunk sizes for ``steps`` consecutive steps of the axis from time ``first``, each within one grid chunk."""
+        offset = int(np.searchsorted(self.seconds, first)) % self.size
+        head = min(steps, self.size - offset)
+        rest = steps - head
+        return (head, *(self.size,) * (rest // self.size), *((rest % self.size,) if rest % self.size else ()))
+
+
+def _open_one(
+    path: Path, kwargs: dict[str, Any], time_reference: str | None, grid: TimeGrid | None = None
+) -> xr.Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -105,7 +132,18 @@ def _open_one(path: Path, kwargs: dict[str, Any], time_reference: str | None) ->
         raise DataError(msg) from e
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. xarray's note on an unpadded reference year ('hours since 1-1-1')
-        return decode_time(ds, str(path), time_reference)
+        ds = decode_time(ds, str(path), time_reference)
+    if grid is None:
+        return ds
+    # opened unchunked (lazily indexed): each dask task reads only its steps of one grid chunk, whatever the
+    # file's own layout, so joining files merges pieces only where a chunk spans two files; the file handle is
+    # inlined in each read task (no shared root task, which makes dask read ahead and hold more chunks)
+    t = find_time(ds)
+    if t is None or ds[t].size == 0:
+        return ds.chunk({}, inline_array=True)
+    dim = ds[t].dims[0]
+    chunks = grid.chunks_from(float(time_seconds(ds[t].values[:1])[0]), ds.sizes[dim])
+    return ds.chunk({dim: chunks}, inline_array=True)
 
 
 def _check_same_coords(named: list[tuple[str, xr.Dataset]], skip: set[str]) -> None:
@@ -136,23 +174,14 @@ def _join_time(parts: list[tuple[str, xr.Dataset]], overlap: str) -> xr.Dataset:
         raise DataError(msg) from e
 
 
-def open_source(
-    paths: list[Path], engine: str | None = None, time_reference: str | None = None, overlap: str = "error"
-) -> xr.Dataset:
-    """Open one or many files lazily (dask), decoding packed integers and time in any CF calendar.
-
-    Each file's time is decoded by :func:`pipeline.data.times.decode_time` (``time_reference`` completes
-    units without a reference date). Files holding the same variables are joined along time in time
-    order after :func:`pipeline.data.times.check_time_axes` (overlaps, per ``overlap``, and gaps);
-    files of different variables are then merged, and must share their time steps and grid.
-    """
+def _open_kwargs(paths: list[Path], engine: str | None, chunks: dict | None) -> dict[str, Any]:
     engines = {_engine(p, engine) for p in paths}
     if len(engines) > 1:
         msg = f"inputs mix formats {sorted(map(str, engines))}: {[str(p) for p in paths]}"
         raise DataError(msg)
     eng = engines.pop()
     kwargs: dict[str, Any] = {
-        "chunks": {},
+        "chunks": chunks,
         "mask_and_scale": True,
         "decode_times": False,  # decoded by decode_time: every CF calendar, months since, clear errors
         "decode_timedelta": False,
@@ -160,7 +189,26 @@ def open_source(
     }
     if eng == "cfgrib":
         kwargs["backend_kwargs"] = {"indexpath": ""}  # never write .idx files next to the user's data
-    parts = [(str(p), _open_one(p, kwargs, time_reference)) for p in paths]
+    return kwargs
+
+
+def open_source(
+    paths: list[Path],
+    engine: str | None = None,
+    time_reference: str | None = None,
+    overlap: str = "error",
+    grid: TimeGrid | None = None,
+) -> xr.Dataset:
+    """Open one or many files lazily (dask), decoding packed integers and time in any CF calendar.
+
+    Each file's time is decoded by :func:`pipeline.data.times.decode_time` (``time_reference`` completes
+    units without a reference date). Files holding the same variables are joined along time in time
+    order after :func:`pipeline.data.times.check_time_axes` (overlaps, per ``overlap``, and gaps);
+    files of different variables are then merged, and must share their time steps and grid.
+    Dask chunks are the files' own, or with ``grid`` the chunks of that time axis (cut where files begin).
+    """
+    kwargs = _open_kwargs(paths, engine, {} if grid is None else None)
+    parts = [(str(p), _open_one(p, kwargs, time_reference, grid)) for p in paths]
     if len(parts) == 1:
         return parts[0][1]
     groups: dict[tuple[str, ...], list[tuple[str, xr.Dataset]]] = {}
@@ -193,6 +241,62 @@ def open_source(
     except ValueError as e:
         msg = f"could not merge {[n for n, _ in everything]} ({e})"
         raise DataError(msg) from e
+
+
+# bump when what an index entry holds changes
+INDEX_VERSION = 1
+
+
+def _time_span(path: Path, engine: str | None, time_reference: str | None) -> dict[str, Any]:
+    """First and last time of a file (seconds since 1970 in its calendar), its step count; None without time."""
+    ds = _open_one(path, _open_kwargs([path], engine, {}), time_reference)
+    try:
+        t = find_time(ds)
+        s = time_seconds(ds[t].values) if t is not None else np.zeros(0)
+        if s.size == 0:
+            return {"first": None, "last": None, "steps": 0}
+        return {"first": float(s.min()), "last": float(s.max()), "steps": int(s.size)}
+    finally:
+        ds.close()
+
+
+def source_index(
+    paths: list[Path], engine: str | None = None, time_reference: str | None = None, cache: Path | None = None
+) -> list[dict[str, Any]]:
+    """The time span of every input file: ``path``, ``first``, ``last`` (seconds since 1970 in the files'
+    calendar; None for a file without time steps), ``steps`` and ``stamp`` (size, modification time).
+
+    Each file's time coordinate is read once: with ``cache`` (a JSON file) an entry is kept while its
+    file's size and modification time stay the same, so later calls only stat the files. A part of the
+    data then opens just the files it needs (:func:`files_for`).
+    """
+    settings = {"version": INDEX_VERSION, "engine": engine, "time_reference": time_reference}
+    known: dict[str, Any] = {}
+    if cache is not None and cache.is_file():
+        try:
+            saved = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            saved = {}
+        if saved.get("settings") == settings:
+            known = saved.get("files", {})
+    files: dict[str, Any] = {}
+    for p in paths:
+        key = str(Path(p).resolve())
+        st = Path(p).stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        entry = known.get(key)
+        if entry is None or entry.get("stamp") != stamp:
+            entry = {"stamp": stamp, **_time_span(Path(p), engine, time_reference)}
+        files[key] = entry
+    if cache is not None and files != {k: known.get(k) for k in files}:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(cache, json.dumps({"settings": settings, "files": files}))
+    return [{"path": k, **v} for k, v in files.items()]
+
+
+def files_for(index: list[dict[str, Any]], first: float, last: float) -> list[Path]:
+    """The files of ``index`` holding any time in [first, last] (seconds, as in the index), and those without time."""
+    return [Path(e["path"]) for e in index if e["first"] is None or (e["first"] <= last and e["last"] >= first)]
 
 
 def open_store(path: str | os.PathLike[str]) -> xr.Dataset:
@@ -255,16 +359,21 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         yield tmp
-        old = None
-        if final.exists():
-            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-        tmp.rename(final)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        move_into_place(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def move_into_place(src: Path, final: Path) -> None:
+    """Rename ``src`` to ``final`` (same filesystem), replacing what is there; ``final`` is never half made."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        final.rename(old)
+    src.rename(final)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
 def _clean_encoding(ds: xr.Dataset) -> xr.Dataset:
@@ -276,11 +385,9 @@ def _clean_encoding(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def write_zarr(ds: xr.Dataset, path: Path, time_chunk: int, progress: bool | None = None) -> int:
-    """Write ``ds`` as a zarr v3 store chunked ``time_chunk`` along time, whole in space; atomic.
-
-    Returns the bytes written. ``progress=None`` shows a bar only on a terminal.
-    """
+def zarr_ready(ds: xr.Dataset, time_chunk: int) -> xr.Dataset:
+    """``ds`` as the pipeline stores it: chunks of ``time_chunk`` steps, whole in space, the source's encodings
+    dropped, NaN as the fill value of floats."""
     chunks = {d: (min(time_chunk, n) if d == "time" else -1) for d, n in ds.sizes.items()}
     ds = _clean_encoding(ds)
     # small non-index coordinates (valid_time, 2-D latitude) in memory: a chunked datetime coordinate with a
@@ -291,16 +398,29 @@ def write_zarr(ds: xr.Dataset, path: Path, time_chunk: int, progress: bool | Non
         if np.issubdtype(var.dtype, np.floating):
             var.encoding["_FillValue"] = np.nan
         ds[name] = var
-    show = sys.stderr.isatty() if progress is None else progress
+    return ds
+
+
+def compute_with_progress(job: Any, desc: str, progress: bool | None = None) -> None:
+    """``job.compute()`` (a dask object), with a progress bar on a terminal (``progress=None``) or as asked."""
+    if sys.stderr.isatty() if progress is None else progress:
+        from tqdm.dask import TqdmCallback
+
+        with TqdmCallback(desc=desc, leave=False):
+            job.compute()
+        return
+    job.compute()
+
+
+def write_zarr(ds: xr.Dataset, path: Path, time_chunk: int, progress: bool | None = None) -> int:
+    """Write ``ds`` as a zarr v3 store chunked ``time_chunk`` along time, whole in space; atomic.
+
+    Returns the bytes written. ``progress=None`` shows a bar only on a terminal.
+    """
+    ds = zarr_ready(ds, time_chunk)
     with atomic_path(path) as tmp:
         with warnings.catch_warnings():  # zarr notes that consolidated metadata is an extension of v3
-            warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+            warnings.filterwarnings("ignore", message=CONSOLIDATED_NOTE)
             job = ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, compute=False)
-        if show:
-            from tqdm.dask import TqdmCallback
-
-            with TqdmCallback(desc=f"writing {Path(path).name}", leave=False):
-                job.compute()
-        else:
-            job.compute()
+        compute_with_progress(job, f"writing {Path(path).name}", progress)
     return directory_bytes(path)

@@ -10,12 +10,14 @@ import datetime as dt
 import itertools
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import xarray as xr
+from dask.delayed import Delayed
 
 from pipeline.atomic import write_text_atomic
 from pipeline.data.coords import DataError
@@ -23,14 +25,19 @@ from pipeline.data.times import calendar_of, format_time, in_period
 
 __all__ = [
     "SPLIT_NAMES",
+    "Moment",
     "Moments",
     "Stats",
     "area_weights",
+    "block_moments",
+    "chunk_moments",
     "compute_stats",
     "denormalise",
+    "fold_moments",
     "merge_moments",
     "normalise",
     "partial_moments",
+    "period_moments",
     "read_stats",
     "split_labels",
     "split_periods",
@@ -72,7 +79,10 @@ def split_periods(
     t = ds["time"].values
     out = {}
     for name, (a, b) in periods.items():
-        sel = ds.isel(time=np.flatnonzero(in_period(t, a, b)))
+        idx = np.flatnonzero(in_period(t, a, b))
+        # a period of an increasing axis is contiguous: a slice keeps the store's chunks (whole chunks inside)
+        contiguous = idx.size > 0 and idx[-1] - idx[0] + 1 == idx.size
+        sel = ds.isel(time=slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx)
         if sel.sizes["time"] == 0:
             msg = (
                 f"data.split.{name} = [{a}, {b}] holds no time step of {source}, "
@@ -86,10 +96,11 @@ def split_periods(
 
 # Per variable: (sum of weights, weighted mean, weighted sum of squared deviations): partial moments that
 # merge exactly (Chan, Golub & LeVeque 1979), so statistics computed in parts equal the one-pass result.
-Moments = dict[str, tuple[float, float, float]]
+Moment = tuple[float, float, float]
+Moments = dict[str, Moment]
 
 
-def merge_moments(a: tuple[float, float, float], b: tuple[float, float, float]) -> tuple[float, float, float]:
+def merge_moments(a: Moment, b: Moment) -> Moment:
     """Chan et al.'s pairwise update: the moments of the union of two disjoint samples."""
     wa, ma, qa = a
     wb, mb, qb = b
@@ -100,6 +111,31 @@ def merge_moments(a: tuple[float, float, float], b: tuple[float, float, float]) 
     return (w, ma + d * wb / w, qa + qb + d * d * wa * wb / w)
 
 
+def fold_moments(items: Iterable[Moment]) -> Moment:
+    """Merge moments in the order given, skipping empty ones (the same sequence gives the same bits)."""
+    acc = (0.0, 0.0, 0.0)
+    for m in items:
+        if m[0] > 0:
+            acc = merge_moments(acc, m)
+    return acc
+
+
+def block_moments(x: np.ndarray, weights: np.ndarray) -> Moment:
+    """Moments of one block of values (``weights`` broadcast to it), NaNs skipped, in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    ww = np.where(np.isfinite(x), np.broadcast_to(weights, x.shape), 0.0)
+    total = float(ww.sum())
+    if total == 0:
+        return (0.0, 0.0, 0.0)
+    mean = float(np.nansum(x * ww) / total)
+    return (total, mean, float(np.nansum(ww * (x - mean) ** 2)))
+
+
+def _weights_for(da: xr.DataArray, lat: xr.DataArray) -> np.ndarray:
+    w = area_weights(lat).values.astype(np.float64)
+    return w.reshape([w.size if d == "latitude" else 1 for d in da.dims])
+
+
 def _time_slices(da: xr.DataArray) -> list[slice]:
     if "time" not in da.dims:
         return [slice(None)]
@@ -108,27 +144,53 @@ def _time_slices(da: xr.DataArray) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
+def chunk_moments(ds: xr.Dataset) -> dict[str, list[Moment]]:
+    """Area-weighted moments of every variable per time chunk (the dask chunks along time), in time order.
+
+    Chunks are reduced in parallel, each task holding one; :func:`fold_moments` of a variable's list is
+    :func:`partial_moments`.
+    """
+    tasks: dict[str, list[Delayed]] = {}
+    for name, da in ds.data_vars.items():
+        weights = _weights_for(da, ds["latitude"])
+        blocks = [da.isel(time=sl).data for sl in _time_slices(da)] if "time" in da.dims else [da.data]
+        tasks[str(name)] = [dask.delayed(block_moments)(b, weights) for b in blocks]
+    return dask.compute(tasks)[0]
+
+
 def partial_moments(ds: xr.Dataset) -> Moments:
     """Area-weighted moments of every variable, NaNs skipped, in one pass chunk by chunk (float64).
 
-    Memory is bounded by one time chunk; the per-chunk moments are merged with :func:`merge_moments`.
+    Memory is bounded by one time chunk; the per-chunk moments are merged in time order with :func:`merge_moments`.
     """
-    w = area_weights(ds["latitude"]).values.astype(np.float64)
+    return {name: fold_moments(ms) for name, ms in chunk_moments(ds).items()}
+
+
+def period_moments(
+    ds: xr.Dataset, per_chunk: Mapping[str, Sequence[Moment]], chunk_edges: Sequence[int], mask: np.ndarray
+) -> Moments:
+    """The moments of the steps where ``mask`` holds, from the moments of every time chunk of ``ds`` (chunk
+    ``k`` covers steps ``chunk_edges[k]`` to ``chunk_edges[k + 1]``).
+
+    A chunk wholly inside the mask takes its moments from ``per_chunk``, a chunk partly inside (one at either
+    end of a period) is computed again from ``ds``; merged in time order, this is bit for bit
+    :func:`partial_moments` of ``ds.isel(time=slice(first, last + 1))`` for a period of contiguous steps.
+    """
     out: Moments = {}
-    for name, da in ds.data_vars.items():
-        acc = (0.0, 0.0, 0.0)
-        shape = [w.size if d == "latitude" else 1 for d in da.dims]
-        weights = w.reshape(shape)
-        for sl in _time_slices(da):
-            x = np.asarray(da.isel(time=sl).values if "time" in da.dims else da.values, dtype=np.float64)
-            ww = np.where(np.isfinite(x), np.broadcast_to(weights, x.shape), 0.0)
-            total = float(ww.sum())
-            if total == 0:
-                continue
-            mean = float(np.nansum(x * ww) / total)
-            m2 = float(np.nansum(ww * (x - mean) ** 2))
-            acc = merge_moments(acc, (total, mean, m2))
-        out[str(name)] = acc
+    for name, chunks in per_chunk.items():
+        if len(chunks) != len(chunk_edges) - 1:
+            msg = f"variable {name!r}: moments of {len(chunks)} chunks for {len(chunk_edges) - 1} time chunks"
+            raise DataError(msg)
+        da = ds[name]
+        weights = _weights_for(da, ds["latitude"])
+        items = []
+        for m, (a, b) in zip(chunks, itertools.pairwise(chunk_edges), strict=True):
+            inside = mask[a:b]
+            if inside.all():
+                items.append(tuple(m))
+            elif inside.any():
+                items.append(block_moments(da.isel(time=a + np.flatnonzero(inside)).values, weights))
+        out[name] = fold_moments(items)
     return out
 
 

@@ -1,5 +1,10 @@
 # Parse-time validation and path lookups. Anything longer than a lookup lives in pipeline/.
-from pipeline.config import SAMPLER_NAMES, load_config, resolved_config_path, section_json
+from pipeline.config import (
+    SAMPLER_NAMES,
+    load_config,
+    resolved_config_path,
+    section_json,
+)
 from pipeline.prepare import check_data
 
 # A bad key, type or value, a missing variable or a split outside the data fails here,
@@ -18,3 +23,8 @@ EVAL_POINTS = [
 
 def settings(*keys):
     return section_json(CFG, *keys)
+
+
+def parts(folder):
+    """The completion markers of a build in data.parts parts (pipeline.data.parts)."""
+    return [f"{folder}/part-{i:04d}.done" for i in range(CFG.data.parts)]
