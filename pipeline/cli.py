@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.config import SAMPLER_NAMES, Config, ConfigError, load_config
 from pipeline.data.coords import DataError
+from pipeline.tracking import TrackingError
 
 __all__ = ["main"]
 
@@ -141,9 +142,27 @@ def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argpar
         out = launch(cfg, config_paths, "pipeline.sample:sample_task", "sample", processes=cfg.sample.processes)[0]
         log.info("sample finished in %.1f s -> %s", time.perf_counter() - t0, out)
         return
-    with stage_run(cfg.tracking_uri, cfg.experiment, cfg.exp_dir, name, enabled=cfg.tracking.enabled) as run:
+    with stage_run(
+        cfg.tracking_uri,
+        cfg.experiment,
+        cfg.exp_dir,
+        name,
+        enabled=cfg.tracking.enabled,
+        mode=cfg.tracking.mode,
+        system_metrics=cfg.tracking.system_metrics if name == "sample" else None,
+    ) as run:
         out = _stage_fn(name, args)(cfg, run)
     log.info("%s finished in %.1f s -> %s", name, time.perf_counter() - t0, out)
+
+
+def _mlflow_sync(cfg: Config) -> None:
+    from pipeline.tracking import sync
+
+    if not cfg.tracking.enabled:
+        msg = "mlflow-sync: tracking.enabled is false; set it true to push the offline runs"
+        raise ConfigError(msg)
+    report = sync(cfg.tracking_uri, cfg.experiment, cfg.exp_dir)
+    print(f"mlflow-sync {cfg.exp_dir} -> {cfg.tracking_uri}: {report}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         **STAGES,
         "status": "where the experiment stands: each stage done / running / stopped / missing, the training job, "
         "the last step and loss, the sweep's points, the best point against climatology, SLURM jobs in flight",
+        "mlflow-sync": "push the runs logged offline (results/<experiment>/mlflow-offline/, tracking.mode offline, "
+        "or auto without the server) to tracking.uri; a second call sends nothing new, an interrupted one resumes",
     }
     for name, text in helps.items():
         sp = sub.add_parser(name, help=text, description=text)
@@ -208,9 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from pipeline.status import experiment_status, format_status, slurm_jobs
 
             print(format_status(cfg, experiment_status(cfg), slurm_jobs()))
+        elif args.command == "mlflow-sync":
+            _mlflow_sync(cfg)
         else:
             _run_stage(args.command, cfg, args.config, args)
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrackingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0

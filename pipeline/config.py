@@ -428,6 +428,19 @@ class TrackingConfig(_Section):
         description="MLflow tracking URI; null = SQLite at <results_dir>/mlflow.db. 'http://host:port' for a server.",
     )
     enabled: bool = Field(True, description="false turns MLflow off (stages still run).")
+    mode: Literal["online", "offline", "auto"] = Field(
+        "auto",
+        description="auto: tracking.uri when it answers as the stage starts (a SQLite file always does), else the "
+        "offline store; a write that fails mid-run is buffered there. online: tracking.uri only (unreachable: the "
+        "stage runs untracked). offline: always the local store <results_dir>/<experiment>/mlflow-offline/. "
+        "'python -m pipeline mlflow-sync' pushes offline and buffered runs to tracking.uri.",
+    )
+    system_metrics: Positive | None = Field(
+        10.0,
+        description="Seconds between samples of CPU, memory, disk, network and GPU use (GPU with nvidia-ml-py "
+        "installed), logged as system/* metrics of the train, evaluate and sample runs by local rank 0 of each "
+        "node; null turns them off.",
+    )
 
 
 class Config(_Section):

@@ -133,6 +133,8 @@ def _guided_run(
         cfg.exp_dir,
         "evaluate",
         enabled=cfg.tracking.enabled,
+        mode=cfg.tracking.mode,
+        system_metrics=cfg.tracking.system_metrics,
         tags={"sweep_point": f"{checkpoint}/{sampler}-{steps}", "guidance_weight": weight},
         run_name=f"evaluate {checkpoint} {sampler}-{steps} w{weight:g}",
     ) as run:
@@ -263,7 +265,9 @@ def _log_skill(cfg: Config, run_id: str | None, summaries: dict[str, dict[str, A
     run, under the names the references' runs use (the intervals are in the table and best.json)."""
     if run_id is None or not cfg.tracking.enabled:
         return
-    with stage_run(cfg.tracking_uri, cfg.experiment, cfg.exp_dir, "evaluate", run_id=run_id) as run:
+    with stage_run(
+        cfg.tracking_uri, cfg.experiment, cfg.exp_dir, "evaluate", mode=cfg.tracking.mode, run_id=run_id
+    ) as run:
         for v, s in summaries.items():
             run.log_metrics({f"{k}_{v}": s[k] for k in SKILL if k in s})
             for lead in range(len(s["rmse_per_lead"])):

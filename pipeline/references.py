@@ -138,6 +138,8 @@ def run_references(cfg: Config) -> Path:
             cfg.exp_dir,
             "references",
             enabled=cfg.tracking.enabled,
+            mode=cfg.tracking.mode,
+            system_metrics=cfg.tracking.system_metrics,  # as the evaluation runs: one set of metric names
             tags={"reference": "true"},
             run_name=f"reference {name}",
         ) as run:

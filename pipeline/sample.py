@@ -111,7 +111,14 @@ def sample_task(cfg: Config) -> str | None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         with stage_run(
-            cfg.tracking_uri, cfg.experiment, cfg.exp_dir, "sample", enabled=cfg.tracking.enabled, rank=rank
+            cfg.tracking_uri,
+            cfg.experiment,
+            cfg.exp_dir,
+            "sample",
+            enabled=cfg.tracking.enabled,
+            mode=cfg.tracking.mode,
+            system_metrics=cfg.tracking.system_metrics,
+            rank=rank,
         ) as run:
             out = run_sample(cfg, run, rank=rank, world=world)
         return str(out) if out is not None else None

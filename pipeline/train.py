@@ -231,7 +231,15 @@ def run_training(cfg: Config) -> dict[str, Any]:
     history: list[dict[str, float]] = []
     log_file = cfg.exp_dir / "train_log.jsonl"
     with stage_run(
-        cfg.tracking_uri, cfg.experiment, cfg.exp_dir, "train", enabled=cfg.tracking.enabled, rank=rank, run_id=run_id
+        cfg.tracking_uri,
+        cfg.experiment,
+        cfg.exp_dir,
+        "train",
+        enabled=cfg.tracking.enabled,
+        mode=cfg.tracking.mode,
+        system_metrics=cfg.tracking.system_metrics,
+        rank=rank,
+        run_id=run_id,
     ) as run:
         run_id = run.run_id
         if rank == 0 and step == 0:
