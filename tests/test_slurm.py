@@ -1,6 +1,6 @@
 """Jobs on a real SLURM cluster (tests/slurm/cluster.sh): training (submit, scancel + resume, reattach
 after the launcher dies, cancel on SIGTERM), the evaluation sweep as a job array, sampling on two
-(fake) GPUs, and `snakemake --profile slurm`."""
+(fake) GPUs, and the README's cluster trial (`snakemake --profile slurm` with the shipped profile)."""
 
 from __future__ import annotations
 
@@ -222,90 +222,127 @@ def test_evaluation_array_and_multi_gpu_sampling(work: Path, slurm: dict) -> Non
     assert unc.sizes["sample"] == 3 and unc.attrs["processes"] == 2
 
 
-# the test cluster: partition "debug", two fake GPUs; the profile's GPU rules ask for partition "gpu"
-GPU_RULE_TEST_RESOURCES = ("slurm_partition=debug", "mem_mb=2000", "cpus_per_task=1")
+README_TRIAL = (
+    "bash tests/slurm/cluster.sh start",
+    "export SLURM_CONF=/tmp/pipeline-slurm/slurm.conf",
+    "snakemake --profile slurm",
+)
+# the CI experiment's size; ci.yaml also pins launch.executor: local (for the other workflow tests),
+# put back to the default (auto -> the cluster) so training is submitted as in the trial
+CI_SIZE = " --configfile config/experiments/ci.yaml --config 'launch={executor: auto}'"
 
 
-def test_snakemake_profile_slurm_runs_the_workflow(slurm: dict, tmp_path: Path) -> None:
-    """`snakemake --profile slurm`: CPU rules as SLURM jobs (executor plugin, squeue status), training
-    submitted by submitit, one evaluation point, sampling. Killed hard (process group) after 15 min."""
+def _readme_trial() -> list[str]:
+    """The commands of the README's one-machine cluster trial (its bash block after "To try")."""
+    section = (REPO / "README.md").read_text().split("## On a SLURM cluster", 1)[1].split("\n## ", 1)[0]
+    block = section.split("To try", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def _rule_jobs(log: str) -> tuple[dict[str, tuple[str, bool]], dict[str, str]]:
+    """From Snakemake's log: Snakemake job id -> (rule, local), and Snakemake job id -> SLURM job id."""
+    rules: dict[str, tuple[str, bool]] = {}
+    current = None
+    for line in log.splitlines():
+        if m := re.match(r"^(localrule|rule) (\w+):$", line):
+            current = (m.group(2), m.group(1) == "localrule")
+        elif (m := re.match(r"^\s+jobid: (\d+)$", line)) and current:
+            rules[m.group(1)] = current
+            current = None
+    slurm = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log))
+    for ids, array in re.findall(r"Submitted array job with Snakemake IDs ([\d,]+) and SLURM job ID (\d+)", log):
+        slurm.update(dict.fromkeys(ids.split(","), array))
+    return rules, slurm
+
+
+def _check_trial(out: str, root: Path, env: dict) -> tuple[Path, set[str]]:
+    """Every job of a rule that is not a local rule ran as a SLURM job on the profile's partition and account
+    (Snakemake's log: rule -> job id; squeue: partition, account, state); training, a local rule, submitted its
+    own job there. Returns the experiment folder and the rules that ran as SLURM jobs."""
+    rules, slurm_ids = _rule_jobs(out)
+    declared = {"all"}  # the default target runs where Snakemake runs
+    for smk in (root / "Snakefile", *sorted((root / "workflow" / "rules").glob("*.smk"))):
+        for names in re.findall(r"localrules:((?:\s+\w+,)+)", smk.read_text()):
+            declared |= set(re.findall(r"\w+", names))
+    local = {rule for rule, is_local in rules.values() if is_local}
+    assert "train_model" in local and local <= declared, (local, declared)
+    remote = {job: rule for job, (rule, is_local) in rules.items() if not is_local}
+    missing = {job: rule for job, rule in remote.items() if job not in slurm_ids}
+    assert not missing, f"rules not submitted to SLURM: {missing}\n{out[-3000:]}"
+    evaluation = {"score_references", "evaluate_checkpoint", "collect_evaluation", "sample_model"}
+    assert evaluation < set(remote.values()), remote  # and the data rules
+    # the evaluation points: one SLURM job array
+    assert len({slurm_ids[job] for job, rule in remote.items() if rule == "evaluate_checkpoint"}) == 1
+
+    exp = root / "results" / "eofs-z500-ci"
+    train = json.loads((exp / "train_job.json").read_text())
+    assert train["executor"] == "slurm", train
+    ids = sorted(set(slurm_ids.values()) | {train["job_id"]})
+    r = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%P|%a|%T|%k"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    listed = {}
+    for line in r.stdout.splitlines():
+        job, partition, account, state, comment = line.split("|")
+        listed[job] = (partition, account, state, comment)
+    for job, rule in remote.items():
+        tasks = [v for k, v in listed.items() if k == slurm_ids[job] or k.startswith(slurm_ids[job] + "_")]
+        assert tasks, f"{rule}: SLURM job {slurm_ids[job]} not in squeue:\n{r.stdout}"
+        want = "gpu" if rule in ("evaluate_checkpoint", "sample_model") else "cpu"
+        for partition, account, state, comment in tasks:
+            assert (partition, account, state) == (want, "pipeline", "COMPLETED"), (rule, tasks)
+            assert comment.startswith(f"rule_{rule}"), (rule, comment)
+    assert listed[train["job_id"]][:3] == ("cpu", "pipeline", "COMPLETED"), listed[train["job_id"]]
+    return exp, set(remote.values())
+
+
+@pytest.mark.timeout(1800)
+def test_snakemake_profile_slurm_runs_the_readme_trial(slurm: dict, tmp_path: Path) -> None:
+    """The README's cluster trial as written (cluster.sh start, export SLURM_CONF, `snakemake --profile slurm`
+    with the shipped profile, at the CI experiment's size) from a copy of the repository, to the end. Every rule
+    but the local ones (training: submitit submits its own job) ran as a SLURM job on the profile's partition and
+    account: the job ids per rule come from Snakemake's log, their states from squeue (MinJobAge keeps finished jobs
+    listed), not from sacct. No warning about sacct or a missing account. Killed hard after 25 min."""
     import snakemake_executor_plugin_slurm  # noqa: F401  (a test dependency: fail, not skip, without it)
 
-    for name in ("Snakefile", "workflow", "config", "envs", "slurm"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
-    (tmp_path / "config" / "experiments" / "slurm-test.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "experiment": "profile-slurm",
-                "launch": {"executor": "slurm"},
-                "evaluate": {
-                    "checkpoints": "last",
-                    "samplers": ["ddim"],
-                    "steps": [3, 5],
-                    "guidance_weights": [2.0],
-                    "test_clips": 1,
-                    "ensemble": 2,
-                },
-            }
-        )
-    )
-    cmd = [
-        "snakemake",
-        "--profile",
-        "slurm",
-        "--seconds-between-status-checks",
-        "10",
-        "--configfile",
-        "config/experiments/ci.yaml",
-        "config/experiments/slurm-test.yaml",
-        "--default-resources",
-        "slurm_partition=debug",
-        "mem_mb=2000",
-        "cpus_per_task=1",
-        "runtime=30",
-        "--set-resources",
-        "regrid_source:mem_mb=2000",
-        "regrid_source:cpus_per_task=1",
-        *(f"{rule}:{key}" for rule in ("evaluate_checkpoint", "sample_model") for key in GPU_RULE_TEST_RESOURCES),
-    ]
+    assert _readme_trial() == list(README_TRIAL)
+    for name in ("Snakefile", "workflow", "config", "envs", "slurm", "tests/slurm"):
+        src, dst = REPO / name, tmp_path / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    env = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}  # the trial's export sets it
+    script = "set -e\n" + "\n".join(README_TRIAL) + CI_SIZE + "\n"
     proc = subprocess.Popen(
-        cmd,
+        ["bash", "-c", script],
         cwd=tmp_path,
-        env=slurm,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
     try:
-        out, _ = proc.communicate(timeout=900)
+        out, _ = proc.communicate(timeout=1500)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the plugin can wait forever on a job it cannot see finish
         out, _ = proc.communicate()
-        pytest.fail(f"snakemake --profile slurm did not finish in 15 min:\n{out[-4000:]}")
+        pytest.fail(f"the README's cluster trial did not finish in 25 min:\n{out[-4000:]}")
     assert proc.returncode == 0, out[-4000:]
-    submitted = re.findall(r"submitted with SLURM jobid (\d+)", out)
-    assert len(submitted) >= 4, out[-3000:]  # regrid, normalise, collect, sample
-    # the two evaluation points: one SLURM job array, one GPU per task
-    arrays = re.findall(r"Submitted array job with Snakemake IDs \S+ and SLURM job ID (\d+)", out)
-    assert len(arrays) == 1, out[-3000:]
-    exp = tmp_path / "results" / "profile-slurm"
+    assert "sacct" not in out.lower() and "account given" not in out and "account validation" not in out, [
+        line for line in out.splitlines() if "sacct" in line.lower() or "account" in line
+    ]
+
+    exp, remote = _check_trial(out, tmp_path, slurm)
     assert (exp / "samples" / "manifest.json").exists() and (exp / "eval" / "best.json").exists()
-    assert json.loads((exp / "train_job.json").read_text())["executor"] == "slurm"
 
     def dry_run(*extra: str) -> str:
         r = subprocess.run(
-            [
-                "snakemake",
-                "--profile",
-                "slurm",
-                "-n",
-                *extra,
-                "--configfile",
-                "config/experiments/ci.yaml",
-                "config/experiments/slurm-test.yaml",
-            ],
+            f"snakemake --profile slurm -n {' '.join(extra)}{CI_SIZE}",
+            shell=True,
             cwd=tmp_path,
             env=slurm,
             capture_output=True,
@@ -317,6 +354,8 @@ def test_snakemake_profile_slurm_runs_the_workflow(slurm: dict, tmp_path: Path) 
     assert "Nothing to be done" in dry_run()
     # rerunning one stage under the profile: training and everything downstream, nothing upstream
     out = dry_run("--forcerun", "train_model")
-    for rule in ("train_model", "evaluate_checkpoint", "collect_evaluation", "sample_model"):
+    downstream = {"train_model", "evaluate_checkpoint", "collect_evaluation", "sample_model"}
+    for rule in downstream:
         assert f"rule {rule}:" in out, out[-3000:]
-    assert "rule regrid_source:" not in out and "rule normalise_data:" not in out
+    for rule in remote - downstream:  # the data rules and the references
+        assert f"rule {rule}:" not in out, out[-3000:]
