@@ -473,5 +473,8 @@ def collect(cfg: Config, run: StageRun) -> Path:
             "beats_persistence": best_info["beats_persistence"],
         }
     )
+    run.describe_parent(
+        f"Experiment {cfg.experiment}: {statement} Table, scorecard and best.json: artifacts under evaluation/."
+    )
     log.info("best: %s", statement)
     return out / "best.json"

@@ -56,6 +56,24 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 MODES = ("online", "offline", "auto")
 OFFLINE_DIR = "mlflow-offline"
 ROLE_TAG = "pipeline.role"  # "experiment" on the parent runs
+
+# The MLflow UI opens a model-training experiment on its runs table (not the GenAI overview).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
+PARENT_NOTE = (
+    "Experiment {experiment}: a video diffusion model trained and evaluated on climate data. Every stage is a child "
+    "run (prepare, normalise, train, references, evaluate per sweep point, collect-eval, sample); collect-eval "
+    "writes here whether the best point beats climatology and persistence, with its scorecard."
+)
+STAGE_NOTES = {
+    "prepare": "Regridding of the source files into the chunked zarr store (data.grid, data.variables).",
+    "normalise": "Area-weighted training-period statistics and the normalised store.",
+    "train": "DeepSpeed training of the video diffusion model: losses, learning rate, validation, checkpoints.",
+    "references": "A reference forecast (climatology or persistence) scored on the sweep's test clips.",
+    "evaluate": "One sweep point (checkpoint x sampler x steps x guidance weight) scored on the test clips.",
+    "collect-eval": "The sweep's table, intervals, scorecard and best point (best.json).",
+    "sample": "Samples of the best checkpoint, compared with the real climate (realism.json, maps, animations).",
+}
 OFFLINE_ID_TAG = "pipeline.offline_run_id"  # on a server run: the offline run it was created from
 TARGET_TAG = "pipeline.sync.target"  # on an offline run: the run it continues
 NODE_TAG = "pipeline.sync.node"  # on an offline run that only holds one node's system metrics of its target
@@ -145,11 +163,14 @@ def _open_store(uri: str, experiment: str, id_file: Path, location: str | None, 
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             try:
-                exp_id = client.create_experiment(experiment, artifact_location=location)
+                exp_id = client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
             except Exception:  # created meanwhile from another results folder
                 exp_id = client.get_experiment_by_name(experiment).experiment_id
         else:
             exp_id = exp.experiment_id
+            for k, v in EXPERIMENT_TAGS.items():  # experiments made before the tags existed
+                if exp.tags.get(k) != v:
+                    client.set_experiment_tag(exp_id, k, v)
         if id_file.exists():
             run_id = id_file.read_text().strip()
             try:
@@ -159,7 +180,8 @@ def _open_store(uri: str, experiment: str, id_file: Path, location: str | None, 
             except Exception as e:
                 if not _missing(e):
                     raise
-        run_id = client.create_run(exp_id, run_name=experiment, tags={ROLE_TAG: "experiment"}).info.run_id
+        note = {NOTE_TAG: PARENT_NOTE.format(experiment=experiment)}
+        run_id = client.create_run(exp_id, run_name=experiment, tags={ROLE_TAG: "experiment", **note}).info.run_id
         id_file.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(id_file, run_id)
         return _Store(uri, client, exp_id, run_id)
@@ -294,11 +316,16 @@ class StageRun:
             p.write_text(json.dumps(data, indent=2, default=str))
             self.log_artifact(p)
 
+    def describe_parent(self, text: str) -> None:
+        """The parent run's description (what the experiment achieved, written by collect-eval)."""
+        self._send("set_tag", "parent", NOTE_TAG, text)
+
     def finish(self, status: str, parent: bool = True) -> None:
-        """End the run with ``status`` and (``parent``) set the parent FINISHED: the last stage to end does."""
+        """End the run with ``status`` and (``parent``) end the parent FINISHED, with its end time: the last
+        stage to end does, so the parent's duration spans the experiment's stages."""
         self._send("set_terminated", "run", status)
         if parent:
-            self._send("update_run", "parent", "FINISHED")
+            self._send("set_terminated", "parent", "FINISHED")
 
 
 def _child(store: _Store, spec: _RunSpec, extra: Mapping[str, str] | None = None) -> str:
@@ -548,7 +575,8 @@ def stage_run(
     if mode not in MODES:
         msg = f"tracking.mode = {mode!r}: expected one of {', '.join(MODES)}"
         raise ValueError(msg)
-    tags = {"pipeline.stage": stage, **{k: str(v) for k, v in (tags or {}).items()}}
+    note = {NOTE_TAG: STAGE_NOTES[stage]} if stage in STAGE_NOTES else {}
+    tags = {"pipeline.stage": stage, **note, **{k: str(v) for k, v in (tags or {}).items()}}
     spec = _RunSpec(experiment, Path(exp_dir), run_name or stage, tags)
     run = _open(uri, mode, spec, run_id) if rank == 0 else StageRun()
     node_run, monitor = run, None

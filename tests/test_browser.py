@@ -96,7 +96,14 @@ def test_experiment_page_shows_stage_and_evaluation_runs(mlflow_ui) -> None:
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
         page = browser.new_page(viewport={"width": 1600, "height": 1400})
-        # the "Training runs" table (MLflow 3 opens experiments on a GenAI overview by default)
+        # the link the README gives opens the experiment on its runs table. The experiment is marked as model
+        # training, but MLflow 3.17's UI takes the kind from its GenAI / Model training switch (stored in the
+        # browser, GenAI by default) or from the link's workflowType, and opens on a GenAI overview otherwise
+        assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+        page.goto(f"{url}/#/experiments/{exp.experiment_id}?workflowType=machine_learning", wait_until="load")
+        page.get_by_text(f"{n_runs} matching runs").wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "mlflow_landing.png"), full_page=True)
+        assert page.get_by_text("Detect issues").count() == 0
         page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs", wait_until="domcontentloaded")
         page.get_by_text(f"{n_runs} matching runs").wait_for(timeout=60_000)
         page.get_by_role("link", name="eofs-z500-ci").first.wait_for(timeout=30_000)  # the parent run
@@ -116,3 +123,8 @@ def test_experiment_page_shows_stage_and_evaluation_runs(mlflow_ui) -> None:
         page.screenshot(path=str(ARTIFACTS / "mlflow_evaluation_run.png"), full_page=True)
         browser.close()
     assert (ARTIFACTS / "mlflow_experiment.png").stat().st_size > 10_000
+    # every run says what it is; the parent carries the verdict and spans the stages
+    parent = next(r for r in runs if r.data.tags.get("pipeline.role") == "experiment")
+    assert "climatology" in parent.data.tags["mlflow.note.content"]
+    assert parent.info.end_time and parent.info.end_time > parent.info.start_time
+    assert all(r.data.tags.get("mlflow.note.content") for r in runs), [r.info.run_name for r in runs]
