@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.checkpoints import load_inference
 from pipeline.config import load_config
 from pipeline.data.clips import ClipDataset
 from pipeline.data.io import open_store
@@ -27,7 +28,6 @@ from pipeline.data.stats import denormalise, read_stats
 from pipeline.diffusion import SAMPLERS
 from pipeline.evaluate import generate_extensions
 from pipeline.scoring import _to_xr, pick_test_clips, score
-from pipeline.train import load_inference
 
 
 def main() -> None:

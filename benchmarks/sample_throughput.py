@@ -17,11 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.checkpoints import load_inference
 from pipeline.config import load_config
 from pipeline.data.io import open_store
 from pipeline.diffusion import SAMPLERS
 from pipeline.diffusion.objective import randn
-from pipeline.train import load_inference
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     cfg = load_config(args.config or ["config/config.yaml"])
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     tag = cfg.kept_checkpoints()[-1]
-    model, meta = load_inference(cfg.checkpoint_dir / "inference" / f"{tag}.pt", device)
+    model, meta = load_inference(cfg.inference_file(tag), device)
     c, f = len(meta["variables"]), int(meta["clip_frames"])
     store = open_store(cfg.normalised_path)
     h, w = store.sizes["latitude"], store.sizes["longitude"]

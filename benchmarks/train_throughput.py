@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.checkpoints import build_diffusion
 from pipeline.config import load_config
 from pipeline.data.clips import ClipDataset, ClipSampler
-from pipeline.train import _LossModule, build_diffusion, deepspeed_config
+from pipeline.train import LossModule, deepspeed_config
 
 
 def loader_rate(ds: ClipDataset, batch: int, workers: int, n_batches: int) -> float:
@@ -76,7 +77,7 @@ def main() -> None:
     cond = {"doy": batch["doy"]}
 
     torch.manual_seed(0)
-    plain = _LossModule(build_diffusion(model_cfg, cfg.diffusion.model_dump()))
+    plain = LossModule(build_diffusion(model_cfg, cfg.diffusion.model_dump()))
     opt = torch.optim.AdamW(plain.parameters(), lr=t.lr)
 
     def plain_step() -> None:
@@ -94,7 +95,7 @@ def main() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     deepspeed.init_distributed(dist_backend="gloo")
     torch.manual_seed(0)
-    module = _LossModule(build_diffusion(model_cfg, cfg.diffusion.model_dump()))
+    module = LossModule(build_diffusion(model_cfg, cfg.diffusion.model_dump()))
     engine, *_ = deepspeed.initialize(
         model=module,
         optimizer=torch.optim.AdamW(module.parameters(), lr=t.lr),

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline import checkpoints
 from pipeline.atomic import write_text_atomic
 
 __all__ = [
@@ -501,14 +502,15 @@ class Config(_Section):
     def samples_dir(self) -> Path:
         return self.exp_dir / "samples"
 
+    def inference_file(self, name: str) -> Path:
+        """The inference file of checkpoint ``name`` (``step-00000300``): see :mod:`pipeline.checkpoints`."""
+        return checkpoints.inference_path(self.checkpoint_dir, name)
+
     def kept_checkpoints(self) -> list[str]:
         """Checkpoint tags that exist after training (saved every checkpoint_every and at the end, then pruned)."""
         t = self.train
-        saved = sorted({s for s in range(t.checkpoint_every, t.steps + 1, t.checkpoint_every)} | {t.steps})
-        kept = set(saved[-t.keep_last :])
-        if t.keep_every:
-            kept |= {s for s in saved if s % t.keep_every == 0}
-        return [f"step-{s:08d}" for s in sorted(kept)]
+        saved = {*range(t.checkpoint_every, t.steps + 1, t.checkpoint_every), t.steps}
+        return [checkpoints.tag(s) for s in checkpoints.kept_steps(saved, t.keep_last, t.keep_every)]
 
     def eval_checkpoints(self) -> list[str]:
         """The checkpoints of the evaluation sweep; an unknown step is a config error."""
@@ -519,7 +521,7 @@ class Config(_Section):
         if isinstance(sel, str):  # 'last' or 'last N' (validated)
             n = int(sel.split()[1]) if " " in sel else 1
             return kept[-n:]
-        tags = [f"step-{s:08d}" for s in sel]
+        tags = [checkpoints.tag(s) for s in sel]
         missing = [t for t in tags if t not in kept]
         if missing:
             msg = f"evaluate.checkpoints: {missing} will not exist after training; kept checkpoints are {kept}"

@@ -26,6 +26,7 @@ import torch
 
 from pipeline import metrics
 from pipeline.atomic import write_text_atomic
+from pipeline.checkpoints import load_inference
 from pipeline.config import Config
 from pipeline.data.stats import read_stats
 from pipeline.diffusion import SAMPLERS, ReconstructionGuidance
@@ -42,7 +43,6 @@ from pipeline.scoring import (
     summarise,
 )
 from pipeline.tracking import StageRun, stage_run
-from pipeline.train import load_inference
 
 __all__ = [
     "SCALAR_METRICS",
@@ -162,7 +162,7 @@ def _guided_run(
         }
         log_scores(run, {**common, "guidance_weight": weight}, variables)
         run.log_metrics({"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]})
-        run.set_tags({"checkpoint_file": str(cfg.checkpoint_dir / "inference" / f"{checkpoint}.pt")})
+        run.set_tags({"checkpoint_file": str(cfg.inference_file(checkpoint))})
         run.log_dict({**common, **result}, "result.json")
     log.info(
         "evaluate %s/%s-%d w=%g: %s",
@@ -178,7 +178,7 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Pa
     t0 = time.perf_counter()
     e = cfg.evaluate
     device = _device()
-    model, meta = load_inference(cfg.checkpoint_dir / "inference" / f"{checkpoint}.pt", device)
+    model, meta = load_inference(cfg.inference_file(checkpoint), device)
     test = load_test_clips(cfg, int(meta["clip_frames"]), meta["variables"])
     common = {
         "checkpoint": checkpoint,
@@ -414,7 +414,7 @@ def collect(cfg: Config, run: StageRun) -> Path:
         "primary_metric": primary,
         "score": est[b],
         "score_interval": _interval(boot[b], e.confidence),
-        "file": str(cfg.checkpoint_dir / "inference" / f"{info_b['checkpoint']}.pt"),
+        "file": str(cfg.inference_file(info_b["checkpoint"])),
         "statement": statement,
         "beats_climatology": clim[1][0] > 0,
         "beats_persistence": pers[1][0] > 0,

@@ -31,6 +31,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from pipeline import __version__
+from pipeline.checkpoints import load_inference
 from pipeline.config import Config
 from pipeline.data.io import atomic_path, open_store, write_zarr
 from pipeline.data.stats import denormalise, read_stats
@@ -40,7 +41,6 @@ from pipeline.diffusion.objective import randn
 from pipeline.plots import animate_rollout, first_last_maps, realism_figure, spectra_plot
 from pipeline.realism import as_json, assess, flat_metrics
 from pipeline.tracking import StageRun
-from pipeline.train import load_inference
 
 __all__ = ["resolve_checkpoint", "resolve_guidance", "run_sample", "sample_task"]
 
@@ -167,7 +167,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
-    model, meta = load_inference(cfg.checkpoint_dir / "inference" / f"{tag}.pt", device)
+    model, meta = load_inference(cfg.inference_file(tag), device)
     names: list[str] = meta["variables"]
     frames = int(meta["clip_frames"])
     use_doy = bool(meta["model_config"].get("day_of_year"))
@@ -285,7 +285,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
                 "seed": cfg.seed,
                 "guidance_weight": guidance,
                 "processes": world,
-                "checkpoint_file": str(cfg.checkpoint_dir / "inference" / f"{tag}.pt"),
+                "checkpoint_file": str(cfg.inference_file(tag)),
                 "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} pipeline sample",
             }
         )

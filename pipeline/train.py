@@ -20,19 +20,20 @@ import math
 import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from pipeline import checkpoints
+from pipeline.checkpoints import build_diffusion
 from pipeline.config import Config
 from pipeline.data.clips import ClipDataset, ClipSampler
-from pipeline.diffusion import CosineSchedule, UNet, UNetConfig, VDiffusion
+from pipeline.diffusion import VDiffusion
 from pipeline.tracking import stage_run
 
-__all__ = ["EMA", "build_diffusion", "deepspeed_config", "load_inference", "lr_factor", "run_training"]
+__all__ = ["EMA", "LossModule", "deepspeed_config", "lr_factor", "run_training"]
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,6 @@ def deepspeed_config(cfg: Config, world_size: int, bf16: bool) -> dict[str, Any]
     }
 
 
-def build_diffusion(model_cfg: dict[str, Any], diffusion_cfg: dict[str, Any]) -> VDiffusion:
-    net = UNet(UNetConfig(**model_cfg))
-    sched = CosineSchedule(diffusion_cfg["logsnr_min"], diffusion_cfg["logsnr_max"], diffusion_cfg.get("shift", 0.0))
-    return VDiffusion(net, sched, weighting=diffusion_cfg.get("weighting", "v"))
-
-
 class EMA:
     """Exponential moving average of a network's weights, kept in fp32 (on every rank).
 
@@ -90,7 +85,7 @@ class EMA:
             be.copy_(b)
 
 
-class _LossModule(nn.Module):
+class LossModule(nn.Module):
     """What DeepSpeed wraps: ``engine(x, ...)`` returns the mean loss."""
 
     def __init__(self, diffusion: VDiffusion):
@@ -106,22 +101,6 @@ def _seed(*parts: int) -> int:
     for p in parts:
         h = (h * 1_000_003 + int(p)) % (2**63 - 1)
     return h
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def load_inference(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> tuple[VDiffusion, dict[str, Any]]:
-    """Load an inference file (no DeepSpeed): the EMA network in eval mode and the metadata."""
-    blob = torch.load(path, map_location=device, weights_only=True)
-    model = build_diffusion(blob["model_config"], blob["diffusion"])
-    model.net.load_state_dict(blob["ema"])
-    return model.to(device).eval(), blob
 
 
 @torch.no_grad()
@@ -145,18 +124,6 @@ def validation_loss(
             total += float(diffusion.loss(x, cond, t=t, eps=eps, mask=c["mask"][None].to(device)).mean())
             n += 1
     return total / max(n, 1)
-
-
-def _prune(ckpt_dir: Path, keep_last: int, keep_every: int) -> None:
-    tags = sorted(p.name for p in ckpt_dir.glob("step-*") if p.is_dir())
-    latest = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").exists() else None
-    keep = set(tags[-keep_last:]) | {latest}
-    if keep_every:
-        keep |= {t for t in tags if int(t.split("-")[1]) % keep_every == 0}
-    for tag in tags:
-        if tag not in keep:
-            shutil.rmtree(ckpt_dir / tag, ignore_errors=True)
-            (ckpt_dir / "inference" / f"{tag}.pt").unlink(missing_ok=True)
 
 
 def run_training(cfg: Config) -> dict[str, Any]:
@@ -204,7 +171,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
     )
     ds_config = deepspeed_config(cfg, world, bf16)
     engine, _, _, _ = deepspeed.initialize(
-        model=_LossModule(diffusion), optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        model=LossModule(diffusion), optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     ema.net.to(device)
 
@@ -330,14 +297,14 @@ def run_training(cfg: Config) -> dict[str, Any]:
                 run.log_metrics({"val_loss": raw, "val_loss_ema": ema_loss}, step=step)
                 history.append({"step": step, "val_loss": raw, "val_loss_ema": ema_loss})
             if step % t.checkpoint_every == 0 or step == t.steps:
-                tag = f"step-{step:08d}"
+                tag = checkpoints.tag(step)
                 engine.save_checkpoint(
                     str(ckpt_dir),
                     tag=tag,
                     client_state={"step": step, "ema": ema.net.state_dict(), "mlflow_run_id": run_id},
                 )
                 if rank == 0:
-                    (ckpt_dir / "inference").mkdir(parents=True, exist_ok=True)
+                    checkpoints.inference_path(ckpt_dir, tag).parent.mkdir(parents=True, exist_ok=True)
                     blob = {
                         "ema": {k: v.detach().cpu() for k, v in ema.net.state_dict().items()},
                         "model_config": model_cfg,
@@ -348,13 +315,13 @@ def run_training(cfg: Config) -> dict[str, Any]:
                         "clip_frames": t.clip_frames,
                         "config": json.dumps(cfg.model_dump(mode="json")),
                     }
-                    _save_atomic(blob, ckpt_dir / "inference" / f"{tag}.pt")
-                    _prune(ckpt_dir, t.keep_last, t.keep_every)
+                    checkpoints.save_atomic(blob, checkpoints.inference_path(ckpt_dir, tag))
+                    checkpoints.prune(ckpt_dir, t.keep_last, t.keep_every)
                 dist.barrier()
         if progress is not None:
             progress.close()
         if rank == 0:
-            final = ckpt_dir / "inference" / f"step-{step:08d}.pt"
+            final = checkpoints.inference_path(ckpt_dir, checkpoints.tag(step))
             tmp = cfg.final_checkpoint.with_name(".final.pt.tmp")
             shutil.copyfile(final, tmp)
             tmp.replace(cfg.final_checkpoint.resolve())

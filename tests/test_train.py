@@ -19,8 +19,9 @@ import pytest
 import torch
 import yaml
 
+from pipeline.checkpoints import load_inference
 from pipeline.config import load_config
-from pipeline.train import deepspeed_config, load_inference, lr_factor
+from pipeline.train import deepspeed_config, lr_factor
 from tests.conftest import REPO, pipeline_cli
 
 TINY = {
