@@ -27,7 +27,7 @@ from pipeline.data.io import open_store
 from pipeline.data.stats import denormalise, read_stats
 from pipeline.diffusion import SAMPLERS
 from pipeline.evaluate import generate_extensions
-from pipeline.scoring import _to_xr, pick_test_clips, score
+from pipeline.scoring import clip_dataset, pick_test_clips, score
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     lat, lon = store["latitude"].values, store["longitude"].values
     stats = read_stats(cfg.stats_path)
     names = meta["variables"]
-    truth = denormalise(_to_xr(np.stack([c["x"].numpy() for c in clips]), names, lat, lon, False), stats)
+    truth = denormalise(clip_dataset(np.stack([c["x"].numpy() for c in clips]), names, lat, lon, False), stats)
     print(
         f"checkpoint step {meta['step']}, {len(clips)} test clips x {e.ensemble} members, "
         f"{e.context_frames} given frames, guidance w_r = {e.guidance_weights[0]}, {torch.get_num_threads()} threads"
@@ -67,7 +67,7 @@ def main() -> None:
                 bool(meta["model_config"].get("day_of_year")),
             )
             rate = len(clips) * e.ensemble / (time.perf_counter() - t0)
-            r = score(denormalise(_to_xr(ens, names, lat, lon, True), stats), truth, e.context_frames)[v]
+            r = score(denormalise(clip_dataset(ens, names, lat, lon, True), stats), truth, e.context_frames)[v]
             print(f"{sampler:<11}{steps:>6}{r['crps']:>12.2f}{r['rmse']:>12.2f}{r['spread_skill']:>14.3f}{rate:>11.2f}")
 
 

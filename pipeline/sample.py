@@ -40,6 +40,7 @@ from pipeline.diffusion import SAMPLERS, extend
 from pipeline.diffusion.objective import randn
 from pipeline.plots import animate_rollout, first_last_maps, realism_figure, spectra_plot
 from pipeline.realism import as_json, assess, flat_metrics
+from pipeline.scoring import as_dataset
 from pipeline.tracking import StageRun
 
 __all__ = ["resolve_checkpoint", "resolve_guidance", "run_sample", "sample_task"]
@@ -62,15 +63,6 @@ def resolve_checkpoint(cfg: Config) -> str:
 def resolve_guidance(cfg: Config) -> float:
     w = cfg.sample.guidance_weight
     return float(w) if w != "best" else float(_best(cfg, "guidance_weight"))
-
-
-def _as_dataset(
-    arr: np.ndarray, names: list[str], dims: tuple[str, ...], coords: dict[str, Any], attrs: dict[str, dict]
-) -> xr.Dataset:
-    ds = xr.Dataset({n: (dims, arr[:, i]) for i, n in enumerate(names)}, coords=coords)
-    for n in names:
-        ds[n].attrs = dict(attrs.get(n, {}))
-    return ds
 
 
 def _item_generator(seed: int, kind: int, index: int, device: torch.device) -> torch.Generator:
@@ -242,12 +234,12 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
 
     common = {"latitude": lat, "longitude": lon}
     unc_ds = denormalise(
-        _as_dataset(
+        as_dataset(
             unc,
             names,
             ("sample", "frame", "latitude", "longitude"),
             {**common, "doy": ("frame", day_of_year(dates))},
-            var_attrs,
+            attrs=var_attrs,
         ),
         stats,
     )
@@ -264,10 +256,10 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
         "init_time": ("rollout", times[starts]),
     }
     roll_ds = denormalise(
-        _as_dataset(roll_arr, names, ("rollout", "lead", "latitude", "longitude"), roll_coords, var_attrs), stats
+        as_dataset(roll_arr, names, ("rollout", "lead", "latitude", "longitude"), roll_coords, attrs=var_attrs), stats
     )
     truth_ds = denormalise(
-        _as_dataset(truth_arr, names, ("rollout", "lead", "latitude", "longitude"), roll_coords, var_attrs), stats
+        as_dataset(truth_arr, names, ("rollout", "lead", "latitude", "longitude"), roll_coords, attrs=var_attrs), stats
     )
     for ds in (unc_ds, roll_ds):
         for n in names:
@@ -300,7 +292,8 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
             unc_ds.to_netcdf(tmp / "unconditional.nc")
             roll_ds.drop_vars("time").assign_coords(valid_time=roll_ds["time"]).to_netcdf(tmp / "rollouts.nc")
         real = denormalise(
-            _as_dataset(data, names, ("time", "latitude", "longitude"), {**common, "time": times}, var_attrs), stats
+            as_dataset(data, names, ("time", "latitude", "longitude"), {**common, "time": times}, attrs=var_attrs),
+            stats,
         )
         test_truth = real.isel(time=test_idx).rename({"time": "frame"}).drop_vars("frame")
         realism = _realism(cfg, unc_ds, roll_ds, real, store["split"].values, frames, tmp)

@@ -31,6 +31,8 @@ __all__ = [
     "SKILL",
     "SWEEP_PARAMS",
     "EvalClips",
+    "as_dataset",
+    "clip_dataset",
     "clip_statistics",
     "load_test_clips",
     "log_scores",
@@ -91,15 +93,27 @@ def pick_test_clips(available: int, test_clips: int | str, stride: int = 1) -> n
     return np.unique(np.linspace(0, available - 1, n).round().astype(int))
 
 
-def _to_xr(arr: np.ndarray, names: list[str], lat: np.ndarray, lon: np.ndarray, member: bool) -> xr.Dataset:
+def as_dataset(
+    arr: np.ndarray,
+    names: list[str],
+    dims: tuple[str, ...],
+    coords: Mapping[str, Any],
+    channel_axis: int = 1,
+    attrs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> xr.Dataset:
+    """A numpy array with one channel per variable along ``channel_axis`` -> a Dataset of one variable per
+    channel with dims ``dims`` (the array's other axes, in order) and each variable's ``attrs``."""
+    ds = xr.Dataset({n: (dims, np.take(arr, i, axis=channel_axis)) for i, n in enumerate(names)}, coords=coords)
+    for n in names:
+        ds[n].attrs = dict((attrs or {}).get(n, {}))
+    return ds
+
+
+def clip_dataset(arr: np.ndarray, names: list[str], lat: np.ndarray, lon: np.ndarray, member: bool) -> xr.Dataset:
     """(clip, [member,] C, frame, lat, lon) numpy -> Dataset of one variable per channel."""
-    dims = (
-        ("clip", "member", "frame", "latitude", "longitude") if member else ("clip", "frame", "latitude", "longitude")
-    )
-    return xr.Dataset(
-        {n: (dims, np.take(arr, i, axis=2 if member else 1)) for i, n in enumerate(names)},
-        coords={"latitude": lat, "longitude": lon},
-    )
+    space = ("frame", "latitude", "longitude")
+    dims = ("clip", "member", *space) if member else ("clip", *space)
+    return as_dataset(arr, names, dims, {"latitude": lat, "longitude": lon}, channel_axis=2 if member else 1)
 
 
 @dataclass(frozen=True)
@@ -123,7 +137,7 @@ class EvalClips:
         """A normalised forecast (clip, [member,] C, T, H, W) masked like the truth and in physical units."""
         member = forecast.ndim == 6
         masked = np.where(self.masks[:, None] if member else self.masks, forecast, np.nan)
-        return denormalise(_to_xr(masked, self.names, self.lat, self.lon, member), self.stats)
+        return denormalise(clip_dataset(masked, self.names, self.lat, self.lon, member), self.stats)
 
 
 def load_test_clips(cfg: Config, frames: int, variables: list[str] | None = None) -> EvalClips:
@@ -149,7 +163,7 @@ def load_test_clips(cfg: Config, frames: int, variables: list[str] | None = None
         context=e.context_frames,
         masks=masks,
         raw=raw,
-        truth=denormalise(_to_xr(raw, list(ds.variables), lat, lon, False), stats),
+        truth=denormalise(clip_dataset(raw, list(ds.variables), lat, lon, False), stats),
         lat=lat,
         lon=lon,
         stats=stats,

@@ -16,7 +16,7 @@ from pipeline import metrics
 from pipeline.data.stats import denormalise
 from pipeline.data.times import climatology_candidates
 from pipeline.references import climatology_ensemble, climatology_mean, persistence
-from pipeline.scoring import EvalClips, _to_xr, clip_statistics, pick_test_clips, score, summarise
+from pipeline.scoring import EvalClips, clip_dataset, clip_statistics, pick_test_clips, score, summarise
 
 LAT, LON = np.array([0.0, 60.0]), np.array([0.0, 90.0])  # cos-latitude weights 1 and 1/2
 STATS = {"z": {"mean": 0.0, "std": 1.0, "units": "m"}}
@@ -47,7 +47,7 @@ def tiny() -> tuple[EvalClips, xr.Dataset]:
         context=1,
         masks=np.ones(raw.shape, dtype=bool),
         raw=raw,
-        truth=denormalise(_to_xr(raw, ["z"], LAT, LON, False), STATS),
+        truth=denormalise(clip_dataset(raw, ["z"], LAT, LON, False), STATS),
         lat=LAT,
         lon=LON,
         stats=STATS,
