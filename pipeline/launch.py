@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.core.utils import UncompletedJobError
 
 from pipeline.atomic import write_text_atomic
 from pipeline.config import Config, config_hash, load_config
@@ -85,6 +86,24 @@ def distributed_env() -> DistEnv:
     )
 
 
+def _drop_stale_result() -> None:
+    """Remove this task's result file left by an earlier attempt of the same (requeued) job.
+
+    When one node of a multi-node job dies, the tasks on the other nodes fail (their peer is gone)
+    and submitit writes their errors as results; SLURM then requeues the job under the same id. In
+    the new attempt those error files would still be there, and the launcher, which waits until
+    every task has a result file, could read a surviving task's old error as soon as the others
+    finished: each task removes its own before it starts.
+    """
+    try:
+        stale = submitit.JobEnvironment().paths.result_pickle
+    except (RuntimeError, KeyError):  # not in a submitit job (torchrun, a bare call)
+        return
+    if stale.exists():
+        log.info("removing %s from an earlier attempt of this job", stale.name)
+        stale.unlink(missing_ok=True)
+
+
 class DistributedJob(submitit.helpers.Checkpointable):
     """Picklable callable run in every task: export the environment, load the config, call ``target``.
 
@@ -102,6 +121,7 @@ class DistributedJob(submitit.helpers.Checkpointable):
     def __call__(self, *args: Any) -> Any:
         os.chdir(self.workdir)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        _drop_stale_result()
         env = distributed_env()
         log.info(
             "task rank %d/%d (local %d) master %s:%d",
@@ -276,7 +296,11 @@ def launch(
         log.info("submitted %s job %s (%d task(s)); logs in %s", kind, job.job_id, tasks, folder)
 
     _wait([job], kind, folder, poll_s)
-    return job.results()
+    try:
+        return job.results()
+    except UncompletedJobError as e:  # with accounting, submitit itself may see the job end first
+        msg = f"SLURM job {job.job_id} ended ({squeue_state(str(job.job_id)) or job.state}) without a result; logs in {folder}"
+        raise RuntimeError(msg) from e
 
 
 def _wait(jobs: Sequence[submitit.Job], kind: str, folder: Path, poll_s: float) -> None:

@@ -227,9 +227,13 @@ README_TRIAL = (
     "export SLURM_CONF=/tmp/pipeline-slurm/slurm.conf",
     "snakemake --profile slurm",
 )
-# the CI experiment's size; ci.yaml also pins launch.executor: local (for the other workflow tests),
-# put back to the default (auto -> the cluster) so training is submitted as in the trial
-CI_SIZE = " --configfile config/experiments/ci.yaml --config 'launch={executor: auto}'"
+# the CI experiment's size, its sweep cut to the last checkpoint at one step count (2 points, one array);
+# ci.yaml also pins launch.executor: local (for the other workflow tests), put back to the default
+# (auto -> the cluster) so training is submitted as in the trial
+CI_SIZE = (
+    " --configfile config/experiments/ci.yaml"
+    " --config 'launch={executor: auto}' 'evaluate={checkpoints: last, steps: [5]}'"
+)
 
 
 def _readme_trial() -> list[str]:

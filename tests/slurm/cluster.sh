@@ -30,7 +30,8 @@ DBD_PORT=${PIPELINE_SLURMDBD_PORT:-16819}
 DB_PORT=${PIPELINE_MARIADB_PORT:-16820}
 export SLURM_CONF=$CONF # slurmdbd finds slurmdbd.conf beside it
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# shellcheck source=tests/slurm/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 install() {
   if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v slurmdbd >/dev/null ||
@@ -101,36 +102,6 @@ StoragePass=pipeline
 StorageLoc=slurm_acct_db
 CONF
   chmod 600 "$out/slurmdbd.conf" # slurmdbd refuses a readable one (it holds the database password)
-}
-
-wait_for() { # wait_for SECONDS COMMAND...: until the command succeeds
-  local n=$(($1 * 2))
-  shift
-  for _ in $(seq 1 "$n"); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
-    sleep 0.5
-  done
-  return 1
-}
-
-fail() {
-  echo "$1; logs in $DIR/log" >&2
-  tail -20 "$DIR"/log/*.log >&2 || true
-  exit 1
-}
-
-stop_pid() { # stop the daemon of a pid file and wait until it is gone
-  if running "$1"; then
-    local pid
-    pid=$(cat "$1")
-    kill "$pid"
-    for _ in $(seq 1 60); do
-      kill -0 "$pid" 2>/dev/null || return 0
-      sleep 0.5
-    done
-    echo "$1: process $pid did not stop" >&2
-    return 1
-  fi
 }
 
 start_mariadb() {
