@@ -17,6 +17,8 @@ import xarray as xr
 from scores.continuous import mse as _scores_mse
 from scores.probability import crps_for_ensemble
 
+from pipeline.data.stats import area_weights
+
 __all__ = [
     "area_mean",
     "autocorrelation",
@@ -39,7 +41,7 @@ SPACE = ("latitude", "longitude")
 
 
 def _weights(da: xr.DataArray) -> xr.DataArray:
-    return np.cos(np.deg2rad(da["latitude"])).clip(min=0.0)
+    return area_weights(da["latitude"])
 
 
 def area_mean(da: xr.DataArray, dims: Sequence[str] | None = None) -> xr.DataArray:

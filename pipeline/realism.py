@@ -27,11 +27,11 @@ import xarray as xr
 from scipy.stats import wasserstein_distance
 
 from pipeline import metrics
+from pipeline.data.stats import area_weights
 
 __all__ = ["QUANTILES", "as_json", "assess", "compare", "drift", "drift_yardstick", "flat_metrics", "sequences"]
 
 QUANTILES = (0.01, 0.5, 0.99)
-SPACE = ("latitude", "longitude")
 
 
 def sequences(series: xr.DataArray) -> xr.DataArray:
@@ -40,7 +40,7 @@ def sequences(series: xr.DataArray) -> xr.DataArray:
 
 
 def _weights_like(da: xr.DataArray) -> np.ndarray:
-    w = np.cos(np.deg2rad(da["latitude"])).clip(min=0.0)
+    w = area_weights(da["latitude"])
     return np.broadcast_to(w.broadcast_like(da).transpose(*da.dims).values, da.shape)
 
 
