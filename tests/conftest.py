@@ -125,3 +125,40 @@ def ci_workflow(tmp_path_factory) -> Path:
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     return work
+
+
+def slurm_training_workdir(tmp: Path, env: dict, train: dict, launch: dict) -> Path:
+    """For the SLURM training tests: ``tmp/base.yaml`` (the default config with a tiny model, small clips and
+    the given ``train`` and ``launch`` settings, on SLURM) and the bundled data prepared and normalised once
+    under ``tmp/results/eofs-z500``."""
+    import yaml
+
+    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    c["results_dir"] = str(tmp / "results")
+    c["model"].update({"base_channels": 8, "heads": 2})
+    small = {"clip_frames": 4, "micro_batch": 2, "log_every": 1, "num_workers": 0, "lr": 1e-3, "warmup_steps": 2}
+    c["train"].update({**small, **train})
+    c["launch"].update({"executor": "slurm", "cpus_per_task": 1, "mem_gb": 4, "timeout_min": 20, **launch})
+    (tmp / "base.yaml").write_text(yaml.safe_dump(c))
+    for stage in ("prepare", "normalise"):
+        r = pipeline_cli(stage, "-c", "base.yaml", cwd=tmp, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    return tmp
+
+
+def experiment_config(work: Path, name: str, **sections: dict) -> tuple[str, Path]:
+    """``work/<name>.yaml``: base.yaml (see :func:`slurm_training_workdir`) as experiment ``name`` with ``sections``
+    updated, its data copied from the prepared one; returns the config file name and the experiment folder."""
+    import shutil
+
+    import yaml
+
+    c = yaml.safe_load((work / "base.yaml").read_text())
+    c["experiment"] = name
+    for key, values in sections.items():
+        c[key].update(values)
+    (work / f"{name}.yaml").write_text(yaml.safe_dump(c))
+    dst = work / "results" / name / "data"
+    if not dst.exists():
+        shutil.copytree(work / "results" / "eofs-z500" / "data", dst)
+    return f"{name}.yaml", work / "results" / name

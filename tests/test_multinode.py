@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -19,9 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import REPO, pipeline_cli, require
+from tests.conftest import REPO, experiment_config, pipeline_cli, require, slurm_training_workdir
 
 pytestmark = pytest.mark.slurm
 CLUSTER2 = REPO / "tests" / "slurm" / "cluster2.sh"
@@ -45,42 +43,8 @@ def slurm2() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, slurm2) -> Path:
-    tmp = tmp_path_factory.mktemp("multinode")
-    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    c["results_dir"] = str(tmp / "results")
-    c["model"].update({"base_channels": 8, "heads": 2})
-    c["train"].update(
-        {
-            "clip_frames": 4,
-            "micro_batch": 2,
-            "steps": STEPS,
-            "log_every": 1,
-            "val_every": STEPS,
-            "val_clips": 2,
-            "checkpoint_every": CKPT,
-            "num_workers": 0,
-            "lr": 1e-3,
-            "warmup_steps": 2,
-        }
-    )
-    c["launch"].update({"executor": "slurm", "cpus_per_task": 1, "mem_gb": 4, "timeout_min": 20})
-    (tmp / "base.yaml").write_text(yaml.safe_dump(c))
-    for stage in ("prepare", "normalise"):
-        r = pipeline_cli(stage, "-c", "base.yaml", cwd=tmp, env=slurm2, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-    return tmp
-
-
-def _experiment(work: Path, name: str, **sections: dict) -> tuple[str, Path]:
-    c = yaml.safe_load((work / "base.yaml").read_text())
-    c["experiment"] = name
-    for key, values in sections.items():
-        c[key].update(values)
-    (work / f"{name}.yaml").write_text(yaml.safe_dump(c))
-    dst = work / "results" / name / "data"
-    if not dst.exists():
-        shutil.copytree(work / "results" / "eofs-z500" / "data", dst)
-    return f"{name}.yaml", work / "results" / name
+    train = {"steps": STEPS, "val_every": STEPS, "val_clips": 2, "checkpoint_every": CKPT}
+    return slurm_training_workdir(tmp_path_factory.mktemp("multinode"), slurm2, train, {})
 
 
 def _stamp(line: str) -> datetime:
@@ -89,7 +53,7 @@ def _stamp(line: str) -> datetime:
 
 def _train(work: Path, name: str, nodes: int, per_node: int, env: dict) -> dict:
     """Train `name` as a nodes x per_node SLURM job; return what the tests check and the figures."""
-    cfg, exp = _experiment(work, name, launch={"nodes": nodes, "tasks_per_node": per_node})
+    cfg, exp = experiment_config(work, name, launch={"nodes": nodes, "tasks_per_node": per_node})
     r = pipeline_cli("train", "-c", cfg, cwd=work, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     job = json.loads((exp / "train_job.json").read_text())
@@ -207,7 +171,7 @@ def test_a_node_dies_the_job_is_requeued_and_resumes(work: Path, slurm2: dict, r
     requeues the job (same id); once n2 is back the job runs again, resumes from its last
     checkpoint and ends: the launcher that submitted it returns 0, with the losses of the uninterrupted
     run and one MLflow run."""
-    cfg, exp = _experiment(work, "node-dies", launch={"nodes": 2, "tasks_per_node": 1})
+    cfg, exp = experiment_config(work, "node-dies", launch={"nodes": 2, "tasks_per_node": 1})
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "train", "-c", cfg],
         cwd=work,

@@ -18,7 +18,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from tests.conftest import REPO, pipeline_cli, require
+from tests.conftest import REPO, experiment_config, pipeline_cli, require, slurm_training_workdir
 
 pytestmark = pytest.mark.slurm
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
@@ -36,41 +36,8 @@ def slurm(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, slurm) -> Path:
-    tmp = tmp_path_factory.mktemp("slurm")
-    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    c["results_dir"] = str(tmp / "results")
-    c["model"].update({"base_channels": 8, "heads": 2})
-    c["train"].update(
-        {
-            "clip_frames": 4,
-            "micro_batch": 2,
-            "steps": 40,
-            "log_every": 1,
-            "val_every": 20,
-            "checkpoint_every": 10,
-            "num_workers": 0,
-            "lr": 1e-3,
-            "warmup_steps": 2,
-        }
-    )
-    c["launch"].update({"executor": "slurm", "tasks_per_node": 2, "cpus_per_task": 1, "mem_gb": 4, "timeout_min": 20})
-    (tmp / "base.yaml").write_text(yaml.safe_dump(c))
-    for stage in ("prepare", "normalise"):
-        r = pipeline_cli(stage, "-c", "base.yaml", cwd=tmp, env=slurm, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-    return tmp
-
-
-def _experiment(work: Path, name: str, **sections: dict) -> tuple[str, Path]:
-    c = yaml.safe_load((work / "base.yaml").read_text())
-    c["experiment"] = name
-    for key, values in sections.items():
-        c[key].update(values)
-    (work / f"{name}.yaml").write_text(yaml.safe_dump(c))
-    dst = work / "results" / name / "data"
-    if not dst.exists():
-        shutil.copytree(work / "results" / "eofs-z500" / "data", dst)
-    return f"{name}.yaml", work / "results" / name
+    train = {"steps": 40, "val_every": 20, "checkpoint_every": 10}
+    return slurm_training_workdir(tmp_path_factory.mktemp("slurm"), slurm, train, {"tasks_per_node": 2})
 
 
 def _start(work: Path, cfg: str, env: dict) -> subprocess.Popen:
@@ -112,7 +79,7 @@ def _checkpoint_at(exp: Path, step: int):
 
 
 def test_scancel_then_rerun_resumes_in_the_same_mlflow_run(work: Path, slurm: dict) -> None:
-    cfg, exp = _experiment(work, "scancel")
+    cfg, exp = experiment_config(work, "scancel")
     proc = _start(work, cfg, slurm)
     _wait_for(_checkpoint_at(exp, 10))
     job_id = json.loads((exp / "train_job.json").read_text())["job_id"]
@@ -135,7 +102,7 @@ def test_scancel_then_rerun_resumes_in_the_same_mlflow_run(work: Path, slurm: di
 
 
 def test_restarted_launcher_reattaches_instead_of_resubmitting(work: Path, slurm: dict) -> None:
-    cfg, exp = _experiment(work, "reattach")
+    cfg, exp = experiment_config(work, "reattach")
     proc = _start(work, cfg, slurm)
     _wait_for(_checkpoint_at(exp, 10))
     job_id = json.loads((exp / "train_job.json").read_text())["job_id"]
@@ -149,7 +116,7 @@ def test_restarted_launcher_reattaches_instead_of_resubmitting(work: Path, slurm
 
 
 def test_sigterm_to_the_launcher_cancels_the_job(work: Path, slurm: dict) -> None:
-    cfg, exp = _experiment(work, "cancel")
+    cfg, exp = experiment_config(work, "cancel")
     proc = _start(work, cfg, slurm)
     _wait_for(
         lambda: (
@@ -166,7 +133,7 @@ def test_sigterm_to_the_launcher_cancels_the_job(work: Path, slurm: dict) -> Non
 def test_evaluation_array_and_multi_gpu_sampling(work: Path, slurm: dict) -> None:
     """`python -m pipeline evaluate` on SLURM: the sweep's points as one sbatch --array, then nothing
     left to do; then `sample` with 2 processes as one 2-task job with a GPU per task."""
-    cfg, exp = _experiment(
+    cfg, exp = experiment_config(
         work,
         "array",
         train={"steps": 10, "checkpoint_every": 10, "val_every": 10},
