@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.diffusion import SAMPLERS, CosineSchedule, UNet, UNetConfig, VDiffusion
-from tests.toys import GaussianDenoiser
+from pipeline.diffusion.oracles import GaussianDenoiser
 
 SIZES = {
     "tiny": UNetConfig(channels=2, base_channels=16, channel_mults=(1, 2), attention_levels=(1,), heads=2),

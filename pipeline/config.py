@@ -419,7 +419,8 @@ class SampleConfig(_Section):
     processes: AtLeastOne = Field(
         1,
         description="Processes the clips and rollouts are split across (one GPU each on a GPU node), launched by "
-        "submitit like training (launch.executor); every clip has its own seed, so the samples do not depend on it.",
+        "submitit like training (launch.executor), spread evenly over up to launch.nodes nodes (2 processes with "
+        "nodes: 2 = one per node); every clip has its own seed, so the samples do not depend on it.",
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -41,6 +42,7 @@ __all__ = [
     "launch",
     "launch_array",
     "prepare_checkpoint_dir",
+    "spread",
     "squeue_state",
 ]
 
@@ -254,6 +256,13 @@ def prepare_checkpoint_dir(cfg: Config) -> bool:
     return False
 
 
+def spread(processes: int, nodes: int) -> tuple[int, int]:
+    """``(nodes, tasks per node)`` for ``processes`` tasks on at most ``nodes`` nodes, the same number on
+    each: the largest common divisor (2 processes on 2 nodes: 2 x 1; 4 on 2: 2 x 2; 3 on 2: 1 x 3)."""
+    n = math.gcd(processes, nodes)
+    return n, processes // n
+
+
 def launch(
     cfg: Config,
     config_paths: Sequence[str],
@@ -265,14 +274,15 @@ def launch(
     """Submit (or reattach to) the job for ``stage`` and wait for all its tasks' results.
 
     The job has ``launch.nodes x launch.tasks_per_node`` tasks (training), or ``processes`` tasks
-    on one node (one GPU each when ``launch.gpus_per_node`` > 0).
+    (one GPU each when ``launch.gpus_per_node`` > 0) spread evenly over as many of ``launch.nodes``
+    as divide them (:func:`spread`).
     """
     folder = (cfg.exp_dir / "submitit").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     job_file = cfg.exp_dir / f"{stage}_job.json"
     lc = cfg.launch
-    nodes, per_node = (lc.nodes, lc.tasks_per_node) if processes is None else (1, processes)
-    gpus = lc.gpus_per_node if processes is None else (processes if lc.gpus_per_node else 0)
+    nodes, per_node = (lc.nodes, lc.tasks_per_node) if processes is None else spread(processes, lc.nodes)
+    gpus = lc.gpus_per_node if processes is None else (per_node if lc.gpus_per_node else 0)
     ex, kind = _executor(
         cfg,
         folder,

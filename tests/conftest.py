@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -40,6 +41,25 @@ def require(ok: bool, why: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{why} (CI must run every test)")
         pytest.skip(why)
+
+
+CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm() -> dict[str, str]:
+    """The test SLURM cluster (tests/slurm/cluster.sh: nodes n1 and n2, each in its own network namespace, with
+    accounting), started once per session; returns the environment for its commands (SLURM_CONF set, no
+    SLURM_/MASTER_/GLOO_ variables inherited from an outer job)."""
+    require(os.geteuid() == 0, "starting a SLURM cluster with network namespaces needs root")
+    r = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "GLOO_"))}
+    env["SLURM_CONF"] = os.environ.get("PIPELINE_SLURM_DIR", "/tmp/pipeline-slurm") + "/slurm.conf"
+    r = subprocess.run(["sinfo", "-h", "-o", "%n %T"], env=env, capture_output=True, text=True)
+    nodes = dict(line.split() for line in r.stdout.splitlines())
+    assert set(nodes) == {"n1", "n2"}, r.stdout + r.stderr
+    return env
 
 
 def pipeline_cli(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -127,6 +147,24 @@ def ci_workflow(tmp_path_factory) -> Path:
     return work
 
 
+def assert_same_data(a: Path, b: Path) -> None:
+    """Two experiments' data folders hold identical stores (values, coordinates, attributes) and statistics."""
+    from pipeline.data.io import open_store
+
+    for name in ("regridded.zarr", "normalised.zarr"):
+        x, y = open_store(a / name), open_store(b / name)
+        assert {k: v for k, v in x.attrs.items() if k != "history"} == {
+            k: v for k, v in y.attrs.items() if k != "history"
+        }, name
+        assert x.drop_attrs(deep=False).identical(y.drop_attrs(deep=False)), name
+        for v in x.data_vars:
+            assert np.array_equal(x[v].values, y[v].values, equal_nan=True), (name, v)
+            assert x[v].encoding["chunks"] == y[v].encoding["chunks"], (name, v)
+    sa, sb = (json.loads((d / "stats.json").read_text()) for d in (a, b))
+    assert sa.pop("source").endswith("regridded.zarr") and sb.pop("source").endswith("regridded.zarr")
+    assert sa == sb  # float for float: the statistics merge the same moments in the same order
+
+
 def slurm_training_workdir(tmp: Path, env: dict, train: dict, launch: dict) -> Path:
     """For the SLURM training tests: ``tmp/base.yaml`` (the default config with a tiny model, small clips and
     the given ``train`` and ``launch`` settings, on SLURM) and the bundled data prepared and normalised once
@@ -162,3 +200,44 @@ def experiment_config(work: Path, name: str, **sections: dict) -> tuple[str, Pat
     if not dst.exists():
         shutil.copytree(work / "results" / "eofs-z500" / "data", dst)
     return f"{name}.yaml", work / "results" / name
+
+
+def start_training(work: Path, cfg: str, env: dict) -> subprocess.Popen:
+    """``python -m pipeline train -c cfg`` in the background (its own session, stderr captured)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train", "-c", cfg],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(pred, timeout: float = 300, what: str = "") -> None:
+    """Poll ``pred`` every 0.1 s until it is true; fail the test after ``timeout`` seconds."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what or pred}")
+
+
+def job_state(job_id: str, env: dict) -> str:
+    """The job's state in squeue (finished jobs stay listed for MinJobAge)."""
+    r = subprocess.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], env=env, capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def mlflow_train_runs(work: Path, name: str) -> list:
+    """The train-stage MLflow runs of experiment ``name`` in ``work/results/mlflow.db``, each with its loss history."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name(name).experiment_id
+    runs = [r for r in client.search_runs([exp_id]) if r.data.tags.get("pipeline.stage") == "train"]
+    return [(r, client.get_metric_history(r.info.run_id, "loss")) for r in runs]

@@ -1,8 +1,9 @@
-"""Training across nodes on a real two-node SLURM cluster on this machine (tests/slurm/cluster2.sh: each
+"""Jobs across nodes on the real two-node SLURM cluster on this machine (tests/slurm/cluster.sh: each
 slurmd in its own network, UTS and mount namespace, node names resolving to bridge addresses only
-inside the nodes). Issue 13: `launch.nodes: 2, tasks_per_node: 1` runs DeepSpeed (gloo) across both
-nodes with the rendezvous at the first node of the SLURM node list, and trains exactly as one node with
-two tasks and the same global batch."""
+inside the nodes). Issue 13: `launch.nodes: 2` runs DeepSpeed (gloo) across both nodes with the
+rendezvous at the first node of the SLURM node list and trains exactly as one node with the same
+tasks (2 x 1 = 1 x 2, 2 x 2 = 1 x 4); a node that dies and a preempted job (`scontrol requeue`)
+resume from the last checkpoint; the evaluation array and multi-process sampling use both nodes."""
 
 from __future__ import annotations
 
@@ -12,39 +13,34 @@ import re
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
+import xarray as xr
+import yaml
 
-from tests.conftest import REPO, experiment_config, pipeline_cli, require, slurm_training_workdir
+from tests.conftest import (
+    CLUSTER,
+    experiment_config,
+    job_state,
+    mlflow_train_runs,
+    pipeline_cli,
+    slurm_training_workdir,
+    start_training,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slurm
-CLUSTER2 = REPO / "tests" / "slurm" / "cluster2.sh"
-DIR2 = os.environ.get("PIPELINE_SLURM2_DIR", "/tmp/pipeline-slurm2")
 STEPS = 12
 CKPT = 6  # checkpoint_every
 
 
 @pytest.fixture(scope="module")
-def slurm2() -> dict[str, str]:
-    require(os.geteuid() == 0, "starting a SLURM cluster with network namespaces needs root")
-    r = subprocess.run(["bash", str(CLUSTER2), "start"], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "GLOO_"))}
-    env["SLURM_CONF"] = f"{DIR2}/slurm.conf"
-    r = subprocess.run(["sinfo", "-h", "-o", "%n %T"], env=env, capture_output=True, text=True)
-    nodes = dict(line.split() for line in r.stdout.splitlines())
-    assert set(nodes) == {"n1", "n2"}, r.stdout + r.stderr
-    return env
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory, slurm2) -> Path:
+def work(tmp_path_factory, slurm) -> Path:
     train = {"steps": STEPS, "val_every": STEPS, "val_clips": 2, "checkpoint_every": CKPT}
-    return slurm_training_workdir(tmp_path_factory.mktemp("multinode"), slurm2, train, {})
+    return slurm_training_workdir(tmp_path_factory.mktemp("multinode"), slurm, train, {})
 
 
 def _stamp(line: str) -> datetime:
@@ -108,19 +104,10 @@ def _check_checkpoints(exp: Path, world: int) -> None:
     assert (exp / "checkpoints" / "final.pt").exists()
 
 
-def _mlflow_train_runs(work: Path, name: str) -> list:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
-    exp_id = client.get_experiment_by_name(name).experiment_id
-    runs = [r for r in client.search_runs([exp_id]) if r.data.tags.get("pipeline.stage") == "train"]
-    return [(r, client.get_metric_history(r.info.run_id, "loss")) for r in runs]
-
-
 @pytest.fixture(scope="module")
-def runs(work: Path, slurm2: dict) -> dict[str, dict]:
+def runs(work: Path, slurm: dict) -> dict[str, dict]:
     """The same training as 1 node x 2 tasks and 2 nodes x 1 task (one global batch)."""
-    return {"1x2": _train(work, "one-node", 1, 2, slurm2), "2x1": _train(work, "two-nodes", 2, 1, slurm2)}
+    return {"1x2": _train(work, "one-node", 1, 2, slurm), "2x1": _train(work, "two-nodes", 2, 1, slurm)}
 
 
 @pytest.mark.timeout(900)
@@ -141,7 +128,7 @@ def test_two_nodes_train_as_one_node_with_two_tasks(work: Path, runs: dict) -> N
 
     for name, res in (("one-node", one), ("two-nodes", two)):
         _check_checkpoints(res["exp"], 2)
-        runs_ = _mlflow_train_runs(work, name)
+        runs_ = mlflow_train_runs(work, name)
         assert len(runs_) == 1 and runs_[0][0].info.status == "FINISHED", runs_
         assert sorted(m.step for m in runs_[0][1]) == list(range(1, STEPS + 1))
     print(
@@ -150,61 +137,37 @@ def test_two_nodes_train_as_one_node_with_two_tasks(work: Path, runs: dict) -> N
     )
 
 
-def _wait_for(pred, timeout: float = 300, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def _logged_steps(exp: Path) -> list[dict]:
     f = exp / "train_log.jsonl"
     return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
 
 
 @pytest.mark.timeout(900)
-def test_a_node_dies_the_job_is_requeued_and_resumes(work: Path, slurm2: dict, runs: dict) -> None:
+def test_a_node_dies_the_job_is_requeued_and_resumes(work: Path, slurm: dict, runs: dict) -> None:
     """While a 2-node job trains, node n2 dies (its slurmd and every process in its namespace are
     SIGKILLed). The task on n1 fails (its gloo peer is gone), SLURM marks n2 DOWN (SlurmdTimeout) and
     requeues the job (same id); once n2 is back the job runs again, resumes from its last
     checkpoint and ends: the launcher that submitted it returns 0, with the losses of the uninterrupted
     run and one MLflow run."""
     cfg, exp = experiment_config(work, "node-dies", launch={"nodes": 2, "tasks_per_node": 1})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "train", "-c", cfg],
-        cwd=work,
-        env=slurm2,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_training(work, cfg, slurm)
     try:
         # past the first checkpoint (and the barrier after it), before the next one
-        _wait_for(lambda: any(e["step"] > CKPT for e in _logged_steps(exp)), what=f"step {CKPT + 1}")
+        wait_for(lambda: any(e["step"] > CKPT for e in _logged_steps(exp)), what=f"step {CKPT + 1}")
         job_id = json.loads((exp / "train_job.json").read_text())["job_id"]
         killed = time.time()
-        r = subprocess.run(["bash", str(CLUSTER2), "kill", "n2"], capture_output=True, text=True, check=True)
+        r = subprocess.run(["bash", str(CLUSTER), "kill", "n2"], capture_output=True, text=True, check=True)
         killed_at = max(e["step"] for e in _logged_steps(exp))
         assert killed_at < STEPS, "trained to the end before the kill"
-
-        def state() -> str:
-            q = subprocess.run(
-                ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], env=slurm2, capture_output=True, text=True
-            )
-            return q.stdout.strip()
-
-        _wait_for(lambda: state() in ("PENDING", "REQUEUED"), timeout=120, what="the requeue")
+        wait_for(lambda: job_state(job_id, slurm) in ("PENDING", "REQUEUED"), timeout=120, what="the requeue")
         requeued = time.time()
         # the node stays down a while: a slurmd back within a second of being marked DOWN left the requeued
         # job's step creation waiting for ever ("Requested nodes are busy") in a trial; 20 s later it did not
         time.sleep(20)
-        r = subprocess.run(["bash", str(CLUSTER2), "revive", "n2"], capture_output=True, text=True)
+        r = subprocess.run(["bash", str(CLUSTER), "revive", "n2"], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
         # SLURM holds a requeued job for ~2 minutes (EligibleTime = requeue + 121 s): let it start now
-        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm2, check=True)
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm, check=True)
         _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -223,7 +186,7 @@ def test_a_node_dies_the_job_is_requeued_and_resumes(work: Path, slurm2: dict, r
     for ref in runs["2x1"]["log"]:
         assert last[ref["step"]]["loss"] == pytest.approx(ref["loss"], rel=1e-5), ref["step"]
     _check_checkpoints(exp, 2)
-    ((run, losses),) = _mlflow_train_runs(work, "node-dies")  # the same MLflow run, resumed
+    ((run, losses),) = mlflow_train_runs(work, "node-dies")  # the same MLflow run, resumed
     assert run.info.status == "FINISHED" and max(m.step for m in losses) == STEPS
     resumed = max(m.timestamp for m in losses if m.step == CKPT + 1) / 1000
     print(
@@ -231,3 +194,159 @@ def test_a_node_dies_the_job_is_requeued_and_resumes(work: Path, slurm2: dict, r
         f"first step after the resume {resumed - killed:.1f} s after the kill "
         "(the requeue hold of ~120 s skipped with scontrol update StartTime=now)"
     )
+
+
+def _requeued_then_started(job_id: str, env: dict) -> None:
+    """Wait until SLURM has requeued ``job_id`` (PENDING again, same id), then lift the requeue hold."""
+    wait_for(lambda: job_state(job_id, env) == "PENDING", timeout=120, what=f"job {job_id} requeued")
+    # SLURM holds a requeued job for ~2 minutes (EligibleTime = requeue + 121 s): let it start now
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
+
+
+@pytest.mark.timeout(900)
+def test_a_preempted_two_by_two_job_resumes_and_trains_as_one_node_with_four_tasks(work: Path, slurm: dict) -> None:
+    """2 nodes x 2 tasks, preempted after its first checkpoint (`scontrol requeue`, what SLURM does to a job
+    that a higher-priority one displaces): every task is stopped, the job is requeued under the same id,
+    resumes from the checkpoint and ends; the launcher returns 0. Its losses equal those of 1 node x 4
+    tasks, uninterrupted (relative 1e-5); local ranks 0 and 1 on each node; a shard from each of the 4 ranks;
+    one MLflow run."""
+    one = _train(work, "one-node-4", 1, 4, slurm)
+    assert (
+        one["state"] == "COMPLETED"
+        and one["nodes"] == 1
+        and {t["local"] for t in one["tasks"].values()}
+        == {
+            0,
+            1,
+            2,
+            3,
+        }
+    )
+    cfg, exp = experiment_config(work, "preempted", launch={"nodes": 2, "tasks_per_node": 2})
+    proc = start_training(work, cfg, slurm)
+    try:
+        wait_for(lambda: any(e["step"] > CKPT for e in _logged_steps(exp)), what=f"step {CKPT + 1}")
+        job_id = json.loads((exp / "train_job.json").read_text())["job_id"]
+        preempted = time.time()
+        subprocess.run(["scontrol", "requeue", job_id], env=slurm, check=True)
+        preempted_at = max(e["step"] for e in _logged_steps(exp))
+        assert preempted_at < STEPS, "trained to the end before the requeue"
+        _requeued_then_started(job_id, slurm)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads((exp / "train_job.json").read_text())["job_id"] == job_id  # requeued, not resubmitted
+    folder = exp / "submitit"
+    hosts = {}
+    for rank in range(4):
+        err_log = (folder / f"{job_id}_{rank}_log.err").read_text()
+        starts = re.findall(r"task rank (\d+)/4 \(local (\d+)\) master (\S+):", err_log)
+        assert len(starts) == 2, err_log[-2000:]  # the first attempt and the one after the requeue
+        hosts[rank] = starts[-1]
+    assert sorted(int(local) for _, local, _ in hosts.values()) == [0, 0, 1, 1]
+    assert {master for _, _, master in hosts.values()} == {"n1"}
+    rank0 = (folder / f"{job_id}_0_log.err").read_text()
+    assert re.search(rf"resumed from .*step-{CKPT:08d} at step {CKPT}\n", rank0), rank0[-3000:]
+    log = _logged_steps(exp)
+    steps = [e["step"] for e in log]
+    first_after = steps.index(CKPT + 1, steps.index(CKPT + 1) + 1)  # its second time: after the resume
+    assert steps[first_after:] == list(range(CKPT + 1, STEPS + 1)), steps  # nothing lost beyond checkpoint_every
+    last = {e["step"]: e for e in log}
+    for ref in one["log"]:
+        assert last[ref["step"]]["loss"] == pytest.approx(ref["loss"], rel=1e-5), ref["step"]
+        assert last[ref["step"]]["losses"] == pytest.approx(ref["losses"], rel=1e-5)
+    _check_checkpoints(exp, 4)
+    ((run, losses),) = mlflow_train_runs(work, "preempted")
+    assert run.info.status == "FINISHED" and max(m.step for m in losses) == STEPS
+    resumed = max(m.timestamp for m in losses if m.step == CKPT + 1) / 1000
+    after = [e["step_time_s"] for e in log[first_after + 1 :]]
+    print(
+        f"\nfigures: job start latency 1x4 {one['start_latency_s']:.1f} s; steps/s 1x4 {one['steps_per_s']:.2f}, "
+        f"2x2 {1 / statistics.median(after):.2f}; preempted at step {preempted_at}, first step after the resume "
+        f"{resumed - preempted:.1f} s after the requeue (its ~120 s hold skipped with scontrol update StartTime=now)"
+    )
+
+
+def _squeue(job: str, env: dict) -> dict[str, tuple[str, str, int]]:
+    """Job (or array task) id -> (state, node list, node count) for ``job`` and its array tasks."""
+    r = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-j", job, "-o", "%i|%T|%N|%D"], env=env, capture_output=True, text=True
+    )
+    out = {}
+    for line in r.stdout.splitlines():
+        i, state, nodes, n = line.split("|")
+        out[i] = (state, nodes, int(n))
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_evaluation_array_and_sampling_spread_over_both_nodes(work: Path, slurm: dict, runs: dict) -> None:
+    """`python -m pipeline evaluate` on SLURM (the one-node run's last checkpoint): the sweep's 3 points as one
+    sbatch --array, 2 at a time; each task asks for a whole node's CPUs, so the two running at once must be on
+    n1 and n2. Then nothing left to do. Then `sample` with `processes: 2` and `launch.nodes: 2`: one job of
+    2 nodes x 1 task (a GPU each), its ranks gathering the samples over the bridge (gloo)."""
+    last = f"step-{STEPS:08d}"
+    cfg, exp = experiment_config(
+        work,
+        "one-node",
+        launch={"tasks_per_node": 1, "cpus_per_task": 16},
+        evaluate={
+            "checkpoints": "last",
+            "samplers": ["ddim", "dpmpp_2m", "ancestral"],
+            "steps": [3],
+            "guidance_weights": [1.0],
+            "test_clips": 1,
+            "ensemble": 2,
+            "array_parallelism": 2,
+            "timeout_min": 10,
+        },
+    )
+    assert runs["1x2"]["exp"] == exp
+    r = pipeline_cli("evaluate", "-c", cfg, cwd=work, env=slurm)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = re.search(r"submitted SLURM job array (\d+): 3 task\(s\), 2 at a time", r.stderr)
+    assert m, r.stderr[-3000:]
+    array_id = m.group(1)
+    logs = sorted(p.name for p in (exp / "submitit").glob(f"{array_id}_*_log.out"))
+    assert logs == [f"{array_id}_{i}_0_log.out" for i in range(3)], logs
+    done = lambda: {state for state, _, _ in _squeue(array_id, slurm).values()} == {"COMPLETED"}  # noqa: E731
+    wait_for(done, timeout=60, what="the array tasks' end")
+    tasks = _squeue(array_id, slurm)
+    assert len(tasks) == 3 and {state for state, _, _ in tasks.values()} == {"COMPLETED"}, tasks
+    assert {nodes for _, nodes, _ in tasks.values()} == {"n1", "n2"}, tasks
+    for sampler in ("ddim", "dpmpp_2m", "ancestral"):
+        point = json.loads((exp / "eval" / last / f"{sampler}-3.json").read_text())
+        assert point["results"][0]["variables"]["z500"]["crps"] > 0
+    r = pipeline_cli("evaluate", "-c", cfg, cwd=work, env=slurm)
+    assert r.returncode == 0 and "evaluate: 0 sweep point(s)" in r.stderr, r.stderr[-2000:]
+
+    (work / "sample2.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "launch": {"nodes": 2, "gpus_per_node": 1},
+                "sample": {
+                    "checkpoint": last,
+                    "guidance_weight": 1.0,
+                    "processes": 2,
+                    "steps": 3,
+                    "unconditional": 3,
+                    "rollouts": 2,
+                    "rollout_frames": 6,
+                },
+            }
+        )
+    )
+    r = pipeline_cli("sample", "-c", cfg, "-c", "sample2.yaml", cwd=work, env=slurm)
+    assert r.returncode == 0, r.stderr[-3000:]
+    job = json.loads((exp / "sample_job.json").read_text())
+    assert job["executor"] == "slurm" and job["tasks"] == 2
+    sbatch = (exp / "submitit" / f"{job['job_id']}_submission.sh").read_text()
+    assert "--nodes=2" in sbatch and "--ntasks-per-node=1" in sbatch and "--gpus-per-node=1" in sbatch, sbatch
+    wait_for(lambda: job_state(job["job_id"], slurm) == "COMPLETED", timeout=60, what="the sampling job's end")
+    assert _squeue(job["job_id"], slurm)[job["job_id"]] == ("COMPLETED", "n[1-2]", 2)
+    unc = xr.open_zarr(exp / "samples" / "unconditional.zarr", zarr_format=3)
+    assert unc.sizes["sample"] == 3 and unc.attrs["processes"] == 2
+    roll = xr.open_zarr(exp / "samples" / "rollouts.zarr", zarr_format=3)
+    assert roll.sizes["rollout"] == 2 and bool(roll[next(iter(roll.data_vars))].notnull().all())

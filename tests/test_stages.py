@@ -159,3 +159,18 @@ def test_rotated_grids_work_after_grib_backend_loaded(era5_grib: Path) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
     lon, lat = (float(v) for v in r.stdout.strip().strip("()").split(","))
     assert abs(lon - 18.0) < 1e-9 and abs(lat - 50.75) < 1e-9  # the rotated origin of EUR-CORDEX
+
+
+def test_sampling_processes_are_spread_evenly_over_the_nodes() -> None:
+    """`sample.processes` over `launch.nodes`: the same number of processes on each node used, as many nodes
+    as divide them (the two-node SLURM test runs 2 processes as 2 nodes x 1)."""
+    from pipeline.launch import spread
+
+    assert [spread(p, n) for p, n in ((2, 2), (4, 2), (3, 2), (2, 4), (6, 4), (5, 1))] == [
+        (2, 1),
+        (2, 2),
+        (1, 3),
+        (2, 1),
+        (2, 3),
+        (1, 5),
+    ]

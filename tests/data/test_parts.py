@@ -29,7 +29,7 @@ from pipeline.data.stats import compute_stats, split_periods
 from pipeline.normalise import run_normalise
 from pipeline.prepare import check_data, finalise_prepare, init_prepare, open_selected, prepare_part, run_prepare
 from pipeline.tracking import StageRun
-from tests.conftest import REPO, analytic
+from tests.conftest import REPO, analytic, assert_same_data
 
 NO_TRACKING = StageRun(None, None, None)
 
@@ -119,22 +119,6 @@ def _monthly_config(tmp_path: Path, parts: int) -> Config:
     return load_config(c)
 
 
-def _assert_same_data(a: Path, b: Path) -> None:
-    """Two experiments' data folders hold identical stores (values, coordinates, attributes) and statistics."""
-    for name in ("regridded.zarr", "normalised.zarr"):
-        x, y = open_store(a / name), open_store(b / name)
-        assert {k: v for k, v in x.attrs.items() if k != "history"} == {
-            k: v for k, v in y.attrs.items() if k != "history"
-        }, name
-        assert x.drop_attrs(deep=False).identical(y.drop_attrs(deep=False)), name
-        for v in x.data_vars:
-            assert np.array_equal(x[v].values, y[v].values, equal_nan=True), (name, v)
-            assert x[v].encoding["chunks"] == y[v].encoding["chunks"], (name, v)
-    sa, sb = (json.loads((d / "stats.json").read_text()) for d in (a, b))
-    assert sa.pop("source").endswith("regridded.zarr") and sb.pop("source").endswith("regridded.zarr")
-    assert sa == sb  # float for float: the statistics merge the same moments in the same order
-
-
 def test_monthly_files_in_three_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each part opens only its months; a killed part is rerun; 3 parts give the one-part stores and statistics."""
     files = _monthly_files(tmp_path / "src")
@@ -167,7 +151,7 @@ def test_monthly_files_in_three_parts(tmp_path: Path, monkeypatch: pytest.Monkey
     prepare_part(three, 1)
     finalise_prepare(three, NO_TRACKING)
     run_normalise(three, NO_TRACKING)
-    _assert_same_data(one.data_dir, three.data_dir)
+    assert_same_data(one.data_dir, three.data_dir)
 
     # the values are those of regridding the whole year at once; the statistics those of one pass over the store
     ds, _ = open_selected(one)
@@ -238,5 +222,5 @@ def test_snakemake_two_parts_rerun_a_killed_part_only(tmp_path: Path, monkeypatc
     assert cfg.data.parts == 1
     run_prepare(cfg, NO_TRACKING)
     run_normalise(cfg, NO_TRACKING)
-    _assert_same_data(ref / exp, work / exp)
+    assert_same_data(ref / exp, work / exp)
     assert json.loads((work / exp / "regridded.parts/part-0001.done").read_text())["start"] == 32

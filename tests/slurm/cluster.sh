@@ -1,25 +1,41 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster with accounting, for trying the pipeline and for the tests
+# A real two-node SLURM cluster with accounting on one machine, for trying the pipeline and for the tests
 # (Debian's slurm-wlm, slurmdbd, mariadb-server and munge; run as root).
 #
-#   tests/slurm/cluster.sh start [DIR]   install if needed, configure, start (or restart after a config change)
-#   tests/slurm/cluster.sh stop  [DIR]   stop the daemons by PID (munged stays)
-#   tests/slurm/cluster.sh env   [DIR]   print the export line for SLURM_CONF
+#   tests/slurm/cluster.sh start [DIR]         install if needed, network, configure, start (idempotent; restarts
+#                                              a cluster started with an older configuration)
+#   tests/slurm/cluster.sh stop  [DIR]         stop the daemons by PID, kill what is left in the node namespaces,
+#                                              remove the namespaces and the bridge (munged stays)
+#   tests/slurm/cluster.sh env   [DIR]         print the export line for SLURM_CONF
+#   tests/slurm/cluster.sh kill NODE [DIR]     a node dies: SIGKILL its slurmd and every process in its namespace
+#   tests/slurm/cluster.sh revive NODE [DIR]   start that node's slurmd again (it rejoins the cluster)
 #
-# It matches the shipped Snakemake profile (slurm/config.yaml): partitions `cpu` (the default) and `gpu`
-# (one node in both, with two fake GPUs: character devices, enough for --gpus jobs to be scheduled)
-# and the SLURM account `pipeline`. The node is declared with at least 16 CPUs and 64 GB
-# (SlurmdParameters=config_overrides) so the profile's requests (8 CPUs, 32 GB) fit on a small
-# machine; its jobs share the real cores. slurmdbd keeps accounting in a MariaDB server of its own,
-# so sacct and sacctmgr answer as on a production cluster; squeue keeps finished jobs listed for an
-# hour (MinJobAge).
+# It matches the shipped Snakemake profile (slurm/config.yaml): partitions `cpu` (the default) and `gpu` on both
+# nodes, two fake GPUs per node (character devices: enough for --gpus jobs to be scheduled) and the SLURM account
+# `pipeline`. Each node is declared with 16 CPUs and 64 GB (SlurmdParameters=config_overrides) so the profile's
+# requests (8 CPUs, 32 GB) fit on a small machine; the jobs of both nodes share the real cores.
 #
-# State, logs, pid files, the database and the config live under DIR (default /tmp/pipeline-slurm);
-# the cluster is isolated by its own SLURM_CONF and ports (PIPELINE_SLURMCTLD_PORT, _SLURMD_PORT,
-# _SLURMDBD_PORT, _MARIADB_PORT). start is idempotent: on a running cluster whose configuration is
-# unchanged it does nothing; a running cluster with an older configuration is restarted with the new one.
+# Layout: a bridge on the host ($BR, $NET.254 for the controller); per compute node nK a network namespace
+# $NS_PREFIX-nK with a veth pair (one end on the bridge, eth0 inside, address $NET.K). Each slurmd runs in its
+# namespace with its own hostname (UTS namespace) and its own mount namespace in which DIR/hosts is bind-mounted
+# over /etc/hosts, so node names resolve to the bridge addresses inside the jobs as on a real cluster
+# (MASTER_ADDR = the first node's name; gloo binds to the address of its own hostname). `nsenter --net` rather
+# than `ip netns exec`: the latter remounts /sys and slurmd then finds no cgroup filesystem. slurmctld, slurmdbd
+# and its own MariaDB server run on the host; the nodes reach the controller at $NET.254; munged is shared (its
+# unix socket is on the shared filesystem). squeue keeps finished jobs listed for an hour (MinJobAge);
+# SlurmdTimeout is short so that a killed node is marked DOWN quickly. (`grep` reads its whole input here: with
+# pipefail, `grep -q` ending early can fail the pipeline by SIGPIPE to the writer.)
+#
+# State, logs, pid files, the database and the config live under DIR (default /tmp/pipeline-slurm); the cluster
+# is isolated by its own SLURM_CONF, ports (PIPELINE_SLURMCTLD_PORT, _SLURMD_PORT, _SLURMDBD_PORT, _MARIADB_PORT),
+# subnet (PIPELINE_SLURM_NET), bridge and namespace names.
 set -euo pipefail
 cmd=${1:-start}
+NODE=""
+if [ "$cmd" = kill ] || [ "$cmd" = revive ]; then
+  NODE=${2:?usage: $0 $cmd NODE [DIR]}
+  shift
+fi
 DIR=${2:-${PIPELINE_SLURM_DIR:-/tmp/pipeline-slurm}}
 CONF=$DIR/slurm.conf
 DB=$DIR/mariadb
@@ -28,6 +44,10 @@ CTLD_PORT=${PIPELINE_SLURMCTLD_PORT:-16817}
 SLURMD_PORT=${PIPELINE_SLURMD_PORT:-16818}
 DBD_PORT=${PIPELINE_SLURMDBD_PORT:-16819}
 DB_PORT=${PIPELINE_MARIADB_PORT:-16820}
+NET=${PIPELINE_SLURM_NET:-10.213.1}
+BR=${PIPELINE_SLURM_BRIDGE:-plbr1}
+NS_PREFIX=${PIPELINE_SLURM_NS:-pl1}
+NODES="n1 n2"
 export SLURM_CONF=$CONF # slurmdbd finds slurmdbd.conf beside it
 
 # shellcheck source=tests/slurm/lib.sh
@@ -41,29 +61,23 @@ install() {
   fi
 }
 
-# the configuration files, written to $1 (a folder)
-configure() {
-  local out=$1 host node cpus mem
+configure() { # the configuration files, written to $1 (a folder)
+  local out=$1 host
   host=$(hostname -s)
-  node=$(slurmd -C | head -1 | sed -E 's/ (Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=[0-9]+//g')
-  cpus=$(echo "$node" | sed -E 's/.*CPUs=([0-9]+).*/\1/')
-  mem=$(echo "$node" | sed -E 's/.*RealMemory=([0-9]+).*/\1/')
-  cpus=$((cpus > 16 ? cpus : 16))
-  mem=$((mem * 9 / 10 > 65536 ? mem * 9 / 10 : 65536))
   cat >"$out/slurm.conf" <<CONF
 ClusterName=pipeline
-SlurmctldHost=$host
+SlurmctldHost=$host($NET.254)
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
 AuthType=auth/munge
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool-%n
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
@@ -75,17 +89,27 @@ ReturnToService=2
 MinJobAge=3600
 KillWait=5
 InactiveLimit=0
+SlurmdTimeout=10
+MessageTimeout=5
+JobRequeue=1
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
+AccountingStorageHost=$NET.254
 AccountingStoragePort=$DBD_PORT
 GresTypes=gpu
-NodeName=$host CPUs=$cpus RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+NodeName=n1 NodeAddr=$NET.1 NodeHostname=n1 CPUs=16 RealMemory=65536 Gres=gpu:2 State=UNKNOWN
+NodeName=n2 NodeAddr=$NET.2 NodeHostname=n2 CPUs=16 RealMemory=65536 Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP
 CONF
   cat >"$out/gres.conf" <<CONF
 AutoDetect=off
-NodeName=$host Name=gpu File=$DIR/dev/nv[0-1]
+NodeName=n[1-2] Name=gpu File=$DIR/dev/nv[0-1]
+CONF
+  cat >"$out/hosts" <<CONF
+127.0.0.1 localhost
+$NET.254 $host
+$NET.1 n1
+$NET.2 n2
 CONF
   cat >"$out/slurmdbd.conf" <<CONF
 AuthType=auth/munge
@@ -104,6 +128,30 @@ CONF
   chmod 600 "$out/slurmdbd.conf" # slurmdbd refuses a readable one (it holds the database password)
 }
 
+network() { # the bridge, and per node a namespace with a veth pair onto it (idempotent)
+  if ! ip link show "$BR" >/dev/null 2>&1; then
+    ip link add "$BR" type bridge
+  fi
+  ip addr show dev "$BR" | grep -F "inet $NET.254/" >/dev/null || ip addr add "$NET.254/24" dev "$BR"
+  ip link set "$BR" up
+  local k=0 ns
+  for n in $NODES; do
+    k=$((k + 1))
+    ns=$NS_PREFIX-$n
+    [ -e "/run/netns/$ns" ] || ip netns add "$ns"
+    if ! ip link show "$ns-h" >/dev/null 2>&1; then
+      ip link add "$ns-h" type veth peer name "$ns-c"
+      ip link set "$ns-c" netns "$ns"
+      ip -n "$ns" link set "$ns-c" name eth0
+      ip link set "$ns-h" master "$BR"
+    fi
+    ip link set "$ns-h" up
+    ip -n "$ns" link set lo up
+    ip -n "$ns" addr show dev eth0 | grep -F "inet $NET.$k/" >/dev/null || ip -n "$ns" addr add "$NET.$k/24" dev eth0
+    ip -n "$ns" link set eth0 up
+  done
+}
+
 start_mariadb() {
   running "$DIR/mariadb.pid" && return 0
   if [ ! -d "$DB/mysql" ]; then
@@ -119,26 +167,77 @@ start_mariadb() {
     IDENTIFIED BY 'pipeline'; GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';"
 }
 
+accounts() { # the cluster, the account of the profile, root in it by default (sacctmgr -i: no prompt)
+  if [ -z "$(sacctmgr -n list cluster pipeline format=cluster)" ]; then sacctmgr -i add cluster pipeline >/dev/null; fi
+  if [ -z "$(sacctmgr -n list account $ACCOUNT format=account)" ]; then
+    sacctmgr -i add account $ACCOUNT Description="pipeline trial" Organization=pipeline >/dev/null
+  fi
+  if ! sacctmgr -n -s list user root format=account%64 | grep -w $ACCOUNT >/dev/null; then
+    sacctmgr -i add user root Account=$ACCOUNT >/dev/null
+  fi
+  if [ "$(sacctmgr -n list user root format=defaultaccount%64 | tr -d ' ')" != $ACCOUNT ]; then
+    sacctmgr -i modify user root set DefaultAccount=$ACCOUNT >/dev/null # also for jobs submitted without -A
+  fi
+}
+
+start_node() { # start_node nK: its slurmd in its namespaces
+  local n=$1
+  running "$DIR/slurmd-$n.pid" && return 0
+  mkdir -p "$DIR/spool-$n"
+  chmod 755 "$DIR/spool-$n"
+  # slurmd daemonizes; the mount and UTS namespaces live as long as it (and its job steps) do
+  nsenter --net="/run/netns/$NS_PREFIX-$n" unshare --uts --mount --propagation private sh -c \
+    "hostname $n && mount --bind '$DIR/hosts' /etc/hosts && exec slurmd -f '$CONF' -N $n" \
+    </dev/null >>"$DIR/log/slurmd-$n.start.log" 2>&1
+}
+
+node_up() { # node_up nK: the controller sees the node idle (or busy)
+  sinfo -h -n "$1" -o %T 2>/dev/null | grep -E '^(idle|mixed|allocated|completing)' >/dev/null
+}
+
+ns_pids() { # pids of the processes in a node's network namespace
+  ip netns pids "$NS_PREFIX-$1" 2>/dev/null || true
+}
+
+kill_node() { # a node dies: its slurmd and every process in its namespace, at once
+  local pids
+  pids=$(ns_pids "$1")
+  if [ -n "$pids" ]; then
+    # shellcheck disable=SC2086
+    kill -9 $pids 2>/dev/null || true
+  fi
+  echo "node $1 killed (${pids//$'\n'/ })"
+}
+
+stop_daemons() {
+  stop_pid "$DIR/slurmd.pid" || true # a one-node cluster of an earlier version of this script
+  for n in $NODES; do stop_pid "$DIR/slurmd-$n.pid" || true; done
+  stop_pid "$DIR/slurmctld.pid"
+  stop_pid "$DIR/slurmdbd.pid"
+}
+
 start() {
   install
-  mkdir -p "$DIR"/{state,spool,log,dev}
-  chmod 755 "$DIR" "$DIR"/state "$DIR"/spool
+  mkdir -p "$DIR"/{state,log,dev}
+  chmod 755 "$DIR" "$DIR"/state
   for n in 0 1; do [ -e "$DIR/dev/nv$n" ] || mknod "$DIR/dev/nv$n" c 195 $n; done
-  local new
+  local new changed=0 all=1
   new=$(mktemp -d)
   configure "$new"
-  local changed=0
-  for f in slurm.conf gres.conf slurmdbd.conf; do cmp -s "$new/$f" "$DIR/$f" || changed=1; done
-  if [ $changed = 0 ] && running "$DIR/slurmdbd.pid" && running "$DIR/slurmctld.pid" && running "$DIR/slurmd.pid"; then
+  for f in slurm.conf gres.conf hosts slurmdbd.conf; do cmp -s "$new/$f" "$DIR/$f" || changed=1; done
+  for d in slurmdbd slurmctld slurmd-n1 slurmd-n2; do running "$DIR/$d.pid" || all=0; done
+  if [ $changed = 0 ] && [ $all = 1 ]; then
     rm -rf "$new"
-    echo "SLURM already running (SLURM_CONF=$CONF)"
+    echo "SLURM (nodes n1, n2) already running (SLURM_CONF=$CONF)"
     return 0
   fi
-  if [ $changed = 1 ]; then # an older cluster: restart it with the new configuration
-    for d in slurmd slurmctld slurmdbd; do stop_pid "$DIR/$d.pid"; done
-    cp -p "$new"/{slurm.conf,gres.conf,slurmdbd.conf} "$DIR"/
+  if [ $changed = 1 ]; then # an older cluster: restart it with the new configuration and a clean job state
+    stop_daemons
+    rm -rf "$DIR/state" && mkdir -p "$DIR/state" && chmod 755 "$DIR/state"
+    cp -p "$new"/{slurm.conf,gres.conf,hosts,slurmdbd.conf} "$DIR"/
   fi
   rm -rf "$new"
+  network
   if ! pgrep -x munged >/dev/null; then
     mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
     [ -f /etc/munge/munge.key ] || (mungekey --create 2>/dev/null || /usr/sbin/create-munge-key -f)
@@ -152,31 +251,24 @@ start() {
   start_mariadb
   running "$DIR/slurmdbd.pid" || slurmdbd
   wait_for 60 sacctmgr -n list cluster || fail "slurmdbd did not come up"
-  # the cluster, the account of the profile, root in it by default (sacctmgr -i: no confirmation prompt)
-  if [ -z "$(sacctmgr -n list cluster pipeline format=cluster)" ]; then sacctmgr -i add cluster pipeline >/dev/null; fi
-  if [ -z "$(sacctmgr -n list account $ACCOUNT format=account)" ]; then
-    sacctmgr -i add account $ACCOUNT Description="pipeline trial" Organization=pipeline >/dev/null
-  fi
-  if ! sacctmgr -n -s list user root format=account%64 | grep -qw $ACCOUNT; then
-    sacctmgr -i add user root Account=$ACCOUNT >/dev/null
-  fi
-  if [ "$(sacctmgr -n list user root format=defaultaccount%64 | tr -d ' ')" != $ACCOUNT ]; then
-    sacctmgr -i modify user root set DefaultAccount=$ACCOUNT >/dev/null # also for jobs submitted without -A
-  fi
+  accounts
   running "$DIR/slurmctld.pid" || slurmctld -f "$CONF"
-  running "$DIR/slurmd.pid" || slurmd -f "$CONF"
-  for _ in $(seq 1 60); do
-    if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then
-      echo "SLURM up (SLURM_CONF=$CONF)"
-      return 0
-    fi
-    sleep 0.5
+  for n in $NODES; do start_node "$n"; done
+  for n in $NODES; do
+    wait_for 60 node_up "$n" || fail "node $n did not come up"
   done
-  fail "SLURM did not come up"
+  echo "SLURM (nodes n1, n2) up (SLURM_CONF=$CONF)"
 }
 
 stop() {
-  for d in slurmd slurmctld slurmdbd mariadb; do stop_pid "$DIR/$d.pid"; done
+  stop_daemons
+  stop_pid "$DIR/mariadb.pid"
+  for n in $NODES; do kill_node "$n" >/dev/null; done
+  for n in $NODES; do
+    ip netns del "$NS_PREFIX-$n" 2>/dev/null || true
+    ip link del "$NS_PREFIX-$n-h" 2>/dev/null || true
+  done
+  ip link del "$BR" 2>/dev/null || true
   echo "SLURM stopped"
 }
 
@@ -184,8 +276,14 @@ case "$cmd" in
   start) start ;;
   stop) stop ;;
   env) echo "export SLURM_CONF=$CONF" ;;
+  kill) kill_node "$NODE" ;;
+  revive)
+    start_node "$NODE"
+    wait_for 60 node_up "$NODE" || fail "node $NODE did not come back"
+    echo "node $NODE up"
+    ;;
   *)
-    echo "usage: $0 start|stop|env [DIR]" >&2
+    echo "usage: $0 start|stop|env [DIR] | kill|revive NODE [DIR]" >&2
     exit 2
     ;;
 esac

@@ -5,12 +5,16 @@ from pipeline.config import (
     resolved_config_path,
     section_json,
 )
+from pipeline.data.io import resolve_paths
 from pipeline.prepare import check_data
 
 # A bad key, type or value, a missing variable or a split outside the data fails here,
 # before any job is submitted, naming the config key.
 CFG = load_config(config)
-_, SOURCE_FILES, _ = check_data(CFG)
+if workflow.is_main_process:  # where Snakemake plans: open every source file's metadata once
+    _, SOURCE_FILES, _ = check_data(CFG)
+else:  # inside a job (a SLURM job re-reads this file): the plan is made, the file list is enough
+    SOURCE_FILES = resolve_paths(CFG.data.source.paths)
 CONFIG_FILE = str(resolved_config_path(CFG, write=not workflow.dryrun))
 EXP = str(CFG.exp_dir)
 EVAL_POINTS = [
