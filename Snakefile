@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/distill.smk"
 include: "workflow/rules/tracking.smk"
 
 
@@ -27,3 +28,4 @@ rule all:
         f"{EXP}/checkpoints/final.pt",
         f"{EXP}/eval/summary.csv",
         f"{EXP}/samples",
+        DISTILL_TARGETS,

@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.checkpoints import load_inference
 from pipeline.config import load_config
 from pipeline.data.io import open_store
-from pipeline.diffusion import SAMPLERS
 from pipeline.diffusion.objective import randn
+from pipeline.diffusion.samplers import get_sampler
 
 
 def main() -> None:
@@ -38,7 +38,9 @@ def main() -> None:
     c, f = len(meta["variables"]), int(meta["clip_frames"])
     store = open_store(cfg.normalised_path)
     h, w = store.sizes["latitude"], store.sizes["longitude"]
-    sampler = SAMPLERS[cfg.sample.sampler]
+    sampler = get_sampler(
+        cfg.sample.sampler, langevin_snr=cfg.sample.langevin_snr, langevin_steps=cfg.sample.langevin_steps
+    )
     use_doy = bool(meta["model_config"].get("day_of_year"))
     print(
         f"checkpoint {tag}, clip {c} x {f} x {h} x {w}, sampler {cfg.sample.sampler} {args.steps} steps, "

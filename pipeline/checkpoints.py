@@ -27,13 +27,21 @@ if TYPE_CHECKING:  # torch is imported where a file is read or written: the conf
     from pipeline.diffusion import VDiffusion
 
 __all__ = [
+    "STUDENT_SAMPLER",
     "build_diffusion",
+    "distill_rounds",
     "inference_path",
+    "is_student",
     "kept_steps",
     "load_inference",
     "prune",
     "save_atomic",
     "step_of",
+    "student_name",
+    "student_path",
+    "student_round_dir",
+    "student_steps",
+    "students_index",
     "tag",
 ]
 
@@ -51,6 +59,52 @@ def step_of(name: str) -> int:
 def inference_path(checkpoint_dir: Path, name: str) -> Path:
     """The inference file of checkpoint ``name`` (a tag such as ``step-00000300``)."""
     return Path(checkpoint_dir) / "inference" / f"{name}.pt"
+
+
+# Progressive distillation (stage ``distill``), under ``<experiment>/distill/``: one folder per round, named by the
+# student's sampling steps, ``round-0032/`` (the round's DeepSpeed checkpoints, ``latest`` and their ``inference/``
+# files, as under ``checkpoints/``) and ``round-0032/student.pt``, the round's student as an inference file, written
+# last: a round with it is finished and never redone. In the evaluation sweep a student is the checkpoint
+# ``student-0032`` with the sampler ``distilled`` (DDIM with the student) at its own step count.
+STUDENT_SAMPLER = "distilled"
+
+
+def distill_rounds(start_steps: int, final_steps: int) -> list[int]:
+    """The students' step counts, one per round, each half the last: 64 -> 4 gives ``[32, 16, 8, 4]``."""
+    out, n = [], start_steps
+    while n > final_steps:
+        n //= 2
+        out.append(n)
+    return out
+
+
+def student_name(steps: int) -> str:
+    """The checkpoint name of the ``steps``-step student: ``student-0004``."""
+    return f"student-{steps:04d}"
+
+
+def is_student(name: str) -> bool:
+    return name.startswith("student-")
+
+
+def student_steps(name: str) -> int:
+    """The sampling steps of a student's checkpoint name (``student-0004`` -> 4)."""
+    return int(name.split("-", 1)[1])
+
+
+def student_round_dir(distill_dir: Path, steps: int) -> Path:
+    """The folder of the round that trains the ``steps``-step student (its DeepSpeed checkpoints)."""
+    return Path(distill_dir) / f"round-{steps:04d}"
+
+
+def student_path(distill_dir: Path, steps: int) -> Path:
+    """The ``steps``-step student's inference file (same format as a checkpoint's)."""
+    return student_round_dir(distill_dir, steps) / "student.pt"
+
+
+def students_index(distill_dir: Path) -> Path:
+    """``students.json``: every round's student file, written when all rounds are done (the workflow's output)."""
+    return Path(distill_dir) / "students.json"
 
 
 def kept_steps(saved: Iterable[int], keep_last: int, keep_every: int) -> list[int]:
@@ -88,11 +142,26 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def build_diffusion(model_cfg: dict[str, Any], diffusion_cfg: dict[str, Any]) -> VDiffusion:
-    """The network and schedule from their settings (as stored in an inference file)."""
-    from pipeline.diffusion import CosineSchedule, UNet, UNetConfig, VDiffusion
+    """The network and schedule from their settings (as stored in an inference file).
+
+    Settings without a ``schedule`` key (inference files written before it existed) mean the cosine
+    schedule. A learned schedule (``schedule: learned``) is also registered in the network as
+    ``net.noise_schedule`` (the same module as ``diffusion.schedule``): its parameters then travel
+    wherever the network's do, with no change to the training loop: into the optimizer (once:
+    ``parameters()`` skips the shared copy), the EMA (so the inference file's ``ema`` weights hold the
+    averaged schedule, as VDM evaluates with averaged parameters), the DeepSpeed checkpoint and
+    ``load_inference``; the network never calls it.
+    """
+    from pipeline.diffusion import CosineSchedule, LearnedSchedule, UNet, UNetConfig, VDiffusion
 
     net = UNet(UNetConfig(**model_cfg))
-    sched = CosineSchedule(diffusion_cfg["logsnr_min"], diffusion_cfg["logsnr_max"], diffusion_cfg.get("shift", 0.0))
+    lo, hi, shift = diffusion_cfg["logsnr_min"], diffusion_cfg["logsnr_max"], diffusion_cfg.get("shift", 0.0)
+    sched: CosineSchedule | LearnedSchedule
+    if diffusion_cfg.get("schedule", "cosine") == "learned":
+        sched = LearnedSchedule(lo, hi, learn_endpoints=diffusion_cfg.get("learn_endpoints", False), shift=shift)
+        net.add_module("noise_schedule", sched)
+    else:
+        sched = CosineSchedule(lo, hi, shift)
     return VDiffusion(net, sched, weighting=diffusion_cfg.get("weighting", "v"))
 
 

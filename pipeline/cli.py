@@ -31,6 +31,8 @@ STAGES: dict[str, str] = {
     "plot, scorecard and best.json (the best point, and whether it beats climatology and persistence)",
     "sample": "unconditional clips and long rollouts from the best checkpoint: CF zarr, GIFs, maps, spectra "
     "(split across sample.processes processes launched by submitit when > 1)",
+    "distill": "progressive distillation of distill.checkpoint, halving the DDIM steps each round (DeepSpeed, "
+    "launched like train) -> distill/round-NNNN/student.pt; finished rounds are kept, an interrupted one resumes",
 }
 
 
@@ -46,6 +48,8 @@ def _stage_fn(name: str, args: argparse.Namespace) -> Callable[[Config, object],
     if name == "collect-eval":
         from pipeline.evaluate import collect
 
+        if args.with_students:  # the sweep with the distilled students, under eval/distilled/
+            return lambda cfg, run: collect(cfg, run, students=True)
         return collect
     if name == "sample":
         from pipeline.sample import run_sample
@@ -79,7 +83,8 @@ def _evaluate(cfg: Config, config_paths: Sequence[str], args: argparse.Namespace
     from pipeline.launch import launch_array
 
     cfg.eval_checkpoints()  # an unknown checkpoint step is a config error before anything is submitted
-    todo = missing_points(cfg, force=args.force)
+    todo = missing_points(cfg, force=args.force, students=cfg.distill.enabled)
+    todo = [p for p in todo if p[1] != "distilled" or cfg.inference_file(p[0]).exists()]  # students distilled so far
     if not cfg.final_checkpoint.exists():
         msg = f"evaluate: {cfg.final_checkpoint} does not exist: train first (python -m pipeline train)"
         raise ConfigError(msg)
@@ -89,6 +94,16 @@ def _evaluate(cfg: Config, config_paths: Sequence[str], args: argparse.Namespace
         log.info("evaluate: scoring the reference forecasts first -> %s", run_references(cfg))
     log.info("evaluate: %d sweep point(s) to run: %s", len(todo), [f"{c}/{s}-{n}" for c, s, n in todo])
     launch_array(cfg, config_paths, "pipeline.evaluate:evaluate_point", todo, "evaluate")
+
+
+def _distill(cfg: Config, config_paths: Sequence[str], t0: float) -> None:
+    from pipeline.distill import prepare_distill_dir, write_students_index
+    from pipeline.launch import launch
+
+    todo = prepare_distill_dir(cfg)  # a missing teacher is a config error before anything is submitted
+    if todo:
+        launch(cfg, config_paths, "pipeline.distill:run_distillation", "distill")
+    log.info("distill finished in %.1f s -> %s", time.perf_counter() - t0, write_students_index(cfg))
 
 
 # stages built in data.parts parts: --init, --part N, --finalise (pipeline.data.parts)
@@ -122,6 +137,9 @@ def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argpar
             results[0]["step"],
             cfg.final_checkpoint,
         )
+        return
+    if name == "distill":  # one MLflow run for every round, opened by the stage in the job
+        _distill(cfg, config_paths, t0)
         return
     if name == "references":  # one MLflow run per reference, opened by the stage
         from pipeline.references import run_references
@@ -206,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "--finalise",
                 action="store_true",
                 help="only finish the build: check every part completed, consolidate, move the store into place",
+            )
+        if name == "collect-eval":
+            sp.add_argument(
+                "--with-students",
+                action="store_true",
+                help="the sweep with the distilled students' points (distill.enabled) -> eval/distilled/",
             )
         if name == "evaluate":
             sp.add_argument("--checkpoint", help="one point: checkpoint tag, e.g. step-00000300")

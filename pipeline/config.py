@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pipeline import checkpoints
 from pipeline.atomic import write_text_atomic
@@ -59,11 +68,34 @@ AtLeastZero = Annotated[int, _bounded(lambda v: v >= 0, ">= 0")]  # counts that 
 NonNegative = Annotated[float, _bounded(lambda v: v >= 0, ">= 0")]
 Positive = Annotated[float, _bounded(lambda v: v > 0, "> 0")]
 Fraction = Annotated[float, _bounded(lambda v: 0 <= v <= 1, "between 0 and 1")]
+PowerOfTwo = Annotated[int, _bounded(lambda v: v >= 1 and v & (v - 1) == 0, "a power of two (1, 2, 4, 8, ...)")]
 
 # The samplers a config may name: the keys of pipeline.diffusion.SAMPLERS (a test keeps the two equal; the
 # schema does not import the torch code). The CLI and the Snakemake wildcards take them from here.
-SAMPLER_NAMES = ("ancestral", "ddim", "dpmpp_2m")
+# "distilled" is DDIM with a distilled student (the sampler of the students' sweep points, stage distill).
+SAMPLER_NAMES = (
+    "ancestral",
+    "ddim",
+    "dpmpp_2m",
+    "distilled",
+    # predictor + Langevin corrector (predictor-corrector sampling; evaluate/sample.langevin_snr, langevin_steps)
+    "ancestral+langevin",
+    "ddim+langevin",
+    "dpmpp_2m+langevin",
+)
 SamplerName = Literal[SAMPLER_NAMES]
+# The sweep's samplers for trained checkpoints: the students' sampler only comes with their points (distill.enabled).
+TeacherSamplers = Annotated[
+    list[SamplerName],
+    _bounded(len, "a non-empty list"),
+    _bounded(
+        lambda v: checkpoints.STUDENT_SAMPLER not in v,
+        f"teachers' samplers only ({checkpoints.STUDENT_SAMPLER!r} is the sampler of the distill stage's students, "
+        "whose points distill.enabled adds)",
+    ),
+]
+# A regular expression matching exactly the sampler names (Snakemake's wildcard constraint; '+' is literal).
+SAMPLER_PATTERN = "|".join(re.escape(n) for n in SAMPLER_NAMES)
 
 
 class _Section(BaseModel):
@@ -251,11 +283,31 @@ class DiffusionConfig(_Section):
     weighting: Literal["v", "eps", "elbo", "sigmoid"] = Field(
         "v", description="Loss weighting; 'v' is the seed's v-MSE."
     )
+    schedule: Literal["cosine", "learned"] = Field(
+        "cosine",
+        description="Noise schedule: the truncated (shifted) alpha-cosine, or VDM's learned monotone network "
+        "gamma_eta, trained with the network to minimise the variance of the loss estimate (the loss keeps "
+        "the cosine schedule's expectation by importance weighting).",
+    )
+    learn_endpoints: bool = Field(
+        False,
+        description="Learned schedule only: false = endpoints fixed at logsnr_min/logsnr_max; true = learned "
+        "from there, following the variational bound's gradient (needs weighting: elbo).",
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> DiffusionConfig:
         if not self.logsnr_min < self.logsnr_max:
             msg = f"logsnr_min ({self.logsnr_min}) must be smaller than logsnr_max ({self.logsnr_max})"
+            raise ValueError(msg)
+        if self.learn_endpoints and self.schedule != "learned":
+            msg = f"diffusion.learn_endpoints: true needs diffusion.schedule: learned, not {self.schedule!r}"
+            raise ValueError(msg)
+        if self.learn_endpoints and self.weighting != "elbo":
+            msg = (
+                f"diffusion.learn_endpoints: true needs diffusion.weighting: elbo (the endpoints follow the "
+                f"variational bound), not {self.weighting!r}"
+            )
             raise ValueError(msg)
         return self
 
@@ -286,6 +338,12 @@ class TrainConfig(_Section):
     keep_last: AtLeastOne = Field(2, description="Checkpoints kept: the last N ...")
     keep_every: AtLeastZero = Field(0, description="... plus every one whose step is a multiple of this (0 = none).")
     num_workers: AtLeastZero = Field(1, description="Data loader worker processes per training process.")
+    cond_drop: Annotated[float, _bounded(lambda v: 0 <= v < 1, "in [0, 1)")] = Field(
+        0.0,
+        description="Conditioning dropout for classifier-free guidance: the probability that a training clip is "
+        "trained unconditionally (day of year and any other condition dropped), drawn per clip from the step's "
+        "seed; 0 = never (then evaluate.cfg_scales and sample.cfg_scale must be 1).",
+    )
 
 
 class LaunchConfig(_Section):
@@ -317,9 +375,7 @@ class EvaluateConfig(_Section):
         description="'last', 'last N' (the N latest kept checkpoints), 'all' (every kept checkpoint) or a list of "
         "checkpoint steps.",
     )
-    samplers: Annotated[list[SamplerName], _bounded(len, "a non-empty list")] = Field(
-        ["ddim", "dpmpp_2m"], description="Samplers to compare."
-    )
+    samplers: TeacherSamplers = Field(["ddim", "dpmpp_2m"], description="Samplers to compare.")
     steps: Annotated[list[AtLeastOne], _bounded(len, "a non-empty list")] = Field(
         [10, 25], description="Sampling step counts (NFE) to compare."
     )
@@ -371,6 +427,24 @@ class EvaluateConfig(_Section):
         "array (SLURM: one GPU each when launch.gpus_per_node > 0; partition/account/qos from launch).",
     )
     timeout_min: AtLeastOne = Field(60, description="Wall time of one sweep point's array task, in minutes.")
+    cfg_scales: Annotated[
+        list[NonNegative],
+        _bounded(len, "a non-empty list"),
+        _bounded(lambda v: len(set(v)) == len(v), "a list without repeated values"),
+    ] = Field(
+        [1.0],
+        description="Classifier-free guidance scales s (v = v_uncond + s (v_cond - v_uncond)): a sweep axis beside "
+        "guidance_weights (each point file holds one result per weight and scale). 1 = no guidance; a scale other "
+        "than 1 needs a model trained with train.cond_drop > 0.",
+    )
+    langevin_snr: Positive = Field(
+        0.16,
+        description="Samplers '<predictor>+langevin': signal-to-noise ratio r of the Langevin corrector's step "
+        "size 2 (r ||noise|| / ||score||)^2 (Song et al. 2021).",
+    )
+    langevin_steps: AtLeastOne = Field(
+        1, description="Samplers '<predictor>+langevin': corrector steps (one model call each) per predictor step."
+    )
 
     @field_validator("test_clips", mode="before")
     @classmethod
@@ -414,6 +488,15 @@ class SampleConfig(_Section):
         description="Reconstruction-guidance weight for extending rollouts, or 'best': the weight of the sweep's "
         "best point (eval/best.json).",
     )
+    cfg_scale: Annotated[float | Literal["best"], _bounded(lambda v: v == "best" or v >= 0, "'best' or >= 0")] = Field(
+        1.0,
+        description="Classifier-free guidance scale of the samples (1 = none; another needs train.cond_drop > 0), "
+        "or 'best': the scale of the sweep's best point (eval/best.json).",
+    )
+    langevin_snr: Positive = Field(0.16, description="Sampler '<predictor>+langevin': the corrector's ratio r.")
+    langevin_steps: AtLeastOne = Field(
+        1, description="Sampler '<predictor>+langevin': corrector steps after each predictor step."
+    )
     netcdf: bool = Field(False, description="Also write the samples as NetCDF.")
     batch_size: AtLeastOne = Field(8, description="Clips (or rollouts) sampled at once on each process.")
     processes: AtLeastOne = Field(
@@ -422,6 +505,53 @@ class SampleConfig(_Section):
         "submitit like training (launch.executor), spread evenly over up to launch.nodes nodes (2 processes with "
         "nodes: 2 = one per node); every clip has its own seed, so the samples do not depend on it.",
     )
+
+
+class DistillConfig(_Section):
+    enabled: bool = Field(
+        False,
+        description="Run the distill stage in the workflow (after collect-eval) and add its students to the sweep.",
+    )
+    checkpoint: str = Field(
+        "best",
+        description="Teacher: 'best' (the checkpoint of eval/best.json), 'last' (checkpoints/final.pt) or a "
+        "checkpoint tag like 'step-00000300'.",
+    )
+    start_steps: PowerOfTwo = Field(64, description="DDIM steps of the teacher; the first student takes half.")
+    final_steps: PowerOfTwo = Field(
+        4, description="Steps of the last student; each round halves the steps (64 -> 32 -> 16 -> 8 -> 4)."
+    )
+    steps_per_round: AtLeastOne = Field(200, description="Optimizer steps of each round.")
+    lr: Positive = Field(5e-5, description="Peak learning rate of each round (then cosine decay, as train).")
+    warmup_steps: AtLeastZero = Field(10, description="Linear warm-up steps at the start of each round.")
+    weighting: Literal["truncated", "snr+1"] = Field(
+        "truncated",
+        description="Loss weighting of Salimans & Ho: 'truncated' = max(SNR, 1) x ||x - x_hat||^2, 'snr+1' = "
+        "(SNR + 1) x ||x - x_hat||^2 (the v-error).",
+    )
+    checkpoint_every: AtLeastOne = Field(100, description="Steps between checkpoints within a round.")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _teacher(cls, v: str) -> str:
+        if not re.fullmatch(r"best|last|step-\d{8}", v):
+            msg = "must be 'best', 'last' or a checkpoint tag like 'step-00000300'"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("final_steps")
+    @classmethod
+    def _fewer(cls, v: int, info: ValidationInfo) -> int:
+        start = info.data.get("start_steps")
+        if start is not None and not v < start:
+            msg = f"must be smaller than distill.start_steps ({start}): each round halves the steps"
+            raise ValueError(msg)
+        return v
+
+    @property
+    def rounds(self) -> list[int]:
+        """The students' step counts, one per round (``checkpoints.distill_rounds``)."""
+        return checkpoints.distill_rounds(self.start_steps, self.final_steps)
 
 
 class TrackingConfig(_Section):
@@ -456,6 +586,7 @@ class Config(_Section):
     launch: LaunchConfig = Field(default_factory=LaunchConfig, description="How GPU stages are launched (submitit).")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Checkpoint x sampler x steps sweep.")
     sample: SampleConfig = Field(default_factory=SampleConfig, description="Sample generation.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Progressive distillation.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow.")
 
     @field_validator("experiment")
@@ -465,6 +596,43 @@ class Config(_Section):
             msg = f"must be a plain folder name (no '/', spaces or leading '.'), got {v!r}"
             raise ValueError(msg)
         return v
+
+    @model_validator(mode="after")
+    def _student_sampler(self) -> Config:
+        """The sampler ``distilled`` is DDIM on a distilled student: on a teacher it would be DDIM mislabelled."""
+        s = self.sample
+        if s.sampler == checkpoints.STUDENT_SAMPLER and not checkpoints.is_student(s.checkpoint):
+            msg = (
+                f"sample.sampler = {s.sampler!r} with sample.checkpoint = {s.checkpoint!r}: the distilled sampler "
+                "runs a distill stage's student (expected sample.checkpoint: student-NNNN, or another sampler)"
+            )
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _guidance_needs_dropout(self) -> Config:
+        """Classifier-free guidance needs the unconditional score, which only conditioning dropout trains:
+        guiding a model trained with ``cond_drop`` 0 would be silently wrong, so it fails here, before any job."""
+        drop = self.train.cond_drop
+        if drop > 0 and not self.model.day_of_year:
+            msg = (
+                f"train.cond_drop = {drop}: drops the condition, but model.day_of_year = false leaves none to drop "
+                "(expected train.cond_drop: 0, or model.day_of_year: true)"
+            )
+            raise ValueError(msg)
+        scales = {"evaluate.cfg_scales": [s for s in self.evaluate.cfg_scales if s != 1.0]}
+        if self.sample.cfg_scale != "best" and self.sample.cfg_scale != 1.0:
+            scales["sample.cfg_scale"] = [self.sample.cfg_scale]
+        for key, bad in scales.items():
+            if bad and drop == 0:
+                value = self.evaluate.cfg_scales if key.startswith("evaluate") else self.sample.cfg_scale
+                msg = (
+                    f"{key} = {value!r}: classifier-free guidance at scale(s) {bad} needs a model trained with "
+                    f"conditioning dropout, but train.cond_drop = {drop} (expected train.cond_drop > 0, e.g. 0.1, "
+                    f"or {key} 1.0)"
+                )
+                raise ValueError(msg)
+        return self
 
     # Paths every stage agrees on ------------------------------------------------------------
     @property
@@ -503,9 +671,22 @@ class Config(_Section):
     def samples_dir(self) -> Path:
         return self.exp_dir / "samples"
 
+    @property
+    def distill_dir(self) -> Path:
+        return self.exp_dir / "distill"
+
     def inference_file(self, name: str) -> Path:
-        """The inference file of checkpoint ``name`` (``step-00000300``): see :mod:`pipeline.checkpoints`."""
+        """The inference file of checkpoint ``name`` (``step-00000300``, or a distilled student ``student-0004``):
+        see :mod:`pipeline.checkpoints`."""
+        if checkpoints.is_student(name):
+            return checkpoints.student_path(self.distill_dir, checkpoints.student_steps(name))
         return checkpoints.inference_path(self.checkpoint_dir, name)
+
+    def student_points(self) -> list[tuple[str, str, int]]:
+        """The distilled students' sweep points ``(student-NNNN, distilled, NNNN)``; none unless distill.enabled."""
+        if not self.distill.enabled:
+            return []
+        return [(checkpoints.student_name(n), checkpoints.STUDENT_SAMPLER, n) for n in self.distill.rounds]
 
     def kept_checkpoints(self) -> list[str]:
         """Checkpoint tags that exist after training (saved every checkpoint_every and at the end, then pruned)."""
@@ -571,6 +752,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
             lines.append(f"  - {key}: unknown key (value {e['input']!r}); check the spelling against config/README.md")
         elif e["type"] == "missing":
             lines.append(f"  - {key}: required key is missing")
+        elif not e["loc"]:  # a check across sections: its message names the keys and values itself
+            lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(f"  - {key} = {e['input']!r}: {msg}")

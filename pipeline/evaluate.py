@@ -15,6 +15,7 @@ climatology) with a paired bootstrap.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -29,8 +30,9 @@ from pipeline.atomic import write_text_atomic
 from pipeline.checkpoints import load_inference
 from pipeline.config import Config
 from pipeline.data.stats import read_stats
-from pipeline.diffusion import SAMPLERS, ReconstructionGuidance
+from pipeline.diffusion import ClassifierFreeGuidance, ReconstructionGuidance
 from pipeline.diffusion.guidance import frame_mask
+from pipeline.diffusion.samplers import get_sampler
 from pipeline.scoring import (
     SCALAR_METRICS,
     SKILL,
@@ -96,18 +98,25 @@ def generate_extensions(
     seed: int,
     device: torch.device,
     day_of_year: bool,
+    cfg_scale: float = 1.0,
+    langevin_snr: float = 0.16,
+    langevin_steps: int = 1,
 ) -> np.ndarray:
-    """Ensemble completions of each clip from its first ``context`` frames: (clip, member, C, T, H, W)."""
+    """Ensemble completions of each clip from its first ``context`` frames: (clip, member, C, T, H, W).
+    ``cfg_scale`` != 1 guides the model by classifier-free guidance inside the reconstruction guidance;
+    ``langevin_*`` are the corrector's settings of the ``<predictor>+langevin`` samplers."""
     out = []
+    sample = get_sampler(sampler, langevin_snr=langevin_snr, langevin_steps=langevin_steps)
+    base = model if cfg_scale == 1.0 else ClassifierFreeGuidance.from_scale(model, cfg_scale)
     for i, c in enumerate(clips):
         x = c["x"][None].to(device).expand(ensemble, *c["x"].shape).contiguous()
         known = x * c["mask"][None].to(device)
         mask = frame_mask(x.shape[2], context, x)
-        guided = ReconstructionGuidance(model, known, mask, guidance)
+        guided = ReconstructionGuidance(base, known, mask, guidance)
         g = torch.Generator(device=device).manual_seed(seed * 7919 + i)
         z = torch.randn(x.shape, generator=g, device=device)
         cond = {"doy": c["doy"][None].to(device).expand(ensemble, -1)} if day_of_year else None
-        out.append(SAMPLERS[sampler](guided, z, steps, cond=cond, generator=g).float().cpu().numpy())
+        out.append(sample(guided, z, steps, cond=cond, generator=g).float().cpu().numpy())
     return np.stack(out)
 
 
@@ -120,10 +129,11 @@ def _guided_run(
     meta: dict[str, Any],
     test: EvalClips,
     device: torch.device,
+    scale: float = 1.0,
 ) -> dict[str, Any]:
-    """Generate and score one guidance weight of a point, as its own MLflow child run. Skill against the
-    references comes at collect time (from the per-clip scores, logged into this run then), so a change
-    to the references does not rerun the sweep."""
+    """Generate and score one guidance weight and classifier-free guidance scale of a point, as its own MLflow
+    child run. Skill against the references comes at collect time (from the per-clip scores, logged into this
+    run then), so a change to the references does not rerun the sweep."""
     e = cfg.evaluate
     checkpoint, sampler, steps = point
     t0 = time.perf_counter()
@@ -135,8 +145,8 @@ def _guided_run(
         enabled=cfg.tracking.enabled,
         mode=cfg.tracking.mode,
         system_metrics=cfg.tracking.system_metrics,
-        tags={"sweep_point": f"{checkpoint}/{sampler}-{steps}", "guidance_weight": weight},
-        run_name=f"evaluate {checkpoint} {sampler}-{steps} w{weight:g}",
+        tags={"sweep_point": f"{checkpoint}/{sampler}-{steps}", "guidance_weight": weight, "cfg_scale": scale},
+        run_name=f"evaluate {checkpoint} {sampler}-{steps} w{weight:g}" + (f" cfg{scale:g}" if scale != 1.0 else ""),
     ) as run:
         with torch.no_grad():
             ens = generate_extensions(
@@ -150,31 +160,51 @@ def _guided_run(
                 cfg.seed,
                 device,
                 bool(meta["model_config"].get("day_of_year")),
+                cfg_scale=scale,
+                langevin_snr=e.langevin_snr,
+                langevin_steps=e.langevin_steps,
             )
         gen_s = time.perf_counter() - t0
         variables = score(test.physical(ens), test.truth, e.context_frames)
         result = {
             "mlflow_run_id": run.run_id,
             "guidance_weight": weight,
+            "cfg_scale": scale,
             "samples_per_s": len(test.clips) * e.ensemble / gen_s,
             "seconds": time.perf_counter() - t0,
             "variables": variables,
         }
-        log_scores(run, {**common, "guidance_weight": weight}, variables)
+        log_scores(run, {**common, "guidance_weight": weight, "cfg_scale": scale}, variables)
         run.log_metrics({"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]})
         run.set_tags({"checkpoint_file": str(cfg.inference_file(checkpoint))})
         run.log_dict({**common, **result}, "result.json")
     log.info(
-        "evaluate %s/%s-%d w=%g: %s",
+        "evaluate %s/%s-%d w=%g cfg=%g: %s",
         *point,
         weight,
+        scale,
         {v: {k: round(r[k], 4) for k in ("rmse", "crps")} for v, r in variables.items()},
     )
     return result
 
 
+def _check_cfg_scales(scales: list[float], meta: dict[str, Any], checkpoint: str) -> None:
+    """A classifier-free guidance scale other than 1 needs a checkpoint trained with conditioning dropout (the
+    config check covers the config; this covers a checkpoint trained under another one)."""
+    if not meta.get("config"):  # no record of the training settings
+        return
+    drop = float(json.loads(meta["config"]).get("train", {}).get("cond_drop", 0.0))
+    if drop == 0 and any(s != 1.0 for s in scales):
+        msg = (
+            f"evaluate.cfg_scales = {scales}: checkpoint {checkpoint} was trained with train.cond_drop = {drop}, "
+            "so it has no unconditional score to guide with (expected a checkpoint trained with train.cond_drop > 0)"
+        )
+        raise ValueError(msg)
+
+
 def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Path:
-    """One sweep point, every guidance weight of ``evaluate.guidance_weights``; writes the point's JSON."""
+    """One sweep point, every guidance weight of ``evaluate.guidance_weights`` at every classifier-free guidance
+    scale of ``evaluate.cfg_scales``; writes the point's JSON."""
     t0 = time.perf_counter()
     e = cfg.evaluate
     device = _device()
@@ -191,8 +221,11 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Pa
         "clip_frames": test.frames,
         "clip_starts": test.labels,
     }
+    _check_cfg_scales(e.cfg_scales, meta, checkpoint)
     results = [
-        _guided_run(cfg, (checkpoint, sampler, steps), w, common, model, meta, test, device) for w in e.guidance_weights
+        _guided_run(cfg, (checkpoint, sampler, steps), w, common, model, meta, test, device, scale=s)
+        for w in e.guidance_weights
+        for s in e.cfg_scales
     ]
     out = point_path(cfg, checkpoint, sampler, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -200,14 +233,16 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Pa
     return out
 
 
-def missing_points(cfg: Config, force: bool = False) -> list[tuple[str, str, int]]:
-    """The sweep's points without a result file (all of them with ``force``)."""
+def missing_points(cfg: Config, force: bool = False, students: bool = False) -> list[tuple[str, str, int]]:
+    """The sweep's points without a result file (all of them with ``force``); with ``students`` also the distilled
+    students' points (``Config.student_points``: sampler ``distilled`` at each student's step count)."""
     points = [
         (ckpt, sampler, steps)
         for ckpt in cfg.eval_checkpoints()
         for sampler in cfg.evaluate.samplers
         for steps in cfg.evaluate.steps
     ]
+    points += cfg.student_points() if students else []
     return [p for p in points if force or not point_path(cfg, *p).exists()]
 
 
@@ -217,10 +252,13 @@ _SKILL_WORDS = {"crps": "CRPSS", "rmse": "RMSE skill score"}
 _INTERVAL_KEYS = ("crps", "rmse", *SKILL)
 
 
-def _forecasts(cfg: Config, refs: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Every sweep point and guidance weight, then every reference: (table columns, per-variable results)."""
+def _forecasts(
+    cfg: Config, refs: dict[str, Any], students: bool = False
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every sweep point (with ``students`` the students' too), guidance weight and classifier-free guidance scale,
+    then every reference: (table columns, per-variable results)."""
     out = []
-    for ckpt, sampler, steps in missing_points(cfg, force=True):
+    for ckpt, sampler, steps in missing_points(cfg, force=True, students=students):
         path = point_path(cfg, ckpt, sampler, steps)
         res = json.loads(path.read_text())
         if res.get("clip_starts") != refs["clip_starts"] or res.get("clip_frames") != refs["clip_frames"]:
@@ -229,11 +267,13 @@ def _forecasts(cfg: Config, refs: dict[str, Any]) -> list[tuple[dict[str, Any], 
                 f"{len(refs['clip_starts'])} clips): rerun the point (python -m pipeline evaluate --force) or the references"
             )
             raise ValueError(msg)
-        by_weight = {r["guidance_weight"]: r for r in res["results"]}
-        for w in cfg.evaluate.guidance_weights:
-            if w not in by_weight:
-                msg = f"{path} has no result for guidance weight {w}: rerun the point"
+        # a point file from before the cfg_scales axis holds results at scale 1
+        by_guidance = {(r["guidance_weight"], r.get("cfg_scale", 1.0)): r for r in res["results"]}
+        for w, s in itertools.product(cfg.evaluate.guidance_weights, cfg.evaluate.cfg_scales):
+            if (w, s) not in by_guidance:
+                msg = f"{path} has no result for guidance weight {w} at cfg scale {s}: rerun the point"
                 raise ValueError(msg)
+            r = by_guidance[w, s]
             info = {
                 "kind": "checkpoint",
                 "checkpoint": ckpt,
@@ -241,10 +281,11 @@ def _forecasts(cfg: Config, refs: dict[str, Any]) -> list[tuple[dict[str, Any], 
                 "sampler": sampler,
                 "steps": steps,
                 "guidance_weight": w,
-                "samples_per_s": by_weight[w]["samples_per_s"],
-                "mlflow_run_id": by_weight[w].get("mlflow_run_id"),
+                "cfg_scale": s,
+                "samples_per_s": r["samples_per_s"],
+                "mlflow_run_id": r.get("mlflow_run_id"),
             }
-            out.append((info, by_weight[w]["variables"]))
+            out.append((info, r["variables"]))
     for name, r in refs["references"].items():
         info = {
             "kind": "reference",
@@ -253,6 +294,7 @@ def _forecasts(cfg: Config, refs: dict[str, Any]) -> list[tuple[dict[str, Any], 
             "sampler": "reference",
             "steps": 0,
             "guidance_weight": 0.0,
+            "cfg_scale": 1.0,
             "samples_per_s": float("nan"),
             "mlflow_run_id": r.get("mlflow_run_id"),
         }
@@ -277,7 +319,8 @@ def _log_skill(cfg: Config, run_id: str | None, summaries: dict[str, dict[str, A
 def _label(info: dict[str, Any]) -> str:
     if info["kind"] == "reference":
         return str(info["checkpoint"])
-    return f"{info['checkpoint']} {info['sampler']}-{info['steps']} w={info['guidance_weight']:g}"
+    label = f"{info['checkpoint']} {info['sampler']}-{info['steps']} w={info['guidance_weight']:g}"
+    return f"{label} cfg={info.get('cfg_scale', 1.0):g}"
 
 
 def _interval(samples: np.ndarray, confidence: float) -> list[float]:
@@ -306,9 +349,11 @@ def _clip_dependence(best: np.ndarray, climatology: np.ndarray, block: int) -> d
     return out
 
 
-def collect(cfg: Config, run: StageRun) -> Path:
+def collect(cfg: Config, run: StageRun, students: bool = False) -> Path:
     """The sweep's table (CSV + parquet; sweep points and reference rows, scores and skill with bootstrap
-    intervals), summary plot, scorecard and ``best.json``.
+    intervals), summary plot, scorecard and ``best.json``; with ``students`` the same over the sweep and the
+    distilled students' points, under ``eval/distilled/`` (``eval/best.json``, which distill and sample read, stays
+    the teachers').
 
     ``best`` is the point with the lowest primary metric (averaged over variables in units of each
     variable's standard deviation) among the points that beat climatology significantly, or among all
@@ -322,7 +367,7 @@ def collect(cfg: Config, run: StageRun) -> Path:
 
     e = cfg.evaluate
     refs = read_references(cfg)
-    forecasts = _forecasts(cfg, refs)
+    forecasts = _forecasts(cfg, refs, students)
     n = len(refs["clip_starts"])
     if e.bootstrap_block > n:
         msg = f"evaluate.bootstrap_block = {e.bootstrap_block} is more than the {n} test clips"
@@ -339,7 +384,8 @@ def collect(cfg: Config, run: StageRun) -> Path:
             intervals = {f"{k}{s}": summ[v][f"{k}{s}"] for k in _INTERVAL_KEYS for s in ("", "_lo", "_hi")}
             rows.append({**info, "variable": v, **{k: r[k] for k in SCALAR_METRICS}, **intervals})
     table = pd.DataFrame(rows)
-    out = cfg.eval_dir
+    out = cfg.eval_dir / "distilled" if students else cfg.eval_dir
+    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "summary.csv", index=False)
     table.to_parquet(out / "summary.parquet", index=False)
 
@@ -374,7 +420,10 @@ def collect(cfg: Config, run: StageRun) -> Path:
             if hi >= 0:  # the best point's advantage over this one is not significant
                 runners.append(
                     {
-                        **{k: forecasts[i][0][k] for k in ("checkpoint", "sampler", "steps", "guidance_weight")},
+                        **{
+                            k: forecasts[i][0][k]
+                            for k in ("checkpoint", "sampler", "steps", "guidance_weight", "cfg_scale")
+                        },
                         "difference": est[b] - est[i],
                         "interval": [lo, hi],
                     }
@@ -411,6 +460,7 @@ def collect(cfg: Config, run: StageRun) -> Path:
         "sampler": info_b["sampler"],
         "steps": int(info_b["steps"]),
         "guidance_weight": float(info_b["guidance_weight"]),
+        "cfg_scale": float(info_b["cfg_scale"]),
         "primary_metric": primary,
         "score": est[b],
         "score_interval": _interval(boot[b], e.confidence),
@@ -451,7 +501,7 @@ def collect(cfg: Config, run: StageRun) -> Path:
     plot = sweep_summary(table, primary, out / "summary.png")
     for p in (out / "summary.csv", out / "summary.parquet", out / "best.json", plot, card):
         run.log_artifact(p)
-        run.log_to_parent(p, "evaluation")
+        run.log_to_parent(p, "evaluation/distilled" if students else "evaluation")
     run.log_metrics(
         {
             f"best_{primary}_score": best_info["score"],
@@ -469,6 +519,7 @@ def collect(cfg: Config, run: StageRun) -> Path:
             "best_checkpoint": best_info["checkpoint"],
             "best_sampler": f"{best_info['sampler']}-{best_info['steps']}",
             "best_guidance_weight": best_info["guidance_weight"],
+            "best_cfg_scale": best_info["cfg_scale"],
             "beats_climatology": best_info["beats_climatology"],
             "beats_persistence": best_info["beats_persistence"],
         }

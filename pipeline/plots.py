@@ -82,9 +82,12 @@ def sweep_summary(table, metric: str, path: Path) -> Path:
     points, refs = table[kind == "checkpoint"], table[kind == "reference"]
     last = points["checkpoint_step"].max()
     several = points["guidance_weight"].nunique() > 1
+    keys = ["sampler", "guidance_weight", *(["cfg_scale"] if "cfg_scale" in points else [])]
+    scales = "cfg_scale" in points and points["cfg_scale"].nunique() > 1  # classifier-free guidance scales
 
-    def label(sampler: str, weight: float, suffix: str = "") -> str:
-        return f"{sampler}{suffix} w={weight:g}" if several else f"{sampler}{suffix}"
+    def label(sampler: str, weight: float, suffix: str = "", scale: tuple = ()) -> str:
+        text = f"{sampler}{suffix} w={weight:g}" if several else f"{sampler}{suffix}"
+        return f"{text} cfg={scale[0]:g}" if scales else text
 
     def references(ax, v: str) -> None:
         for _, r in refs[refs["variable"] == v].iterrows():
@@ -96,9 +99,9 @@ def sweep_summary(table, metric: str, path: Path) -> Path:
     for row, v in enumerate(variables):
         tv = points[points["variable"] == v]
         ax = axes[row, 0]
-        for (sampler, w), g in tv[tv["checkpoint_step"] == last].groupby(["sampler", "guidance_weight"]):
+        for (sampler, w, *s), g in tv[tv["checkpoint_step"] == last].groupby(keys):
             g = g.sort_values("steps")
-            _errorbar(ax, g["steps"], g, metric, label(sampler, w))
+            _errorbar(ax, g["steps"], g, metric, label(sampler, w, scale=tuple(s)))
         references(ax, v)
         ax.set_xscale("log")
         ax.set_xlabel("sampling steps (NFE)")
@@ -107,9 +110,9 @@ def sweep_summary(table, metric: str, path: Path) -> Path:
         ax.legend(fontsize=7)
         ax = axes[row, 1]
         most = tv["steps"].max()
-        for (sampler, w), g in tv[tv["steps"] == most].groupby(["sampler", "guidance_weight"]):
+        for (sampler, w, *s), g in tv[tv["steps"] == most].groupby(keys):
             g = g.sort_values("checkpoint_step")
-            _errorbar(ax, g["checkpoint_step"], g, metric, label(sampler, w, f"-{most}"))
+            _errorbar(ax, g["checkpoint_step"], g, metric, label(sampler, w, f"-{most}", tuple(s)))
         references(ax, v)
         ax.set_xlabel("checkpoint (training step)")
         ax.set_ylabel(f"{metric} ({v})")

@@ -128,6 +128,7 @@ def run_references(cfg: Config) -> Path:
             "sampler": "reference",
             "steps": 0,
             "guidance_weight": 0.0,
+            "cfg_scale": 1.0,
             "ensemble": size,
             "test_clips": len(test.clips),
             "context_frames": test.context,

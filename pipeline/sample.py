@@ -36,14 +36,15 @@ from pipeline.config import Config
 from pipeline.data.io import atomic_path, open_store, write_zarr
 from pipeline.data.stats import denormalise, read_stats
 from pipeline.data.times import climatology_candidates, day_of_year, regular_times
-from pipeline.diffusion import SAMPLERS, extend
+from pipeline.diffusion import ClassifierFreeGuidance, extend
 from pipeline.diffusion.objective import randn
+from pipeline.diffusion.samplers import get_sampler
 from pipeline.plots import animate_rollout, first_last_maps, realism_figure, spectra_plot
 from pipeline.realism import as_json, assess, flat_metrics
 from pipeline.scoring import as_dataset
 from pipeline.tracking import StageRun
 
-__all__ = ["resolve_checkpoint", "resolve_guidance", "run_sample", "sample_task"]
+__all__ = ["resolve_cfg_scale", "resolve_checkpoint", "resolve_guidance", "run_sample", "sample_task"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,18 @@ def resolve_checkpoint(cfg: Config) -> str:
 def resolve_guidance(cfg: Config) -> float:
     w = cfg.sample.guidance_weight
     return float(w) if w != "best" else float(_best(cfg, "guidance_weight"))
+
+
+def resolve_cfg_scale(cfg: Config) -> float:
+    """``sample.cfg_scale``, or the best point's (a best.json from before the cfg_scales axis: 1, no guidance)."""
+    s = cfg.sample.cfg_scale
+    if s != "best":
+        return float(s)
+    best = cfg.eval_dir / "best.json"
+    if not best.exists():
+        msg = f"sample.cfg_scale = 'best' needs {best} (run the evaluation sweep first) or give a value"
+        raise FileNotFoundError(msg)
+    return float(json.loads(best.read_text()).get("cfg_scale", 1.0))
 
 
 def _item_generator(seed: int, kind: int, index: int, device: torch.device) -> torch.Generator:
@@ -155,6 +168,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
     s = cfg.sample
     tag = resolve_checkpoint(cfg)
     guidance = resolve_guidance(cfg)
+    cfg_scale = resolve_cfg_scale(cfg)
     if torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
     else:
@@ -170,7 +184,9 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
     lat, lon = store["latitude"], store["longitude"]
     times = store["time"].values
     test_idx = np.flatnonzero(store["split"].values == 3)
-    sampler = SAMPLERS[s.sampler]
+    sampler = get_sampler(s.sampler, langevin_snr=s.langevin_snr, langevin_steps=s.langevin_steps)
+    if cfg_scale != 1.0:  # classifier-free guidance of every sample (train.cond_drop > 0, checked with the config)
+        model = ClassifierFreeGuidance.from_scale(model, cfg_scale)
     shape = (len(names), frames, lat.size, lon.size)
 
     # unconditional clips, dated like the first test clip, in batches; each clip has its own seed
@@ -276,6 +292,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
                 "sampling_steps": s.steps,
                 "seed": cfg.seed,
                 "guidance_weight": guidance,
+                "cfg_scale": cfg_scale,
                 "processes": world,
                 "checkpoint_file": str(cfg.inference_file(tag)),
                 "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} pipeline sample",
@@ -317,6 +334,7 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
                     "steps": s.steps,
                     "seed": cfg.seed,
                     "guidance_weight": guidance,
+                    "cfg_scale": cfg_scale,
                     "unconditional": s.unconditional,
                     "rollouts": s.rollouts,
                     "rollout_frames": s.rollout_frames,
@@ -327,7 +345,13 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
         )
     n_frames = s.unconditional * frames + s.rollouts * s.rollout_frames
     run.log_params(
-        {"sample": s.model_dump(), "checkpoint": tag, "checkpoint_step": meta["step"], "guidance_weight": guidance}
+        {
+            "sample": s.model_dump(),
+            "checkpoint": tag,
+            "checkpoint_step": meta["step"],
+            "guidance_weight": guidance,
+            "cfg_scale": cfg_scale,
+        }
     )
     run.log_metrics(
         {

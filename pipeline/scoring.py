@@ -63,6 +63,7 @@ SWEEP_PARAMS = (
     "sampler",
     "steps",
     "guidance_weight",
+    "cfg_scale",
     "ensemble",
     "test_clips",
     "context_frames",

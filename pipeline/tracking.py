@@ -73,6 +73,7 @@ STAGE_NOTES = {
     "evaluate": "One sweep point (checkpoint x sampler x steps x guidance weight) scored on the test clips.",
     "collect-eval": "The sweep's table, intervals, scorecard and best point (best.json).",
     "sample": "Samples of the best checkpoint, compared with the real climate (realism.json, maps, animations).",
+    "distill": "Progressive distillation: each round a student with half the sampling steps (losses, validation).",
 }
 OFFLINE_ID_TAG = "pipeline.offline_run_id"  # on a server run: the offline run it was created from
 TARGET_TAG = "pipeline.sync.target"  # on an offline run: the run it continues

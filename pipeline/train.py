@@ -20,6 +20,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,9 +34,29 @@ from pipeline.checkpoints import build_diffusion
 from pipeline.config import Config
 from pipeline.data.clips import ClipDataset, ClipSampler
 from pipeline.diffusion import VDiffusion
-from pipeline.tracking import stage_run
+from pipeline.diffusion.guidance import drop_condition
+from pipeline.tracking import StageRun, stage_run
 
-__all__ = ["EMA", "LossModule", "deepspeed_config", "lr_factor", "run_training"]
+__all__ = [
+    "EMA",
+    "Clips",
+    "Loop",
+    "LossModule",
+    "Runtime",
+    "TrainState",
+    "build_engine",
+    "clip_loader",
+    "deepspeed_config",
+    "inference_blob",
+    "init_runtime",
+    "load_clips",
+    "lr_factor",
+    "model_config",
+    "run_training",
+    "save_checkpoint",
+    "training_loop",
+    "validation_metrics",
+]
 
 log = logging.getLogger(__name__)
 
@@ -126,77 +149,343 @@ def validation_loss(
     return total / max(n, 1)
 
 
-def run_training(cfg: Config) -> dict[str, Any]:
-    """Train in this process (one rank of the job). Returns a summary (rank 0: final losses)."""
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs: its rank in the job, its device and its precision."""
+
+    rank: int
+    world: int
+    device: torch.device
+    cuda: bool
+    bf16: bool
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+
+def init_runtime(cfg: Config) -> Runtime:
+    """Initialise torch.distributed (NCCL on GPUs, gloo on the CPU) once per process; pick device and precision."""
     import deepspeed
     import torch.distributed as dist
 
     cuda = torch.cuda.is_available() and cfg.launch.gpus_per_node > 0
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cuda)
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    t = cfg.train
+    return Runtime(dist.get_rank(), dist.get_world_size(), device, cuda, bf16)
 
+
+@dataclass
+class Clips:
+    """The training clips and the fixed validation clips."""
+
+    train: ClipDataset
+    val: list[dict[str, Tensor]]
+
+    @property
+    def variables(self) -> list[str]:
+        return self.train.variables
+
+
+def load_clips(cfg: Config) -> Clips:
+    t = cfg.train
     train_ds = ClipDataset(cfg.normalised_path, "train", t.clip_frames, t.clip_stride)
     val_ds = ClipDataset(cfg.normalised_path, "val", t.clip_frames, t.clip_stride, variables=train_ds.variables)
-    val_clips = [val_ds[i] for i in range(min(t.val_clips, len(val_ds)))]
-    periodic = cfg.model.periodic_lon if cfg.model.periodic_lon is not None else cfg.data.grid.is_global_lon
-    model_cfg = {
-        "channels": len(train_ds.variables),
-        "base_channels": cfg.model.base_channels,
-        "channel_mults": list(cfg.model.channel_mults),
-        "num_res_blocks": cfg.model.num_res_blocks,
-        "attention_levels": list(cfg.model.attention_levels),
-        "heads": cfg.model.heads,
-        "dropout": cfg.model.dropout,
-        "periodic_lon": periodic,
-        "lat_padding": cfg.model.lat_padding,
-        "day_of_year": cfg.model.day_of_year,
-        "max_frames": max(64, t.clip_frames),
-        "gradient_checkpointing": cfg.model.gradient_checkpointing,
+    return Clips(train_ds, [val_ds[i] for i in range(min(t.val_clips, len(val_ds)))])
+
+
+def model_config(cfg: Config, channels: int) -> dict[str, Any]:
+    """The network settings stored in every inference file (``UNetConfig`` fields)."""
+    m = cfg.model
+    return {
+        "channels": channels,
+        "base_channels": m.base_channels,
+        "channel_mults": list(m.channel_mults),
+        "num_res_blocks": m.num_res_blocks,
+        "attention_levels": list(m.attention_levels),
+        "heads": m.heads,
+        "dropout": m.dropout,
+        "periodic_lon": m.periodic_lon if m.periodic_lon is not None else cfg.data.grid.is_global_lon,
+        "lat_padding": m.lat_padding,
+        "day_of_year": m.day_of_year,
+        "max_frames": max(64, cfg.train.clip_frames),
+        "gradient_checkpointing": m.gradient_checkpointing,
     }
-    diffusion_cfg = cfg.diffusion.model_dump()
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    diffusion = build_diffusion(model_cfg, diffusion_cfg)
-    ema = EMA(diffusion.net, t.ema_decay)
-    optimizer = torch.optim.AdamW(diffusion.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.99))
+
+
+@dataclass
+class TrainState:
+    """The DeepSpeed engine around a loss module (whose ``.diffusion`` is trained), its EMA and the step."""
+
+    engine: Any
+    ema: EMA
+    ds_config: dict[str, Any]
+    step: int = 0
+    run_id: str | None = None
+
+    @property
+    def diffusion(self) -> VDiffusion:
+        return self.engine.module.diffusion
+
+    def ema_diffusion(self) -> VDiffusion:
+        d = self.diffusion
+        return VDiffusion(self.ema.net, d.schedule, d.weighting)
+
+
+def build_engine(cfg: Config, rt: Runtime, module: nn.Module, ema: EMA, ckpt_dir: Path) -> TrainState:
+    """AdamW + warm-up/cosine schedule of ``cfg.train`` on ``module.diffusion``'s parameters, wrapped by DeepSpeed;
+    resumed from ``ckpt_dir``'s latest checkpoint (engine, EMA, step, MLflow run) when there is one."""
+    import deepspeed
+
+    t = cfg.train
+    params = [p for p in module.diffusion.parameters() if p.requires_grad]  # distillation freezes a learned schedule
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio)
     )
-    ds_config = deepspeed_config(cfg, world, bf16)
-    engine, _, _, _ = deepspeed.initialize(
-        model=LossModule(diffusion), optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-    )
-    ema.net.to(device)
-
-    ckpt_dir = cfg.checkpoint_dir.resolve()
-    step, run_id = 0, None
+    ds_config = deepspeed_config(cfg, rt.world, rt.bf16)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    ema.net.to(rt.device)
+    state = TrainState(engine, ema, ds_config)
     if (ckpt_dir / "latest").exists():
         _, client = engine.load_checkpoint(str(ckpt_dir))
-        step = int(client["step"])
+        state.step = int(client["step"])
         ema.net.load_state_dict(client["ema"])
-        run_id = client.get("mlflow_run_id")
-        if rank == 0:
-            log.info("resumed from %s at step %d", ckpt_dir / (ckpt_dir / "latest").read_text().strip(), step)
+        state.run_id = client.get("mlflow_run_id")
+        if rt.rank == 0:
+            log.info("resumed from %s at step %d", ckpt_dir / (ckpt_dir / "latest").read_text().strip(), state.step)
+    return state
 
-    sampler = ClipSampler(len(train_ds), cfg.seed, rank, world, start=step * t.grad_accum * t.micro_batch)
-    loader = DataLoader(
-        train_ds,
+
+def clip_loader(cfg: Config, rt: Runtime, clips: Clips, step: int) -> DataLoader:
+    """This rank's deterministic clip order, from the first clip of ``step`` on."""
+    t = cfg.train
+    sampler = ClipSampler(len(clips.train), cfg.seed, rt.rank, rt.world, start=step * t.grad_accum * t.micro_batch)
+    return DataLoader(
+        clips.train,
         batch_size=t.micro_batch,
         sampler=sampler,
         num_workers=t.num_workers,
         persistent_workers=t.num_workers > 0,
         prefetch_factor=4 if t.num_workers > 0 else None,
-        pin_memory=cuda,
+        pin_memory=rt.cuda,
     )
-    history: list[dict[str, float]] = []
-    log_file = cfg.exp_dir / "train_log.jsonl"
+
+
+@dataclass
+class Loop:
+    """What differs between the stages that share :func:`training_loop` (``train``, ``distill``).
+
+    ``sample_t(batch, generator)`` draws the diffusion times of a micro batch; ``validate(state)`` returns the
+    validation metrics (rank 0 only); ``inference(state)`` the inference file's content; ``step_offset`` is added
+    to the step of every MLflow metric (distillation rounds follow one another in one run).
+    """
+
+    desc: str
+    ckpt_dir: Path
+    log_file: Path
+    sample_t: Callable[[int, torch.Generator], Tensor]
+    validate: Callable[[TrainState], dict[str, float]]
+    inference: Callable[[TrainState], dict[str, Any]]
+    step_offset: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _micro_steps(cfg: Config, rt: Runtime, state: TrainState, it: Iterator, loop: Loop) -> tuple[float, int, float]:
+    """One optimizer step (``grad_accum`` micro batches): its mean loss, the clips seen and the data wait."""
+    t, step = cfg.train, state.step
+    step_loss, seen, wait = 0.0, 0, 0.0
+    for micro in range(t.grad_accum):
+        w0 = time.perf_counter()
+        batch = next(it)
+        wait += time.perf_counter() - w0
+        g = torch.Generator().manual_seed(_seed(cfg.seed, rt.rank, step, micro))
+        x = batch["x"].to(rt.device, rt.dtype)
+        tt = loop.sample_t(x.shape[0], g)
+        eps = torch.randn(x.shape, generator=g).to(rt.device, rt.dtype)
+        cond = drop_condition({"doy": batch["doy"].to(rt.device)}, t.cond_drop, g) if cfg.model.day_of_year else None
+        torch.manual_seed(_seed(cfg.seed, rt.rank, step, micro, 1))  # dropout
+        loss = state.engine(x, cond, batch["mask"].to(rt.device), tt.to(rt.device), eps)
+        state.engine.backward(loss)
+        state.engine.step()
+        step_loss += float(loss) / t.grad_accum
+        seen += x.shape[0]
+    return step_loss, seen, wait
+
+
+@dataclass
+class _Window:
+    """Losses and timings since the last metric log."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    wait: float = 0.0
+    seen: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def _log_window(rt: Runtime, state: TrainState, win: _Window, loop: Loop, run: StageRun) -> dict[str, float]:
+    """The window's metrics (loss averaged over ranks), logged by rank 0 to MLflow and the JSON-lines log."""
+    import torch.distributed as dist
+
+    mean_loss = torch.tensor(sum(win.losses) / len(win.losses))
+    dist.all_reduce(mean_loss)
+    elapsed = time.perf_counter() - win.t0
+    metrics = {
+        "loss": float(mean_loss) / rt.world,
+        "lr": state.engine.get_lr()[0],
+        "grad_norm": float(state.engine.get_global_grad_norm() or 0.0),
+        "samples_per_s": win.seen * rt.world / elapsed,
+        "step_time_s": elapsed / len(win.losses),
+        "data_wait_fraction": win.wait / elapsed,
+    }
+    if rt.cuda:
+        metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
+    if rt.rank == 0:
+        run.log_metrics(metrics, step=loop.step_offset + state.step)
+        with loop.log_file.open("a") as f:
+            f.write(json.dumps({"step": state.step, "losses": win.losses, **metrics}) + "\n")
+    return metrics
+
+
+def save_checkpoint(rt: Runtime, state: TrainState, loop: Loop, keep_last: int, keep_every: int) -> None:
+    """The DeepSpeed checkpoint of the step (every rank) and its inference file (rank 0), then retention."""
+    import torch.distributed as dist
+
+    tag = checkpoints.tag(state.step)
+    client = {"step": state.step, "ema": state.ema.net.state_dict(), "mlflow_run_id": state.run_id}
+    state.engine.save_checkpoint(str(loop.ckpt_dir), tag=tag, client_state=client)
+    if rt.rank == 0:
+        path = checkpoints.inference_path(loop.ckpt_dir, tag)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoints.save_atomic(loop.inference(state), path)
+        checkpoints.prune(loop.ckpt_dir, keep_last, keep_every)
+    dist.barrier()
+
+
+def training_loop(cfg: Config, rt: Runtime, state: TrainState, clips: Clips, loop: Loop, run: StageRun) -> None:
+    """Train ``state`` from its step to ``cfg.train.steps``: log, validate and checkpoint on the way."""
+    t = cfg.train
+    it = iter(clip_loader(cfg, rt, clips, state.step))
+    win = _Window()
+    progress = None
+    if rt.rank == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=t.steps, initial=state.step, desc=loop.desc, disable=None, dynamic_ncols=True)
+    while state.step < t.steps:
+        state.engine.train()
+        loss, seen, wait = _micro_steps(cfg, rt, state, it, loop)
+        state.step += 1
+        state.ema.update(state.diffusion.net, state.step)
+        win.losses.append(loss)
+        win.seen += seen
+        win.wait += wait
+        if progress is not None:
+            progress.update(1)
+        if state.step % t.log_every == 0 or state.step == t.steps:
+            metrics = _log_window(rt, state, win, loop, run)
+            if progress is not None:
+                progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+            loop.history.append({"step": state.step, **metrics})
+            win = _Window()
+        if rt.rank == 0 and (state.step % t.val_every == 0 or state.step == t.steps):
+            val = loop.validate(state)
+            run.log_metrics(val, step=loop.step_offset + state.step)
+            loop.history.append({"step": state.step, **val})
+        if state.step % t.checkpoint_every == 0 or state.step == t.steps:
+            save_checkpoint(rt, state, loop, t.keep_last, t.keep_every)
+    if progress is not None:
+        progress.close()
+
+
+def _log_start(cfg: Config, rt: Runtime, state: TrainState, model_cfg: dict, clips: Clips, run: StageRun) -> None:
+    """The run's parameters, DeepSpeed config and tags, once at step 0 (rank 0)."""
+    t = cfg.train
+    n_params = sum(p.numel() for p in state.diffusion.parameters())
+    ds = state.ds_config
+    precision = "bf16" if rt.bf16 else "fp32"
+    run.log_params(
+        {
+            "model": model_cfg,
+            "diffusion": cfg.diffusion.model_dump(),
+            "train": t.model_dump(),
+            "launch": cfg.launch.model_dump(),
+            "world_size": rt.world,
+            "global_batch": ds["train_batch_size"],
+            "precision": precision,
+            "parameters": n_params,
+            "device": str(rt.device),
+        }
+    )
+    run.log_dict(ds, "deepspeed_config.json")
+    run.set_tags({"input": str(cfg.normalised_path), "variables": ",".join(clips.variables)})
+    log.info(
+        "training %s parameters on %d process(es), global batch %d (= %d micro x %d accum x %d ranks), %s",
+        f"{n_params:,}",
+        rt.world,
+        ds["train_batch_size"],
+        t.micro_batch,
+        t.grad_accum,
+        rt.world,
+        precision,
+    )
+
+
+def validation_metrics(cfg: Config, rt: Runtime, clips: Clips) -> Callable[[TrainState], dict[str, float]]:
+    """``val_loss`` and ``val_loss_ema``: the loss of the raw and the EMA weights at fixed times and noise."""
+
+    def validate(state: TrainState) -> dict[str, float]:
+        doy = cfg.model.day_of_year
+        raw = validation_loss(state.diffusion, clips.val, cfg.seed, rt.device, rt.dtype, doy)
+        ema = validation_loss(state.ema_diffusion(), clips.val, cfg.seed, rt.device, torch.float32, doy)
+        return {"val_loss": raw, "val_loss_ema": ema}
+
+    return validate
+
+
+def inference_blob(
+    cfg: Config, state: TrainState, model_cfg: dict[str, Any], variables: list[str], **extra: Any
+) -> dict[str, Any]:
+    """The inference file's content (see :mod:`pipeline.checkpoints`): EMA weights and what rebuilds the model."""
+    return {
+        "ema": {k: v.detach().cpu() for k, v in state.ema.net.state_dict().items()},
+        "model_config": model_cfg,
+        "diffusion": cfg.diffusion.model_dump(),
+        "variables": variables,
+        "stats_path": str(cfg.stats_path.resolve()),
+        "step": state.step,
+        "clip_frames": cfg.train.clip_frames,
+        "config": json.dumps(cfg.model_dump(mode="json")),
+        **extra,
+    }
+
+
+def run_training(cfg: Config) -> dict[str, Any]:
+    """Train in this process (one rank of the job). Returns a summary (rank 0: final losses)."""
+    import torch.distributed as dist
+
+    rt = init_runtime(cfg)
+    t = cfg.train
+    clips = load_clips(cfg)
+    model_cfg = model_config(cfg, len(clips.variables))
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    diffusion = build_diffusion(model_cfg, cfg.diffusion.model_dump())
+    ema = EMA(diffusion.net, t.ema_decay)
+    ckpt_dir = cfg.checkpoint_dir.resolve()
+    state = build_engine(cfg, rt, LossModule(diffusion), ema, ckpt_dir)
+    loop = Loop(
+        desc="train",
+        ckpt_dir=ckpt_dir,
+        log_file=cfg.exp_dir / "train_log.jsonl",
+        sample_t=lambda n, g: diffusion.sample_t(n, generator=g, low_discrepancy=t.low_discrepancy),
+        validate=validation_metrics(cfg, rt, clips),
+        inference=lambda s: inference_blob(cfg, s, model_cfg, clips.variables),
+    )
     with stage_run(
         cfg.tracking_uri,
         cfg.experiment,
@@ -205,126 +494,18 @@ def run_training(cfg: Config) -> dict[str, Any]:
         enabled=cfg.tracking.enabled,
         mode=cfg.tracking.mode,
         system_metrics=cfg.tracking.system_metrics,
-        rank=rank,
-        run_id=run_id,
+        rank=rt.rank,
+        run_id=state.run_id,
     ) as run:
-        run_id = run.run_id
-        if rank == 0 and step == 0:
-            n_params = sum(p.numel() for p in diffusion.parameters())
-            run.log_params(
-                {
-                    "model": model_cfg,
-                    "diffusion": diffusion_cfg,
-                    "train": t.model_dump(),
-                    "launch": cfg.launch.model_dump(),
-                    "world_size": world,
-                    "global_batch": ds_config["train_batch_size"],
-                    "precision": "bf16" if bf16 else "fp32",
-                    "parameters": n_params,
-                    "device": str(device),
-                }
-            )
-            run.log_dict(ds_config, "deepspeed_config.json")
-            run.set_tags({"input": str(cfg.normalised_path), "variables": ",".join(train_ds.variables)})
-            log.info(
-                "training %s parameters on %d process(es), global batch %d (= %d micro x %d accum x %d ranks), %s",
-                f"{n_params:,}",
-                world,
-                ds_config["train_batch_size"],
-                t.micro_batch,
-                t.grad_accum,
-                world,
-                "bf16" if bf16 else "fp32",
-            )
-        it = iter(loader)
-        window_t0, wait, seen, losses = time.perf_counter(), 0.0, 0, []
-        progress = None
-        if rank == 0:
-            from tqdm import tqdm
-
-            progress = tqdm(total=t.steps, initial=step, desc="train", disable=None, dynamic_ncols=True)
-        while step < t.steps:
-            engine.train()
-            step_loss = 0.0
-            for micro in range(t.grad_accum):
-                w0 = time.perf_counter()
-                batch = next(it)
-                wait += time.perf_counter() - w0
-                g = torch.Generator().manual_seed(_seed(cfg.seed, rank, step, micro))
-                x = batch["x"].to(device, dtype)
-                tt = diffusion.sample_t(x.shape[0], generator=g, low_discrepancy=t.low_discrepancy)
-                eps = torch.randn(x.shape, generator=g).to(device, dtype)
-                cond = {"doy": batch["doy"].to(device)} if cfg.model.day_of_year else None
-                torch.manual_seed(_seed(cfg.seed, rank, step, micro, 1))  # dropout
-                loss = engine(x, cond, batch["mask"].to(device), tt.to(device), eps)
-                engine.backward(loss)
-                engine.step()
-                step_loss += float(loss) / t.grad_accum
-                seen += x.shape[0]
-            step += 1
-            ema.update(engine.module.diffusion.net, step)
-            losses.append(step_loss)
-            if progress is not None:
-                progress.update(1)
-            if step % t.log_every == 0 or step == t.steps:
-                mean_loss = torch.tensor(sum(losses) / len(losses))
-                dist.all_reduce(mean_loss)
-                elapsed = time.perf_counter() - window_t0
-                metrics = {
-                    "loss": float(mean_loss) / world,
-                    "lr": engine.get_lr()[0],
-                    "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                    "samples_per_s": seen * world / elapsed,
-                    "step_time_s": elapsed / len(losses),
-                    "data_wait_fraction": wait / elapsed,
-                }
-                if cuda:
-                    metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-                if rank == 0:
-                    run.log_metrics(metrics, step=step)
-                    with log_file.open("a") as f:
-                        f.write(json.dumps({"step": step, "losses": losses, **metrics}) + "\n")
-                    if progress is not None:
-                        progress.set_postfix(loss=f"{metrics['loss']:.4f}")
-                history.append({"step": step, **metrics})
-                window_t0, wait, seen, losses = time.perf_counter(), 0.0, 0, []
-            if rank == 0 and (step % t.val_every == 0 or step == t.steps):
-                raw = validation_loss(
-                    engine.module.diffusion, val_clips, cfg.seed, device, dtype, cfg.model.day_of_year
-                )
-                ema_diff = VDiffusion(ema.net, diffusion.schedule, diffusion.weighting)
-                ema_loss = validation_loss(ema_diff, val_clips, cfg.seed, device, torch.float32, cfg.model.day_of_year)
-                run.log_metrics({"val_loss": raw, "val_loss_ema": ema_loss}, step=step)
-                history.append({"step": step, "val_loss": raw, "val_loss_ema": ema_loss})
-            if step % t.checkpoint_every == 0 or step == t.steps:
-                tag = checkpoints.tag(step)
-                engine.save_checkpoint(
-                    str(ckpt_dir),
-                    tag=tag,
-                    client_state={"step": step, "ema": ema.net.state_dict(), "mlflow_run_id": run_id},
-                )
-                if rank == 0:
-                    checkpoints.inference_path(ckpt_dir, tag).parent.mkdir(parents=True, exist_ok=True)
-                    blob = {
-                        "ema": {k: v.detach().cpu() for k, v in ema.net.state_dict().items()},
-                        "model_config": model_cfg,
-                        "diffusion": diffusion_cfg,
-                        "variables": train_ds.variables,
-                        "stats_path": str(cfg.stats_path.resolve()),
-                        "step": step,
-                        "clip_frames": t.clip_frames,
-                        "config": json.dumps(cfg.model_dump(mode="json")),
-                    }
-                    checkpoints.save_atomic(blob, checkpoints.inference_path(ckpt_dir, tag))
-                    checkpoints.prune(ckpt_dir, t.keep_last, t.keep_every)
-                dist.barrier()
-        if progress is not None:
-            progress.close()
-        if rank == 0:
-            final = checkpoints.inference_path(ckpt_dir, checkpoints.tag(step))
+        state.run_id = run.run_id
+        if rt.rank == 0 and state.step == 0:
+            _log_start(cfg, rt, state, model_cfg, clips, run)
+        training_loop(cfg, rt, state, clips, loop, run)
+        if rt.rank == 0:
+            final = checkpoints.inference_path(ckpt_dir, checkpoints.tag(state.step))
             tmp = cfg.final_checkpoint.with_name(".final.pt.tmp")
             shutil.copyfile(final, tmp)
             tmp.replace(cfg.final_checkpoint.resolve())
-            run.log_metrics({"final_step": step})
+            run.log_metrics({"final_step": state.step})
     dist.barrier()
-    return {"rank": rank, "world": world, "step": step, "history": history}
+    return {"rank": rt.rank, "world": rt.world, "step": state.step, "history": loop.history}

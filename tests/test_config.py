@@ -53,3 +53,12 @@ def test_each_range_is_checked(section: str, key: str, value, words: str) -> Non
 def test_good_values_pass() -> None:
     cfg = load_config([BASE, {"train": {"keep_every": 0, "warmup_steps": 0}, "launch": {"gpus_per_node": 4}}])
     assert cfg.train.keep_every == 0 and cfg.launch.gpus_per_node == 4
+
+
+def test_the_students_sampler_is_refused_for_a_teacher() -> None:
+    """`distilled` is DDIM on a distilled student: named for a teacher it would be DDIM under another label."""
+    (sweep,) = _errors({"evaluate": {"samplers": ["ddim", "distilled"]}})
+    assert "evaluate.samplers = ['ddim', 'distilled']" in sweep and "distill.enabled" in sweep
+    (sample,) = _errors({"sample": {"sampler": "distilled", "checkpoint": "best"}})
+    assert "sample.sampler = 'distilled'" in sample and "student-NNNN" in sample
+    assert load_config([BASE, {"sample": {"sampler": "distilled", "checkpoint": "student-0004"}}]).sample.sampler

@@ -1,6 +1,8 @@
 """Guidance as wrappers with the same ``predict`` contract as the model, so every sampler works.
 
-- :class:`ClassifierFreeGuidance` (seed 003, section 3): ``v = (1 + w) v_cond - w v_uncond``.
+- :class:`ClassifierFreeGuidance` (seed 003, section 3): ``v = (1 + w) v_cond - w v_uncond``, i.e.
+  ``v_uncond + s (v_cond - v_uncond)`` at the scale ``s = 1 + w``; the unconditional model it needs is
+  trained by :func:`drop_condition` (conditioning dropout).
 - :class:`ReconstructionGuidance` (Ho et al. 2022, *Video Diffusion Models*, section 3.1; named in
   seed 000, section 2.3.6): the denoised estimate of the new frames b is moved along the gradient
   of the reconstruction error of the known frames a,
@@ -31,7 +33,14 @@ from pipeline.diffusion.objective import (
 )
 from pipeline.diffusion.schedule import Schedule, alpha_sigma
 
-__all__ = ["ClassifierFreeGuidance", "ReconstructionGuidance", "Replacement", "extend", "frame_mask"]
+__all__ = [
+    "ClassifierFreeGuidance",
+    "ReconstructionGuidance",
+    "Replacement",
+    "drop_condition",
+    "extend",
+    "frame_mask",
+]
 
 
 def frame_mask(frames: int, known: int, like: Tensor) -> Tensor:
@@ -48,12 +57,38 @@ def _with_x(pred: Prediction, z: Tensor, x_new: Tensor, logsnr: Tensor) -> Predi
     return Prediction(v=v_from_x_eps(x_new, eps, alpha, sigma), x=x_new, eps=eps)
 
 
+def drop_condition(cond: dict[str, Any] | None, p: float, generator: torch.Generator) -> dict[str, Any] | None:
+    """Conditioning dropout for classifier-free guidance (seed 003, section 3): each item of the batch is
+    trained unconditionally with probability ``p``, marked by ``cond["drop"]`` (batch,) bool, which the
+    network reads as "no condition" for that item (for :class:`~pipeline.diffusion.unet.UNet`: exactly
+    its output with ``cond=None``). ``p = 0`` returns ``cond`` unchanged and draws nothing, so the
+    generator's later draws do not move."""
+    if cond is None or p <= 0:
+        return cond
+    if p > 1:
+        msg = f"conditioning dropout probability must be in [0, 1], got {p}"
+        raise ValueError(msg)
+    first = next(v for v in cond.values() if isinstance(v, Tensor))
+    drop = torch.rand(first.shape[0], generator=generator, device=generator.device) < p
+    return {**cond, "drop": drop.to(first.device)}
+
+
 class ClassifierFreeGuidance:
-    """``v = (1 + w) v(z, cond) - w v(z, None)``; ``w = 0`` is the conditional model."""
+    """``v = (1 + w) v(z, cond) - w v(z, None)``; ``w = 0`` is the conditional model, ``w = -1`` the
+    unconditional one. :meth:`from_scale` takes the scale ``s = 1 + w`` (``s = 1``: no guidance)."""
 
     def __init__(self, model: Denoiser, weight: float):
         self.model = model
         self.weight = float(weight)
+
+    @classmethod
+    def from_scale(cls, model: Denoiser, scale: float) -> ClassifierFreeGuidance:
+        """``v = v_uncond + s (v_cond - v_uncond)``: the scale as Ho & Salimans' ``1 + w``."""
+        return cls(model, float(scale) - 1.0)
+
+    @property
+    def scale(self) -> float:
+        return 1.0 + self.weight
 
     @property
     def schedule(self) -> Schedule:

@@ -7,6 +7,7 @@ Notation (seed 000): ``z_t = alpha_t x + sigma_t eps`` (forward process), veloci
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -21,6 +22,7 @@ __all__ = [
     "Generators",
     "Prediction",
     "VDiffusion",
+    "VarianceGradient",
     "eps_from_v",
     "expand",
     "loss_weight",
@@ -100,6 +102,48 @@ def loss_weight(logsnr: Tensor, dlogsnr_dt: Tensor, weighting: Weighting, bias: 
     return w.to(logsnr.dtype)
 
 
+class _ScaleByTwiceLoss(torch.autograd.Function):
+    """Identity forward; backward multiplies the incoming gradient by ``2 L`` per example."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, owner: VarianceGradient) -> Tensor:
+        ctx.owner = owner
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        loss = ctx.owner.loss
+        if loss is None:
+            msg = "VarianceGradient: backward ran before set_loss() gave the per-example loss"
+            raise RuntimeError(msg)
+        return grad * 2.0 * loss.to(grad.dtype).reshape(grad.shape), None
+
+
+class VarianceGradient:
+    """One backward pass, two objectives: the network follows ``dL/dtheta``, the schedule ``d(L^2)/deta``.
+
+    VDM (seed 001; Kingma et al. 2021, sec. 5.2 and appendix) trains the schedule's interior to
+    minimise the variance of the loss estimate. Where ``E[L]`` does not depend on the interior ``eta``
+    (see ``VDiffusion.loss``), ``d Var[L] / d eta = d E[L^2] / d eta = E[2 L dL/deta]``. Placed on the
+    per-example schedule outputs (``logsnr_i`` and its slope, which are the only way ``eta`` reaches
+    ``L_i``), this identity in the forward pass multiplies the gradient arriving there by ``2 L_i``:
+    ``sum_i dmean(L)/dlogsnr_i * 2 L_i * dlogsnr_i/deta = d mean(L^2) / deta``, while every gradient
+    that does not pass through the schedule (the network's) is untouched. It is VDM's ``custom_vjp``
+    on ``gamma(t)`` written as a ``torch.autograd.Function``; ``L`` is known only after the forward
+    pass, hence :meth:`set_loss` before ``backward``.
+    """
+
+    def __init__(self) -> None:
+        self.loss: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return _ScaleByTwiceLoss.apply(x, self)
+
+    def set_loss(self, loss: Tensor) -> None:
+        """The per-example loss ``L_i`` (batch,) whose square the schedule minimises."""
+        self.loss = loss.detach()
+
+
 @dataclass
 class Prediction:
     """Network output at one noise level, in the three equivalent parameterisations."""
@@ -140,6 +184,9 @@ class VDiffusion(nn.Module):
         self.weighting = weighting
         self.sigmoid_bias = sigmoid_bias
         loss_weight(torch.zeros(1), torch.ones(1), weighting)  # fail early on a bad name
+        if getattr(schedule, "learn_endpoints", False) and weighting != "elbo":
+            msg = f"learned endpoints follow the variational bound, which only weighting 'elbo' estimates, not {weighting!r}"
+            raise ValueError(msg)
 
     def forward(self, z: Tensor, logsnr: Tensor, cond: dict[str, Any] | None = None) -> Tensor:
         return self.net(z, logsnr, cond)
@@ -174,18 +221,51 @@ class VDiffusion(nn.Module):
         generator: torch.Generator | None = None,
         low_discrepancy: bool = False,
         mask: Tensor | None = None,
+        variance_gradient: bool = True,
     ) -> Tensor:
         """Per-sample loss (seed eq. 2.22): weighted mean over all non-batch elements.
 
         ``mask`` (broadcastable to ``x``, 1 = counts) leaves out e.g. NaN-filled land cells or
         context frames that are given rather than generated.
+
+        **Learned schedule** (``schedule.trainable``; VDM, seed 001). With ``t ~ U(0, 1)`` the schedule
+        is a sampling distribution of noise levels, density ``p(logsnr) = 1/|dlogsnr/dt|``. Each
+        weighting is defined by what it weights under the cosine *reference* schedule (same
+        endpoints and shift): ``W_ref(l) = loss_weight(l, ref'(l))`` with ``ref'(l)`` the reference's
+        slope where it passes ``l``. The learned schedule's loss is importance weighted,
+        ``L = W_ref(l) |dlogsnr/dt| / |ref'(l)| * ||v - v_hat||^2`` with ``l = logsnr_eta(t)``, so
+        ``E_t[L] = int W_ref(l) / |ref'(l)| err(l) dl`` (the integral over ``[logsnr_min, logsnr_max]``)
+        is the reference's expected loss *exactly, whatever the interior* of the schedule (the
+        continuous-time invariance of VDM sec. 3.4, for any weighting that is a function of logsnr
+        times the density change). For ``elbo`` and ``sigmoid`` the factor is the familiar
+        ``-1/2 dlogsnr/dt`` weighting with the learned slope; for ``v`` and ``eps`` it is the ratio
+        ``slope / ref'``. Hence ``d Var[L]/d eta = d E[L^2]/d eta`` and the interior follows the
+        gradient of ``L^2`` (:class:`VarianceGradient`, ``variance_gradient=False`` turns it off and
+        the schedule then receives ``dL/deta``, which is zero in expectation).
+
+        What does not hold: the *plain* ``v`` or ``eps`` loss (factor 1 or ``alpha^2``, no slope) is not
+        invariant: its expectation depends on the schedule, and ``E[L^2]`` would be lowered by
+        moving the noise levels to where the loss is small, a different objective, hence the
+        importance factor. The expectation does depend on the endpoints: learned endpoints
+        (``elbo`` only) follow the gradient of the variational bound, the diffusion term plus the
+        prior and reconstruction terms (:meth:`_end_terms`, zero in value). What is minimised is the
+        variance of the loss estimate, not of the network's gradient. Only the integral is
+        invariant: samplers take finitely many steps on the schedule's time grid, so samples
+        differ between schedules even with the same network.
         """
         b = x.shape[0]
         if t is None:
             t = self.sample_t(b, generator=generator, low_discrepancy=low_discrepancy, device=x.device)
         if eps is None:
             eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        logsnr = self.schedule(t)
+        learned = getattr(self.schedule, "trainable", False)
+        variance = None
+        if learned:
+            trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.schedule.parameters())
+            variance = VarianceGradient() if trains and variance_gradient else None
+            logsnr, slope = self.schedule.logsnr_and_slope(t, interior=variance)
+        else:
+            logsnr = self.schedule(t)
         alpha, sigma = alpha_sigma(logsnr)
         z = z_from_x_eps(x, eps, alpha, sigma)
         v_hat = self.net(z, logsnr.to(x.dtype), cond)
@@ -196,7 +276,41 @@ class VDiffusion(nn.Module):
         else:
             m = mask.to(err.dtype).expand_as(err)
             per = (err * m).sum(dim=dims) / m.sum(dim=dims).clamp_min(1.0)
-        needs_slope = self.weighting in ("elbo", "sigmoid")
-        slope = self.schedule.dlogsnr_dt(t).float() if needs_slope else torch.ones_like(t)
-        w = loss_weight(logsnr.float(), slope, self.weighting, self.sigmoid_bias)
-        return per * w
+        if not learned:
+            needs_slope = self.weighting in ("elbo", "sigmoid")
+            slope = self.schedule.dlogsnr_dt(t).float() if needs_slope else torch.ones_like(t)
+            w = loss_weight(logsnr.float(), slope, self.weighting, self.sigmoid_bias)
+            return per * w
+        # Importance weighting against the cosine reference: E_t[loss] is the reference's, whatever eta.
+        ref = self.schedule.reference.slope_at(logsnr)
+        w = loss_weight(logsnr, ref, self.weighting, self.sigmoid_bias) * (slope / ref)
+        loss = per * w.float()
+        if variance is not None:
+            variance.set_loss(loss)
+        if self.schedule.learn_endpoints:
+            # Zero in value, the variational bound's end terms in gradient (they reach the endpoints only).
+            ends = self._end_terms(x, mask)
+            loss = loss + (ends - ends.detach()).float()
+        return loss
+
+    def _end_terms(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Per-example prior and reconstruction terms of the continuous-data variational bound, per element.
+
+        Prior ``KL(q(z_1|x) || N(0, 1)) = (sigma_1^2 + alpha_1^2 x^2 - 1 - log sigma_1^2) / 2`` at
+        ``logsnr_min``; reconstruction under the Gaussian decoder ``p(x|z_0) = N(z_0/alpha_0, e^{-logsnr_max})``:
+        ``E[-log p] = (log 2 pi + 1 - logsnr_max) / 2``. With the diffusion term (the ``elbo`` weighting,
+        ``1/2 int eps-error dlogsnr``) they make the bound (VDM eq. 11, continuous data) whose gradient
+        the learned endpoints follow; without them the diffusion term alone would shrink the range.
+        """
+        lo, hi = self.schedule.endpoints()
+        x2 = x.detach().to(torch.float64) ** 2
+        dims = tuple(range(1, x.ndim))
+        if mask is None:
+            x2 = x2.mean(dim=dims)
+        else:
+            m = mask.to(torch.float64).expand_as(x2)
+            x2 = (x2 * m).sum(dim=dims) / m.sum(dim=dims).clamp_min(1.0)
+        a2, s2 = torch.sigmoid(lo), torch.sigmoid(-lo)
+        prior = 0.5 * (s2 + a2 * x2 - 1.0 - torch.log(s2))
+        recon = 0.5 * (math.log(2 * math.pi) + 1.0 - hi)
+        return prior + recon

@@ -197,7 +197,9 @@ class UNet(nn.Module):
 
     ``cond`` (optional dict): ``"doy"`` (B, T) day of year when ``cfg.day_of_year``;
     ``"context"`` (B, C, T, lat, lon) and ``"context_mask"`` (B or 1, 1, T, 1, 1) when
-    ``cfg.context_frames``. ``cond=None`` is the unconditional model (for classifier-free guidance).
+    ``cfg.context_frames``. ``cond=None`` is the unconditional model (for classifier-free guidance);
+    ``"drop"`` (B,) bool marks the items to treat as ``cond=None`` (conditioning dropout, see
+    :func:`pipeline.diffusion.guidance.drop_condition`).
     """
 
     def __init__(self, cfg: UNetConfig):
@@ -248,7 +250,7 @@ class UNet(nn.Module):
         if not self.cfg.context_frames:
             return z
         if cond is not None and "context" in cond:
-            mask = cond["context_mask"].to(z.dtype).expand(z.shape[0], 1, *z.shape[2:])
+            mask = cond["context_mask"].to(z.dtype).expand(z.shape[0], 1, *z.shape[2:]) * self._keep(cond, z)
             ctx = cond["context"].to(z.dtype) * mask
         else:
             mask = torch.zeros(z.shape[0], 1, *z.shape[2:], dtype=z.dtype, device=z.device)
@@ -261,8 +263,17 @@ class UNet(nn.Module):
             doy = cond["doy"].float()
             k = torch.arange(1, 5, device=doy.device, dtype=torch.float32)
             ang = 2 * math.pi * doy[..., None] * k / 365.25
-            e = e + self.doy_mlp(torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1))
+            e = e + self.doy_mlp(torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)) * self._keep(cond, e)
         return e
+
+    @staticmethod
+    def _keep(cond: dict[str, Any], like: Tensor) -> Tensor | float:
+        """0 for the items that ``cond["drop"]`` (conditioning dropout) marks unconditional, else 1, shaped
+        to broadcast against ``like`` (batch first): those items get exactly the ``cond=None`` output."""
+        if "drop" not in cond:
+            return 1.0
+        keep = (~cond["drop"].to(device=like.device, dtype=torch.bool)).to(like.dtype)
+        return keep.reshape(-1, *([1] * (like.ndim - 1)))
 
     def forward(self, z: Tensor, logsnr: Tensor, cond: dict[str, Any] | None = None) -> Tensor:
         if z.ndim != 5 or z.shape[1] != self.cfg.channels:

@@ -1,6 +1,6 @@
 # Parse-time validation and path lookups. Anything longer than a lookup lives in pipeline/.
 from pipeline.config import (
-    SAMPLER_NAMES,
+    SAMPLER_PATTERN,
     load_config,
     resolved_config_path,
     section_json,
@@ -11,9 +11,11 @@ from pipeline.prepare import check_data
 # A bad key, type or value, a missing variable or a split outside the data fails here,
 # before any job is submitted, naming the config key.
 CFG = load_config(config)
-if workflow.is_main_process:  # where Snakemake plans: open every source file's metadata once
+# Where Snakemake plans, every source file's metadata is opened once; inside a job (a SLURM job re-reads this
+# file) the plan is made and the file list is enough.
+if workflow.is_main_process:
     _, SOURCE_FILES, _ = check_data(CFG)
-else:  # inside a job (a SLURM job re-reads this file): the plan is made, the file list is enough
+else:
     SOURCE_FILES = resolve_paths(CFG.data.source.paths)
 CONFIG_FILE = str(resolved_config_path(CFG, write=not workflow.dryrun))
 EXP = str(CFG.exp_dir)

@@ -44,7 +44,7 @@ rule evaluate_checkpoint:
         f"{EXP}/benchmarks/evaluate/{{checkpoint}}/{{sampler}}-{{steps}}.tsv"
     wildcard_constraints:
         checkpoint=r"step-\d+",
-        sampler="|".join(SAMPLER_NAMES),
+        sampler=SAMPLER_PATTERN,
         steps=r"\d+",
     conda:
         "../../envs/pipeline.yaml"
@@ -55,6 +55,9 @@ rule evaluate_checkpoint:
         config=CONFIG_FILE,
         settings=settings(
             "evaluate.guidance_weights",
+            "evaluate.cfg_scales",
+            "evaluate.langevin_snr",
+            "evaluate.langevin_steps",
             "evaluate.context_frames",
             "evaluate.ensemble",
             "evaluate.test_clips",

@@ -1,0 +1,100 @@
+# Progressive distillation (distill.enabled): students of distill.checkpoint, each round halving the DDIM steps,
+# then each student is a sweep point of its own (sampler `distilled`, DDIM with the student on its step count),
+# collected beside the teachers' points under eval/distilled/. Like training, the GPU job is submitted by submitit
+# (pipeline/launch.py), so distill_model is a local rule.
+from pipeline import checkpoints
+
+# the teacher's file: eval/best.json names it for 'best' (after collect_evaluation), else training made it
+DISTILL_TEACHER = (
+    f"{EXP}/eval/best.json"
+    if CFG.distill.checkpoint == "best"
+    else str(CFG.final_checkpoint)
+)
+STUDENTS_INDEX = str(checkpoints.students_index(CFG.distill_dir))
+STUDENT_POINTS = [f"{EXP}/eval/{c}/{s}-{n}.json" for c, s, n in CFG.student_points()]
+DISTILL_TARGETS = [f"{EXP}/eval/distilled/summary.csv"] if CFG.distill.enabled else []
+
+
+localrules:
+    distill_model,
+
+
+rule distill_model:
+    input:
+        teacher=DISTILL_TEACHER,
+        store=f"{EXP}/data/normalised.zarr",
+        stats=f"{EXP}/data/stats.json",
+    output:
+        STUDENTS_INDEX,
+    log:
+        f"{EXP}/logs/distill_model.log",
+    benchmark:
+        f"{EXP}/benchmarks/distill_model.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG_FILE,
+        settings=settings("distill", "model", "diffusion", "train", "launch", "seed"),
+    shell:
+        "python -m pipeline distill --config {params.config} > {log} 2>&1"
+
+
+rule evaluate_student:
+    input:
+        students=STUDENTS_INDEX,
+        stats=f"{EXP}/data/stats.json",
+    output:
+        f"{EXP}/eval/{{student}}/distilled-{{steps}}.json",
+    log:
+        f"{EXP}/logs/evaluate/{{student}}/distilled-{{steps}}.log",
+    benchmark:
+        f"{EXP}/benchmarks/evaluate/{{student}}/distilled-{{steps}}.tsv"
+    wildcard_constraints:
+        student=r"student-\d+",
+        steps=r"\d+",
+    conda:
+        "../../envs/pipeline.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        config=CONFIG_FILE,
+        settings=settings(
+            "evaluate.guidance_weights",
+            "evaluate.cfg_scales",
+            "evaluate.context_frames",
+            "evaluate.ensemble",
+            "evaluate.test_clips",
+            "evaluate.test_stride",
+            "seed",
+        ),
+    shell:
+        "python -m pipeline evaluate --config {params.config} --checkpoint {wildcards.student}"
+        " --sampler distilled --steps {wildcards.steps} > {log} 2>&1"
+
+
+rule collect_distilled:
+    input:
+        points=EVAL_POINTS + STUDENT_POINTS,
+        references=f"{EXP}/eval/references.json",
+    output:
+        csv=f"{EXP}/eval/distilled/summary.csv",
+        parquet=f"{EXP}/eval/distilled/summary.parquet",
+        best=f"{EXP}/eval/distilled/best.json",
+        plot=f"{EXP}/eval/distilled/summary.png",
+        scorecard=f"{EXP}/eval/distilled/scorecard.png",
+    log:
+        f"{EXP}/logs/collect_distilled.log",
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG_FILE,
+        settings=settings(
+            "evaluate.primary_metric",
+            "evaluate.bootstrap",
+            "evaluate.bootstrap_block",
+            "evaluate.confidence",
+            "seed",
+        ),
+    shell:
+        "python -m pipeline collect-eval --config {params.config} --with-students > {log} 2>&1"
