@@ -37,7 +37,9 @@ from tests.conftest import (
 NO_TRACKING = StageRun(None, None, None)
 
 pytestmark = pytest.mark.slurm
-STEPS = 40
+# Enough steps after the cancel point (step 20) that the job is still training when SLURM's KillWait (5 s: the
+# job ignores SIGTERM until then) ends it: at 3-4 steps/s an idle machine would otherwise finish in the grace.
+STEPS = 80
 
 
 @pytest.fixture(scope="module")

@@ -42,12 +42,10 @@ __all__ = [
     "langevin_corrector",
     "langevin_step",
     "sample_ancestral",
-    "sample_ancestral_langevin",
     "sample_ddim",
-    "sample_ddim_langevin",
     "sample_dpmpp_2m",
-    "sample_dpmpp_2m_langevin",
     "time_grid",
+    "with_langevin",
 ]
 
 Callback = Callable[[dict[str, Any]], None]
@@ -276,62 +274,35 @@ def sample_dpmpp_2m(
     return z
 
 
-@torch.no_grad()
-def sample_ancestral_langevin(
-    model: Denoiser,
-    z: Tensor,
-    steps: int | Tensor,
-    cond: dict[str, Any] | None = None,
-    callback: Callback | None = None,
-    generator: Generators = None,
-    snr: float = 0.16,
-    corrector_steps: int = 1,
-) -> Tensor:
-    """Ancestral predictor + Langevin corrector (``corrector_steps`` steps of signal-to-noise ratio ``snr``)."""
-    corrector = langevin_corrector(snr, corrector_steps)
-    return sample_ancestral(model, z, steps, cond, callback, generator, corrector=corrector)
+def with_langevin(predictor: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``predictor`` followed, after each of its steps, by ``corrector_steps`` Langevin corrector steps of
+    signal-to-noise ratio ``snr`` (predictor-corrector sampling); the other arguments are the predictor's."""
 
+    @torch.no_grad()
+    def sample(
+        model: Denoiser,
+        z: Tensor,
+        steps: int | Tensor,
+        cond: dict[str, Any] | None = None,
+        callback: Callback | None = None,
+        generator: Generators = None,
+        snr: float = 0.16,
+        corrector_steps: int = 1,
+    ) -> Tensor:
+        corrector = langevin_corrector(snr, corrector_steps)
+        return predictor(model, z, steps, cond, callback, generator, corrector=corrector)
 
-@torch.no_grad()
-def sample_ddim_langevin(
-    model: Denoiser,
-    z: Tensor,
-    steps: int | Tensor,
-    cond: dict[str, Any] | None = None,
-    callback: Callback | None = None,
-    generator: Generators = None,
-    snr: float = 0.16,
-    corrector_steps: int = 1,
-    eta: float = 0.0,
-) -> Tensor:
-    """DDIM predictor + Langevin corrector (``corrector_steps`` steps of signal-to-noise ratio ``snr``)."""
-    corrector = langevin_corrector(snr, corrector_steps)
-    return sample_ddim(model, z, steps, cond, callback, generator, eta, corrector=corrector)
-
-
-@torch.no_grad()
-def sample_dpmpp_2m_langevin(
-    model: Denoiser,
-    z: Tensor,
-    steps: int | Tensor,
-    cond: dict[str, Any] | None = None,
-    callback: Callback | None = None,
-    generator: Generators = None,
-    snr: float = 0.16,
-    corrector_steps: int = 1,
-) -> Tensor:
-    """DPM-Solver++(2M) predictor + Langevin corrector (``corrector_steps`` steps of ratio ``snr``)."""
-    corrector = langevin_corrector(snr, corrector_steps)
-    return sample_dpmpp_2m(model, z, steps, cond, callback, generator, corrector=corrector)
+    sample.__name__ = sample.__qualname__ = f"{predictor.__name__}_langevin"
+    return sample
 
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {
     "ancestral": sample_ancestral,
     "ddim": sample_ddim,
     "dpmpp_2m": sample_dpmpp_2m,
-    "ancestral+langevin": sample_ancestral_langevin,
-    "ddim+langevin": sample_ddim_langevin,
-    "dpmpp_2m+langevin": sample_dpmpp_2m_langevin,
+    "ancestral+langevin": with_langevin(sample_ancestral),
+    "ddim+langevin": with_langevin(sample_ddim),
+    "dpmpp_2m+langevin": with_langevin(sample_dpmpp_2m),
     "distilled": sample_ddim,  # a progressively distilled student samples with DDIM on its own step count
 }
 
