@@ -231,9 +231,12 @@ start() {
     echo "SLURM (nodes n1, n2) already running (SLURM_CONF=$CONF)"
     return 0
   fi
-  if [ $changed = 1 ]; then # an older cluster: restart it with the new configuration and a clean job state
+  if [ $changed = 1 ]; then # an older cluster: restart it with the new configuration, as a new cluster
+    # job ids start again at 1, so the accounting database goes too: sacct (which submitit asks) would
+    # otherwise report an old job's end for a new job with the same id
     stop_daemons
-    rm -rf "$DIR/state" && mkdir -p "$DIR/state" && chmod 755 "$DIR/state"
+    stop_pid "$DIR/mariadb.pid"
+    rm -rf "$DIR/state" "$DB" && mkdir -p "$DIR/state" && chmod 755 "$DIR/state"
     cp -p "$new"/{slurm.conf,gres.conf,hosts,slurmdbd.conf} "$DIR"/
   fi
   rm -rf "$new"
