@@ -1,4 +1,4 @@
-# Shell helpers shared by cluster.sh (one node) and cluster2.sh (two nodes); sourced, not run.
+# Shell helpers for cluster.sh (the test SLURM cluster); sourced, not run.
 # They use $DIR (the cluster's state folder) from the sourcing script.
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
