@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from pipeline.diffusion.objective import Denoiser, VDiffusion, expand, z_from_x_eps
+from pipeline.diffusion.objective import Denoiser, VDiffusion, expand, masked_mean, z_from_x_eps
 from pipeline.diffusion.samplers import ddim_step
 from pipeline.diffusion.schedule import alpha_sigma
 
@@ -94,11 +94,5 @@ def distillation_loss(
     z = z_from_x_eps(x, eps, alpha, sigma)
     _, v_target = two_step_target(teacher, z.float(), t, steps, cond)  # the teacher in fp32, whatever the student
     v_hat = student.net(z, logsnr.to(x.dtype), cond)
-    err = (v_hat.float() - v_target.float()) ** 2
-    dims = tuple(range(1, x.ndim))
-    if mask is None:
-        per = err.mean(dim=dims)
-    else:
-        m = mask.to(err.dtype).expand_as(err)
-        per = (err * m).sum(dim=dims) / m.sum(dim=dims).clamp_min(1.0)
+    per = masked_mean((v_hat.float() - v_target.float()) ** 2, mask)
     return per * distillation_weight(logsnr, weighting).to(per.dtype)

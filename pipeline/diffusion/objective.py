@@ -26,6 +26,7 @@ __all__ = [
     "eps_from_v",
     "expand",
     "loss_weight",
+    "masked_mean",
     "randn",
     "v_from_x_eps",
     "x_from_v",
@@ -72,6 +73,16 @@ def x_from_v(z: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
 def eps_from_v(z: Tensor, v: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
     """Noise estimate from velocity (seed eqs. A.25-A.43)."""
     return expand(sigma, z) * z + expand(alpha, z) * v
+
+
+def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Per-example mean of ``values`` over every dimension but the first, over the elements ``mask`` keeps
+    (all without a mask; an example with none kept gives 0)."""
+    dims = tuple(range(1, values.ndim))
+    if mask is None:
+        return values.mean(dim=dims)
+    m = mask.to(values.dtype).expand_as(values)
+    return (values * m).sum(dim=dims) / m.sum(dim=dims).clamp_min(1.0)
 
 
 def loss_weight(logsnr: Tensor, dlogsnr_dt: Tensor, weighting: Weighting, bias: float = 0.0) -> Tensor:
@@ -270,12 +281,7 @@ class VDiffusion(nn.Module):
         z = z_from_x_eps(x, eps, alpha, sigma)
         v_hat = self.net(z, logsnr.to(x.dtype), cond)
         err = (v_hat.float() - v_from_x_eps(x, eps, alpha, sigma).float()) ** 2
-        dims = tuple(range(1, x.ndim))
-        if mask is None:
-            per = err.mean(dim=dims)
-        else:
-            m = mask.to(err.dtype).expand_as(err)
-            per = (err * m).sum(dim=dims) / m.sum(dim=dims).clamp_min(1.0)
+        per = masked_mean(err, mask)
         if not learned:
             needs_slope = self.weighting in ("elbo", "sigmoid")
             slope = self.schedule.dlogsnr_dt(t).float() if needs_slope else torch.ones_like(t)
@@ -303,13 +309,7 @@ class VDiffusion(nn.Module):
         the learned endpoints follow; without them the diffusion term alone would shrink the range.
         """
         lo, hi = self.schedule.endpoints()
-        x2 = x.detach().to(torch.float64) ** 2
-        dims = tuple(range(1, x.ndim))
-        if mask is None:
-            x2 = x2.mean(dim=dims)
-        else:
-            m = mask.to(torch.float64).expand_as(x2)
-            x2 = (x2 * m).sum(dim=dims) / m.sum(dim=dims).clamp_min(1.0)
+        x2 = masked_mean(x.detach().to(torch.float64) ** 2, mask)
         a2, s2 = torch.sigmoid(lo), torch.sigmoid(-lo)
         prior = 0.5 * (s2 + a2 * x2 - 1.0 - torch.log(s2))
         recon = 0.5 * (math.log(2 * math.pi) + 1.0 - hi)
