@@ -233,8 +233,10 @@ class TrainState:
         return self.engine.module.diffusion
 
     def ema_diffusion(self) -> VDiffusion:
+        """The averaged model, as its inference file rebuilds it: a learned schedule travels in the network
+        (``net.noise_schedule``, see :func:`checkpoints.build_diffusion`), so the EMA's copy is the averaged one."""
         d = self.diffusion
-        return VDiffusion(self.ema.net, d.schedule, d.weighting)
+        return VDiffusion(self.ema.net, getattr(self.ema.net, "noise_schedule", d.schedule), d.weighting)
 
 
 def build_engine(cfg: Config, rt: Runtime, module: nn.Module, ema: EMA, ckpt_dir: Path) -> TrainState:
@@ -436,14 +438,26 @@ def _log_start(cfg: Config, rt: Runtime, state: TrainState, model_cfg: dict, cli
     )
 
 
+SCHEDULE_PROBES = (0.0, 0.25, 0.5, 0.75, 1.0)  # where a learned schedule's log-SNR is logged: its curve in MLflow
+
+
 def validation_metrics(cfg: Config, rt: Runtime, clips: Clips) -> Callable[[TrainState], dict[str, float]]:
-    """``val_loss`` and ``val_loss_ema``: the loss of the raw and the EMA weights at fixed times and noise."""
+    """``val_loss`` and ``val_loss_ema``: the loss of the raw and the EMA weights at fixed times and noise; with
+    a learned schedule (``diffusion.schedule: learned``) also the EMA schedule's log-SNR at ``SCHEDULE_PROBES``
+    (``logsnr_t050`` at t = 0.5)."""
 
     def validate(state: TrainState) -> dict[str, float]:
         doy = cfg.model.day_of_year
         raw = validation_loss(state.diffusion, clips.val, cfg.seed, rt.device, rt.dtype, doy)
-        ema = validation_loss(state.ema_diffusion(), clips.val, cfg.seed, rt.device, torch.float32, doy)
-        return {"val_loss": raw, "val_loss_ema": ema}
+        averaged = state.ema_diffusion()
+        ema = validation_loss(averaged, clips.val, cfg.seed, rt.device, torch.float32, doy)
+        out = {"val_loss": raw, "val_loss_ema": ema}
+        schedule = averaged.schedule  # the EMA's: what the inference file holds and the samplers use
+        if getattr(schedule, "trainable", False):
+            with torch.no_grad():
+                logsnr = schedule(torch.tensor(SCHEDULE_PROBES, dtype=torch.float64, device=rt.device))
+            out |= {f"logsnr_t{round(p * 100):03d}": float(v) for p, v in zip(SCHEDULE_PROBES, logsnr, strict=True)}
+        return out
 
     return validate
 

@@ -18,6 +18,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+# pytest-xdist (`-n` in pyproject's addopts) hands out whole groups: a module's tests stay on one worker (a module
+# fixture is built once), the SLURM modules share one worker (one cluster, one job queue) and every user of the
+# session's CI workflow shares another (it runs once). Groups run side by side on the CPUs while SLURM tests wait.
+SLURM_MODULES = {"test_slurm", "test_multinode"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
+        if module in SLURM_MODULES or item.get_closest_marker("slurm"):
+            group = "slurm"
+        elif "ci_workflow" in getattr(item, "fixturenames", ()):
+            group = "ci_workflow"
+        else:
+            group = module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def eraint_path() -> Path:
     p = SHARED_DATA / "eraint_uvz.nc"
@@ -241,3 +259,61 @@ def mlflow_train_runs(work: Path, name: str) -> list:
     exp_id = client.get_experiment_by_name(name).experiment_id
     runs = [r for r in client.search_runs([exp_id]) if r.data.tags.get("pipeline.stage") == "train"]
     return [(r, client.get_metric_history(r.info.run_id, "loss")) for r in runs]
+
+
+SEED_SYSTEMS = ("--configfile", "config/experiments/ci.yaml", "config/experiments/seed-systems.yaml")
+
+
+def check_seed_systems(work: Path) -> None:
+    """What config/experiments/seed-systems.yaml switches on, found in a finished workflow's results and MLflow
+    store under ``work``: a learned schedule trained (its log-SNR curve logged, the inference file rebuilds it),
+    the sweep over classifier-free guidance scales and a Langevin corrector, and a distilled student evaluated as
+    a point of its own beside its teacher (issue 14)."""
+    import torch
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from pipeline import checkpoints
+    from pipeline.diffusion.schedule import LearnedSchedule
+
+    exp = work / "results" / "eofs-z500-ci"
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(exp.name).experiment_id], max_results=500)
+    stage = {}
+    for r in runs:
+        stage.setdefault(r.data.tags.get("pipeline.stage"), []).append(r)
+    # the learned schedule: trained, logged as a curve (monotone, endpoints fixed), rebuilt from the inference file
+    (train,) = stage["train"]
+    assert train.data.params["diffusion.schedule"] == "learned"
+    train_cfg = yaml.safe_load((exp / "config.resolved.yaml").read_text())
+    probes = [client.get_metric_history(train.info.run_id, f"logsnr_t{p:03d}") for p in (0, 25, 50, 75, 100)]
+    assert all(len(h) == 2 for h in probes), probes  # val_every 10 of 20 steps
+    curve = [h[-1].value for h in probes]
+    assert curve == sorted(curve, reverse=True) and curve[0] > curve[-1], curve
+    diffusion, _ = checkpoints.load_inference(exp / "checkpoints" / "final.pt")
+    assert isinstance(diffusion.schedule, LearnedSchedule), type(diffusion.schedule)
+    with torch.no_grad():  # the file's schedule is the one whose curve MLflow shows last
+        saved = diffusion.schedule(torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
+    np.testing.assert_allclose(saved.numpy(), curve, rtol=1e-6)
+    assert curve[0] == pytest.approx(train_cfg["diffusion"]["logsnr_max"], rel=1e-5)  # endpoints fixed
+    # guidance scales x samplers with and without the corrector, each point at every scale and weight
+    table = pd.read_csv(exp / "eval" / "summary.csv")
+    points = table[table["kind"] == "checkpoint"]
+    assert set(points["sampler"]) == {"ddim", "ddim+langevin"} and set(points["cfg_scale"]) == {1.0, 2.0}
+    assert len(points) == 2 * 2 * 2 and points["crps"].gt(0).all()  # samplers x guidance weights x scales
+    by = points.set_index(["sampler", "guidance_weight", "cfg_scale"])["crps"]
+    assert by[("ddim", 0.0, 1.0)] != by[("ddim", 0.0, 2.0)] != by[("ddim+langevin", 0.0, 2.0)]
+    evals = stage["evaluate"]
+    assert {(r.data.params["sampler"], r.data.params["cfg_scale"]) for r in evals} == {
+        (s, c) for s in ("ddim", "ddim+langevin", "distilled") for c in ("1.0", "2.0")
+    }
+    # the distilled student: its own MLflow run, an inference file, a point collected beside the teacher's
+    (distill,) = stage["distill"]
+    assert client.get_metric_history(distill.info.run_id, "loss") and "round_final_loss" in distill.data.metrics
+    students = json.loads((exp / "distill" / "students.json").read_text())
+    best = json.loads((exp / "eval" / "best.json").read_text())
+    assert students["teacher"].endswith(f"{best['checkpoint']}.pt") and (exp / "distill" / "round-0004").is_dir()
+    both = pd.read_csv(exp / "eval" / "distilled" / "summary.csv")
+    student = both[both["sampler"] == "distilled"]
+    assert set(student["checkpoint"]) == {"student-0004"} and set(student["steps"]) == {4} and len(student) == 4
+    assert len(both[both["kind"] == "checkpoint"]) == len(points) + len(student)

@@ -24,7 +24,9 @@ from pipeline.prepare import run_prepare
 from pipeline.tracking import StageRun
 from tests.conftest import (
     REPO,
+    SEED_SYSTEMS,
     assert_same_data,
+    check_seed_systems,
     experiment_config,
     job_state,
     mlflow_train_runs,
@@ -115,13 +117,12 @@ README_TRIAL = (
     "export SLURM_CONF=/tmp/pipeline-slurm/slurm.conf",
     "snakemake --profile slurm",
 )
-# the CI experiment's size, its sweep cut to the last checkpoint at one step count (2 points, one array);
-# ci.yaml also pins launch.executor: local (for the other workflow tests), put back to the default
-# (auto -> the cluster) so training is submitted as in the trial
-CI_SIZE = (
-    " --configfile config/experiments/ci.yaml"
-    " --config 'launch={executor: auto}' 'evaluate={checkpoints: last, steps: [5]}'"
-)
+# the CI experiment's size with the seed documents' systems on (seed-systems.yaml: a learned schedule, guidance
+# scales, a Langevin corrector, a distilled student), its sweep cut to the last checkpoint at one step count (2
+# points, one array); ci.yaml also pins launch.executor: local (for the other workflow tests), put back to the
+# default (auto -> the cluster) so training and distillation are submitted as in the trial
+CUTS = " --config 'launch={executor: auto}' 'evaluate={checkpoints: last, steps: [5]}'"
+CI_SIZE = " " + " ".join(SEED_SYSTEMS) + CUTS
 
 
 def _readme_trial() -> list[str]:
@@ -157,19 +158,20 @@ def _check_trial(out: str, root: Path, env: dict) -> tuple[Path, set[str]]:
         for names in re.findall(r"localrules:((?:\s+\w+,)+)", smk.read_text()):
             declared |= set(re.findall(r"\w+", names))
     local = {rule for rule, is_local in rules.values() if is_local}
-    assert "train_model" in local and local <= declared, (local, declared)
+    assert {"train_model", "distill_model"} <= local <= declared, (local, declared)
     remote = {job: rule for job, (rule, is_local) in rules.items() if not is_local}
     missing = {job: rule for job, rule in remote.items() if job not in slurm_ids}
     assert not missing, f"rules not submitted to SLURM: {missing}\n{out[-3000:]}"
     evaluation = {"score_references", "evaluate_checkpoint", "collect_evaluation", "sample_model"}
+    evaluation |= {"evaluate_student", "collect_distilled"}
     assert evaluation < set(remote.values()), remote  # and the data rules
-    # the evaluation points: one SLURM job array
+    # the evaluation points: one SLURM job array (teachers'), one more for the distilled student's
     assert len({slurm_ids[job] for job, rule in remote.items() if rule == "evaluate_checkpoint"}) == 1
 
     exp = root / "results" / "eofs-z500-ci"
-    train = json.loads((exp / "train_job.json").read_text())
-    assert train["executor"] == "slurm", train
-    ids = sorted(set(slurm_ids.values()) | {train["job_id"]})
+    train, distill = (json.loads((exp / f"{stage}_job.json").read_text()) for stage in ("train", "distill"))
+    assert train["executor"] == distill["executor"] == "slurm", (train, distill)
+    ids = sorted(set(slurm_ids.values()) | {train["job_id"], distill["job_id"]})
     r = subprocess.run(
         ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", "%i|%P|%a|%T|%k"],
         env=env,
@@ -184,11 +186,12 @@ def _check_trial(out: str, root: Path, env: dict) -> tuple[Path, set[str]]:
     for job, rule in remote.items():
         tasks = [v for k, v in listed.items() if k == slurm_ids[job] or k.startswith(slurm_ids[job] + "_")]
         assert tasks, f"{rule}: SLURM job {slurm_ids[job]} not in squeue:\n{r.stdout}"
-        want = "gpu" if rule in ("evaluate_checkpoint", "sample_model") else "cpu"
+        want = "gpu" if rule in ("evaluate_checkpoint", "evaluate_student", "sample_model") else "cpu"
         for partition, account, state, comment in tasks:
             assert (partition, account, state) == (want, "pipeline", "COMPLETED"), (rule, tasks)
             assert comment.startswith(f"rule_{rule}"), (rule, comment)
-    assert listed[train["job_id"]][:3] == ("cpu", "pipeline", "COMPLETED"), listed[train["job_id"]]
+    for submitted in (train, distill):
+        assert listed[submitted["job_id"]][:3] == ("cpu", "pipeline", "COMPLETED"), listed[submitted["job_id"]]
     return exp, set(remote.values())
 
 
@@ -266,6 +269,7 @@ def test_snakemake_profile_slurm_runs_the_readme_trial(
 
     exp, remote = _check_trial(out, tmp_path, slurm)
     assert (exp / "samples" / "manifest.json").exists() and (exp / "eval" / "best.json").exists()
+    check_seed_systems(tmp_path)  # the four seed systems, trained, swept, distilled and tracked on the cluster
 
     # the data part cancelled while it ran: Snakemake (the profile's `retries: 1`) ran it again, alone
     assert killer.cancelled, "the second data part's job was never seen running"
@@ -304,6 +308,7 @@ def test_snakemake_profile_slurm_runs_the_readme_trial(
     # rerunning one stage under the profile: training and everything downstream, nothing upstream
     out = dry_run("--forcerun", "train_model")
     downstream = {"train_model", "evaluate_checkpoint", "collect_evaluation", "sample_model"}
+    downstream |= {"distill_model", "evaluate_student", "collect_distilled"}
     for rule in downstream:
         assert f"rule {rule}:" in out, out[-3000:]
     for rule in remote - downstream:  # the data rules and the references

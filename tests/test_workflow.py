@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SEED_SYSTEMS, check_seed_systems
 
 SNAKEMAKE = shutil.which("snakemake")
 assert SNAKEMAKE is not None, "snakemake is a dependency of the project: pip install -e '.[test]'"
@@ -106,6 +106,23 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     html = (workdir / "report.html").read_text(errors="replace")
     for name in ("scorecard.png", "summary.png", "z500_realism.png", "z500_rollout.gif", "Evaluation", "Samples"):
         assert name in html, name
+
+
+@pytest.mark.workflow
+@pytest.mark.timeout(1500)
+def test_the_seed_systems_run_through_the_workflow(workdir: Path) -> None:
+    """config/experiments/seed-systems.yaml on the CI experiment (its sweep cut to the last checkpoint at one
+    step count, as the cluster trial cuts it), end to end with local jobs: a learned schedule, conditioning
+    dropout and guidance scales, a Langevin corrector and a distill stage whose student is swept (issue 14;
+    test_slurm runs the same under `snakemake --profile slurm`). Then nothing is left to do."""
+    cut = ["--config", "evaluate={checkpoints: last, steps: [5]}"]
+    r = _run([SNAKEMAKE, "--cores", "2", *SEED_SYSTEMS, *cut], workdir, timeout=1400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
+    for rule in ("distill_model", "evaluate_student", "collect_distilled"):
+        assert f"rule {rule}:" in r.stderr, rule
+    check_seed_systems(workdir)
+    r = _run([SNAKEMAKE, "-n", *SEED_SYSTEMS, *cut], workdir)
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
 
 
 def test_bad_config_fails_at_parse_time(workdir: Path) -> None:
