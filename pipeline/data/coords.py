@@ -186,14 +186,37 @@ def _grid_mapping(ds: xr.Dataset) -> str | None:
 
 
 def _horizontal(ds: xr.Dataset, source: str, names: dict[str, str] | None) -> dict:
-    """Latitude / longitude by meaning (see :class:`Axes`), as keyword arguments of ``Axes``."""
+    """Latitude / longitude by meaning (see :class:`Axes`), as keyword arguments of ``Axes``.
+
+    In order of trust: the names the user gives, CF attributes, grid coordinates with a grid mapping, and
+    last a bare name whose values fit; none of them is an error listing what the dataset has.
+    """
     if names:  # the user names them (data.source.coordinates)
-        lat, lon = names.get("latitude"), names.get("longitude")
-        for key, n in (("latitude", lat), ("longitude", lon)):
-            if n not in ds.variables:
-                msg = f"{source}: {CONFIG_KEY}.{key} = {n!r} is not a variable of the file; it has {_describe(ds)}"
-                raise DataError(msg)
-        return _from_pair(ds, str(lat), str(lon), source, f"named in {CONFIG_KEY}")
+        return _named(ds, source, names)
+    found = _by_cf_meaning(ds, source) or _by_grid_mapping(ds, source) or _by_bare_names(ds, source)
+    if found is not None:
+        return found
+    msg = (
+        f"{source}: no geographic latitude/longitude found (looked for standard_name latitude/longitude, units "
+        f"degrees_north/degrees_east, a grid_mapping with grid coordinates, or names {list(_NAMES['latitude'])} / "
+        f"{list(_NAMES['longitude'])} whose values fit); the dataset has {_describe(ds)}. Name them with "
+        f"{CONFIG_KEY}: {{latitude: ..., longitude: ...}}"
+    )
+    raise DataError(msg)
+
+
+def _named(ds: xr.Dataset, source: str, names: dict[str, str]) -> dict:
+    """The coordinates named in ``data.source.coordinates``, which must be variables of the file."""
+    lat, lon = names.get("latitude"), names.get("longitude")
+    for key, n in (("latitude", lat), ("longitude", lon)):
+        if n not in ds.variables:
+            msg = f"{source}: {CONFIG_KEY}.{key} = {n!r} is not a variable of the file; it has {_describe(ds)}"
+            raise DataError(msg)
+    return _from_pair(ds, str(lat), str(lon), source, f"named in {CONFIG_KEY}")
+
+
+def _by_cf_meaning(ds: xr.Dataset, source: str) -> dict | None:
+    """1-D dimension coordinates, else 2-D auxiliary coordinates, that CF standard_name/units call geographic."""
     lats = [str(n) for n, v in ds.variables.items() if v.ndim in (1, 2) and _means(v, "latitude")]
     lons = [str(n) for n, v in ds.variables.items() if v.ndim in (1, 2) and _means(v, "longitude")]
     regular = ([a for a in lats if a in ds.dims], [o for o in lons if o in ds.dims])
@@ -202,27 +225,36 @@ def _horizontal(ds: xr.Dataset, source: str, names: dict[str, str] | None) -> di
     two_d = [(a, o) for a in lats for o in lons if ds[a].ndim == 2 and ds[a].dims == ds[o].dims]
     if two_d:
         return _from_pair(ds, *two_d[0], source, "2-D auxiliary coordinates by CF standard_name/units")
+    return None
+
+
+def _by_grid_mapping(ds: xr.Dataset, source: str) -> dict | None:
+    """Grid (rotated or projected) dims placed on Earth by a grid mapping; grid dims without one are an error."""
     gy, gx, gm = _grid_axis(ds, "Y"), _grid_axis(ds, "X"), _grid_mapping(ds)
-    if gy and gx:
-        if gm is None:
-            msg = (
-                f"{source}: the horizontal dims {gy!r}/{gx!r} are grid coordinates (standard_name "
-                f"{ds[gy].attrs.get('standard_name')!r}), not geographic latitude/longitude, and the file has no "
-                f"grid_mapping variable and no 2-D latitude/longitude: where its cells lie on Earth is unknown. Add the "
-                f"grid-mapping variable (e.g. rotated_pole) or the 2-D lat/lon to the file, or name geographic "
-                f"coordinates with {CONFIG_KEY}: {{latitude: ..., longitude: ...}}; it has {_describe(ds)}"
-            )
-            raise DataError(msg)
-        return {
-            "latitude": None,
-            "longitude": None,
-            "kind": "curvilinear",
-            "y": gy,
-            "x": gx,
-            "grid_mapping": gm,
-            "how": f"grid mapping {gm!r} ({ds[gm].attrs.get('grid_mapping_name', '?')}) on {gy}/{gx}",
-        }
-    # last resort: a bare name, accepted only where values and units fit a geographic axis
+    if not (gy and gx):
+        return None
+    if gm is None:
+        msg = (
+            f"{source}: the horizontal dims {gy!r}/{gx!r} are grid coordinates (standard_name "
+            f"{ds[gy].attrs.get('standard_name')!r}), not geographic latitude/longitude, and the file has no "
+            f"grid_mapping variable and no 2-D latitude/longitude: where its cells lie on Earth is unknown. Add the "
+            f"grid-mapping variable (e.g. rotated_pole) or the 2-D lat/lon to the file, or name geographic "
+            f"coordinates with {CONFIG_KEY}: {{latitude: ..., longitude: ...}}; it has {_describe(ds)}"
+        )
+        raise DataError(msg)
+    return {
+        "latitude": None,
+        "longitude": None,
+        "kind": "curvilinear",
+        "y": gy,
+        "x": gx,
+        "grid_mapping": gm,
+        "how": f"grid mapping {gm!r} ({ds[gm].attrs.get('grid_mapping_name', '?')}) on {gy}/{gx}",
+    }
+
+
+def _by_bare_names(ds: xr.Dataset, source: str) -> dict | None:
+    """The last resort: a bare name (``lat``, ``nav_lat``), accepted only where values and units fit (logged)."""
     lowered = {str(n).lower(): str(n) for n in ds.variables}
     guess = {}
     for which in ("latitude", "longitude"):
@@ -231,24 +263,18 @@ def _horizontal(ds: xr.Dataset, source: str, names: dict[str, str] | None) -> di
             if n is not None and ds[n].ndim in (1, 2) and _fits(ds, n, which):
                 guess[which] = n
                 break
-    if len(guess) == 2:
-        axes = _from_pair(ds, guess["latitude"], guess["longitude"], source, "guessed from their names")
-        log.warning(
-            "%s: no CF latitude/longitude attributes; guessed %r and %r from their names (values and units fit); "
-            "set %s to name them explicitly",
-            source,
-            guess["latitude"],
-            guess["longitude"],
-            CONFIG_KEY,
-        )
-        return axes
-    msg = (
-        f"{source}: no geographic latitude/longitude found (looked for standard_name latitude/longitude, units "
-        f"degrees_north/degrees_east, a grid_mapping with grid coordinates, or names {list(_NAMES['latitude'])} / "
-        f"{list(_NAMES['longitude'])} whose values fit); the dataset has {_describe(ds)}. Name them with "
-        f"{CONFIG_KEY}: {{latitude: ..., longitude: ...}}"
+    if len(guess) != 2:
+        return None
+    axes = _from_pair(ds, guess["latitude"], guess["longitude"], source, "guessed from their names")
+    log.warning(
+        "%s: no CF latitude/longitude attributes; guessed %r and %r from their names (values and units fit); "
+        "set %s to name them explicitly",
+        source,
+        guess["latitude"],
+        guess["longitude"],
+        CONFIG_KEY,
     )
-    raise DataError(msg)
+    return axes
 
 
 def _from_pair(ds: xr.Dataset, lat: str, lon: str, source: str, how: str) -> dict:

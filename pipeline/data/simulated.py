@@ -88,6 +88,23 @@ def generate(name: str = "qg-turbulence", overrides: dict[str, float | int] | No
 
     ``overrides`` replaces some of its parameters (e.g. a short run in tests).
     """
+    p = _parameters(name, overrides)
+    jax, pyqg_jax = _simulator()
+    q = _run_qg(p) * 1e6  # 1e-6 s-1
+    q = q - q.mean(axis=(1, 2), keepdims=True)  # PV anomaly about each frame's box mean (which the model conserves)
+    attrs = {
+        "long_name": "upper-layer quasi-geostrophic potential vorticity anomaly (simulated)",
+        "units": "1e-6 s-1",
+    }
+    return xr.Dataset(
+        {"q": (("time", "latitude", "longitude"), q.astype(np.float32), attrs)},
+        coords=_coordinates(p),
+        attrs=_global_attrs(name, p, f"pyqg-jax {pyqg_jax.__version__} (jax {jax.__version__})"),
+    )
+
+
+def _parameters(name: str, overrides: dict[str, float | int] | None) -> dict[str, float | int]:
+    """The parameters of ``name`` with ``overrides`` applied; an unknown name or parameter is refused."""
     if name not in SIMULATIONS:
         msg = f"unknown simulated data set {name!r}; known: {sorted(SIMULATIONS)}"
         raise DataError(msg)
@@ -95,68 +112,51 @@ def generate(name: str = "qg-turbulence", overrides: dict[str, float | int] | No
     if unknown:
         msg = f"unknown parameters {sorted(unknown)} for {name!r}; it has {sorted(SIMULATIONS[name])}"
         raise DataError(msg)
-    p = {**SIMULATIONS[name], **(overrides or {})}
-    jax, pyqg_jax = _simulator()
-    q = _run_qg(p) * 1e6  # 1e-6 s-1
-    q = q - q.mean(axis=(1, 2), keepdims=True)  # PV anomaly about each frame's box mean (which the model conserves)
+    return {**SIMULATIONS[name], **(overrides or {})}
+
+
+def _coordinates(p: dict[str, float | int]) -> dict[str, tuple[str, np.ndarray, dict[str, str]]]:
+    """CF time (days since 2000-01-01) and the NOMINAL latitude/longitude labels of the box's cells."""
     n = int(p["nx"])
     lat = 20.5 + np.arange(n, dtype=np.float64)
     lon = 0.5 + np.arange(n, dtype=np.float64)
     time = np.arange(int(p["frames"]), dtype=np.float64) * float(p["frame_days"])
-    ds = xr.Dataset(
-        {
-            "q": (
-                ("time", "latitude", "longitude"),
-                q.astype(np.float32),
-                {
-                    "long_name": "upper-layer quasi-geostrophic potential vorticity anomaly (simulated)",
-                    "units": "1e-6 s-1",
-                },
-            )
-        },
-        coords={
-            "time": (
-                "time",
-                time,
-                {
-                    "standard_name": "time",
-                    "units": "days since 2000-01-01 00:00:00",
-                    "calendar": "proleptic_gregorian",
-                    "axis": "T",
-                },
-            ),
-            "latitude": (
-                "latitude",
-                lat,
-                {
-                    "standard_name": "latitude",
-                    "units": "degrees_north",
-                    "axis": "Y",
-                    "long_name": "nominal latitude (model y, 1 cell = 1 degree)",
-                },
-            ),
-            "longitude": (
-                "longitude",
-                lon,
-                {
-                    "standard_name": "longitude",
-                    "units": "degrees_east",
-                    "axis": "X",
-                    "long_name": "nominal longitude (model x, periodic box)",
-                },
-            ),
-        },
-        attrs={
-            "Conventions": "CF-1.8",
-            "title": f"{name}: two-layer quasi-geostrophic turbulence (SIMULATED, not observations)",
-            "source": f"simulated by pyqg-jax {pyqg_jax.__version__} (jax {jax.__version__})",
-            "institution": "climate-video-diffusion-pipeline, pipeline.data.simulated",
-            "comment": "Doubly periodic 1000 km box on a nominal lat/lon grid; no seasonal cycle. Parameters: "
-            + ", ".join(f"{k}={v}" for k, v in p.items()),
-            "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} pipeline.data.simulated.generate({name!r})",
-        },
-    )
-    return ds
+    time_attrs = {
+        "standard_name": "time",
+        "units": "days since 2000-01-01 00:00:00",
+        "calendar": "proleptic_gregorian",
+        "axis": "T",
+    }
+    lat_attrs = {
+        "standard_name": "latitude",
+        "units": "degrees_north",
+        "axis": "Y",
+        "long_name": "nominal latitude (model y, 1 cell = 1 degree)",
+    }
+    lon_attrs = {
+        "standard_name": "longitude",
+        "units": "degrees_east",
+        "axis": "X",
+        "long_name": "nominal longitude (model x, periodic box)",
+    }
+    return {
+        "time": ("time", time, time_attrs),
+        "latitude": ("latitude", lat, lat_attrs),
+        "longitude": ("longitude", lon, lon_attrs),
+    }
+
+
+def _global_attrs(name: str, p: dict[str, float | int], simulator: str) -> dict[str, str]:
+    """CF global attributes saying plainly that the data is simulated, by what and with which parameters."""
+    return {
+        "Conventions": "CF-1.8",
+        "title": f"{name}: two-layer quasi-geostrophic turbulence (SIMULATED, not observations)",
+        "source": f"simulated by {simulator}",
+        "institution": "climate-video-diffusion-pipeline, pipeline.data.simulated",
+        "comment": "Doubly periodic 1000 km box on a nominal lat/lon grid; no seasonal cycle. Parameters: "
+        + ", ".join(f"{k}={v}" for k, v in p.items()),
+        "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} pipeline.data.simulated.generate({name!r})",
+    }
 
 
 def simulated_path(spec: str) -> Path:

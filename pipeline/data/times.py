@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import cftime
 import numpy as np
@@ -315,6 +315,16 @@ def _span(name: str, t: np.ndarray) -> str:
     return f"{name} ({format_time(t[0])} .. {format_time(t[-1])})"
 
 
+class _Part(NamedTuple):
+    """One input file's dataset with its time coordinate's name, values and seconds."""
+
+    name: str
+    ds: xr.Dataset
+    tname: str
+    t: np.ndarray
+    s: np.ndarray
+
+
 def check_time_axes(parts: list[tuple[str, xr.Dataset]], overlap: str = "error") -> list[xr.Dataset]:
     """Check that decoded per-file datasets (of the same variables) form one time axis; return them in time order.
 
@@ -326,6 +336,23 @@ def check_time_axes(parts: list[tuple[str, xr.Dataset]], overlap: str = "error")
     if overlap not in ("error", "later_wins"):
         msg = f"data.source.overlap must be 'error' or 'later_wins', got {overlap!r}"
         raise DataError(msg)
+    items = _timed_parts(parts)
+    _check_one_calendar(items)
+    items.sort(key=lambda it: (it.s[0], it.s[-1]))
+    out = items[:1]
+    for item in items[1:]:
+        prev = _resolve_overlap(out[-1], item, overlap)
+        if prev is None:  # the later file holds every step of the earlier one
+            out[-1] = item
+            continue
+        out[-1] = prev
+        _check_gap(prev, item)
+        out.append(item)
+    return [it.ds for it in out]
+
+
+def _timed_parts(parts: list[tuple[str, xr.Dataset]]) -> list[_Part]:
+    """The files with their times (files without time steps left out, logged); time must increase in each."""
     items = []
     for name, ds in parts:
         tname = find_time(ds)
@@ -341,45 +368,53 @@ def check_time_axes(parts: list[tuple[str, xr.Dataset]], overlap: str = "error")
             i = int(np.argmax(np.diff(s) <= 0))
             msg = f"{name}: time does not increase ({format_time(t[i])}, {format_time(t[i + 1])} at position {i})"
             raise DataError(msg)
-        items.append((name, ds, tname, t, s))
-    cals = {calendar_of(it[3]) for it in items}
+        items.append(_Part(name, ds, tname, t, s))
+    return items
+
+
+def _check_one_calendar(items: list[_Part]) -> None:
+    """Files in different calendars cannot share a time axis: converting one silently would move dates."""
+    cals = {calendar_of(it.t) for it in items}
     if len(cals) > 1:
-        each = ", ".join(f"{it[0]}: {calendar_of(it[3])}" for it in items)
+        each = ", ".join(f"{it.name}: {calendar_of(it.t)}" for it in items)
         msg = f"input files use different calendars ({each}); convert them to one calendar first"
         raise DataError(msg)
-    items.sort(key=lambda it: (it[4][0], it[4][-1]))
-    out = items[:1]
-    for name, ds, tname, t, s in items[1:]:
-        pname, pds, ptname, pt, ps = out[-1]
-        if s[0] <= ps[-1]:
-            if ps[-1] > s[-1]:
-                msg = f"{_span(pname, pt)} contains all of {_span(name, t)}; remove one of them"
-                raise DataError(msg)
-            keep = ps < s[0]
-            if overlap == "error":
-                msg = (
-                    f"{_span(pname, pt)} and {_span(name, t)} overlap by {int((~keep).sum())} steps; "
-                    "set data.source.overlap: later_wins to let the later file win"
-                )
-                raise DataError(msg)
-            log.warning("%s: %d steps overlap %s; the later file wins", pname, int((~keep).sum()), name)
-            if not keep.any():
-                out.pop()
-                out.append((name, ds, tname, t, s))
-                continue
-            pds = pds.isel({pds[ptname].dims[0]: np.flatnonzero(keep)})
-            pt, ps = pt[keep], ps[keep]
-            out[-1] = (pname, pds, ptname, pt, ps)
-        steps = [float(np.max(np.diff(x))) for x in (ps, s) if x.size > 1]
-        if steps and s[0] - ps[-1] > 1.5 * max(steps):
-            msg = (
-                f"time steps are missing between {_span(pname, pt)} and {_span(name, t)}: nothing from "
-                f"{format_time(pt[-1])} to {format_time(t[0])} ({(s[0] - ps[-1]) / 86400:g} days, while steps inside "
-                f"the files are at most {max(steps) / 86400:g} days); add the file that holds them to data.source.paths"
-            )
-            raise DataError(msg)
-        out.append((name, ds, tname, t, s))
-    return [it[1] for it in out]
+
+
+def _resolve_overlap(prev: _Part, item: _Part, overlap: str) -> _Part | None:
+    """``prev`` without the steps ``item`` (the later file) also holds: unchanged where they do not overlap,
+    None where none is left. An overlap is an error unless ``overlap`` is ``later_wins``."""
+    if not item.s[0] <= prev.s[-1]:  # no overlap (written so that a NaN time never overlaps)
+        return prev
+    if prev.s[-1] > item.s[-1]:
+        msg = f"{_span(prev.name, prev.t)} contains all of {_span(item.name, item.t)}; remove one of them"
+        raise DataError(msg)
+    keep = prev.s < item.s[0]
+    if overlap == "error":
+        msg = (
+            f"{_span(prev.name, prev.t)} and {_span(item.name, item.t)} overlap by {int((~keep).sum())} steps; "
+            "set data.source.overlap: later_wins to let the later file win"
+        )
+        raise DataError(msg)
+    log.warning("%s: %d steps overlap %s; the later file wins", prev.name, int((~keep).sum()), item.name)
+    if not keep.any():
+        return None
+    ds = prev.ds.isel({prev.ds[prev.tname].dims[0]: np.flatnonzero(keep)})
+    return _Part(prev.name, ds, prev.tname, prev.t[keep], prev.s[keep])
+
+
+def _check_gap(prev: _Part, item: _Part) -> None:
+    """A gap of more than 1.5 x the largest step inside either file means a file is missing."""
+    ps, s = prev.s, item.s
+    steps = [float(np.max(np.diff(x))) for x in (ps, s) if x.size > 1]
+    if steps and s[0] - ps[-1] > 1.5 * max(steps):
+        msg = (
+            f"time steps are missing between {_span(prev.name, prev.t)} and {_span(item.name, item.t)}: nothing from "
+            f"{format_time(prev.t[-1])} to {format_time(item.t[0])} ({(s[0] - ps[-1]) / 86400:g} days, while steps "
+            f"inside the files are at most {max(steps) / 86400:g} days); add the file that holds them to "
+            "data.source.paths"
+        )
+        raise DataError(msg)
 
 
 _YEAR = 365.25  # day_of_year() puts every calendar on a 365.25-day year

@@ -135,7 +135,7 @@ class VarianceGradient:
 
     VDM (seed 001; Kingma et al. 2021, sec. 5.2 and appendix) trains the schedule's interior to
     minimise the variance of the loss estimate. Where ``E[L]`` does not depend on the interior ``eta``
-    (see ``VDiffusion.loss``), ``d Var[L] / d eta = d E[L^2] / d eta = E[2 L dL/deta]``. Placed on the
+    (see ``VDiffusion._learned_loss``), ``d Var[L] / d eta = d E[L^2] / d eta = E[2 L dL/deta]``. Placed on the
     per-example schedule outputs (``logsnr_i`` and its slope, which are the only way ``eta`` reaches
     ``L_i``), this identity in the forward pass multiplies the gradient arriving there by ``2 L_i``:
     ``sum_i dmean(L)/dlogsnr_i * 2 L_i * dlogsnr_i/deta = d mean(L^2) / deta``, while every gradient
@@ -237,14 +237,47 @@ class VDiffusion(nn.Module):
         """Per-sample loss (seed eq. 2.22): weighted mean over all non-batch elements.
 
         ``mask`` (broadcastable to ``x``, 1 = counts) leaves out e.g. NaN-filled land cells or
-        context frames that are given rather than generated.
+        context frames that are given rather than generated. A learned schedule (``schedule.trainable``;
+        VDM, seed 001) is importance weighted against its cosine reference: see :meth:`_learned_loss`.
+        """
+        if t is None:
+            t = self.sample_t(x.shape[0], generator=generator, low_discrepancy=low_discrepancy, device=x.device)
+        if eps is None:
+            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if getattr(self.schedule, "trainable", False):
+            return self._learned_loss(x, cond, t, eps, mask, variance_gradient)
+        logsnr = self.schedule(t)
+        per = self._squared_v_error(x, cond, eps, logsnr, mask)
+        needs_slope = self.weighting in ("elbo", "sigmoid")
+        slope = self.schedule.dlogsnr_dt(t).float() if needs_slope else torch.ones_like(t)
+        return per * loss_weight(logsnr.float(), slope, self.weighting, self.sigmoid_bias)
 
-        **Learned schedule** (``schedule.trainable``; VDM, seed 001). With ``t ~ U(0, 1)`` the schedule
-        is a sampling distribution of noise levels, density ``p(logsnr) = 1/|dlogsnr/dt|``. Each
-        weighting is defined by what it weights under the cosine *reference* schedule (same
-        endpoints and shift): ``W_ref(l) = loss_weight(l, ref'(l))`` with ``ref'(l)`` the reference's
-        slope where it passes ``l``. The learned schedule's loss is importance weighted,
-        ``L = W_ref(l) |dlogsnr/dt| / |ref'(l)| * ||v - v_hat||^2`` with ``l = logsnr_eta(t)``, so
+    def _squared_v_error(
+        self, x: Tensor, cond: dict[str, Any] | None, eps: Tensor, logsnr: Tensor, mask: Tensor | None
+    ) -> Tensor:
+        """Per-example masked mean of ``||v - v_hat||^2`` at noise levels ``logsnr``, in float32."""
+        alpha, sigma = alpha_sigma(logsnr)
+        z = z_from_x_eps(x, eps, alpha, sigma)
+        v_hat = self.net(z, logsnr.to(x.dtype), cond)
+        err = (v_hat.float() - v_from_x_eps(x, eps, alpha, sigma).float()) ** 2
+        return masked_mean(err, mask)
+
+    def _learned_loss(
+        self,
+        x: Tensor,
+        cond: dict[str, Any] | None,
+        t: Tensor,
+        eps: Tensor,
+        mask: Tensor | None,
+        variance_gradient: bool,
+    ) -> Tensor:
+        """The loss of a learned schedule, importance weighted so that its expectation is the reference's.
+
+        With ``t ~ U(0, 1)`` the schedule is a sampling distribution of noise levels, density
+        ``p(logsnr) = 1/|dlogsnr/dt|``. Each weighting is defined by what it weights under the cosine
+        *reference* schedule (same endpoints and shift): ``W_ref(l) = loss_weight(l, ref'(l))`` with
+        ``ref'(l)`` the reference's slope where it passes ``l``. The learned schedule's loss is importance
+        weighted, ``L = W_ref(l) |dlogsnr/dt| / |ref'(l)| * ||v - v_hat||^2`` with ``l = logsnr_eta(t)``, so
         ``E_t[L] = int W_ref(l) / |ref'(l)| err(l) dl`` (the integral over ``[logsnr_min, logsnr_max]``)
         is the reference's expected loss *exactly, whatever the interior* of the schedule (the
         continuous-time invariance of VDM sec. 3.4, for any weighting that is a function of logsnr
@@ -264,29 +297,10 @@ class VDiffusion(nn.Module):
         invariant: samplers take finitely many steps on the schedule's time grid, so samples
         differ between schedules even with the same network.
         """
-        b = x.shape[0]
-        if t is None:
-            t = self.sample_t(b, generator=generator, low_discrepancy=low_discrepancy, device=x.device)
-        if eps is None:
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        learned = getattr(self.schedule, "trainable", False)
-        variance = None
-        if learned:
-            trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.schedule.parameters())
-            variance = VarianceGradient() if trains and variance_gradient else None
-            logsnr, slope = self.schedule.logsnr_and_slope(t, interior=variance)
-        else:
-            logsnr = self.schedule(t)
-        alpha, sigma = alpha_sigma(logsnr)
-        z = z_from_x_eps(x, eps, alpha, sigma)
-        v_hat = self.net(z, logsnr.to(x.dtype), cond)
-        err = (v_hat.float() - v_from_x_eps(x, eps, alpha, sigma).float()) ** 2
-        per = masked_mean(err, mask)
-        if not learned:
-            needs_slope = self.weighting in ("elbo", "sigmoid")
-            slope = self.schedule.dlogsnr_dt(t).float() if needs_slope else torch.ones_like(t)
-            w = loss_weight(logsnr.float(), slope, self.weighting, self.sigmoid_bias)
-            return per * w
+        trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.schedule.parameters())
+        variance = VarianceGradient() if trains and variance_gradient else None
+        logsnr, slope = self.schedule.logsnr_and_slope(t, interior=variance)
+        per = self._squared_v_error(x, cond, eps, logsnr, mask)
         # Importance weighting against the cosine reference: E_t[loss] is the reference's, whatever eta.
         ref = self.schedule.reference.slope_at(logsnr)
         w = loss_weight(logsnr, ref, self.weighting, self.sigmoid_bias) * (slope / ref)

@@ -1,66 +1,51 @@
-"""The experiment configuration: one YAML (plus override files), validated into typed objects.
+"""The schema: every section of the experiment configuration, each key with its type, default and description.
 
-Every key has a description and a default here; ``config/README.md`` walks through them. A wrong
-key, type or value raises :class:`ConfigError` naming the key, the bad value and what was
-expected, before any work starts.
+``config/README.md`` walks through the keys. The value types here (``AtLeastOne``, ``Fraction``, ...) are
+the one idiom for range checks (:func:`pipeline.config.base._bounded`); checks across keys are model
+validators whose message names every key and value involved. Where the results go is
+:class:`pipeline.config.layout.ResultsLayout`, which :class:`Config` inherits.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import hashlib
 import itertools
-import json
-import os
 import re
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipeline import checkpoints
-from pipeline.atomic import write_text_atomic
+from pipeline.config.base import _bounded, _Section, config_hash
+from pipeline.config.layout import ResultsLayout
 
 __all__ = [
+    "SAMPLER_NAMES",
+    "SAMPLER_PATTERN",
+    "AtLeastOne",
+    "AtLeastZero",
     "Config",
-    "ConfigError",
-    "config_hash",
-    "load_config",
-    "merge",
-    "read_yaml",
-    "resolved_config_path",
-    "section_json",
+    "CoordinateNames",
+    "DataConfig",
+    "DiffusionConfig",
+    "DistillConfig",
+    "EvaluateConfig",
+    "Fraction",
+    "GridConfig",
+    "LaunchConfig",
+    "ModelConfig",
+    "NonNegative",
+    "Positive",
+    "PowerOfTwo",
+    "SampleConfig",
+    "SamplerName",
+    "SourceConfig",
+    "SplitConfig",
+    "TeacherSamplers",
+    "TrackingConfig",
+    "TrainConfig",
+    "VariableConfig",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased for the person who edits the YAML."""
-
-
-def _bounded(ok: Callable[[Any], bool], expected: str) -> AfterValidator:
-    """A check of one value, reported against its own key (``train.lr = -1: must be > 0``), so every bad
-    value of a config is listed at once, each with only its own value."""
-
-    def check(v: Any) -> Any:
-        if not ok(v):
-            msg = f"must be {expected}"
-            raise ValueError(msg)
-        return v
-
-    return AfterValidator(check)
-
 
 # The constrained value types of the schema: every range check is one of these (or a Literal).
 AtLeastOne = Annotated[int, _bounded(lambda v: v >= 1, ">= 1")]  # counts: steps, clips, processes, ...
@@ -96,10 +81,6 @@ TeacherSamplers = Annotated[
 ]
 # A regular expression matching exactly the sampler names (Snakemake's wildcard constraint; '+' is literal).
 SAMPLER_PATTERN = "|".join(re.escape(n) for n in SAMPLER_NAMES)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class CoordinateNames(_Section):
@@ -575,7 +556,9 @@ class TrackingConfig(_Section):
     )
 
 
-class Config(_Section):
+# The whole experiment. Its results layout (cfg.exp_dir, cfg.checkpoint_dir, ...) is ResultsLayout. (No docstring:
+# it would become the description of the JSON schema.)
+class Config(ResultsLayout, _Section):
     experiment: str = Field(description="Experiment name: the results folder and the MLflow experiment.")
     results_dir: str = Field("results", description="Folder for all outputs, relative to the working directory.")
     seed: int = Field(0, description="Seed for every random choice; same config + hardware gives the same numbers.")
@@ -633,183 +616,3 @@ class Config(_Section):
                 )
                 raise ValueError(msg)
         return self
-
-    # Paths every stage agrees on ------------------------------------------------------------
-    @property
-    def exp_dir(self) -> Path:
-        return Path(self.results_dir) / self.experiment
-
-    @property
-    def data_dir(self) -> Path:
-        return self.exp_dir / "data"
-
-    @property
-    def regridded_path(self) -> Path:
-        return self.data_dir / "regridded.zarr"
-
-    @property
-    def normalised_path(self) -> Path:
-        return self.data_dir / "normalised.zarr"
-
-    @property
-    def stats_path(self) -> Path:
-        return self.data_dir / "stats.json"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.exp_dir / "checkpoints"
-
-    @property
-    def final_checkpoint(self) -> Path:
-        return self.checkpoint_dir / "final.pt"
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.exp_dir / "eval"
-
-    @property
-    def samples_dir(self) -> Path:
-        return self.exp_dir / "samples"
-
-    @property
-    def distill_dir(self) -> Path:
-        return self.exp_dir / "distill"
-
-    def inference_file(self, name: str) -> Path:
-        """The inference file of checkpoint ``name`` (``step-00000300``, or a distilled student ``student-0004``):
-        see :mod:`pipeline.checkpoints`."""
-        if checkpoints.is_student(name):
-            return checkpoints.student_path(self.distill_dir, checkpoints.student_steps(name))
-        return checkpoints.inference_path(self.checkpoint_dir, name)
-
-    def student_points(self) -> list[tuple[str, str, int]]:
-        """The distilled students' sweep points ``(student-NNNN, distilled, NNNN)``; none unless distill.enabled."""
-        if not self.distill.enabled:
-            return []
-        return [(checkpoints.student_name(n), checkpoints.STUDENT_SAMPLER, n) for n in self.distill.rounds]
-
-    def kept_checkpoints(self) -> list[str]:
-        """Checkpoint tags that exist after training (saved every checkpoint_every and at the end, then pruned)."""
-        t = self.train
-        saved = {*range(t.checkpoint_every, t.steps + 1, t.checkpoint_every), t.steps}
-        return [checkpoints.tag(s) for s in checkpoints.kept_steps(saved, t.keep_last, t.keep_every)]
-
-    def eval_checkpoints(self) -> list[str]:
-        """The checkpoints of the evaluation sweep; an unknown step is a config error."""
-        kept = self.kept_checkpoints()
-        sel = self.evaluate.checkpoints
-        if sel == "all":
-            return kept
-        if isinstance(sel, str):  # 'last' or 'last N' (validated)
-            n = int(sel.split()[1]) if " " in sel else 1
-            return kept[-n:]
-        tags = [checkpoints.tag(s) for s in sel]
-        missing = [t for t in tags if t not in kept]
-        if missing:
-            msg = f"evaluate.checkpoints: {missing} will not exist after training; kept checkpoints are {kept}"
-            raise ConfigError(msg)
-        return tags
-
-    @property
-    def tracking_uri(self) -> str:
-        if self.tracking.uri:
-            return self.tracking.uri
-        return f"sqlite:///{(Path(self.results_dir) / 'mlflow.db').resolve()}"
-
-
-def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        msg = f"config file {p} does not exist"
-        raise ConfigError(msg)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        msg = f"config file {p} is not valid YAML: {e}"
-        raise ConfigError(msg) from e
-    if not isinstance(data, dict):
-        msg = f"config file {p} must hold a mapping of keys, got {type(data).__name__}"
-        raise ConfigError(msg)
-    return data
-
-
-def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge (mappings merge key by key; anything else in ``override`` replaces)."""
-    out = copy.deepcopy(dict(base))
-    for k, v in override.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"  - {key}: unknown key (value {e['input']!r}); check the spelling against config/README.md")
-        elif e["type"] == "missing":
-            lines.append(f"  - {key}: required key is missing")
-        elif not e["loc"]:  # a check across sections: its message names the keys and values itself
-            lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"  - {key} = {e['input']!r}: {msg}")
-    return "\n".join(lines)
-
-
-def load_config(sources: Iterable[str | os.PathLike[str] | Mapping[str, Any]] | Mapping[str, Any]) -> Config:
-    """Merge config files / dicts in order (later wins) and validate."""
-    if isinstance(sources, Mapping):
-        sources = [sources]
-    merged: dict[str, Any] = {}
-    names = []
-    for s in sources:
-        if isinstance(s, Mapping):
-            merged = merge(merged, s)
-            names.append("<dict>")
-        else:
-            merged = merge(merged, read_yaml(s))
-            names.append(str(s))
-    try:
-        return Config.model_validate(merged)
-    except ValidationError as e:
-        raise ConfigError(_format_errors(e, " + ".join(names))) from None
-
-
-def config_hash(section: BaseModel | Mapping[str, Any]) -> str:
-    """Short content hash of a config section (for provenance and rerun triggers)."""
-    data = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def section_json(cfg: Config, *keys: str) -> str:
-    """Canonical JSON of some config sections (dotted keys): a rule's ``params`` so that a changed
-    setting shows as a rerun reason for exactly the rules that use it."""
-    data = cfg.model_dump(mode="json")
-    out = {}
-    for key in keys:
-        node: Any = data
-        for part in key.split("."):
-            node = node[part]
-        out[key] = node
-    return json.dumps(out, sort_keys=True)
-
-
-def resolved_config_path(cfg: Config, write: bool = True) -> Path:
-    """Write the validated config to ``<results>/<experiment>/config.resolved.yaml`` (if changed).
-
-    Snakemake rules hand this one file to ``python -m pipeline <stage>``, so overrides given with
-    ``--configfile`` or ``--config`` reach the stage exactly as Snakemake saw them. The path is
-    stable, so the file itself never triggers reruns; ``section_json`` params do that per rule.
-    ``write=False`` (a dry run) leaves the file alone: a ``snakemake -n --config ...`` beside a
-    running workflow must not change the settings of that workflow's next jobs.
-    """
-    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    path = cfg.exp_dir / "config.resolved.yaml"
-    if write and (not path.exists() or path.read_text() != text):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, text)
-    return path

@@ -1,0 +1,111 @@
+"""The results layout: the paths every stage agrees on, and which checkpoints exist to be evaluated.
+
+A mixin of :class:`pipeline.config.schema.Config` (``cfg.exp_dir``, ``cfg.eval_checkpoints()``, ...), kept
+apart from the schema because it says where things go, not what a setting may be.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline import checkpoints
+from pipeline.config.base import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.config.schema import DistillConfig, EvaluateConfig, TrackingConfig, TrainConfig
+
+__all__ = ["ResultsLayout"]
+
+
+class ResultsLayout:
+    """Paths under ``<results_dir>/<experiment>/`` and the checkpoint selections derived from the settings."""
+
+    if TYPE_CHECKING:  # fields of Config (declared here for type checkers only, not pydantic fields)
+        experiment: str
+        results_dir: str
+        train: TrainConfig
+        evaluate: EvaluateConfig
+        distill: DistillConfig
+        tracking: TrackingConfig
+
+    @property
+    def exp_dir(self) -> Path:
+        return Path(self.results_dir) / self.experiment
+
+    @property
+    def data_dir(self) -> Path:
+        return self.exp_dir / "data"
+
+    @property
+    def regridded_path(self) -> Path:
+        return self.data_dir / "regridded.zarr"
+
+    @property
+    def normalised_path(self) -> Path:
+        return self.data_dir / "normalised.zarr"
+
+    @property
+    def stats_path(self) -> Path:
+        return self.data_dir / "stats.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.exp_dir / "checkpoints"
+
+    @property
+    def final_checkpoint(self) -> Path:
+        return self.checkpoint_dir / "final.pt"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.exp_dir / "eval"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.exp_dir / "samples"
+
+    @property
+    def distill_dir(self) -> Path:
+        return self.exp_dir / "distill"
+
+    def inference_file(self, name: str) -> Path:
+        """The inference file of checkpoint ``name`` (``step-00000300``, or a distilled student ``student-0004``):
+        see :mod:`pipeline.checkpoints`."""
+        if checkpoints.is_student(name):
+            return checkpoints.student_path(self.distill_dir, checkpoints.student_steps(name))
+        return checkpoints.inference_path(self.checkpoint_dir, name)
+
+    def student_points(self) -> list[tuple[str, str, int]]:
+        """The distilled students' sweep points ``(student-NNNN, distilled, NNNN)``; none unless distill.enabled."""
+        if not self.distill.enabled:
+            return []
+        return [(checkpoints.student_name(n), checkpoints.STUDENT_SAMPLER, n) for n in self.distill.rounds]
+
+    def kept_checkpoints(self) -> list[str]:
+        """Checkpoint tags that exist after training (saved every checkpoint_every and at the end, then pruned)."""
+        t = self.train
+        saved = {*range(t.checkpoint_every, t.steps + 1, t.checkpoint_every), t.steps}
+        return [checkpoints.tag(s) for s in checkpoints.kept_steps(saved, t.keep_last, t.keep_every)]
+
+    def eval_checkpoints(self) -> list[str]:
+        """The checkpoints of the evaluation sweep; an unknown step is a config error."""
+        kept = self.kept_checkpoints()
+        sel = self.evaluate.checkpoints
+        if sel == "all":
+            return kept
+        if isinstance(sel, str):  # 'last' or 'last N' (validated)
+            n = int(sel.split()[1]) if " " in sel else 1
+            return kept[-n:]
+        tags = [checkpoints.tag(s) for s in sel]
+        missing = [t for t in tags if t not in kept]
+        if missing:
+            msg = f"evaluate.checkpoints: {missing} will not exist after training; kept checkpoints are {kept}"
+            raise ConfigError(msg)
+        return tags
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.tracking.uri:
+            return self.tracking.uri
+        return f"sqlite:///{(Path(self.results_dir) / 'mlflow.db').resolve()}"
