@@ -8,7 +8,7 @@ each to a 1-deg grid, streaming the field from a zarr store, with how much the p
 memory grew during the measurement (each in its own process). Reading the store alone bounds every
 streamed row; the pipeline's regrid of the field already in memory shows the regridder itself.
 
-    python benchmarks/regrid_throughput.py [--steps 120] [--chunk 10] [--repeat 3]
+    python benchmarks/regrid_throughput.py [--steps 120] [--chunk 10] [--repeat 3] [--only pipeline]
 """
 
 from __future__ import annotations
@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--chunk", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3, help="runs per row (fresh processes); the fastest is shown")
+    ap.add_argument("--only", default="", help="only the rows whose name has this text (and the memory copy)")
     args = ap.parse_args()
     path = make_store(args.steps, args.chunk)
     print(
@@ -130,7 +131,7 @@ def main() -> None:
         "pipeline regrid bilinear (field in memory)",
         "pipeline regrid conservative (field in memory)",
     )
-    for name in names:
+    for name in [n for n in names if n == "memory copy" or args.only in n]:
         runs = []
         for _ in range(args.repeat):
             q = ctx.Queue()

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import dask.array
 import numpy as np
 import xarray as xr
 
@@ -209,19 +210,21 @@ def regrid(
 
 
 def _apply(da: xr.DataArray, weights: RegridWeights, nan_threshold: float) -> xr.DataArray:
-    """The weights over (latitude, longitude), block by block: each block whole in both."""
+    """The weights over (latitude, longitude), block by block: each block whole in both.
+
+    ``map_blocks`` rather than ``apply_ufunc``: a gufunc's core dims are contracted, and dask then
+    copies every block (even one of a single chunk) before the function sees it.
+    """
     da = da.drop_vars([c for c in da.coords if {"latitude", "longitude"} & set(da[c].dims)])
-    da = da.rename({"latitude": "source_latitude", "longitude": "source_longitude"})
-    if da.chunks is not None and any(len(da.chunksizes[d]) > 1 for d in ("source_latitude", "source_longitude")):
-        da = da.chunk({"source_latitude": -1, "source_longitude": -1})
-    n_lat, n_lon = weights.target_shape
-    return xr.apply_ufunc(
-        apply_weights,
-        da,
-        input_core_dims=[["source_latitude", "source_longitude"]],
-        output_core_dims=[["latitude", "longitude"]],
-        dask="parallelized",
-        kwargs={"weights": weights, "nan_threshold": nan_threshold},
-        output_dtypes=[np.float32 if da.dtype == np.float32 else np.float64],
-        dask_gufunc_kwargs={"output_sizes": {"latitude": n_lat, "longitude": n_lon}},
-    )
+    da = da.transpose(..., "latitude", "longitude")
+    kwargs = {"weights": weights, "nan_threshold": nan_threshold}
+    data = da.data
+    if isinstance(data, dask.array.Array):
+        if any(len(c) > 1 for c in data.chunks[-2:]):
+            data = data.rechunk({data.ndim - 2: -1, data.ndim - 1: -1})
+        dtype = np.float32 if data.dtype == np.float32 else np.float64
+        chunks = (*data.chunks[:-2], *((n,) for n in weights.target_shape))
+        out = data.map_blocks(apply_weights, chunks=chunks, meta=np.empty((0,) * data.ndim, dtype), **kwargs)
+    else:
+        out = apply_weights(np.asarray(data), **kwargs)
+    return xr.DataArray(out, dims=da.dims, coords=da.coords)

@@ -28,6 +28,7 @@ to a block.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -189,19 +190,30 @@ def _edges(c: np.ndarray) -> np.ndarray:
 
 
 def _normalise(overlap: np.ndarray) -> np.ndarray:
+    """Rows divided by their sums, in place (a row summing to zero is all zero: overlaps are >= 0)."""
     total = overlap.sum(axis=1, keepdims=True)
-    return np.divide(overlap, total, out=np.zeros_like(overlap), where=total > 0)
+    return np.divide(overlap, total, out=overlap, where=total > 0)
 
 
 def _overlap(src_edges: np.ndarray, tgt_edges: np.ndarray, turns: int = 0) -> np.ndarray:
-    """Overlap lengths ``(n_target, n_source)`` of intervals, also with the source shifted by whole turns."""
+    """Overlap lengths ``(n_target, n_source)`` of intervals, also with the source shifted by whole turns.
+
+    Only the pairs that overlap are computed (both edge lists ascending: a band), each as
+    ``clip(min(hi) - max(lo), 0)``; the others are zero.
+    """
     overlap = np.zeros((tgt_edges.size - 1, src_edges.size - 1))
+    t_lo, t_hi = tgt_edges[:-1], tgt_edges[1:]
     for k in range(-turns, turns + 1):
-        if src_edges[-1] + 360.0 * k <= tgt_edges[0] or src_edges[0] + 360.0 * k >= tgt_edges[-1]:
+        s = src_edges + 360.0 * k
+        if s[-1] <= tgt_edges[0] or s[0] >= tgt_edges[-1]:
             continue  # this turn of the source does not reach the target
-        lo = np.maximum(tgt_edges[:-1, None], src_edges[None, :-1] + 360.0 * k)
-        hi = np.minimum(tgt_edges[1:, None], src_edges[None, 1:] + 360.0 * k)
-        overlap += np.clip(hi - lo, 0.0, None)
+        first = np.searchsorted(s[1:], t_lo, side="right")  # the first source cell ending after the target starts
+        counts = np.maximum(np.searchsorted(s[:-1], t_hi, side="left") - first, 0)
+        rows = np.repeat(np.arange(t_lo.size), counts)
+        cols = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts - first, counts)
+        lo = np.maximum(t_lo[rows], s[:-1][cols])
+        hi = np.minimum(t_hi[rows], s[1:][cols])
+        overlap[rows, cols] += np.clip(hi - lo, 0.0, None)
     return overlap
 
 
@@ -317,16 +329,28 @@ def _split(m: sp.csr_matrix, n: int, dtype: np.dtype, ones: bool) -> tuple[sp.cs
     return main, rest
 
 
-def _plan(w: RegridWeights, dtype: np.dtype) -> _Plan:
-    plan = w._plans.get(dtype.str)
-    if plan is None:
+def _plan(w: RegridWeights, dtype: np.dtype, flip: bool = False) -> _Plan:
+    """The plan for blocks of ``dtype``; ``flip``: for a block whose latitude rows lie in memory in the
+    reverse order (the latitude weights' source columns reversed, each row summed in the same order)."""
+    key = f"{dtype.str} flipped" if flip else dtype.str
+    plan = w._plans.get(key)
+    if plan is None and flip:
+        p = _plan(w, dtype)
+        plan = dataclasses.replace(p, lat=_reverse_columns(p.lat), ind_lat=_reverse_columns(p.ind_lat))
+    elif plan is None:
         n = w.lat.shape[1] - 2
         lat, poles = _split(w.lat, n, dtype, ones=False)
         ind_lat, ind_poles = _split(w.lat, n, dtype, ones=True)
         lon, _ = _split(w.lon, w.lon.shape[1], dtype, ones=False)
         ind_lon, _ = _split(w.lon, w.lon.shape[1], dtype, ones=True)
-        plan = w._plans[dtype.str] = _Plan(lat, poles, lon, ind_lat, ind_poles, ind_lon)
+        plan = _Plan(lat, poles, lon, ind_lat, ind_poles, ind_lon)
+    w._plans[key] = plan
     return plan
+
+
+def _reverse_columns(m: sp.csr_matrix) -> sp.csr_matrix:
+    """Column ``i`` becomes ``n - 1 - i``, the entries of each row kept in their order (not re-sorted)."""
+    return sp.csr_matrix((m.data, m.shape[1] - 1 - m.indices, m.indptr), shape=m.shape)
 
 
 def _product(
@@ -344,9 +368,9 @@ def _product(
     return out
 
 
-def _edge_rows(a: np.ndarray) -> np.ndarray:
-    """The first and last latitude rows of each step: (steps, 2, lon)."""
-    return np.stack([a[:, 0], a[:, -1]], axis=1)
+def _edge_rows(a: np.ndarray, flip: bool = False) -> np.ndarray:
+    """The southernmost and northernmost latitude rows of each step: (steps, 2, lon)."""
+    return np.stack([a[:, -1], a[:, 0]] if flip else [a[:, 0], a[:, -1]], axis=1)
 
 
 def apply_weights(block: np.ndarray, weights: RegridWeights, nan_threshold: float = 0.5) -> np.ndarray:
@@ -355,39 +379,53 @@ def apply_weights(block: np.ndarray, weights: RegridWeights, nan_threshold: floa
 
     Two products per step. Only where the result has NaN (a NaN source point reached a target) is
     the block done again with its mask: conservative ``A (x valid) A' / A valid A'``, NaN below
-    ``nan_threshold``; bilinear NaN wherever a neighbour, of any weight, is NaN.
+    ``nan_threshold``; bilinear NaN wherever a neighbour, of any weight, is NaN. A block whose
+    latitude is a reversed view (a descending source flipped without a copy) is read as it lies in
+    memory, with the latitude weights reversed instead.
     """
     dtype = np.dtype(np.float32) if block.dtype == np.float32 else np.dtype(np.float64)
     lead, (n_lat, n_lon) = block.shape[:-2], block.shape[-2:]
     if (n_lat, n_lon) != weights.source_shape:
         msg = f"regrid: block of shape {block.shape} does not end in the source grid {weights.source_shape}"
         raise ValueError(msg)
-    x = np.ascontiguousarray(block.reshape(-1, n_lat, n_lon), dtype=dtype)
-    p = _plan(weights, dtype)
-    poles = None if p.poles is None else _edge_rows(x).mean(axis=-1)  # NaN if any NaN: then redone below
+    x = block.reshape(-1, n_lat, n_lon)
+    flip = x.strides[1] < 0 and x[:, ::-1].flags.c_contiguous
+    x = np.ascontiguousarray(x[:, ::-1] if flip else x, dtype=dtype)
+    p = _plan(weights, dtype, flip)
+    poles = None if p.poles is None else _edge_rows(x, flip).mean(axis=-1)  # NaN if any NaN: then redone below
     out = _product(x, p.lat, p.lon, p.poles, poles)
     if np.isnan(out).any():
-        valid = ~np.isnan(x)
-        filled = np.where(valid, x, dtype.type(0))
-        if weights.method == "conservative":
-            num = _product(filled, p.lat, p.lon)
-            den = _product(valid.astype(dtype), p.lat, p.lon)
-            # xarray-regrid's threshold (kept for identical masks): the valid fraction must reach it
-            need = 1.0 - np.clip(1.0 - nan_threshold, 1e-6, 1.0 - 1e-6)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out = num / den
-            out[~(den >= need)] = np.nan
-        else:
-            if p.poles is not None:  # a pole row is the mean of the valid points of the outermost row
-                rows, ok = _edge_rows(filled), _edge_rows(valid)
-                n_ok = ok.sum(axis=-1)
-                poles = rows.sum(axis=-1) / np.maximum(n_ok, 1)
-                pole_bad = (n_ok == 0).astype(dtype)
-            out = _product(filled, p.lat, p.lon, p.poles, poles)
-            bad = _product(
-                (~valid).astype(dtype), p.ind_lat, p.ind_lon, p.ind_poles, None if p.poles is None else pole_bad
-            )
-            out[bad > 0] = np.nan
+        out = _conservative_nan(x, p, nan_threshold) if weights.method == "conservative" else _bilinear_nan(x, p, flip)
     out[:, ~weights.lat_covered, :] = np.nan
     out[:, :, ~weights.lon_covered] = np.nan
     return out.reshape(*lead, *weights.target_shape)
+
+
+def _conservative_nan(x: np.ndarray, p: _Plan, nan_threshold: float) -> np.ndarray:
+    """``A (x valid) A' / A valid A'``, NaN where the valid fraction is below ``nan_threshold``."""
+    valid = ~np.isnan(x)
+    num = _product(np.where(valid, x, x.dtype.type(0)), p.lat, p.lon)
+    den = _product(valid.astype(x.dtype), p.lat, p.lon)
+    # xarray-regrid's threshold (kept for identical masks): the valid fraction must reach it
+    need = 1.0 - np.clip(1.0 - nan_threshold, 1e-6, 1.0 - 1e-6)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = num / den
+    out[~(den >= need)] = np.nan
+    return out
+
+
+def _bilinear_nan(x: np.ndarray, p: _Plan, flip: bool) -> np.ndarray:
+    """The valid points' interpolation, NaN wherever a neighbour (of any weight) is NaN; a pole row is
+    the mean of the valid points of the outermost row."""
+    valid = ~np.isnan(x)
+    filled = np.where(valid, x, x.dtype.type(0))
+    poles = pole_bad = None
+    if p.poles is not None:
+        rows, ok = _edge_rows(filled, flip), _edge_rows(valid, flip)
+        n_ok = ok.sum(axis=-1)
+        poles = rows.sum(axis=-1) / np.maximum(n_ok, 1)
+        pole_bad = (n_ok == 0).astype(x.dtype)
+    out = _product(filled, p.lat, p.lon, p.poles, poles)
+    bad = _product((~valid).astype(x.dtype), p.ind_lat, p.ind_lon, p.ind_poles, pole_bad)
+    out[bad > 0] = np.nan
+    return out

@@ -136,6 +136,25 @@ def test_float32_stays_float32_and_accumulates_well_below_1e_6() -> None:
         assert err < 3e-7, (method, err)
 
 
+@pytest.mark.parametrize("method", ["conservative", "bilinear"])
+@pytest.mark.parametrize("nan", [False, True])
+def test_a_latitude_reversed_view_gives_the_contiguous_result_bit_for_bit(method: str, nan: bool) -> None:
+    """A source stored north to south (ERA5) reaches apply_weights as a reversed view of its latitude axis;
+    it is read in memory order with the weights' columns reversed, which must change nothing, NaN included."""
+    ds = _synthetic()
+    x = ds["t"].values.astype(np.float32)  # (time, latitude, longitude)
+    if nan:
+        x[:, 3:6, 10:20] = np.nan
+    tg = target_grid(1.0)
+    w = regrid_weights(
+        ds["latitude"].values, ds["longitude"].values, tg["latitude"].values, tg["longitude"].values, method
+    )
+    view = np.ascontiguousarray(x[:, ::-1])[:, ::-1]  # the same values, latitude reversed in memory
+    assert not view.flags.c_contiguous and np.array_equal(view, x, equal_nan=True)
+    a, b = apply_weights(x, w), apply_weights(view, w)
+    assert np.array_equal(a, b, equal_nan=True) and np.isnan(a).any() == nan
+
+
 # --- against xarray-regrid -------------------------------------------------------------------------
 
 
