@@ -303,6 +303,8 @@ def check_seed_systems(work: Path) -> None:
     assert len(points) == 2 * 2 * 2 and points["crps"].gt(0).all()  # samplers x guidance weights x scales
     by = points.set_index(["sampler", "guidance_weight", "cfg_scale"])["crps"]
     assert by[("ddim", 0.0, 1.0)] != by[("ddim", 0.0, 2.0)] != by[("ddim+langevin", 0.0, 2.0)]
+    manifest = json.loads((exp / "samples" / "manifest.json").read_text())
+    assert manifest["cfg_scale"] == json.loads((exp / "eval" / "best.json").read_text())["cfg_scale"]
     evals = stage["evaluate"]
     assert {(r.data.params["sampler"], r.data.params["cfg_scale"]) for r in evals} == {
         (s, c) for s in ("ddim", "ddim+langevin", "distilled") for c in ("1.0", "2.0")
