@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -120,23 +121,53 @@ def generate_extensions(
     return np.stack(out)
 
 
-def _guided_run(
-    cfg: Config,
-    point: tuple[str, str, int],
-    weight: float,
-    common: dict[str, Any],
-    model: Any,
-    meta: dict[str, Any],
-    test: EvalClips,
-    device: torch.device,
-    scale: float = 1.0,
-) -> dict[str, Any]:
+@dataclass
+class _Point:
+    """One sweep point loaded: its model and test clips, shared by its guidance weights and scales, and the settings
+    recorded with each of its results (``common``)."""
+
+    checkpoint: str
+    sampler: str
+    steps: int
+    model: Any
+    day_of_year: bool  # the model is conditioned on the frames' days of year
+    test: EvalClips
+    device: torch.device
+    common: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.checkpoint}/{self.sampler}-{self.steps}"
+
+
+def _generate(cfg: Config, point: _Point, weight: float, scale: float) -> np.ndarray:
+    """The ensemble completions of the point's test clips at one guidance weight and scale (normalised)."""
+    e = cfg.evaluate
+    with torch.no_grad():
+        return generate_extensions(
+            point.model,
+            point.test.clips,
+            e.context_frames,
+            e.ensemble,
+            point.sampler,
+            point.steps,
+            weight,
+            cfg.seed,
+            point.device,
+            point.day_of_year,
+            cfg_scale=scale,
+            langevin_snr=e.langevin_snr,
+            langevin_steps=e.langevin_steps,
+        )
+
+
+def _guided_run(cfg: Config, point: _Point, weight: float, scale: float = 1.0) -> dict[str, Any]:
     """Generate and score one guidance weight and classifier-free guidance scale of a point, as its own MLflow
     child run. Skill against the references comes at collect time (from the per-clip scores, logged into this
     run then), so a change to the references does not rerun the sweep."""
-    e = cfg.evaluate
-    checkpoint, sampler, steps = point
+    e, test, common = cfg.evaluate, point.test, point.common
     t0 = time.perf_counter()
+    run_name = f"evaluate {point.checkpoint} {point.sampler}-{point.steps} w{weight:g}"
     with stage_run(
         cfg.tracking_uri,
         cfg.experiment,
@@ -145,25 +176,10 @@ def _guided_run(
         enabled=cfg.tracking.enabled,
         mode=cfg.tracking.mode,
         system_metrics=cfg.tracking.system_metrics,
-        tags={"sweep_point": f"{checkpoint}/{sampler}-{steps}", "guidance_weight": weight, "cfg_scale": scale},
-        run_name=f"evaluate {checkpoint} {sampler}-{steps} w{weight:g}" + (f" cfg{scale:g}" if scale != 1.0 else ""),
+        tags={"sweep_point": point.name, "guidance_weight": weight, "cfg_scale": scale},
+        run_name=run_name + (f" cfg{scale:g}" if scale != 1.0 else ""),
     ) as run:
-        with torch.no_grad():
-            ens = generate_extensions(
-                model,
-                test.clips,
-                e.context_frames,
-                e.ensemble,
-                sampler,
-                steps,
-                weight,
-                cfg.seed,
-                device,
-                bool(meta["model_config"].get("day_of_year")),
-                cfg_scale=scale,
-                langevin_snr=e.langevin_snr,
-                langevin_steps=e.langevin_steps,
-            )
+        ens = _generate(cfg, point, weight, scale)
         gen_s = time.perf_counter() - t0
         variables = score(test.physical(ens), test.truth, e.context_frames)
         result = {
@@ -176,11 +192,13 @@ def _guided_run(
         }
         log_scores(run, {**common, "guidance_weight": weight, "cfg_scale": scale}, variables)
         run.log_metrics({"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]})
-        run.set_tags({"checkpoint_file": str(cfg.inference_file(checkpoint))})
+        run.set_tags({"checkpoint_file": str(cfg.inference_file(point.checkpoint))})
         run.log_dict({**common, **result}, "result.json")
     log.info(
         "evaluate %s/%s-%d w=%g cfg=%g: %s",
-        *point,
+        point.checkpoint,
+        point.sampler,
+        point.steps,
         weight,
         scale,
         {v: {k: round(r[k], 4) for k in ("rmse", "crps")} for v, r in variables.items()},
@@ -222,11 +240,9 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int) -> Pa
         "clip_starts": test.labels,
     }
     _check_cfg_scales(e.cfg_scales, meta, checkpoint)
-    results = [
-        _guided_run(cfg, (checkpoint, sampler, steps), w, common, model, meta, test, device, scale=s)
-        for w in e.guidance_weights
-        for s in e.cfg_scales
-    ]
+    day_of_year = bool(meta["model_config"].get("day_of_year"))
+    point = _Point(checkpoint, sampler, steps, model, day_of_year, test, device, common)
+    results = [_guided_run(cfg, point, w, scale=s) for w in e.guidance_weights for s in e.cfg_scales]
     out = point_path(cfg, checkpoint, sampler, steps)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps({**common, "seconds": time.perf_counter() - t0, "results": results}, indent=2))
@@ -250,11 +266,10 @@ def missing_points(cfg: Config, force: bool = False, students: bool = False) -> 
 _CLIMATOLOGY = {"crps": "climatology-ensemble", "rmse": "climatology-mean"}
 _SKILL_WORDS = {"crps": "CRPSS", "rmse": "RMSE skill score"}
 _INTERVAL_KEYS = ("crps", "rmse", *SKILL)
+_Forecast = tuple[dict[str, Any], dict[str, Any]]  # (table columns, per-variable results)
 
 
-def _forecasts(
-    cfg: Config, refs: dict[str, Any], students: bool = False
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def _forecasts(cfg: Config, refs: dict[str, Any], students: bool = False) -> list[_Forecast]:
     """Every sweep point (with ``students`` the students' too), guidance weight and classifier-free guidance scale,
     then every reference: (table columns, per-variable results)."""
     out = []
@@ -349,34 +364,18 @@ def _clip_dependence(best: np.ndarray, climatology: np.ndarray, block: int) -> d
     return out
 
 
-def collect(cfg: Config, run: StageRun, students: bool = False) -> Path:
-    """The sweep's table (CSV + parquet; sweep points and reference rows, scores and skill with bootstrap
-    intervals), summary plot, scorecard and ``best.json``; with ``students`` the same over the sweep and the
-    distilled students' points, under ``eval/distilled/`` (``eval/best.json``, which distill and sample read, stays
-    the teachers').
-
-    ``best`` is the point with the lowest primary metric (averaged over variables in units of each
-    variable's standard deviation) among the points that beat climatology significantly, or among all
-    points where none does. A paired bootstrap over the test clips (the same resampled clips for every
-    forecast) gives the intervals of its skill against climatology and persistence and of its
-    difference to every other point; ``best.json`` says in words what they show.
-    """
+def _table(
+    cfg: Config, refs: dict[str, Any], forecasts: list[_Forecast], idx: np.ndarray, out: Path
+) -> tuple[Any, list[dict[str, dict[str, Any]]]]:
+    """Every forecast's summaries per variable (scores, skill, bootstrap intervals on the resampled clips ``idx``;
+    a sweep point's skill also into its own MLflow run) and their table (a pandas DataFrame), written to ``out`` as
+    CSV and parquet."""
     import pandas as pd
 
-    from pipeline.plots import scorecard, sweep_summary
-
-    e = cfg.evaluate
-    refs = read_references(cfg)
-    forecasts = _forecasts(cfg, refs, students)
-    n = len(refs["clip_starts"])
-    if e.bootstrap_block > n:
-        msg = f"evaluate.bootstrap_block = {e.bootstrap_block} is more than the {n} test clips"
-        raise ValueError(msg)
-    idx = metrics.bootstrap_indices(n, e.bootstrap, cfg.seed, e.bootstrap_block)
-    ident = np.arange(n)[None]
+    confidence = cfg.evaluate.confidence
     rows, summaries = [], []
     for info, variables in forecasts:
-        summ = {v: summarise(r["per_clip"], _ref_clips(refs, v), idx, e.confidence) for v, r in variables.items()}
+        summ = {v: summarise(r["per_clip"], _ref_clips(refs, v), idx, confidence) for v, r in variables.items()}
         summaries.append(summ)
         if info["kind"] == "checkpoint":
             _log_skill(cfg, info["mlflow_run_id"], summ)
@@ -384,134 +383,212 @@ def collect(cfg: Config, run: StageRun, students: bool = False) -> Path:
             intervals = {f"{k}{s}": summ[v][f"{k}{s}"] for k in _INTERVAL_KEYS for s in ("", "_lo", "_hi")}
             rows.append({**info, "variable": v, **{k: r[k] for k in SCALAR_METRICS}, **intervals})
     table = pd.DataFrame(rows)
-    out = cfg.eval_dir / "distilled" if students else cfg.eval_dir
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "summary.csv", index=False)
     table.to_parquet(out / "summary.parquet", index=False)
+    return table, summaries
 
-    # one score per forecast over all variables (in units of each variable's std), on the same resampled clips
-    primary = e.primary_metric
-    std = {v: s["std"] for v, s in read_stats(cfg.stats_path).items()}
 
-    def combined(variables: dict[str, Any], which: np.ndarray) -> np.ndarray:
-        per_var = [clip_statistics(r["per_clip"], {}, which)[primary][0] / std[v] for v, r in variables.items()]
-        return np.mean(per_var, axis=0)
+def _combined(variables: dict[str, Any], which: np.ndarray, primary: str, std: dict[str, float]) -> np.ndarray:
+    """A forecast's ``primary`` metric averaged over variables, each in units of its standard deviation, on the
+    clips ``which`` (B, clips) picks: (B,)."""
+    per_var = [clip_statistics(r["per_clip"], {}, which)[primary][0] / std[v] for v, r in variables.items()]
+    return np.mean(per_var, axis=0)
 
-    est = [float(combined(v, ident)[0]) for _, v in forecasts]
-    boot = [combined(v, idx) for _, v in forecasts]
-    ref_pos = {info["checkpoint"]: i for i, (info, _) in enumerate(forecasts) if info["kind"] == "reference"}
-    points = [i for i, (info, _) in enumerate(forecasts) if info["kind"] == "checkpoint"]
 
-    def skill(i: int, ref: str) -> tuple[float, list[float]]:
-        j = ref_pos[ref]
-        return float(metrics.skill_score(est[i], est[j])), _interval(
-            metrics.skill_score(boot[i], boot[j]), e.confidence
+@dataclass
+class _Scores:
+    """One score per forecast over all variables (:func:`_combined`): ``est`` on the test clips, ``boot`` on each
+    resample of them (the same resamples for every forecast)."""
+
+    forecasts: list[_Forecast]
+    primary: str
+    std: dict[str, float]
+    confidence: float
+    clips: int
+    est: list[float]
+    boot: list[np.ndarray]
+
+    def per_clip(self, i: int) -> np.ndarray:
+        """Forecast ``i``'s score on each test clip alone."""
+        return _combined(self.forecasts[i][1], np.arange(self.clips)[:, None], self.primary, self.std)
+
+    @property
+    def ref_pos(self) -> dict[str, int]:
+        return {info["checkpoint"]: i for i, (info, _) in enumerate(self.forecasts) if info["kind"] == "reference"}
+
+    @property
+    def points(self) -> list[int]:
+        return [i for i, (info, _) in enumerate(self.forecasts) if info["kind"] == "checkpoint"]
+
+    def skill(self, i: int, ref: str) -> tuple[float, list[float]]:
+        """Forecast ``i``'s skill score against reference ``ref`` and its interval."""
+        j = self.ref_pos[ref]
+        return float(metrics.skill_score(self.est[i], self.est[j])), _interval(
+            metrics.skill_score(self.boot[i], self.boot[j]), self.confidence
         )
 
-    beats = {i: skill(i, _CLIMATOLOGY[primary])[1][0] > 0 for i in points}
-    per_clip_clim = combined(forecasts[ref_pos[_CLIMATOLOGY[primary]]][1], np.arange(n)[:, None])
+
+def _scores(cfg: Config, forecasts: list[_Forecast], idx: np.ndarray, clips: int) -> _Scores:
+    """Every forecast's score on the test clips and on the resampled clips ``idx``."""
+    primary = cfg.evaluate.primary_metric
+    std = {v: s["std"] for v, s in read_stats(cfg.stats_path).items()}
+    est = [float(_combined(v, np.arange(clips)[None], primary, std)[0]) for _, v in forecasts]
+    boot = [_combined(v, idx, primary, std) for _, v in forecasts]
+    return _Scores(forecasts, primary, std, cfg.evaluate.confidence, clips, est, boot)
+
+
+@dataclass
+class _Best:
+    """The best sweep point (its index among the forecasts), whether each point beats climatology, the points it
+    is not significantly better than, and its skill against climatology and persistence."""
+
+    index: int
+    beats: dict[int, bool]
+    runners: list[dict[str, Any]]
+    clim: tuple[float, list[float]]
+    pers: tuple[float, list[float]]
+
+
+def _choose_best(scores: _Scores) -> _Best:
+    """The lowest score among the points that beat climatology significantly (among all where none does)."""
+    climatology = _CLIMATOLOGY[scores.primary]
+    points = scores.points
+    beats = {i: scores.skill(i, climatology)[1][0] > 0 for i in points}
     pool = [i for i in points if beats[i]] or points
-    b = min(pool, key=lambda i: est[i])
-    info_b = forecasts[b][0]
+    b = min(pool, key=lambda i: scores.est[i])
     runners = []
     for i in points:
         if i != b:
-            lo, hi = _interval(boot[b] - boot[i], e.confidence)
+            lo, hi = _interval(scores.boot[b] - scores.boot[i], scores.confidence)
             if hi >= 0:  # the best point's advantage over this one is not significant
                 runners.append(
                     {
                         **{
-                            k: forecasts[i][0][k]
+                            k: scores.forecasts[i][0][k]
                             for k in ("checkpoint", "sampler", "steps", "guidance_weight", "cfg_scale")
                         },
-                        "difference": est[b] - est[i],
+                        "difference": scores.est[b] - scores.est[i],
                         "interval": [lo, hi],
                     }
                 )
-    clim, pers = skill(b, _CLIMATOLOGY[primary]), skill(b, "persistence")
-    words = _SKILL_WORDS[primary]
-    pct = f"{e.confidence:.0%}"
+    return _Best(b, beats, runners, scores.skill(b, climatology), scores.skill(b, "persistence"))
 
-    def verdict(name: str, s: tuple[float, list[float]], against: str) -> str:
-        lo, hi = s[1]
-        word = "beats" if lo > 0 else ("is worse than" if hi < 0 else "does not beat")
-        return f"{word} {name} ({words} against {against} {s[0]:.3f}, {pct} interval [{lo:.3f}, {hi:.3f}])"
 
+def _verdict(name: str, s: tuple[float, list[float]], against: str, words: str, pct: str) -> str:
+    lo, hi = s[1]
+    word = "beats" if lo > 0 else ("is worse than" if hi < 0 else "does not beat")
+    return f"{word} {name} ({words} against {against} {s[0]:.3f}, {pct} interval [{lo:.3f}, {hi:.3f}])"
+
+
+def _statement(scores: _Scores, best: _Best, block: int) -> tuple[str, dict[str, Any]]:
+    """What the intervals show, in words; and how much neighbouring clips' scores depend on each other."""
+    primary, n, points = scores.primary, scores.clips, scores.points
+    words, pct = _SKILL_WORDS[primary], f"{scores.confidence:.0%}"
     others = len(points) - 1
-    if not runners:
+    if not best.runners:
         rank = f"significantly better than the other {others} point(s)" if others else "the only point"
     else:
-        listed = "; ".join(f"{_label(r | {'kind': 'checkpoint'})}" for r in runners)
-        rank = f"not significantly better than {len(runners)} of the other {others} point(s): {listed}"
+        listed = "; ".join(f"{_label(r | {'kind': 'checkpoint'})}" for r in best.runners)
+        rank = f"not significantly better than {len(best.runners)} of the other {others} point(s): {listed}"
+    clim = _verdict("climatology", best.clim, _CLIMATOLOGY[primary], words, pct)
+    pers = _verdict("persistence", best.pers, "persistence", words, pct)
     statement = (
-        f"{_label(info_b)} is the best of {len(points)} sweep point(s) by {primary} on {n} test clips; it "
-        f"{verdict('climatology', clim, _CLIMATOLOGY[primary])} and {verdict('persistence', pers, 'persistence')}; "
-        f"it is {rank}."
+        f"{_label(scores.forecasts[best.index][0])} is the best of {len(points)} sweep point(s) by {primary} on {n} "
+        f"test clips; it {clim} and {pers}; it is {rank}."
     )
-    if not any(beats.values()):
+    if not any(best.beats.values()):
         statement += " No sweep point beats climatology significantly."
         log.warning("no sweep point beats climatology significantly (%s %s)", words, pct)
     if n < 10:  # a bootstrap over a handful of cases has a handful of distinct resamples
         statement += f" Only {n} test clips: intervals from so few cases are unreliable."
-    dependence = _clip_dependence(combined(forecasts[b][1], np.arange(n)[:, None]), per_clip_clim, e.bootstrap_block)
-    statement += dependence["statement"]
-    best_info = {
+    climatology = scores.per_clip(scores.ref_pos[_CLIMATOLOGY[primary]])
+    dependence = _clip_dependence(scores.per_clip(best.index), climatology, block)
+    return statement + dependence["statement"], dependence
+
+
+def _best_json(
+    cfg: Config,
+    scores: _Scores,
+    best: _Best,
+    summaries: list[dict[str, dict[str, Any]]],
+    statement: str,
+    dependence: dict[str, Any],
+) -> dict[str, Any]:
+    """The contents of ``best.json``: the best point, its score and skill with intervals, the runners-up, the
+    bootstrap's settings, its per-variable summaries and the references'."""
+    e, primary, b = cfg.evaluate, scores.primary, best.index
+    info_b, words = scores.forecasts[b][0], _SKILL_WORDS[primary]
+    clim, pers = best.clim, best.pers
+    return {
         "checkpoint": info_b["checkpoint"],
         "sampler": info_b["sampler"],
         "steps": int(info_b["steps"]),
         "guidance_weight": float(info_b["guidance_weight"]),
         "cfg_scale": float(info_b["cfg_scale"]),
         "primary_metric": primary,
-        "score": est[b],
-        "score_interval": _interval(boot[b], e.confidence),
+        "score": scores.est[b],
+        "score_interval": _interval(scores.boot[b], e.confidence),
         "file": str(cfg.inference_file(info_b["checkpoint"])),
         "statement": statement,
         "beats_climatology": clim[1][0] > 0,
         "beats_persistence": pers[1][0] > 0,
-        "any_point_beats_climatology": any(beats.values()),
+        "any_point_beats_climatology": any(best.beats.values()),
         "skill": {
             "climatology": {"reference": _CLIMATOLOGY[primary], "score": words, "value": clim[0], "interval": clim[1]},
             "persistence": {"reference": "persistence", "score": words, "value": pers[0], "interval": pers[1]},
         },
-        "significantly_better": not runners,
-        "runners_up": runners,
+        "significantly_better": not best.runners,
+        "runners_up": best.runners,
         "confidence": e.confidence,
         "bootstrap": e.bootstrap,
         "bootstrap_block": e.bootstrap_block,
         "clip_dependence": {k: v for k, v in dependence.items() if k != "statement"},
-        "test_clips": n,
+        "test_clips": scores.clips,
         "variables": summaries[b],
         "references": {
             name: {
                 v: {k: s[k] for k in ("crps", "crps_lo", "crps_hi", "rmse", "rmse_lo", "rmse_hi")}
                 for v, s in summaries[j].items()
             }
-            for name, j in ref_pos.items()
+            for name, j in scores.ref_pos.items()
         },
     }
-    write_text_atomic(out / "best.json", json.dumps(best_info, indent=2))
 
-    # the scorecard: the best point, then the best point of every other sampler
-    panels = [(_label(info_b), summaries[b])]
+
+def _scorecard_panels(
+    scores: _Scores, best: _Best, summaries: list[dict[str, dict[str, Any]]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The scorecard's panels: the best point, then the best point of every other sampler."""
+    forecasts, points, b = scores.forecasts, scores.points, best.index
+    panels = [(_label(forecasts[b][0]), summaries[b])]
     for sampler in dict.fromkeys(forecasts[i][0]["sampler"] for i in points):
-        i = min((i for i in points if forecasts[i][0]["sampler"] == sampler), key=lambda i: est[i])
+        i = min((i for i in points if forecasts[i][0]["sampler"] == sampler), key=lambda i: scores.est[i])
         if i != b:
             panels.append((_label(forecasts[i][0]), summaries[i]))
-    card = scorecard(panels, e.confidence, out / "scorecard.png")
-    plot = sweep_summary(table, primary, out / "summary.png")
-    for p in (out / "summary.csv", out / "summary.parquet", out / "best.json", plot, card):
+    return panels
+
+
+def _track_collect(
+    cfg: Config, run: StageRun, files: list[Path], best_info: dict[str, Any], points: int, students: bool
+) -> None:
+    """The collection's files into its run and the parent run, the best point's score and skill as metrics and
+    tags, and the statement as the parent run's description."""
+    primary, statement = best_info["primary_metric"], best_info["statement"]
+    clim, pers = best_info["skill"]["climatology"], best_info["skill"]["persistence"]
+    for p in files:
         run.log_artifact(p)
         run.log_to_parent(p, "evaluation/distilled" if students else "evaluation")
     run.log_metrics(
         {
             f"best_{primary}_score": best_info["score"],
-            "points": len(points),
-            "best_skill_climatology": clim[0],
-            "best_skill_climatology_lo": clim[1][0],
-            "best_skill_climatology_hi": clim[1][1],
-            "best_skill_persistence": pers[0],
-            "best_skill_persistence_lo": pers[1][0],
-            "best_skill_persistence_hi": pers[1][1],
+            "points": points,
+            "best_skill_climatology": clim["value"],
+            "best_skill_climatology_lo": clim["interval"][0],
+            "best_skill_climatology_hi": clim["interval"][1],
+            "best_skill_persistence": pers["value"],
+            "best_skill_persistence_lo": pers["interval"][0],
+            "best_skill_persistence_hi": pers["interval"][1],
         }
     )
     run.set_tags(
@@ -527,5 +604,40 @@ def collect(cfg: Config, run: StageRun, students: bool = False) -> Path:
     run.describe_parent(
         f"Experiment {cfg.experiment}: {statement} Table, scorecard and best.json: artifacts under evaluation/."
     )
+
+
+def collect(cfg: Config, run: StageRun, students: bool = False) -> Path:
+    """The sweep's table (CSV + parquet; sweep points and reference rows, scores and skill with bootstrap
+    intervals), summary plot, scorecard and ``best.json``; with ``students`` the same over the sweep and the
+    distilled students' points, under ``eval/distilled/`` (``eval/best.json``, which distill and sample read, stays
+    the teachers').
+
+    ``best`` is the point with the lowest primary metric (averaged over variables in units of each
+    variable's standard deviation) among the points that beat climatology significantly, or among all
+    points where none does. A paired bootstrap over the test clips (the same resampled clips for every
+    forecast) gives the intervals of its skill against climatology and persistence and of its
+    difference to every other point; ``best.json`` says in words what they show.
+    """
+    from pipeline.plots import scorecard, sweep_summary
+
+    e = cfg.evaluate
+    refs = read_references(cfg)
+    forecasts = _forecasts(cfg, refs, students)
+    n = len(refs["clip_starts"])
+    if e.bootstrap_block > n:
+        msg = f"evaluate.bootstrap_block = {e.bootstrap_block} is more than the {n} test clips"
+        raise ValueError(msg)
+    idx = metrics.bootstrap_indices(n, e.bootstrap, cfg.seed, e.bootstrap_block)
+    out = cfg.eval_dir / "distilled" if students else cfg.eval_dir
+    table, summaries = _table(cfg, refs, forecasts, idx, out)
+    scores = _scores(cfg, forecasts, idx, n)
+    best = _choose_best(scores)
+    statement, dependence = _statement(scores, best, e.bootstrap_block)
+    best_info = _best_json(cfg, scores, best, summaries, statement, dependence)
+    write_text_atomic(out / "best.json", json.dumps(best_info, indent=2))
+    card = scorecard(_scorecard_panels(scores, best, summaries), e.confidence, out / "scorecard.png")
+    plot = sweep_summary(table, scores.primary, out / "summary.png")
+    files = [out / "summary.csv", out / "summary.parquet", out / "best.json", plot, card]
+    _track_collect(cfg, run, files, best_info, len(scores.points), students)
     log.info("best: %s", statement)
     return out / "best.json"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -90,12 +91,21 @@ def persistence(test: EvalClips) -> np.ndarray:
     return out
 
 
-def run_references(cfg: Config) -> Path:
-    """Score the three references on the evaluation's test clips; one MLflow run each; write references.json."""
-    t0 = time.perf_counter()
+@dataclass
+class _Window:
+    """The training frames each test lead frame's climatology draws from (in clip and lead order), the window's
+    half width in days as used, the number of training frames, and the climatology ensemble's size."""
+
+    candidates: list[np.ndarray]
+    half_days: float
+    training_frames: int
+    members: int
+
+
+def _window(cfg: Config, test: EvalClips, store: xr.Dataset) -> _Window:
+    """Every lead frame's climatology candidates; the ensemble has ``evaluate.reference_members`` members, or as many
+    as the fewest candidates of a window where that is fewer (at least 2, or the window is too narrow)."""
     e = cfg.evaluate
-    test = load_test_clips(cfg, cfg.train.clip_frames)
-    store = open_store(cfg.normalised_path)
     times = store["time"].values
     train = np.flatnonzero(store["split"].values == SPLIT_NAMES.index("train"))
     candidates, half = climatology_candidates(times, train, _targets(test).ravel(), e.climatology_window_days)
@@ -109,19 +119,56 @@ def run_references(cfg: Config) -> Path:
     members = min(e.reference_members, fewest)
     if members < e.reference_members:
         log.info("climatology ensemble: %d members (the fewest training frames in a window)", members)
+    return _Window(candidates, half, int(train.size), members)
+
+
+def _score_all(cfg: Config, test: EvalClips, store: xr.Dataset, window: _Window) -> dict[str, dict[str, Any]]:
+    """The three references scored per variable, each with its skill against the others (and itself)."""
     forecasts = {
-        "climatology-ensemble": climatology_ensemble(test, store, candidates, members, cfg.seed),
-        "climatology-mean": climatology_mean(test, store, candidates),
+        "climatology-ensemble": climatology_ensemble(test, store, window.candidates, window.members, cfg.seed),
+        "climatology-mean": climatology_mean(test, store, window.candidates),
         "persistence": persistence(test),
     }
     scored = {name: score(test.physical(f), test.truth, test.context) for name, f in forecasts.items()}
-    refs: dict[str, Any] = {}
     for name in REFERENCES:
-        variables = scored[name]
-        for v, r in variables.items():
+        for v, r in scored[name].items():
             others = {k: s[v]["per_clip"] for k, s in scored.items()}
             r |= {k: x for k, x in summarise(r["per_clip"], others).items() if k.startswith(tuple(SKILL))}
-        size = members if name == "climatology-ensemble" else 1
+    return scored
+
+
+def _log_reference(cfg: Config, name: str, params: dict[str, Any], variables: dict[str, Any]) -> None:
+    """One reference's scores into its own MLflow run, under the parameters and names a sweep point's run uses."""
+    with stage_run(
+        cfg.tracking_uri,
+        cfg.experiment,
+        cfg.exp_dir,
+        "references",
+        enabled=cfg.tracking.enabled,
+        mode=cfg.tracking.mode,
+        system_metrics=cfg.tracking.system_metrics,  # as the evaluation runs: one set of metric names
+        tags={"reference": "true"},
+        run_name=f"reference {name}",
+    ) as run:
+        log_scores(run, params, variables)
+        run.log_dict({**params, "variables": variables}, "result.json")
+    log.info(
+        "reference %s: %s",
+        name,
+        {v: {k: round(r[k], 4) for k in ("rmse", "crps")} for v, r in variables.items()},
+    )
+
+
+def run_references(cfg: Config) -> Path:
+    """Score the three references on the evaluation's test clips; one MLflow run each; write references.json."""
+    t0 = time.perf_counter()
+    test = load_test_clips(cfg, cfg.train.clip_frames)
+    store = open_store(cfg.normalised_path)
+    window = _window(cfg, test, store)
+    scored = _score_all(cfg, test, store, window)
+    refs: dict[str, Any] = {}
+    for name in REFERENCES:
+        size = window.members if name == "climatology-ensemble" else 1
         params = {
             "checkpoint": name,
             "checkpoint_step": 0,
@@ -133,25 +180,8 @@ def run_references(cfg: Config) -> Path:
             "test_clips": len(test.clips),
             "context_frames": test.context,
         }
-        with stage_run(
-            cfg.tracking_uri,
-            cfg.experiment,
-            cfg.exp_dir,
-            "references",
-            enabled=cfg.tracking.enabled,
-            mode=cfg.tracking.mode,
-            system_metrics=cfg.tracking.system_metrics,  # as the evaluation runs: one set of metric names
-            tags={"reference": "true"},
-            run_name=f"reference {name}",
-        ) as run:
-            log_scores(run, params, variables)
-            run.log_dict({**params, "variables": variables}, "result.json")
-        refs[name] = {"members": size, "variables": variables}
-        log.info(
-            "reference %s: %s",
-            name,
-            {v: {k: round(r[k], 4) for k in ("rmse", "crps")} for v, r in variables.items()},
-        )
+        _log_reference(cfg, name, params, scored[name])
+        refs[name] = {"members": size, "variables": scored[name]}
     out = cfg.eval_dir / "references.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
@@ -159,9 +189,9 @@ def run_references(cfg: Config) -> Path:
         "context_frames": test.context,
         "test_clips": len(test.clips),
         "clip_starts": test.labels,
-        "climatology_window_days": half,
-        "training_frames": int(train.size),
-        "members": members,
+        "climatology_window_days": window.half_days,
+        "training_frames": window.training_frames,
+        "members": window.members,
         "seed": cfg.seed,
         "seconds": time.perf_counter() - t0,
         "references": refs,

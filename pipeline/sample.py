@@ -22,6 +22,8 @@ import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,11 +162,60 @@ def _realism(
     return flat_metrics(result)
 
 
-def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Path | None:
-    """Generate, write and log the samples. With ``world`` > 1 (a process group is initialised), rank
-    ``rank`` generates clips and rollouts ``rank, rank + world, ...``; rank 0 gathers, writes and
-    returns the folder, the other ranks return None."""
-    t0 = time.perf_counter()
+@dataclass
+class _Setup:
+    """The model with its sampler, and the stores a sample run reads: what every step of the run shares."""
+
+    tag: str  # the checkpoint
+    guidance: float
+    cfg_scale: float
+    device: torch.device
+    model: Any
+    meta: dict[str, Any]
+    sampler: Callable[..., torch.Tensor]
+    store: xr.Dataset  # normalised
+    regridded: xr.Dataset  # physical: its variables' and coordinates' CF attributes
+    stats: dict[str, Any]
+    var_attrs: dict[str, dict[str, Any]]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.meta["variables"])
+
+    @property
+    def frames(self) -> int:
+        return int(self.meta["clip_frames"])
+
+    @property
+    def use_doy(self) -> bool:
+        return bool(self.meta["model_config"].get("day_of_year"))
+
+
+@dataclass
+class _Plan:
+    """When the samples are: the unconditional clips' dates, each rollout's first initial frame (store index) and
+    valid times, and the normalised data (time, C, lat, lon) the rollouts start from and are compared with."""
+
+    times: np.ndarray
+    test_idx: np.ndarray
+    dates: np.ndarray
+    data: np.ndarray
+    starts: np.ndarray
+    rdates: list[np.ndarray]
+
+
+@dataclass
+class _Samples:
+    """The denormalised samples with CF attributes, and the truth for the rollouts' dates."""
+
+    unconditional: xr.Dataset
+    rollouts: xr.Dataset
+    truth: xr.Dataset
+
+
+def _setup(cfg: Config) -> _Setup:
+    """Resolve the checkpoint and the guidance ('best': from the sweep), load the model (wrapped in classifier-free
+    guidance where its scale is not 1) and open the stores."""
     s = cfg.sample
     tag = resolve_checkpoint(cfg)
     guidance = resolve_guidance(cfg)
@@ -174,195 +225,272 @@ def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Pat
     else:
         device = torch.device("cpu")
     model, meta = load_inference(cfg.inference_file(tag), device)
-    names: list[str] = meta["variables"]
-    frames = int(meta["clip_frames"])
-    use_doy = bool(meta["model_config"].get("day_of_year"))
     store = open_store(cfg.normalised_path)
     regridded = open_store(cfg.regridded_path)
     stats = read_stats(cfg.stats_path)
-    var_attrs = {n: {k: v for k, v in regridded[n].attrs.items()} for n in names}
-    lat, lon = store["latitude"], store["longitude"]
-    times = store["time"].values
-    test_idx = np.flatnonzero(store["split"].values == 3)
     sampler = get_sampler(s.sampler, langevin_snr=s.langevin_snr, langevin_steps=s.langevin_steps)
     if cfg_scale != 1.0:  # classifier-free guidance of every sample (train.cond_drop > 0, checked with the config)
         model = ClassifierFreeGuidance.from_scale(model, cfg_scale)
-    shape = (len(names), frames, lat.size, lon.size)
+    return _Setup(
+        tag=tag,
+        guidance=guidance,
+        cfg_scale=cfg_scale,
+        device=device,
+        model=model,
+        meta=meta,
+        sampler=sampler,
+        store=store,
+        regridded=regridded,
+        stats=stats,
+        var_attrs={n: {k: v for k, v in regridded[n].attrs.items()} for n in meta["variables"]},
+    )
 
-    # unconditional clips, dated like the first test clip, in batches; each clip has its own seed
-    gen_t0 = time.perf_counter()
-    dates = regular_times(times, times[test_idx[0]], frames)  # datetime64 or cftime, in the data's calendar
-    doy = torch.from_numpy(day_of_year(dates))[None].to(device)
-    mine: dict[int, np.ndarray] = {}
-    for batch in tqdm(_batches(range(rank, s.unconditional, world), s.batch_size), desc="unconditional", disable=None):
-        gens = [_item_generator(cfg.seed, 0, i, device) for i in batch]
-        cond = {"doy": doy.expand(len(batch), -1)} if use_doy else None
-        with torch.no_grad():
-            z = randn((len(batch), *shape), gens, device, torch.float32)
-            x = sampler(model, z, s.steps, cond=cond, generator=gens).float().cpu().numpy()
-        mine.update(zip(batch, x, strict=True))
-    unc_parts = _gather(mine, world)
 
-    # rollouts from real initial frames spread over the test period, in batches; each has its own seed
-    m = cfg.evaluate.context_frames
-    data = np.stack([store[n].values for n in names], axis=1)  # (time, C, lat, lon), normalised
-    # spread over the test period, the last starting early enough to have truth for its whole length if it fits
-    last = max(test_idx[0], test_idx[-1] - max(s.rollout_frames, m) + 1)
+def _plan(cfg: Config, su: _Setup) -> _Plan:
+    """The unconditional clips are dated like the first test clip; the rollouts start from real frames spread over
+    the test period, the last early enough to have truth for its whole length if it fits."""
+    s, store = cfg.sample, su.store
+    times = store["time"].values
+    test_idx = np.flatnonzero(store["split"].values == 3)
+    dates = regular_times(times, times[test_idx[0]], su.frames)  # datetime64 or cftime, in the data's calendar
+    data = np.stack([store[n].values for n in su.names], axis=1)  # (time, C, lat, lon), normalised
+    last = max(test_idx[0], test_idx[-1] - max(s.rollout_frames, cfg.evaluate.context_frames) + 1)
     starts = np.linspace(test_idx[0], last, s.rollouts).round().astype(int)
     # valid times of each rollout, on past the data's end in its calendar (the last window may overshoot)
-    rdates = [regular_times(times, times[int(start)], s.rollout_frames + frames) for start in starts]
-    mine = {}
+    rdates = [regular_times(times, times[int(start)], s.rollout_frames + su.frames) for start in starts]
+    return _Plan(times=times, test_idx=test_idx, dates=dates, data=data, starts=starts, rdates=rdates)
+
+
+def _generate_unconditional(cfg: Config, su: _Setup, plan: _Plan, rank: int, world: int) -> dict[int, np.ndarray]:
+    """This rank's unconditional clips in batches, each with its own seed; every rank's on rank 0."""
+    s = cfg.sample
+    shape = (len(su.names), su.frames, su.store["latitude"].size, su.store["longitude"].size)
+    doy = torch.from_numpy(day_of_year(plan.dates))[None].to(su.device)
+    mine: dict[int, np.ndarray] = {}
+    for batch in tqdm(_batches(range(rank, s.unconditional, world), s.batch_size), desc="unconditional", disable=None):
+        gens = [_item_generator(cfg.seed, 0, i, su.device) for i in batch]
+        cond = {"doy": doy.expand(len(batch), -1)} if su.use_doy else None
+        with torch.no_grad():
+            z = randn((len(batch), *shape), gens, su.device, torch.float32)
+            x = su.sampler(su.model, z, s.steps, cond=cond, generator=gens).float().cpu().numpy()
+        mine.update(zip(batch, x, strict=True))
+    return _gather(mine, world)
+
+
+def _generate_rollouts(cfg: Config, su: _Setup, plan: _Plan, rank: int, world: int) -> dict[int, np.ndarray]:
+    """This rank's rollouts in batches, each with its own seed, extended by reconstruction guidance from
+    ``evaluate.context_frames`` real initial frames: {rollout: (lead, C, lat, lon)}, every rank's on rank 0."""
+    s, m = cfg.sample, cfg.evaluate.context_frames
+    mine: dict[int, np.ndarray] = {}
     for batch in tqdm(_batches(range(rank, s.rollouts, world), s.batch_size), desc="rollouts", disable=None):
-        init = np.stack([np.nan_to_num(data[starts[r] : starts[r] + m]).transpose(1, 0, 2, 3) for r in batch])
+        init = np.stack([np.nan_to_num(plan.data[a : a + m]).transpose(1, 0, 2, 3) for a in plan.starts[batch]])
 
         def cond_for(window_start: int, window: int, batch: list[int] = batch) -> dict[str, torch.Tensor] | None:
-            if not use_doy:
+            if not su.use_doy:
                 return None
-            doys = [day_of_year(rdates[r][window_start : window_start + window]) for r in batch]
-            return {"doy": torch.from_numpy(np.stack(doys)).to(device)}
+            doys = [day_of_year(plan.rdates[r][window_start : window_start + window]) for r in batch]
+            return {"doy": torch.from_numpy(np.stack(doys)).to(su.device)}
 
         with torch.no_grad():
             out = extend(
-                model,
-                sampler,
-                torch.from_numpy(init).float().to(device),
+                su.model,
+                su.sampler,
+                torch.from_numpy(init).float().to(su.device),
                 s.rollout_frames,
-                frames,
+                su.frames,
                 s.steps,
-                guidance,
+                su.guidance,
                 overlap=m,
                 cond_for_window=cond_for,
-                generator=[_item_generator(cfg.seed, 1, r, device) for r in batch],
+                generator=[_item_generator(cfg.seed, 1, r, su.device) for r in batch],
             )
         mine.update(zip(batch, out.cpu().numpy().transpose(0, 2, 1, 3, 4), strict=True))  # (lead, C, lat, lon)
         log.info("rollouts %s: %d frames each", [r + 1 for r in batch], s.rollout_frames)
-    roll_parts = _gather(mine, world)
-    gen_s = time.perf_counter() - gen_t0
-    if rank != 0:
-        return None
-    unc = np.stack([unc_parts[i] for i in range(s.unconditional)])
-    rollouts = [roll_parts[r] for r in range(s.rollouts)]
-    truth = []
-    for start in starts:
-        avail = data[start : start + s.rollout_frames]
-        pad = np.full((s.rollout_frames - avail.shape[0], *avail.shape[1:]), np.nan, dtype=np.float32)
-        truth.append(np.concatenate([avail, pad]))
+    return _gather(mine, world)
 
-    common = {"latitude": lat, "longitude": lon}
+
+def _truth(cfg: Config, plan: _Plan) -> np.ndarray:
+    """The data for each rollout's dates, NaN past the data's end: (rollout, lead, C, lat, lon)."""
+    truth = []
+    for start in plan.starts:
+        avail = plan.data[start : start + cfg.sample.rollout_frames]
+        pad = np.full((cfg.sample.rollout_frames - avail.shape[0], *avail.shape[1:]), np.nan, dtype=np.float32)
+        truth.append(np.concatenate([avail, pad]))
+    return np.stack(truth)
+
+
+def _assemble(
+    cfg: Config, su: _Setup, plan: _Plan, unc_parts: dict[int, np.ndarray], roll_parts: dict[int, np.ndarray]
+) -> _Samples:
+    """The gathered clips and rollouts (in index order) and the truth as denormalised data sets."""
+    s = cfg.sample
+    names, attrs = su.names, su.var_attrs
+    unc = np.stack([unc_parts[i] for i in range(s.unconditional)])
+    # (rollout, C, lead, lat, lon)
+    roll_arr = np.stack([roll_parts[r] for r in range(s.rollouts)]).transpose(0, 2, 1, 3, 4)
+    truth_arr = _truth(cfg, plan).transpose(0, 2, 1, 3, 4)
+    common = {"latitude": su.store["latitude"], "longitude": su.store["longitude"]}
     unc_ds = denormalise(
         as_dataset(
             unc,
             names,
             ("sample", "frame", "latitude", "longitude"),
-            {**common, "doy": ("frame", day_of_year(dates))},
-            attrs=var_attrs,
+            {**common, "doy": ("frame", day_of_year(plan.dates))},
+            attrs=attrs,
         ),
-        stats,
+        su.stats,
     )
-    roll_arr = np.stack(rollouts).transpose(0, 2, 1, 3, 4)  # (rollout, C, lead, lat, lon)
-    truth_arr = np.stack(truth).transpose(0, 2, 1, 3, 4)
     roll_coords = {
         **common,
         "lead": np.arange(s.rollout_frames),
         "time": (
             ("rollout", "lead"),
-            np.stack([d[: s.rollout_frames] for d in rdates]),
+            np.stack([d[: s.rollout_frames] for d in plan.rdates]),
             {"standard_name": "time", "long_name": "valid time"},
         ),
-        "init_time": ("rollout", times[starts]),
+        "init_time": ("rollout", plan.times[plan.starts]),
     }
-    roll_ds = denormalise(
-        as_dataset(roll_arr, names, ("rollout", "lead", "latitude", "longitude"), roll_coords, attrs=var_attrs), stats
-    )
-    truth_ds = denormalise(
-        as_dataset(truth_arr, names, ("rollout", "lead", "latitude", "longitude"), roll_coords, attrs=var_attrs), stats
-    )
-    for ds in (unc_ds, roll_ds):
-        for n in names:
-            ds[n].attrs.update({k: v for k, v in var_attrs[n].items() if k not in ("units",)})
-            ds[n].attrs["units"] = var_attrs[n].get("units", stats[n].get("units", ""))
-        ds["latitude"].attrs.update(regridded["latitude"].attrs)
-        ds["longitude"].attrs.update(regridded["longitude"].attrs)
+    dims = ("rollout", "lead", "latitude", "longitude")
+    roll_ds = denormalise(as_dataset(roll_arr, names, dims, roll_coords, attrs=attrs), su.stats)
+    truth_ds = denormalise(as_dataset(truth_arr, names, dims, roll_coords, attrs=attrs), su.stats)
+    return _Samples(unconditional=unc_ds, rollouts=roll_ds, truth=truth_ds)
+
+
+def _annotate(cfg: Config, su: _Setup, samples: _Samples, world: int) -> None:
+    """CF attributes of the variables and coordinates, and the provenance, on the written data sets."""
+    s = cfg.sample
+    for ds in (samples.unconditional, samples.rollouts):
+        for n in su.names:
+            ds[n].attrs.update({k: v for k, v in su.var_attrs[n].items() if k not in ("units",)})
+            ds[n].attrs["units"] = su.var_attrs[n].get("units", su.stats[n].get("units", ""))
+        ds["latitude"].attrs.update(su.regridded["latitude"].attrs)
+        ds["longitude"].attrs.update(su.regridded["longitude"].attrs)
         ds.attrs.update(
             {
                 "Conventions": "CF-1.8",
                 "title": f"{cfg.experiment}: samples of the video diffusion model",
-                "source": f"pipeline {__version__}, checkpoint {tag} (step {meta['step']})",
+                "source": f"pipeline {__version__}, checkpoint {su.tag} (step {su.meta['step']})",
                 "sampler": s.sampler,
                 "sampling_steps": s.steps,
                 "seed": cfg.seed,
-                "guidance_weight": guidance,
-                "cfg_scale": cfg_scale,
+                "guidance_weight": su.guidance,
+                "cfg_scale": su.cfg_scale,
                 "processes": world,
-                "checkpoint_file": str(cfg.inference_file(tag)),
+                "checkpoint_file": str(cfg.inference_file(su.tag)),
                 "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} pipeline sample",
             }
         )
-    roll_ds["lead"].attrs = {"long_name": "frames since the first initial frame", "units": "1"}
+    samples.rollouts["lead"].attrs = {"long_name": "frames since the first initial frame", "units": "1"}
 
-    out_dir = cfg.samples_dir
-    with atomic_path(out_dir) as tmp:
+
+def _plot(names: list[str], samples: _Samples, test_truth: xr.Dataset, out: Path) -> None:
+    """Per variable: the animation of rollout 0 beside its truth, first and last frame maps, zonal spectra."""
+    unc_ds, roll_ds, truth_ds = samples.unconditional, samples.rollouts, samples.truth
+    for n in names:
+        animate_rollout(
+            roll_ds[n].isel(rollout=0),
+            truth_ds[n].isel(rollout=0),
+            roll_ds["time"].values[0],
+            [out / f"{n}_rollout.gif", out / f"{n}_rollout.mp4"],
+        )
+        first_last_maps(
+            {"rollout 0": roll_ds[n].isel(rollout=0), "unconditional 0": unc_ds[n].isel(sample=0)},
+            out / f"{n}_first_last.png",
+        )
+        spectra_plot(roll_ds[n], unc_ds[n], test_truth[n], out / f"{n}_spectra.png")
+
+
+def _manifest(cfg: Config, su: _Setup, out: Path) -> None:
+    """``manifest.json``: the settings the samples were made with and the folder's files (written last)."""
+    s = cfg.sample
+    (out / "manifest.json").write_text(
+        json.dumps(
+            {
+                "checkpoint": su.tag,
+                "sampler": s.sampler,
+                "steps": s.steps,
+                "seed": cfg.seed,
+                "guidance_weight": su.guidance,
+                "cfg_scale": su.cfg_scale,
+                "unconditional": s.unconditional,
+                "rollouts": s.rollouts,
+                "rollout_frames": s.rollout_frames,
+                "files": sorted(p.name for p in out.iterdir()),
+            },
+            indent=2,
+        )
+    )
+
+
+def _write(cfg: Config, su: _Setup, plan: _Plan, samples: _Samples) -> dict[str, float]:
+    """The stores, realism assessment, figures and manifest, under a temporary name renamed when complete;
+    returns the realism scalars for MLflow."""
+    unc_ds, roll_ds = samples.unconditional, samples.rollouts
+    with atomic_path(cfg.samples_dir) as tmp:
         tmp.mkdir(parents=True)
-        write_zarr(unc_ds, tmp / "unconditional.zarr", time_chunk=frames)
-        write_zarr(roll_ds, tmp / "rollouts.zarr", time_chunk=frames)
-        if s.netcdf:
+        write_zarr(unc_ds, tmp / "unconditional.zarr", time_chunk=su.frames)
+        write_zarr(roll_ds, tmp / "rollouts.zarr", time_chunk=su.frames)
+        if cfg.sample.netcdf:
             unc_ds.to_netcdf(tmp / "unconditional.nc")
             roll_ds.drop_vars("time").assign_coords(valid_time=roll_ds["time"]).to_netcdf(tmp / "rollouts.nc")
+        coords = {"latitude": su.store["latitude"], "longitude": su.store["longitude"], "time": plan.times}
         real = denormalise(
-            as_dataset(data, names, ("time", "latitude", "longitude"), {**common, "time": times}, attrs=var_attrs),
-            stats,
+            as_dataset(plan.data, su.names, ("time", "latitude", "longitude"), coords, attrs=su.var_attrs),
+            su.stats,
         )
-        test_truth = real.isel(time=test_idx).rename({"time": "frame"}).drop_vars("frame")
-        realism = _realism(cfg, unc_ds, roll_ds, real, store["split"].values, frames, tmp)
-        for n in names:
-            animate_rollout(
-                roll_ds[n].isel(rollout=0),
-                truth_ds[n].isel(rollout=0),
-                roll_ds["time"].values[0],
-                [tmp / f"{n}_rollout.gif", tmp / f"{n}_rollout.mp4"],
-            )
-            first_last_maps(
-                {"rollout 0": roll_ds[n].isel(rollout=0), "unconditional 0": unc_ds[n].isel(sample=0)},
-                tmp / f"{n}_first_last.png",
-            )
-            spectra_plot(roll_ds[n], unc_ds[n], test_truth[n], tmp / f"{n}_spectra.png")
-        (tmp / "manifest.json").write_text(
-            json.dumps(
-                {
-                    "checkpoint": tag,
-                    "sampler": s.sampler,
-                    "steps": s.steps,
-                    "seed": cfg.seed,
-                    "guidance_weight": guidance,
-                    "cfg_scale": cfg_scale,
-                    "unconditional": s.unconditional,
-                    "rollouts": s.rollouts,
-                    "rollout_frames": s.rollout_frames,
-                    "files": sorted(p.name for p in tmp.iterdir()),
-                },
-                indent=2,
-            )
-        )
-    n_frames = s.unconditional * frames + s.rollouts * s.rollout_frames
+        test_truth = real.isel(time=plan.test_idx).rename({"time": "frame"}).drop_vars("frame")
+        realism = _realism(cfg, unc_ds, roll_ds, real, su.store["split"].values, su.frames, tmp)
+        _plot(su.names, samples, test_truth, tmp)
+        _manifest(cfg, su, tmp)
+    return realism
+
+
+def _track(
+    cfg: Config, run: StageRun, su: _Setup, samples: _Samples, realism: dict[str, float], gen_s: float, t0: float
+) -> int:
+    """Parameters, metrics (generation speed, time since ``t0``, mean of each variable, realism) and the small
+    files into the stage's MLflow run; returns the number of frames generated."""
+    s = cfg.sample
+    n_frames = s.unconditional * su.frames + s.rollouts * s.rollout_frames
     run.log_params(
         {
             "sample": s.model_dump(),
-            "checkpoint": tag,
-            "checkpoint_step": meta["step"],
-            "guidance_weight": guidance,
-            "cfg_scale": cfg_scale,
+            "checkpoint": su.tag,
+            "checkpoint_step": su.meta["step"],
+            "guidance_weight": su.guidance,
+            "cfg_scale": su.cfg_scale,
         }
     )
     run.log_metrics(
         {
             "frames_per_s": n_frames / gen_s,
             "seconds": time.perf_counter() - t0,
-            **{f"mean_{n}": float(roll_ds[n].mean()) for n in names},
+            **{f"mean_{n}": float(samples.rollouts[n].mean()) for n in su.names},
             **realism,
         }
     )
-    for p in sorted(out_dir.iterdir()):
+    for p in sorted(cfg.samples_dir.iterdir()):
         if p.suffix in (".gif", ".mp4", ".png", ".json"):
             run.log_artifact(p)
-    log.info("sample: %d frames in %.1f s -> %s", n_frames, gen_s, out_dir)
-    return out_dir
+    return n_frames
+
+
+def run_sample(cfg: Config, run: StageRun, rank: int = 0, world: int = 1) -> Path | None:
+    """Generate, write and log the samples. With ``world`` > 1 (a process group is initialised), rank
+    ``rank`` generates clips and rollouts ``rank, rank + world, ...``; rank 0 gathers, writes and
+    returns the folder, the other ranks return None."""
+    t0 = time.perf_counter()
+    su = _setup(cfg)
+    gen_t0 = time.perf_counter()
+    plan = _plan(cfg, su)
+    unc_parts = _generate_unconditional(cfg, su, plan, rank, world)
+    roll_parts = _generate_rollouts(cfg, su, plan, rank, world)
+    gen_s = time.perf_counter() - gen_t0
+    if rank != 0:
+        return None
+    samples = _assemble(cfg, su, plan, unc_parts, roll_parts)
+    _annotate(cfg, su, samples, world)
+    realism = _write(cfg, su, plan, samples)
+    n_frames = _track(cfg, run, su, samples, realism, gen_s, t0)
+    log.info("sample: %d frames in %.1f s -> %s", n_frames, gen_s, cfg.samples_dir)
+    return cfg.samples_dir
