@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import checkpoints, metrics
 from pipeline.config import load_config
 from pipeline.distill import teacher_file
-from pipeline.evaluate import generate_extensions
+from pipeline.evaluate import Completion, generate_extensions
 from pipeline.scoring import load_test_clips, score, summarise
 
 
@@ -40,11 +40,7 @@ def run_forecast(cfg, path: Path, sampler: str, steps: int, device: torch.device
         ens = generate_extensions(
             model,
             test.clips,
-            e.context_frames,
-            e.ensemble,
-            sampler,
-            steps,
-            e.guidance_weights[0],
+            Completion(e.context_frames, e.ensemble, sampler, steps, e.guidance_weights[0]),
             cfg.seed,
             device,
             bool(meta["model_config"].get("day_of_year")),

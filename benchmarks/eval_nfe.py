@@ -26,7 +26,7 @@ from pipeline.data.clips import ClipDataset
 from pipeline.data.io import open_store
 from pipeline.data.stats import denormalise, read_stats
 from pipeline.diffusion import SAMPLERS
-from pipeline.evaluate import generate_extensions
+from pipeline.evaluate import Completion, generate_extensions
 from pipeline.scoring import clip_dataset, pick_test_clips, score
 
 
@@ -57,11 +57,7 @@ def main() -> None:
             ens = generate_extensions(
                 model,
                 clips,
-                e.context_frames,
-                e.ensemble,
-                sampler,
-                steps,
-                e.guidance_weights[0],
+                Completion(e.context_frames, e.ensemble, sampler, steps, e.guidance_weights[0]),
                 cfg.seed,
                 torch.device("cpu"),
                 bool(meta["model_config"].get("day_of_year")),

@@ -121,7 +121,7 @@ def _build_step(name: str, cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argparse.Namespace) -> None:
-    from pipeline.tracking import stage_run
+    from pipeline.tracking import RunTarget, stage_run
 
     t0 = time.perf_counter()
     config_paths = [str(Path(p).resolve()) for p in config_paths]  # the jobs run in other processes
@@ -160,15 +160,7 @@ def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argpar
         out = launch(cfg, config_paths, "pipeline.sample:sample_task", "sample", processes=cfg.sample.processes)[0]
         log.info("sample finished in %.1f s -> %s", time.perf_counter() - t0, out)
         return
-    with stage_run(
-        cfg.tracking_uri,
-        cfg.experiment,
-        cfg.exp_dir,
-        name,
-        enabled=cfg.tracking.enabled,
-        mode=cfg.tracking.mode,
-        system_metrics=cfg.tracking.system_metrics if name == "sample" else None,
-    ) as run:
+    with stage_run(RunTarget.of(cfg, system_metrics=name == "sample"), name) as run:
         out = _stage_fn(name, args)(cfg, run)
     log.info("%s finished in %.1f s -> %s", name, time.perf_counter() - t0, out)
 

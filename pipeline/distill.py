@@ -30,7 +30,7 @@ from pipeline.checkpoints import load_inference
 from pipeline.config import Config, ConfigError, config_hash
 from pipeline.diffusion import VDiffusion
 from pipeline.diffusion.distillation import DistillWeighting, distillation_loss, student_times
-from pipeline.tracking import StageRun, stage_run
+from pipeline.tracking import RunTarget, StageRun, stage_run
 from pipeline.train import (
     EMA,
     Clips,
@@ -263,17 +263,7 @@ def run_distillation(cfg: Config) -> dict[str, Any]:
     teacher = teacher_file(cfg)
     d = cfg.distill
     rounds = []
-    with stage_run(
-        cfg.tracking_uri,
-        cfg.experiment,
-        cfg.exp_dir,
-        "distill",
-        enabled=cfg.tracking.enabled,
-        mode=cfg.tracking.mode,
-        system_metrics=cfg.tracking.system_metrics,
-        rank=rt.rank,
-        run_id=_run_id(cfg) if rt.rank == 0 else None,
-    ) as run:
+    with stage_run(RunTarget.of(cfg), "distill", rank=rt.rank, run_id=_run_id(cfg) if rt.rank == 0 else None) as run:
         if rt.rank == 0 and run.run_id and _run_id(cfg) is None:
             write_text_atomic(cfg.distill_dir / "mlflow_run.json", json.dumps({"run_id": run.run_id}))
             run.log_params(

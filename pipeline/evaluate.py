@@ -45,13 +45,15 @@ from pipeline.scoring import (
     score,
     summarise,
 )
-from pipeline.tracking import StageRun, stage_run
+from pipeline.tracking import RunTarget, StageRun, stage_run
 
 __all__ = [
     "SCALAR_METRICS",
     "SWEEP_PARAMS",
+    "Completion",
     "collect",
     "evaluate_point",
+    "generate_extensions",
     "missing_points",
     "point_path",
     "read_references",
@@ -88,27 +90,36 @@ def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class Completion:
+    """How a test clip is completed: from its first ``context`` frames, ``ensemble`` members drawn by ``sampler``
+    in ``steps`` steps under reconstruction guidance of weight ``guidance``; ``cfg_scale`` != 1 guides the model by
+    classifier-free guidance inside it; ``langevin_*`` are the corrector's settings of ``<predictor>+langevin``."""
+
+    context: int
+    ensemble: int
+    sampler: str
+    steps: int
+    guidance: float
+    cfg_scale: float = 1.0
+    langevin_snr: float = 0.16
+    langevin_steps: int = 1
+
+
 def generate_extensions(
     model: Any,
     clips: list[dict[str, torch.Tensor]],
-    context: int,
-    ensemble: int,
-    sampler: str,
-    steps: int,
-    guidance: float,
+    how: Completion,
     seed: int,
     device: torch.device,
     day_of_year: bool,
-    cfg_scale: float = 1.0,
-    langevin_snr: float = 0.16,
-    langevin_steps: int = 1,
 ) -> np.ndarray:
-    """Ensemble completions of each clip from its first ``context`` frames: (clip, member, C, T, H, W).
-    ``cfg_scale`` != 1 guides the model by classifier-free guidance inside the reconstruction guidance;
-    ``langevin_*`` are the corrector's settings of the ``<predictor>+langevin`` samplers."""
+    """Ensemble completions of each clip (:class:`Completion`): (clip, member, C, T, H, W); member noise is
+    seeded per clip from ``seed``; ``day_of_year``: the model is conditioned on the frames' days of year."""
+    context, ensemble, guidance = how.context, how.ensemble, how.guidance
     out = []
-    sample = get_sampler(sampler, langevin_snr=langevin_snr, langevin_steps=langevin_steps)
-    base = model if cfg_scale == 1.0 else ClassifierFreeGuidance.from_scale(model, cfg_scale)
+    sample = get_sampler(how.sampler, langevin_snr=how.langevin_snr, langevin_steps=how.langevin_steps)
+    base = model if how.cfg_scale == 1.0 else ClassifierFreeGuidance.from_scale(model, how.cfg_scale)
     for i, c in enumerate(clips):
         x = c["x"][None].to(device).expand(ensemble, *c["x"].shape).contiguous()
         known = x * c["mask"][None].to(device)
@@ -117,7 +128,7 @@ def generate_extensions(
         g = torch.Generator(device=device).manual_seed(seed * 7919 + i)
         z = torch.randn(x.shape, generator=g, device=device)
         cond = {"doy": c["doy"][None].to(device).expand(ensemble, -1)} if day_of_year else None
-        out.append(sample(guided, z, steps, cond=cond, generator=g).float().cpu().numpy())
+        out.append(sample(guided, z, how.steps, cond=cond, generator=g).float().cpu().numpy())
     return np.stack(out)
 
 
@@ -144,21 +155,10 @@ def _generate(cfg: Config, point: _Point, weight: float, scale: float) -> np.nda
     """The ensemble completions of the point's test clips at one guidance weight and scale (normalised)."""
     e = cfg.evaluate
     with torch.no_grad():
-        return generate_extensions(
-            point.model,
-            point.test.clips,
-            e.context_frames,
-            e.ensemble,
-            point.sampler,
-            point.steps,
-            weight,
-            cfg.seed,
-            point.device,
-            point.day_of_year,
-            cfg_scale=scale,
-            langevin_snr=e.langevin_snr,
-            langevin_steps=e.langevin_steps,
+        how = Completion(
+            e.context_frames, e.ensemble, point.sampler, point.steps, weight, scale, e.langevin_snr, e.langevin_steps
         )
+        return generate_extensions(point.model, point.test.clips, how, cfg.seed, point.device, point.day_of_year)
 
 
 def _guided_run(cfg: Config, point: _Point, weight: float, scale: float = 1.0) -> dict[str, Any]:
@@ -169,13 +169,8 @@ def _guided_run(cfg: Config, point: _Point, weight: float, scale: float = 1.0) -
     t0 = time.perf_counter()
     run_name = f"evaluate {point.checkpoint} {point.sampler}-{point.steps} w{weight:g}"
     with stage_run(
-        cfg.tracking_uri,
-        cfg.experiment,
-        cfg.exp_dir,
+        RunTarget.of(cfg),
         "evaluate",
-        enabled=cfg.tracking.enabled,
-        mode=cfg.tracking.mode,
-        system_metrics=cfg.tracking.system_metrics,
         tags={"sweep_point": point.name, "guidance_weight": weight, "cfg_scale": scale},
         run_name=run_name + (f" cfg{scale:g}" if scale != 1.0 else ""),
     ) as run:
@@ -322,9 +317,7 @@ def _log_skill(cfg: Config, run_id: str | None, summaries: dict[str, dict[str, A
     run, under the names the references' runs use (the intervals are in the table and best.json)."""
     if run_id is None or not cfg.tracking.enabled:
         return
-    with stage_run(
-        cfg.tracking_uri, cfg.experiment, cfg.exp_dir, "evaluate", mode=cfg.tracking.mode, run_id=run_id
-    ) as run:
+    with stage_run(RunTarget.of(cfg, system_metrics=False), "evaluate", run_id=run_id) as run:
         for v, s in summaries.items():
             run.log_metrics({f"{k}_{v}": s[k] for k in SKILL if k in s})
             for lead in range(len(s["rmse_per_lead"])):

@@ -29,7 +29,7 @@ from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES
 from pipeline.data.times import climatology_candidates
 from pipeline.scoring import REFERENCES, SKILL, EvalClips, load_test_clips, log_scores, score, summarise
-from pipeline.tracking import stage_run
+from pipeline.tracking import RunTarget, stage_run
 
 __all__ = [
     "climatology_ensemble",
@@ -139,17 +139,7 @@ def _score_all(cfg: Config, test: EvalClips, store: xr.Dataset, window: _Window)
 
 def _log_reference(cfg: Config, name: str, params: dict[str, Any], variables: dict[str, Any]) -> None:
     """One reference's scores into its own MLflow run, under the parameters and names a sweep point's run uses."""
-    with stage_run(
-        cfg.tracking_uri,
-        cfg.experiment,
-        cfg.exp_dir,
-        "references",
-        enabled=cfg.tracking.enabled,
-        mode=cfg.tracking.mode,
-        system_metrics=cfg.tracking.system_metrics,  # as the evaluation runs: one set of metric names
-        tags={"reference": "true"},
-        run_name=f"reference {name}",
-    ) as run:
+    with stage_run(RunTarget.of(cfg), "references", tags={"reference": "true"}, run_name=f"reference {name}") as run:
         log_scores(run, params, variables)
         run.log_dict({**params, "variables": variables}, "result.json")
     log.info(

@@ -19,6 +19,7 @@ renamed when complete.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -109,7 +110,7 @@ def sample_task(cfg: Config) -> str | None:
 
     import torch.distributed as dist
 
-    from pipeline.tracking import stage_run
+    from pipeline.tracking import RunTarget, stage_run
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if torch.cuda.is_available():
@@ -117,16 +118,7 @@ def sample_task(cfg: Config) -> str | None:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
-        with stage_run(
-            cfg.tracking_uri,
-            cfg.experiment,
-            cfg.exp_dir,
-            "sample",
-            enabled=cfg.tracking.enabled,
-            mode=cfg.tracking.mode,
-            system_metrics=cfg.tracking.system_metrics,
-            rank=rank,
-        ) as run:
+        with stage_run(RunTarget.of(cfg), "sample", rank=rank) as run:
             out = run_sample(cfg, run, rank=rank, world=world)
         return str(out) if out is not None else None
     finally:
@@ -294,11 +286,10 @@ def _generate_rollouts(cfg: Config, su: _Setup, plan: _Plan, rank: int, world: i
         with torch.no_grad():
             out = extend(
                 su.model,
-                su.sampler,
+                functools.partial(su.sampler, steps=s.steps),
                 torch.from_numpy(init).float().to(su.device),
                 s.rollout_frames,
                 su.frames,
-                s.steps,
                 su.guidance,
                 overlap=m,
                 cond_for_window=cond_for,

@@ -27,6 +27,7 @@ ended when it was pushed is tagged ``pipeline.sync.done`` and skipped afterwards
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -45,7 +46,17 @@ from typing import Any
 
 from pipeline.atomic import write_text_atomic
 
-__all__ = ["MODES", "OFFLINE_DIR", "StageRun", "SyncReport", "TrackingError", "flatten", "stage_run", "sync"]
+__all__ = [
+    "MODES",
+    "OFFLINE_DIR",
+    "RunTarget",
+    "StageRun",
+    "SyncReport",
+    "TrackingError",
+    "flatten",
+    "stage_run",
+    "sync",
+]
 
 log = logging.getLogger(__name__)
 
@@ -546,47 +557,70 @@ def _node_run(run: StageRun, rank: int, uri: str, spec: _RunSpec) -> tuple[Stage
     return StageRun(store.client, child, store.parent_id, uri=store.uri, mode="offline"), node_id
 
 
+@dataclasses.dataclass(frozen=True)
+class RunTarget:
+    """Where and how a stage's runs are recorded: the tracking store ``uri``, the experiment (its name and results
+    folder), whether at all, the mode (``tracking.mode``: online, offline, auto) and the interval (s) of system
+    metrics (None: none)."""
+
+    uri: str
+    experiment: str
+    exp_dir: Path
+    enabled: bool = True
+    mode: str = "auto"
+    system_metrics: float | None = None
+
+    @classmethod
+    def of(cls, cfg: Any, *, system_metrics: bool = True) -> RunTarget:
+        """The target of an experiment config (its ``tracking_uri``, ``experiment``, ``exp_dir`` and ``tracking``
+        section; duck-typed: tracking and the config are one layer and do not import each other)."""
+        t = cfg.tracking
+        seconds = t.system_metrics if system_metrics else None
+        return cls(cfg.tracking_uri, cfg.experiment, Path(cfg.exp_dir), t.enabled, t.mode, seconds)
+
+
+def _monitor(run: StageRun, rank: int, target: RunTarget, spec: _RunSpec) -> tuple[StageRun, _SystemMetrics | None]:
+    """The run that holds this node's system metrics (see :func:`_node_run`) and its sampler, if any."""
+    if not target.system_metrics:
+        return run, None
+    node_run, node_id = _node_run(run, rank, target.uri, spec)
+    try:
+        return node_run, (_SystemMetrics(node_run, target.system_metrics, node_id) if node_run.active else None)
+    except Exception as e:  # psutil missing, say: the stage goes on without them
+        log.warning("MLflow system metrics unavailable (%s: %s)", type(e).__name__, e)
+        return node_run, None
+
+
 @contextlib.contextmanager
 def stage_run(
-    uri: str,
-    experiment: str,
-    exp_dir: Path,
+    target: RunTarget,
     stage: str,
     *,
-    enabled: bool = True,
-    mode: str = "auto",
-    system_metrics: float | None = None,
     rank: int = 0,
     run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
     run_name: str | None = None,
 ) -> Iterator[StageRun]:
-    """Open (or, with ``run_id``, reopen) a child run of the experiment's parent run in ``mode``
-    (``tracking.mode``: online, offline, auto; see the module's docstring).
+    """Open (or, with ``run_id``, reopen) a child run of the experiment's parent run in ``target.mode``
+    (see the module's docstring).
 
-    Only rank 0 tracks; other ranks get an inactive :class:`StageRun`. ``system_metrics`` (seconds) samples
-    the CPU, memory, disk, network and GPU use of rank 0's node into the run, and on more nodes that of each
-    node from its local rank 0 (then every rank must enter here together, see :func:`_node_run`). The run ends
-    FINISHED, or FAILED / KILLED if the stage raised; a run buffered mid-run is pushed then if the server
+    Only rank 0 tracks; other ranks get an inactive :class:`StageRun`. ``target.system_metrics`` (seconds)
+    samples the CPU, memory, disk, network and GPU use of rank 0's node into the run, and on more nodes that of
+    each node from its local rank 0 (then every rank must enter here together, see :func:`_node_run`). The run
+    ends FINISHED, or FAILED / KILLED if the stage raised; a run buffered mid-run is pushed then if the server
     answers again.
     """
-    if not enabled:
+    if not target.enabled:
         yield StageRun()
         return
-    if mode not in MODES:
-        msg = f"tracking.mode = {mode!r}: expected one of {', '.join(MODES)}"
+    if target.mode not in MODES:
+        msg = f"tracking.mode = {target.mode!r}: expected one of {', '.join(MODES)}"
         raise ValueError(msg)
     note = {NOTE_TAG: STAGE_NOTES[stage]} if stage in STAGE_NOTES else {}
     tags = {"pipeline.stage": stage, **note, **{k: str(v) for k, v in (tags or {}).items()}}
-    spec = _RunSpec(experiment, Path(exp_dir), run_name or stage, tags)
-    run = _open(uri, mode, spec, run_id) if rank == 0 else StageRun()
-    node_run, monitor = run, None
-    if system_metrics:
-        node_run, node_id = _node_run(run, rank, uri, spec)
-        try:
-            monitor = _SystemMetrics(node_run, system_metrics, node_id) if node_run.active else None
-        except Exception as e:  # psutil missing, say: the stage goes on without them
-            log.warning("MLflow system metrics unavailable (%s: %s)", type(e).__name__, e)
+    spec = _RunSpec(target.experiment, Path(target.exp_dir), run_name or stage, tags)
+    run = _open(target.uri, target.mode, spec, run_id) if rank == 0 else StageRun()
+    node_run, monitor = _monitor(run, rank, target, spec)
     status = "FINISHED"
     try:
         yield run
@@ -604,7 +638,7 @@ def stage_run(
             node_run.finish(status, parent=False)
         for r in {run, node_run}:
             if r.mode == "buffered":
-                _push(uri, spec, r)
+                _push(target.uri, spec, r)
 
 
 def _push(uri: str, spec: _RunSpec, run: StageRun) -> None:

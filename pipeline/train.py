@@ -35,7 +35,7 @@ from pipeline.config import Config
 from pipeline.data.clips import ClipDataset, ClipSampler
 from pipeline.diffusion import VDiffusion
 from pipeline.diffusion.guidance import drop_condition
-from pipeline.tracking import StageRun, stage_run
+from pipeline.tracking import RunTarget, StageRun, stage_run
 
 __all__ = [
     "EMA",
@@ -500,17 +500,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
         validate=validation_metrics(cfg, rt, clips),
         inference=lambda s: inference_blob(cfg, s, model_cfg, clips.variables),
     )
-    with stage_run(
-        cfg.tracking_uri,
-        cfg.experiment,
-        cfg.exp_dir,
-        "train",
-        enabled=cfg.tracking.enabled,
-        mode=cfg.tracking.mode,
-        system_metrics=cfg.tracking.system_metrics,
-        rank=rt.rank,
-        run_id=state.run_id,
-    ) as run:
+    with stage_run(RunTarget.of(cfg), "train", rank=rt.rank, run_id=state.run_id) as run:
         state.run_id = run.run_id
         if rt.rank == 0 and state.step == 0:
             _log_start(cfg, rt, state, model_cfg, clips, run)

@@ -191,7 +191,7 @@ def test_evaluation_path_with_guidance_scales_and_a_corrector() -> None:
     from pipeline.diffusion.objective import VDiffusion
     from pipeline.diffusion.schedule import CosineSchedule
     from pipeline.diffusion.unet import UNet, UNetConfig
-    from pipeline.evaluate import generate_extensions
+    from pipeline.evaluate import Completion, generate_extensions
 
     torch.manual_seed(0)
     net = UNet(UNetConfig(channels=1, base_channels=8, channel_mults=(1, 2), heads=2, day_of_year=True))
@@ -206,8 +206,8 @@ def test_evaluation_path_with_guidance_scales_and_a_corrector() -> None:
     ]
 
     def run(sampler: str, scale: float, doy: bool = True) -> np.ndarray:
-        args = (model, clips, 2, 2, sampler, 3, 1.0, 0, torch.device("cpu"), doy)
-        return generate_extensions(*args, cfg_scale=scale, langevin_snr=0.16, langevin_steps=1)
+        how = Completion(2, 2, sampler, 3, 1.0, cfg_scale=scale, langevin_snr=0.16, langevin_steps=1)
+        return generate_extensions(model, clips, how, 0, torch.device("cpu"), doy)
 
     conditional, unconditional = run("ddim", 1.0), run("ddim", 1.0, doy=False)
     assert conditional.shape == (2, 2, 1, 4, 8, 8) and not np.allclose(conditional, unconditional, atol=1e-4)

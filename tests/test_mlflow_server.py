@@ -231,10 +231,10 @@ def _train_like(uri: str, experiment: str, exp_dir: str) -> None:
     and prints where its run logs at the end."""
     import logging
 
-    from pipeline.tracking import stage_run
+    from pipeline.tracking import RunTarget, stage_run
 
     logging.basicConfig(level=logging.INFO)
-    with stage_run(uri, experiment, Path(exp_dir), "train", system_metrics=0.5) as run:
+    with stage_run(RunTarget(uri, experiment, Path(exp_dir), system_metrics=0.5), "train") as run:
         print(json.dumps([run.mode, run.run_id]), flush=True)
         for step in range(1, STEPS + 1):
             run.log_metrics({"loss": 1 / step, "lr": 1e-3 * step, "grad_norm": 0.1 * step}, step=step)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.tracking import OFFLINE_DIR, TrackingError, stage_run, sync
+from pipeline.tracking import OFFLINE_DIR, RunTarget, TrackingError, stage_run, sync
 from tests.conftest import REPO
 
 KEYS, STEPS = 4, 25
@@ -56,7 +56,7 @@ def test_mode_is_checked_naming_the_key(tmp_path: Path) -> None:
     assert cfg.tracking.mode == "auto" and cfg.tracking.system_metrics == 10.0
     with (
         pytest.raises(ValueError, match=r"tracking\.mode = 'sometimes'"),
-        stage_run("", "e", tmp_path, "x", mode="sometimes"),
+        stage_run(RunTarget("", "e", tmp_path, mode="sometimes"), "x"),
     ):
         pass
 
@@ -66,7 +66,9 @@ def test_offline_runs_resume_online_and_sync_completely_once(tmp_path: Path, mon
     its offline run in one server run; the sync sends the rest, a second sync nothing."""
     monkeypatch.chdir(tmp_path)
     uri, exp_dir = _uri(tmp_path), tmp_path / "results" / "off"
-    with stage_run(uri, "off", exp_dir, "train", mode="offline", system_metrics=0.2, tags={"input": "x"}) as run:
+    with stage_run(
+        RunTarget(uri, "off", exp_dir, mode="offline", system_metrics=0.2), "train", tags={"input": "x"}
+    ) as run:
         assert run.mode == "offline"
         run.log_params({"train": {"lr": 0.001, "steps": 50}})
         _log_steps(run, range(STEPS))
@@ -80,7 +82,7 @@ def test_offline_runs_resume_online_and_sync_completely_once(tmp_path: Path, mon
     assert all(len(h) == STEPS for h in offline.values())
 
     # resumed with the checkpoint's run id, online: the server run is created for the offline run
-    with stage_run(uri, "off", exp_dir, "train", mode="online", run_id=offline_id) as run:
+    with stage_run(RunTarget(uri, "off", exp_dir, mode="online"), "train", run_id=offline_id) as run:
         assert run.mode == "online" and run.run_id != offline_id
         _log_steps(run, range(STEPS, 2 * STEPS))
         server_id = run.run_id
@@ -122,7 +124,7 @@ def test_a_sync_killed_midway_finishes_on_the_next_call(tmp_path: Path, monkeypa
     from mlflow.tracking import MlflowClient
 
     uri, exp_dir = _uri(tmp_path), tmp_path / "results" / "resume"
-    with stage_run(uri, "resume", exp_dir, "evaluate", mode="offline") as run:
+    with stage_run(RunTarget(uri, "resume", exp_dir, mode="offline"), "evaluate") as run:
         _log_steps(run, range(STEPS))
         for name in ("a.json", "b.json", "c.json"):
             run.log_dict({"name": name}, name)
@@ -174,7 +176,7 @@ def test_a_write_failing_mid_run_is_buffered_and_pushed_at_the_end(
             raise MlflowException("database is locked", error_code="TEMPORARILY_UNAVAILABLE")
         return real(self, run_id, *args, **kwargs)
 
-    with stage_run(uri, "buffer", exp_dir, "train") as run:
+    with stage_run(RunTarget(uri, "buffer", exp_dir), "train") as run:
         online_id = run.run_id
         monkeypatch.setattr(MlflowClient, "log_batch", outage)
         _log_steps(run, range(STEPS))
@@ -192,9 +194,9 @@ def test_auto_without_a_server_goes_offline(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
     t0 = time.perf_counter()
-    with stage_run(closed, "noroute", tmp_path / "noroute", "prepare") as run:
+    with stage_run(RunTarget(closed, "noroute", tmp_path / "noroute"), "prepare") as run:
         assert run.mode == "offline" and run.active
-    with stage_run(closed, "noroute", tmp_path / "noroute", "prepare", mode="online") as run:
+    with stage_run(RunTarget(closed, "noroute", tmp_path / "noroute", mode="online"), "prepare") as run:
         assert run.mode == "off" and not run.active
     assert time.perf_counter() - t0 < 60
     with pytest.raises(TrackingError, match=r"tracking\.uri = 'http://127\.0\.0\.1:\d+': no MLflow server answers"):
@@ -203,7 +205,9 @@ def test_auto_without_a_server_goes_offline(tmp_path: Path) -> None:
 
 def _evaluation_like(uri: str, exp_dir: Path, i: int, barrier: Any, out: Any) -> None:
     barrier.wait(timeout=120)  # all open the new database at once
-    with stage_run(uri, "concurrent", exp_dir, "evaluate", run_name=f"evaluate {i}", tags={"point": i}) as run:
+    with stage_run(
+        RunTarget(uri, "concurrent", exp_dir), "evaluate", run_name=f"evaluate {i}", tags={"point": i}
+    ) as run:
         run.log_params({"point": i, "sampler": "ddim"})
         _log_steps(run, range(STEPS))
         run.log_dict({"point": i}, "result.json")
@@ -247,7 +251,7 @@ def _rank(rank: int, uri: str, exp_dir: Path, rendezvous: Path, out: Any) -> Non
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=rendezvous.as_uri(), rank=rank, world_size=2)
-    with stage_run(uri, "nodes", exp_dir, "train", system_metrics=0.2, rank=rank) as run:
+    with stage_run(RunTarget(uri, "nodes", exp_dir, system_metrics=0.2), "train", rank=rank) as run:
         dist.barrier()
     dist.destroy_process_group()
     out.put((rank, run.run_id))

@@ -174,21 +174,20 @@ def extend(
     initial: Tensor,
     total_frames: int,
     window: int,
-    steps: int | Tensor,
     guidance_weight: float,
     *,
     overlap: int | None = None,
-    method: str = "reconstruction",
     cond_for_window: Callable[[int, int], dict[str, Any] | None] | None = None,
     generator: Generators = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> Tensor:
     """Extend ``initial`` (B, C, M, H, W) to ``total_frames`` frames.
 
-    Each window has ``window`` frames; its first ``overlap`` (default M) are the last frames made
-    so far, the rest are sampled with reconstruction guidance (``method="reconstruction"``) or
-    replacement (``method="replacement"``). ``cond_for_window(start, window)`` gives per-window
-    conditioning (e.g. day of year) for a window that starts at frame ``start``.
+    Each window has ``window`` frames; its first ``overlap`` (default M) are the last frames made so far, the
+    rest are sampled by ``sampler(model, z, cond=..., generator=...)`` (a sampler with its step count bound, e.g.
+    ``functools.partial(sample_ddim, steps=25)``) under reconstruction guidance of weight ``guidance_weight``
+    (0: replacement of the known frames only). ``cond_for_window(start, window)`` gives per-window conditioning
+    (e.g. day of year) for a window that starts at frame ``start``.
     """
     m = initial.shape[2] if overlap is None else int(overlap)
     if not 0 < m < window:
@@ -203,17 +202,10 @@ def extend(
         b, c, _, h, w = frames.shape
         known = torch.zeros(b, c, window, h, w, dtype=frames.dtype, device=frames.device)
         known[:, :, :m] = frames[:, :, -m:]
-        mask = frame_mask(window, m, frames)
-        if method == "reconstruction":
-            guided: Denoiser = ReconstructionGuidance(model, known, mask, guidance_weight)
-        elif method == "replacement":
-            guided = Replacement(model, known, mask, generator)
-        else:
-            msg = f"extension method {method!r} is not 'reconstruction' or 'replacement'"
-            raise ValueError(msg)
+        guided = ReconstructionGuidance(model, known, frame_mask(window, m, frames), guidance_weight)
         z = randn(known.shape, generator, known.device, known.dtype)
         cond = cond_for_window(start, window) if cond_for_window is not None else None
-        x = sampler(guided, z, steps, cond=cond, generator=generator)
+        x = sampler(guided, z, cond=cond, generator=generator)
         frames = torch.cat([frames, x[:, :, m:]], dim=2)
         if callback is not None:
             callback({"start": start, "frames": frames.shape[2]})

@@ -5,6 +5,8 @@ the 4 new frames ~0.16 unguided, ~0.08 replacement, ~0.06 reconstruction guidanc
 error of the 4 known frames with the gradient term alone (no replacement) ~0.09 vs ~0.15 unguided.
 """
 
+import functools
+
 import pytest
 import torch
 
@@ -76,11 +78,10 @@ def test_rollout_extends_a_clip(trained) -> None:
     seen = []
     out = extend(
         model,
-        sample_ddim,
+        functools.partial(sample_ddim, steps=10),
         truth[:, :, :4],
         total_frames=12,
         window=8,
-        steps=10,
         guidance_weight=2.0,
         generator=torch.Generator().manual_seed(5),
         callback=seen.append,
@@ -89,4 +90,4 @@ def test_rollout_extends_a_clip(trained) -> None:
     assert torch.equal(out[:, :, :4], truth[:, :, :4])
     assert [s["frames"] for s in seen] == [8, 12]
     with pytest.raises(ValueError, match="overlap"):
-        extend(model, sample_ddim, truth[:, :, :4], 12, window=4, steps=2, guidance_weight=1.0)
+        extend(model, functools.partial(sample_ddim, steps=2), truth[:, :, :4], 12, window=4, guidance_weight=1.0)
