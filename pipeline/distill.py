@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pipeline import checkpoints
+from pipeline import checkpoints, seeding
 from pipeline.atomic import write_text_atomic
 from pipeline.checkpoints import load_inference
 from pipeline.config import Config, ConfigError, config_hash
@@ -183,7 +183,7 @@ def _validation(cfg: Config, rt: Runtime, clips: Clips, steps: int) -> Callable[
         total, n = 0.0, 0
         for i, c in enumerate(clips.val):
             x = c["x"][None].to(rt.device, dtype)
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + i)
+            g = torch.Generator().manual_seed(seeding.derive(cfg.seed, i))
             eps = torch.randn(x.shape, generator=g).to(rt.device, dtype)
             cond = {"doy": c["doy"][None].to(rt.device)} if cfg.model.day_of_year else None
             mask = c["mask"][None].to(rt.device)

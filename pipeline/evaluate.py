@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import metrics
+from pipeline import metrics, seeding
 from pipeline.atomic import write_text_atomic
 from pipeline.checkpoints import load_inference
 from pipeline.config import Config
@@ -125,7 +125,7 @@ def generate_extensions(
         known = x * c["mask"][None].to(device)
         mask = frame_mask(x.shape[2], context, x)
         guided = ReconstructionGuidance(base, known, mask, guidance)
-        g = torch.Generator(device=device).manual_seed(seed * 7919 + i)
+        g = torch.Generator(device=device).manual_seed(seeding.evaluation(seed, i))
         z = torch.randn(x.shape, generator=g, device=device)
         cond = {"doy": c["doy"][None].to(device).expand(ensemble, -1)} if day_of_year else None
         out.append(sample(guided, z, how.steps, cond=cond, generator=g).float().cpu().numpy())

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from pipeline import seeding
 from pipeline.atomic import write_text_atomic
 from pipeline.config import Config
 from pipeline.data.io import open_store
@@ -58,7 +59,7 @@ def climatology_ensemble(
 ) -> np.ndarray:
     """(clip, member, C, T, H, W) normalised: the given frames, then for each lead frame ``members``
     training frames drawn without repeats from its candidates (one seeded stream, in clip and lead order)."""
-    rng = np.random.default_rng([seed, 11])
+    rng = np.random.default_rng(seeding.references(seed))
     drawn = [rng.choice(c, members, replace=False) for c in candidates]
     fields = _frames(store, test.names, np.concatenate(drawn))
     lead = test.frames - test.context

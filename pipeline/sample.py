@@ -33,7 +33,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from pipeline import __version__
+from pipeline import __version__, seeding
 from pipeline.checkpoints import load_inference
 from pipeline.config import Config
 from pipeline.data.io import atomic_path, open_store, write_zarr
@@ -83,7 +83,7 @@ def resolve_cfg_scale(cfg: Config) -> float:
 
 def _item_generator(seed: int, kind: int, index: int, device: torch.device) -> torch.Generator:
     """One generator per clip / rollout: the samples do not depend on how the work is split."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + kind * 100_003 + index)
+    return torch.Generator(device=device).manual_seed(seeding.sampling(seed, kind, index))
 
 
 def _batches(indices: range, size: int) -> list[list[int]]:

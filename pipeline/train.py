@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from pipeline import checkpoints
+from pipeline import checkpoints, seeding
 from pipeline.checkpoints import build_diffusion
 from pipeline.config import Config
 from pipeline.data.clips import ClipDataset, ClipSampler
@@ -119,13 +119,6 @@ class LossModule(nn.Module):
         return self.diffusion.loss(x, cond, t=t, eps=eps, mask=mask).mean()
 
 
-def _seed(*parts: int) -> int:
-    h = 0
-    for p in parts:
-        h = (h * 1_000_003 + int(p)) % (2**63 - 1)
-    return h
-
-
 @torch.no_grad()
 def validation_loss(
     diffusion: VDiffusion,
@@ -139,7 +132,7 @@ def validation_loss(
     total, n = 0.0, 0
     for i, c in enumerate(clips):
         x = c["x"][None].to(device, dtype)
-        g = torch.Generator().manual_seed(_seed(seed, 7, i))
+        g = torch.Generator().manual_seed(seeding.derive(seed, 7, i))
         eps = torch.randn(x.shape, generator=g).to(device, dtype)
         cond = {"doy": c["doy"][None].to(device)} if use_doy else None
         for tl in VAL_LEVELS:
@@ -306,12 +299,12 @@ def _micro_steps(cfg: Config, rt: Runtime, state: TrainState, it: Iterator, loop
         w0 = time.perf_counter()
         batch = next(it)
         wait += time.perf_counter() - w0
-        g = torch.Generator().manual_seed(_seed(cfg.seed, rt.rank, step, micro))
+        g = torch.Generator().manual_seed(seeding.derive(cfg.seed, rt.rank, step, micro))
         x = batch["x"].to(rt.device, rt.dtype)
         tt = loop.sample_t(x.shape[0], g)
         eps = torch.randn(x.shape, generator=g).to(rt.device, rt.dtype)
         cond = drop_condition({"doy": batch["doy"].to(rt.device)}, t.cond_drop, g) if cfg.model.day_of_year else None
-        torch.manual_seed(_seed(cfg.seed, rt.rank, step, micro, 1))  # dropout
+        torch.manual_seed(seeding.derive(cfg.seed, rt.rank, step, micro, 1))  # dropout
         loss = state.engine(x, cond, batch["mask"].to(rt.device), tt.to(rt.device), eps)
         state.engine.backward(loss)
         state.engine.step()

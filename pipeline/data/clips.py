@@ -21,6 +21,7 @@ import torch
 import zarr
 from torch.utils.data import Dataset, Sampler
 
+from pipeline import seeding
 from pipeline.data.coords import DataError
 from pipeline.data.stats import SPLIT_NAMES
 from pipeline.data.times import day_of_year
@@ -151,7 +152,7 @@ class ClipSampler(Sampler[int]):
 
     def _epoch(self, e: int) -> np.ndarray:
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            g = torch.Generator().manual_seed(seeding.derive(self.seed, e))
             perm = torch.randperm(self.n, generator=g).numpy()
         else:
             perm = np.arange(self.n)
