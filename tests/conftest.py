@@ -18,24 +18,6 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
-# pytest-xdist (`-n` in pyproject's addopts) hands out whole groups: a module's tests stay on one worker (a module
-# fixture is built once), the SLURM modules share one worker (one cluster, one job queue) and every user of the
-# session's CI workflow shares another (it runs once). Groups run side by side on the CPUs while SLURM tests wait.
-SLURM_MODULES = {"test_slurm", "test_multinode"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else item.nodeid
-        if module in SLURM_MODULES or item.get_closest_marker("slurm"):
-            group = "slurm"
-        elif "ci_workflow" in getattr(item, "fixturenames", ()):
-            group = "ci_workflow"
-        else:
-            group = module
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def eraint_path() -> Path:
     p = SHARED_DATA / "eraint_uvz.nc"

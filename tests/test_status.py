@@ -14,7 +14,10 @@ from tests.conftest import REPO, pipeline_cli
 
 
 def _states(out: str) -> dict[str, str]:
-    rows = [ln.split() for ln in out.splitlines() if ln.startswith("  ") and len(ln.split()) >= 2]
+    """The stage table (the lines after the header, up to the SLURM section: a cluster that answers lists this
+    user's jobs below it, e.g. the cluster tests' jobs)."""
+    table = out.split("\nSLURM", 1)[0]
+    rows = [ln.split() for ln in table.splitlines() if ln.startswith("  ") and len(ln.split()) >= 2]
     return {r[0]: r[1] for r in rows}
 
 

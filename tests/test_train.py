@@ -77,6 +77,21 @@ def _experiment(data_root: Path, name: str, **over) -> tuple[Path, Path]:
     return cfg, data_root / "results" / name
 
 
+def _trained(data_root: Path, name: str, **over) -> Path:
+    """Experiment ``name`` trained to its end, once per module by whichever test needs it first: a test run alone
+    or in another order finds it, instead of skipping or failing on a missing file."""
+    cfg, exp = _experiment(data_root, name, **over)
+    if not (exp / "checkpoints" / "final.pt").exists():
+        r = pipeline_cli("train", "--config", str(cfg), cwd=data_root)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return exp
+
+
+def _zero(data_root: Path, stage: int) -> Path:
+    """Two processes, 12 steps, ZeRO ``stage``."""
+    return _trained(data_root, f"zero{stage}", train={"zero_stage": stage, "steps": 12, "checkpoint_every": 12})
+
+
 def _losses(exp: Path) -> dict[int, float]:
     """Per-step training loss from the log (a step logged twice, before and after a resume: the last)."""
     out = {}
@@ -100,9 +115,7 @@ def test_lr_factor_and_deepspeed_config(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [0, 2])
 def test_two_processes_train_and_loss_goes_down(data_root: Path, stage: int) -> None:
-    cfg, exp = _experiment(data_root, f"zero{stage}", train={"zero_stage": stage, "steps": 12, "checkpoint_every": 12})
-    r = pipeline_cli("train", "--config", str(cfg), cwd=data_root)
-    assert r.returncode == 0, r.stderr[-3000:]
+    exp = _zero(data_root, stage)
     losses = _losses(exp)
     assert sorted(losses) == list(range(1, 13))
     assert sum(losses[s] for s in (10, 11, 12)) < sum(losses[s] for s in (1, 2, 3))
@@ -120,18 +133,15 @@ def test_two_processes_train_and_loss_goes_down(data_root: Path, stage: int) -> 
 @pytest.mark.slow
 def test_zero_stages_agree(data_root: Path) -> None:
     """Same seeds, same data order: ZeRO 0 and 2 give the same losses (the optimizer is sharded, not changed)."""
-    a, b = _losses(data_root / "results" / "zero0"), _losses(data_root / "results" / "zero2")
-    if not a or not b:
-        pytest.skip("needs the two ZeRO runs of test_two_processes_train_and_loss_goes_down")
+    a, b = _losses(_zero(data_root, 0)), _losses(_zero(data_root, 2))
+    assert sorted(a) == sorted(b) == list(range(1, 13))
     for s in a:
         assert a[s] == pytest.approx(b[s], rel=1e-4, abs=1e-6), s
 
 
 @pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(data_root: Path) -> None:
-    ref_cfg, ref = _experiment(data_root, "uninterrupted")
-    r = pipeline_cli("train", "--config", str(ref_cfg), cwd=data_root)
-    assert r.returncode == 0, r.stderr[-3000:]
+    ref = _trained(data_root, "uninterrupted")
 
     cfg, exp = _experiment(data_root, "interrupted")
     proc = subprocess.Popen(
@@ -176,9 +186,7 @@ def test_kill_and_resume_equals_uninterrupted(data_root: Path) -> None:
 
 @pytest.mark.slow
 def test_inference_file_equals_engine_ema(data_root: Path) -> None:
-    exp = data_root / "results" / "uninterrupted"
-    if not (exp / "checkpoints" / "final.pt").exists():
-        pytest.skip("needs the run of test_kill_and_resume_equals_uninterrupted")
+    exp = _trained(data_root, "uninterrupted")
     model, meta = load_inference(exp / "checkpoints" / "final.pt")
     assert meta["step"] == 8 and meta["variables"] == ["z500"]
     states = torch.load(exp / "checkpoints" / "step-00000008" / "mp_rank_00_model_states.pt", weights_only=False)
