@@ -257,6 +257,7 @@ def check_seed_systems(work: Path) -> None:
 
     from pipeline import checkpoints
     from pipeline.diffusion.schedule import LearnedSchedule
+    from pipeline.train import SCHEDULE_PROBES
 
     exp = work / "results" / "eofs-z500-ci"
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'results' / 'mlflow.db'}")
@@ -268,14 +269,15 @@ def check_seed_systems(work: Path) -> None:
     (train,) = stage["train"]
     assert train.data.params["diffusion.schedule"] == "learned"
     train_cfg = yaml.safe_load((exp / "config.resolved.yaml").read_text())
-    probes = [client.get_metric_history(train.info.run_id, f"logsnr_t{p:03d}") for p in (0, 25, 50, 75, 100)]
+    names = [f"logsnr_t{round(p * 100):03d}" for p in SCHEDULE_PROBES]
+    probes = [client.get_metric_history(train.info.run_id, name) for name in names]
     assert all(len(h) == 2 for h in probes), probes  # val_every 10 of 20 steps
     curve = [h[-1].value for h in probes]
     assert curve == sorted(curve, reverse=True) and curve[0] > curve[-1], curve
     diffusion, _ = checkpoints.load_inference(exp / "checkpoints" / "final.pt")
     assert isinstance(diffusion.schedule, LearnedSchedule), type(diffusion.schedule)
     with torch.no_grad():  # the file's schedule is the one whose curve MLflow shows last
-        saved = diffusion.schedule(torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
+        saved = diffusion.schedule(torch.tensor(SCHEDULE_PROBES, dtype=torch.float64))
     np.testing.assert_allclose(saved.numpy(), curve, rtol=1e-6)
     assert curve[0] == pytest.approx(train_cfg["diffusion"]["logsnr_max"], rel=1e-5)  # endpoints fixed
     # guidance scales x samplers with and without the corrector, each point at every scale and weight
