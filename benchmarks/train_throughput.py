@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline import distributed
 from pipeline.checkpoints import build_diffusion
 from pipeline.config import load_config
 from pipeline.data.clips import ClipDataset, ClipSampler
@@ -93,7 +94,7 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    deepspeed.init_distributed(dist_backend="gloo")
+    distributed.init_runtime(gpus=False, group="always")  # the pipeline's own group setup, one gloo process
     torch.manual_seed(0)
     module = LossModule(build_diffusion(model_cfg, cfg.diffusion.model_dump()))
     engine, *_ = deepspeed.initialize(

@@ -33,7 +33,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from pipeline import __version__, seeding
+from pipeline import __version__, distributed, seeding
 from pipeline.checkpoints import load_inference
 from pipeline.config import Config
 from pipeline.data.io import atomic_path, open_store, write_zarr
@@ -106,24 +106,15 @@ def sample_task(cfg: Config) -> str | None:
     """Entry of each process of a multi-process ``sample`` job (launched by submitit): the ranks split
     the clips and rollouts, rank 0 writes and tracks. The environment (RANK, WORLD_SIZE, ...) is set
     by the launcher."""
-    import os
-
-    import torch.distributed as dist
-
     from pipeline.tracking import RunTarget, stage_run
 
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rt = distributed.init_runtime(gpus=True)
     try:
-        with stage_run(RunTarget.of(cfg), "sample", rank=rank) as run:
-            out = run_sample(cfg, run, rank=rank, world=world)
+        with stage_run(RunTarget.of(cfg), "sample", rank=rt.rank) as run:
+            out = run_sample(cfg, run, rank=rt.rank, world=rt.world)
         return str(out) if out is not None else None
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.leave_group()
 
 
 def _realism(

@@ -17,7 +17,6 @@ import copy
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -29,12 +28,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from pipeline import checkpoints, seeding
+from pipeline import checkpoints, distributed, seeding
 from pipeline.checkpoints import build_diffusion
 from pipeline.config import Config
 from pipeline.data.clips import ClipDataset, ClipSampler
 from pipeline.diffusion import VDiffusion
 from pipeline.diffusion.guidance import drop_condition
+from pipeline.distributed import Runtime
 from pipeline.tracking import RunTarget, StageRun, stage_run
 
 __all__ = [
@@ -142,35 +142,10 @@ def validation_loss(
     return total / max(n, 1)
 
 
-@dataclass(frozen=True)
-class Runtime:
-    """Where this process runs: its rank in the job, its device and its precision."""
-
-    rank: int
-    world: int
-    device: torch.device
-    cuda: bool
-    bf16: bool
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.bf16 else torch.float32
-
-
 def init_runtime(cfg: Config) -> Runtime:
-    """Initialise torch.distributed (NCCL on GPUs, gloo on the CPU) once per process; pick device and precision."""
-    import deepspeed
-    import torch.distributed as dist
-
-    cuda = torch.cuda.is_available() and cfg.launch.gpus_per_node > 0
-    if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and cuda)
-    return Runtime(dist.get_rank(), dist.get_world_size(), device, cuda, bf16)
+    """This rank's runtime for DeepSpeed training (:func:`pipeline.distributed.init_runtime`): the job's process group
+    (one process too: DeepSpeed's engine needs one), the GPU when ``launch.gpus_per_node`` > 0, ``train.precision``."""
+    return distributed.init_runtime(gpus=cfg.launch.gpus_per_node > 0, precision=cfg.train.precision, group="always")
 
 
 @dataclass
