@@ -201,6 +201,22 @@ def _executor(
 
 # States after which a job will not produce a result (REQUEUED / PREEMPTED jobs come back).
 TERMINAL = {"CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "COMPLETED"}
+# States of a job SLURM may still run (again): while a job is in one, its tasks' result files do not count. When a
+# node dies, the tasks on the other nodes fail and write their errors while the job is COMPLETING, and SLURM then
+# requeues it under the same id: the launcher waits for that attempt instead of reporting the failed one.
+LIVE = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SUSPENDED",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 
 
 def squeue_state(job_id: str) -> str | None:
@@ -296,7 +312,7 @@ def launch(
     if kind == "slurm" and job_file.exists():
         info = json.loads(job_file.read_text())
         state = squeue_state(info["job_id"])
-        if state in ("PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "SUSPENDED", "COMPLETING"):
+        if state in LIVE:
             log.info("reattaching to SLURM job %s (%s) instead of submitting another", info["job_id"], state)
             job = submitit.SlurmJob(folder=folder, job_id=info["job_id"], tasks=tuple(range(info["tasks"])))
     if job is None:
@@ -325,20 +341,14 @@ def _wait(jobs: Sequence[submitit.Job], kind: str, folder: Path, poll_s: float) 
     if kind == "slurm":
         # without slurmdbd submitit's sacct calls fail on every poll; squeue below is the liveness check
         logging.getLogger("submitit").setLevel(logging.ERROR)
+    finished: set[str] = set()
     try:
-        while not all(j.done() for j in jobs):
-            for job in jobs:
-                if kind != "slurm" or job.done():
-                    continue
-                state = squeue_state(str(job.job_id))
-                if state is None or state in TERMINAL:
-                    time.sleep(poll_s)
-                    if not job.done():
-                        msg = (
-                            f"SLURM job {job.job_id} ended ({state or 'left the queue'}) without a result; "
-                            f"logs in {folder}"
-                        )
-                        raise RuntimeError(msg)
+        while True:
+            finished |= {
+                str(j.job_id) for j in jobs if str(j.job_id) not in finished and _finished(j, kind, folder, poll_s)
+            }
+            if len(finished) == len(jobs):
+                return
             time.sleep(poll_s if kind == "slurm" else 0.2)
     except KeyboardInterrupt:
         for job in jobs:
@@ -346,6 +356,27 @@ def _wait(jobs: Sequence[submitit.Job], kind: str, folder: Path, poll_s: float) 
         raise
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _finished(job: submitit.Job, kind: str, folder: Path, poll_s: float) -> bool:
+    """Whether ``job`` is over with every task's result written. On SLURM, while squeue lists it in a :data:`LIVE`
+    state, only if every task succeeded (a failed task's result may be that of an attempt SLURM is about to
+    requeue); a job that ended without a result raises."""
+    if kind != "slurm":
+        return job.done()
+    state = squeue_state(str(job.job_id))
+    if state in LIVE:
+        tasks = [job.task(i) for i in range(job.num_tasks)]
+        return all(t.paths.result_pickle.exists() for t in tasks) and all(t.exception() is None for t in tasks)
+    if job.done():
+        return True
+    if state is None or state in TERMINAL:
+        time.sleep(poll_s)  # a result file written as the job ended
+        if job.done():
+            return True
+        msg = f"SLURM job {job.job_id} ended ({state or 'left the queue'}) without a result; logs in {folder}"
+        raise RuntimeError(msg)
+    return False  # PREEMPTED: requeued soon, or cancelled (then TERMINAL)
 
 
 def launch_array(

@@ -192,6 +192,17 @@ def trained(tmp_path_factory) -> Path:
     return tmp
 
 
+@pytest.fixture
+def students(trained: Path) -> Path:
+    """``trained`` with both rounds' students: those the kill-and-resume test (first in this module) made, or, when
+    it did not run, an uninterrupted ``pipeline distill``."""
+    cfg = load_config([trained / "ci.yaml"])
+    if not checkpoints.students_index(cfg.distill_dir).exists():
+        r = pipeline_cli("distill", "--config", "ci.yaml", cwd=trained)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return trained
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -258,10 +269,9 @@ def test_distill_rounds_resume_after_a_kill_and_log_to_mlflow(trained: Path) -> 
 
 
 @pytest.mark.slow
-def test_a_student_is_a_sweep_point(trained: Path) -> None:
+def test_a_student_is_a_sweep_point(students: Path) -> None:
+    trained = students
     cfg = load_config([trained / "ci.yaml"])
-    if not checkpoints.student_path(cfg.distill_dir, 1).exists():
-        pytest.skip("needs the students of test_distill_rounds_resume_after_a_kill_and_log_to_mlflow")
     r = pipeline_cli(
         "evaluate",
         "-c",
@@ -283,13 +293,12 @@ def test_a_student_is_a_sweep_point(trained: Path) -> None:
 
 
 @pytest.mark.slow
-def test_students_join_the_sweep_and_a_collection_of_their_own(trained: Path) -> None:
+def test_students_join_the_sweep_and_a_collection_of_their_own(students: Path) -> None:
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
+    trained = students
     cfg = load_config([trained / "ci.yaml"])
-    if not checkpoints.students_index(cfg.distill_dir).exists():
-        pytest.skip("needs the students of test_distill_rounds_resume_after_a_kill_and_log_to_mlflow")
     c = yaml.safe_load((trained / "ci.yaml").read_text())
     c["evaluate"].update({"checkpoints": "last", "samplers": ["ddim"], "steps": [2]})
     (trained / "sweep.yaml").write_text(yaml.safe_dump(c))

@@ -174,3 +174,27 @@ def test_sampling_processes_are_spread_evenly_over_the_nodes() -> None:
         (2, 3),
         (1, 5),
     ]
+
+
+def _fails() -> None:
+    raise RuntimeError("the gloo peer is gone")
+
+
+def test_a_failed_attempt_is_not_the_end_while_slurm_may_requeue_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The launcher's end of a job (real submitit jobs, squeue's answer set): a task's error while the job is still
+    RUNNING or COMPLETING (a node died; SLURM requeues the job next) is not the end, success is; once the job has
+    left the live states an error is the end (and launch() raises it)."""
+    import submitit
+
+    from pipeline import launch
+
+    ex = submitit.AutoExecutor(folder=tmp_path, cluster="local")
+    ok, failed = ex.submit(sum, [1, 2]), ex.submit(_fails)
+    ok.wait(), failed.wait()
+    for state, want in (("RUNNING", (True, False)), ("COMPLETING", (True, False)), ("FAILED", (True, True))):
+        monkeypatch.setattr(launch, "squeue_state", lambda _id, s=state: s)
+        assert (launch._finished(ok, "slurm", tmp_path, 0), launch._finished(failed, "slurm", tmp_path, 0)) == want
+    with pytest.raises(submitit.core.utils.FailedJobError, match="the gloo peer is gone"):
+        failed.results()  # what launch() raises then

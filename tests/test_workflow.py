@@ -20,6 +20,11 @@ def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Completed
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def _rules(log: str) -> set[str]:
+    """The rules (and checkpoints) of the jobs in a Snakemake log."""
+    return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", log, flags=re.MULTILINE))
+
+
 def test_snakefmt_check() -> None:
     r = _run(["snakefmt", "--check", "Snakefile", "workflow/rules"], REPO)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -118,11 +123,24 @@ def test_the_seed_systems_run_through_the_workflow(workdir: Path) -> None:
     cut = ["--config", "evaluate={checkpoints: last, steps: [5]}"]
     r = _run([SNAKEMAKE, "--cores", "2", *SEED_SYSTEMS, *cut], workdir, timeout=1400)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
-    for rule in ("distill_model", "evaluate_student", "collect_distilled"):
-        assert f"rule {rule}:" in r.stderr, rule
+    assert {"distill_model", "evaluate_student", "collect_distilled"} <= _rules(r.stderr)
     check_seed_systems(workdir)
     r = _run([SNAKEMAKE, "-n", *SEED_SYSTEMS, *cut], workdir)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
+    # one more round (distill.final_steps 4 -> 2): the 8 -> 4 student is kept, and only the new student is scored
+    exp = workdir / "results" / "eofs-z500-ci"
+    kept = [exp / "distill" / "round-0004" / "student.pt", exp / "eval" / "student-0004" / "distilled-4.json"]
+    times = [p.stat().st_mtime_ns for p in kept]
+    r = _run([SNAKEMAKE, "--cores", "2", *SEED_SYSTEMS, *cut, "distill={final_steps: 2}"], workdir, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
+    assert re.findall(r"(?:rule|checkpoint) (evaluate_student|distill_model|collect_distilled):", r.stderr) == [
+        "distill_model",
+        "evaluate_student",
+        "collect_distilled",
+    ], r.stderr[-4000:]
+    assert [p.stat().st_mtime_ns for p in kept] == times
+    summary = (exp / "eval" / "distilled" / "summary.csv").read_text()
+    assert "student-0004" in summary and "student-0002" in summary
 
 
 def test_bad_config_fails_at_parse_time(workdir: Path) -> None:

@@ -34,3 +34,11 @@ def settings(*keys):
 def parts(folder):
     """The completion markers of a build in data.parts parts (pipeline.data.parts)."""
     return [f"{folder}/part-{i:04d}.done" for i in range(CFG.data.parts)]
+
+
+def student_file(wildcards):
+    """A distilled student's inference file, once the checkpoint distill_model (distill.smk) has run. A round
+    already done is not remade, so its file keeps its time and its point is not rerun; a distillation remade
+    (other settings) reruns every point."""
+    checkpoints.distill_model.get()
+    return str(CFG.inference_file(wildcards.student))

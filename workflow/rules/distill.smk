@@ -1,8 +1,9 @@
 # Progressive distillation (distill.enabled): students of distill.checkpoint, each round halving the DDIM steps,
 # then each student is a sweep point of its own (sampler `distilled`, DDIM with the student on its step count),
 # collected beside the teachers' points under eval/distilled/. Like training, the GPU job is submitted by submitit
-# (pipeline/launch.py), so distill_model is a local rule.
-from pipeline import checkpoints
+# (pipeline/launch.py), so distill_model is a local rule. It is a Snakemake checkpoint: a student's point waits for
+# it, then depends on that student's own file, so adding a round (distill.final_steps) scores only the new student.
+from pipeline import checkpoints as ckpt
 
 # the teacher's file: eval/best.json names it for 'best' (after collect_evaluation), else training made it
 DISTILL_TEACHER = (
@@ -10,7 +11,7 @@ DISTILL_TEACHER = (
     if CFG.distill.checkpoint == "best"
     else str(CFG.final_checkpoint)
 )
-STUDENTS_INDEX = str(checkpoints.students_index(CFG.distill_dir))
+STUDENTS_INDEX = str(ckpt.students_index(CFG.distill_dir))
 STUDENT_POINTS = [f"{EXP}/eval/{c}/{s}-{n}.json" for c, s, n in CFG.student_points()]
 DISTILL_TARGETS = [f"{EXP}/eval/distilled/summary.csv"] if CFG.distill.enabled else []
 
@@ -19,7 +20,7 @@ localrules:
     distill_model,
 
 
-rule distill_model:
+checkpoint distill_model:
     input:
         teacher=DISTILL_TEACHER,
         store=f"{EXP}/data/normalised.zarr",
@@ -41,7 +42,7 @@ rule distill_model:
 
 rule evaluate_student:
     input:
-        students=STUDENTS_INDEX,
+        student=student_file,
         stats=f"{EXP}/data/stats.json",
     output:
         f"{EXP}/eval/{{student}}/distilled-{{steps}}.json",
