@@ -12,9 +12,7 @@ Needs the normalised store of that config (run the workflow first).
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import socket
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ from pipeline import distributed
 from pipeline.checkpoints import build_diffusion
 from pipeline.config import load_config
 from pipeline.data.clips import ClipDataset, ClipSampler
+from pipeline.launch import distributed_env
 from pipeline.train import LossModule, deepspeed_config
 
 
@@ -90,10 +89,7 @@ def main() -> None:
 
     import deepspeed
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed_env()  # the launcher's environment: one process here (or this SLURM task's)
     distributed.init_runtime(gpus=False, group="always")  # the pipeline's own group setup, one gloo process
     torch.manual_seed(0)
     module = LossModule(build_diffusion(model_cfg, cfg.diffusion.model_dump()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,13 @@ def era5_grib() -> Path:
     p = SHARED_DATA / "era5-2mt-2019-03-uk.grib"
     require(p.exists(), f"real ERA5 GRIB test file not found at {p}")
     return p
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def require(ok: bool, why: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, require
+from tests.conftest import REPO, free_port, require
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("PIPELINE_TEST_ARTIFACTS", REPO / "test-artifacts"))
@@ -26,15 +25,9 @@ def _chromium() -> None:
     require(CHROMIUM is not None, "Chromium is not installed (apt-get install chromium; .ci/run does)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def mlflow_ui(ci_workflow: Path):
-    port = _free_port()
+    port = free_port()
     db = ci_workflow / "results" / "mlflow.db"
     proc = subprocess.Popen(
         [

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import socket
 from typing import Any
 
 import pytest
 import torch
 
 from pipeline import distributed
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.conftest import free_port
 
 
 def _env(rank: int, world: int, port: int) -> dict[str, str]:
@@ -47,7 +41,7 @@ def _rank(rank: int, world: int, port: int, group: str, out: Any) -> None:
 
 def _run(world: int, group: str) -> list[tuple]:
     ctx = multiprocessing.get_context("spawn")
-    out, port = ctx.Queue(), _port()
+    out, port = ctx.Queue(), free_port()
     procs = [ctx.Process(target=_rank, args=(r, world, port, group, out)) for r in range(world)]
     for p in procs:
         p.start()

@@ -24,16 +24,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, pipeline_cli, require
+from tests.conftest import REPO, free_port, pipeline_cli, require
 
 pytestmark = pytest.mark.slow
 PG_BIN = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"))), None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_postgres(cmd: str) -> None:
@@ -47,7 +41,7 @@ def postgres() -> Iterator[str]:
     require(PG_BIN is not None, "PostgreSQL is not installed (apt-get install postgresql; .ci/run does)")
     root = Path(tempfile.mkdtemp(prefix="pipeline-pg-"))
     shutil.chown(root, "postgres")
-    port = _free_port()
+    port = free_port()
     data = root / "data"
     _as_postgres(f"{PG_BIN}/initdb -D {data} -A trust -U postgres")
     _as_postgres(
@@ -67,7 +61,7 @@ class Server:
 
     def __init__(self, backend: str, artifacts: Path, log: Path):
         self.backend, self.artifacts, self.log = backend, artifacts, log
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.url = f"http://127.0.0.1:{free_port()}"
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.config import ConfigError, load_config
 from pipeline.tracking import OFFLINE_DIR, RunTarget, TrackingError, stage_run, sync
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 KEYS, STEPS = 4, 25
 
@@ -190,9 +190,7 @@ def test_a_write_failing_mid_run_is_buffered_and_pushed_at_the_end(
 
 
 def test_auto_without_a_server_goes_offline(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"  # a port nobody listens on
     t0 = time.perf_counter()
     with stage_run(RunTarget(closed, "noroute", tmp_path / "noroute"), "prepare") as run:
         assert run.mode == "offline" and run.active
