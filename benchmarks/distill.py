@@ -28,13 +28,13 @@ from pipeline import checkpoints, metrics
 from pipeline.config import load_config
 from pipeline.distill import teacher_file
 from pipeline.evaluate import Completion, generate_extensions
-from pipeline.scoring import load_test_clips, score, summarise
+from pipeline.scoring import load_eval_clips, score, summarise
 
 
 def run_forecast(cfg, path: Path, sampler: str, steps: int, device: torch.device) -> dict:
     e = cfg.evaluate
     model, meta = checkpoints.load_inference(path, device)
-    test = load_test_clips(cfg, int(meta["clip_frames"]), meta["variables"])
+    test = load_eval_clips(cfg, int(meta["clip_frames"]), meta["variables"])
     t0 = time.perf_counter()
     with torch.no_grad():
         ens = generate_extensions(

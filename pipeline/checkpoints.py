@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.atomic import temporary
+
 if TYPE_CHECKING:  # torch is imported where a file is read or written: the config imports the names above
     import torch
 
@@ -136,7 +138,7 @@ def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary name beside ``path``, then rename: a reader never sees half a file."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temporary(path)
     torch.save(obj, tmp)
     tmp.replace(path)
 

@@ -23,12 +23,17 @@ STAGES: dict[str, str] = {
     "normalise": "area-weighted training statistics, write normalised.zarr and stats.json (in data.parts parts, "
     "like prepare)",
     "train": "DeepSpeed training launched by submitit (SLURM or local processes); resumes from checkpoints",
-    "references": "climatological ensemble, climatological mean and persistence scored on the evaluation's test "
-    "clips, one MLflow run each -> eval/references.json",
-    "evaluate": "the sweep's missing points as one submitit job array (SLURM or local processes), or with "
-    "--checkpoint/--sampler/--steps one point in this process -> eval/<checkpoint>/<sampler>-<steps>.json",
-    "collect-eval": "the sweep's table with reference rows, skill and bootstrap intervals (CSV, parquet), summary "
-    "plot, scorecard and best.json (the best point, and whether it beats climatology and persistence)",
+    "references": "climatological ensemble, climatological mean and persistence scored on the evaluation's validation "
+    "and test clips, one MLflow run each -> eval/val/references.json, eval/test/references.json",
+    "evaluate": "the sweep's missing points as submitit job arrays (SLURM or local processes): every point on the "
+    "validation clips, the choice (select-points), the chosen points on the test clips; or with "
+    "--checkpoint/--sampler/--steps [--split] one point in this process -> "
+    "eval/<split>/<checkpoint>/<sampler>-<steps>.json",
+    "select-points": "choose the best point on the validation clips (never reading a test score) -> "
+    "eval/selection.json: the choice, its runners-up and the points to score on the test clips",
+    "collect-eval": "the chosen point reported on the test clips: the table (validation and test rows, reference "
+    "rows, skill and bootstrap intervals; CSV, parquet), summary plot, scorecard and best.json (chosen on "
+    "validation; test scores, and whether it beats climatology and persistence)",
     "sample": "unconditional clips and long rollouts from the best checkpoint: CF zarr, GIFs, maps, spectra "
     "(split across sample.processes processes launched by submitit when > 1)",
     "distill": "progressive distillation of distill.checkpoint, halving the DDIM steps each round (DeepSpeed, "
@@ -45,12 +50,12 @@ def _stage_fn(name: str, args: argparse.Namespace) -> Callable[[Config, object],
         from pipeline.normalise import finalise_normalise, run_normalise
 
         return finalise_normalise if args.finalise else run_normalise
-    if name == "collect-eval":
-        from pipeline.evaluate import collect
+    if name in ("select-points", "collect-eval"):
+        from pipeline.collect import collect, select
 
-        if args.with_students:  # the sweep with the distilled students, under eval/distilled/
-            return lambda cfg, run: collect(cfg, run, students=True)
-        return collect
+        fn = select if name == "select-points" else collect
+        # with the distilled students: the sweep and the students, under eval/distilled/
+        return lambda cfg, run: fn(cfg, run, students=args.with_students)
     if name == "sample":
         from pipeline.sample import run_sample
 
@@ -75,7 +80,7 @@ def _evaluate(cfg: Config, config_paths: Sequence[str], args: argparse.Namespace
 
     point = (args.checkpoint, args.sampler, args.steps)
     if all(v is not None for v in point):
-        evaluate_point(cfg, *point)
+        evaluate_point(cfg, *point, split=args.split)
         return
     if any(v is not None for v in point):
         msg = "evaluate: give all of --checkpoint, --sampler and --steps (one point) or none of them (the sweep)"
@@ -88,12 +93,31 @@ def _evaluate(cfg: Config, config_paths: Sequence[str], args: argparse.Namespace
     if not cfg.final_checkpoint.exists():
         msg = f"evaluate: {cfg.final_checkpoint} does not exist: train first (python -m pipeline train)"
         raise ConfigError(msg)
-    if todo and not references_path(cfg).exists():  # every point's skill is measured against them
+    if not all(references_path(cfg, s).exists() for s in ("val", "test")):  # every point is measured against them
         from pipeline.references import run_references
 
         log.info("evaluate: scoring the reference forecasts first -> %s", run_references(cfg))
-    log.info("evaluate: %d sweep point(s) to run: %s", len(todo), [f"{c}/{s}-{n}" for c, s, n in todo])
+    log.info("evaluate: %d sweep point(s) to run on validation: %s", len(todo), [f"{c}/{s}-{n}" for c, s, n in todo])
     launch_array(cfg, config_paths, "pipeline.evaluate:evaluate_point", todo, "evaluate")
+    _choose_and_test(cfg, config_paths, args.force)
+
+
+def _choose_and_test(cfg: Config, config_paths: Sequence[str], force: bool) -> None:
+    """After the validation points: the choice (and, with every distilled student made, the students' choice),
+    then the chosen points missing on the test clips as one array."""
+    from pipeline.collect import select
+    from pipeline.evaluate import missing_points
+    from pipeline.launch import launch_array
+    from pipeline.tracking import RunTarget, stage_run
+
+    students = cfg.distill.enabled and all(cfg.inference_file(p[0]).exists() for p in cfg.student_points())
+    todo: list[tuple[str, str, int]] = []
+    for with_students in [False, True][: 1 + students]:
+        with stage_run(RunTarget.of(cfg), "select-points") as run:
+            log.info("evaluate: chosen on validation -> %s", select(cfg, run, students=with_students))
+        todo += [p for p in missing_points(cfg, force, with_students, "test") if p not in todo]
+    log.info("evaluate: %d point(s) to run on test: %s", len(todo), [f"{c}/{s}-{n}" for c, s, n in todo])
+    launch_array(cfg, config_paths, "pipeline.evaluate:evaluate_point", [(*p, "test") for p in todo], "evaluate")
 
 
 def _distill(cfg: Config, config_paths: Sequence[str], t0: float) -> None:
@@ -121,10 +145,12 @@ def _build_step(name: str, cfg: Config, args: argparse.Namespace) -> None:
 
 
 def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argparse.Namespace) -> None:
-    from pipeline.tracking import RunTarget, stage_run
+    from pipeline.tracking import RunTarget, check_login, stage_run
 
     t0 = time.perf_counter()
     config_paths = [str(Path(p).resolve()) for p in config_paths]  # the jobs run in other processes
+    if not (name in IN_PARTS and (args.init or args.part is not None)):  # a build step opens no MLflow run
+        check_login(RunTarget.of(cfg))  # a server refusing the login fails the stage here, before work or jobs
     if name == "train":
         from pipeline.launch import launch, prepare_checkpoint_dir
 
@@ -166,13 +192,13 @@ def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argpar
 
 
 def _mlflow_sync(cfg: Config) -> None:
-    from pipeline.tracking import sync
+    from pipeline.tracking import redact_uri, sync
 
     if not cfg.tracking.enabled:
         msg = "mlflow-sync: tracking.enabled is false; set it true to push the offline runs"
         raise ConfigError(msg)
     report = sync(cfg.tracking_uri, cfg.experiment, cfg.exp_dir)
-    print(f"mlflow-sync {cfg.exp_dir} -> {cfg.tracking_uri}: {report}")
+    print(f"mlflow-sync {cfg.exp_dir} -> {redact_uri(cfg.tracking_uri)}: {report}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="only finish the build: check every part completed, consolidate, move the store into place",
             )
-        if name == "collect-eval":
+        if name in ("select-points", "collect-eval"):
             sp.add_argument(
                 "--with-students",
                 action="store_true",
@@ -227,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--checkpoint", help="one point: checkpoint tag, e.g. step-00000300")
             sp.add_argument("--sampler", choices=SAMPLER_NAMES, help="one point: sampler")
             sp.add_argument("--steps", type=int, help="one point: sampling steps")
+            sp.add_argument(
+                "--split",
+                choices=("val", "test"),
+                default="val",
+                help="one point: the clips it is scored on (val: for choosing; test: for reporting the chosen points)",
+            )
             sp.add_argument("--force", action="store_true", help="the sweep: rerun points that have a result too")
     return p
 

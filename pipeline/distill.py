@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline import checkpoints, seeding
-from pipeline.atomic import write_text_atomic
+from pipeline.atomic import copy_atomic, write_text_atomic
 from pipeline.checkpoints import load_inference
 from pipeline.config import Config, ConfigError, config_hash
 from pipeline.diffusion import VDiffusion
@@ -239,9 +237,7 @@ def distill_round(
     training_loop(cfg, rt, state, clips, loop, run)
     if rt.rank == 0:
         out = checkpoints.student_path(cfg.distill_dir, steps)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        shutil.copyfile(checkpoints.inference_path(ckpt_dir, checkpoints.tag(state.step)), tmp)
-        tmp.replace(out)
+        copy_atomic(checkpoints.inference_path(ckpt_dir, checkpoints.tag(state.step)), out)
         run.log_metrics({"round_steps": steps, "round_final_loss": loop.history[-1].get("val_loss_ema", float("nan"))})
         log.info("distill: %d-step student -> %s", steps, out)
     dist.barrier()

@@ -236,6 +236,36 @@ def bootstrap_indices(cases: int, resamples: int, seed: int, block: int = 1) -> 
     return (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :cases]
 
 
+def stationary_indices(cases: int, resamples: int, seed: int, mean_block: float) -> np.ndarray:
+    """``(resamples, cases)`` case indices of the stationary bootstrap (Politis & Romano 1994), through ``arch``:
+    runs of consecutive cases (wrapping around) of geometric length with mean ``mean_block``, so autocorrelated
+    cases stay together without a fixed block. Shared by every forecast, it is paired like
+    :func:`bootstrap_indices`; ``mean_block`` 1 is the ordinary case bootstrap."""
+    from arch.bootstrap import StationaryBootstrap
+
+    if cases < 1:
+        msg = f"the bootstrap needs at least one case, got {cases}"
+        raise ValueError(msg)
+    if mean_block <= 1.0:
+        return np.random.default_rng(seed).integers(0, cases, size=(resamples, cases))
+    bs = StationaryBootstrap(min(float(mean_block), float(cases)), np.arange(cases), seed=np.random.default_rng(seed))
+    return np.stack([np.asarray(bs.index) for _ in bs.bootstrap(resamples)])
+
+
+def automatic_block(series: np.ndarray) -> float:
+    """The stationary bootstrap's mean block length for the columns of ``series`` (cases, k): Politis & White's
+    (2004, as corrected by Patton, Politis & White 2009) automatic choice, from ``arch``; the median over columns,
+    between 1 and the number of cases. Fewer than 8 cases: 1 (too few to estimate a dependence from)."""
+    from arch.bootstrap import optimal_block_length
+
+    x = np.asarray(series, dtype=np.float64).reshape(len(series), -1)
+    x = x[:, np.all(np.isfinite(x), axis=0) & (np.nanstd(x, axis=0) > 0)]
+    if x.shape[0] < 8 or x.shape[1] == 0:
+        return 1.0
+    lengths = optimal_block_length(x)["stationary"].to_numpy()
+    return float(np.clip(np.median(lengths), 1.0, x.shape[0]))
+
+
 def lagged_autocorrelation(series: np.ndarray, lag: int = 1) -> float:
     """Sample autocorrelation of a 1-D series at ``lag`` (anomalies about the series mean, divided by the
     lag-0 sum of squares, as in the usual ACF estimate); NaN for a constant or too short series."""

@@ -5,6 +5,12 @@ merges the moments per chunk that prepare's parts kept in their markers into the
 of the training period (recomputing only the chunks the period's ends cut) and writes the normalised
 store's metadata; each :func:`normalise_part` normalises its region; :func:`finalise_normalise` checks,
 consolidates and writes ``stats.json``. :func:`run_normalise` does all of them in this process.
+
+``stats.json`` lives inside the store (``normalised.zarr/stats.json``) and moves into place with it in one
+rename; ``<data dir>/stats.json``, what readers read, is a symbolic link to it: a store and the statistics that
+invert it are replaced together, and a finalise killed midway leaves either pair or none, never a mix. Every
+step holds the normalised store's lock (exclusive; shared for a part) and the regridded store's, shared, since
+it reads that one (:mod:`pipeline.data.lock`).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.data.coords import DataError
 from pipeline.data.io import directory_bytes, open_store
+from pipeline.data.lock import locked
 from pipeline.data.parts import (
     Build,
     chunk_edges,
@@ -43,6 +50,7 @@ __all__ = ["finalise_normalise", "init_normalise", "normalise_part", "run_normal
 log = logging.getLogger(__name__)
 
 
+@locked("normalised_path", exclusive=True, reads=("regridded_path",))
 def init_normalise(cfg: Config) -> Path:
     """Statistics of the training period from the regridded store's moments per chunk, then the normalised
     store's metadata and coordinates (with the ``split`` flags) and the plan of its parts (holding the
@@ -63,7 +71,10 @@ def init_normalise(cfg: Config) -> Path:
     train = in_period(ds["time"].values, *periods["train"])
     moments = period_moments(ds, per_chunk, chunk_edges(plan), train)
     units = {str(n): da.attrs.get("units", "") for n, da in ds.data_vars.items()}
-    stats = stats_from_moments(moments, units)
+    a, b = periods["train"]
+    stats = stats_from_moments(
+        moments, units, str(cfg.regridded_path), f"the training period data.split.train = [{a}, {b}]"
+    )
     norm = normalise(ds, stats).assign_coords(split=split_labels(ds["time"].values, periods))
     norm.attrs.update({"stats_file": cfg.stats_path.name, "data_config_hash": cfg.data.content_hash()})
     extra = {
@@ -78,6 +89,7 @@ def init_normalise(cfg: Config) -> Path:
     return build.plan_path
 
 
+@locked("normalised_path", exclusive=False, reads=("regridded_path",))  # the parts of one build run at once
 def normalise_part(cfg: Config, part: int) -> Path:
     """Normalise part ``part``'s steps of the regridded store into its region. Returns the marker's path."""
     t0 = time.perf_counter()
@@ -92,12 +104,16 @@ def normalise_part(cfg: Config, part: int) -> Path:
     return marker
 
 
+@locked("normalised_path", exclusive=True)
 def finalise_normalise(cfg: Config, run: StageRun) -> Path:
-    """Check every part completed, consolidate and move the store into place, write ``stats.json``; log."""
+    """Check every part completed, consolidate, write ``stats.json`` into the store, make ``<data dir>/stats.json``
+    a link to it, move the store into place (with its statistics: one rename); log."""
     t0 = time.perf_counter()
-    plan, markers = finalise_store(Build(cfg.normalised_path))
+    build = Build(cfg.normalised_path)
+    plan = read_plan(build)
     stats, extra = plan["stats"], plan["stats_extra"]
-    write_stats(stats, cfg.stats_path, extra)
+    write = {cfg.stats_path.name: lambda path: write_stats(stats, path, extra)}
+    plan, markers = finalise_store(build, write, {cfg.stats_path: cfg.stats_path.name})
     part_seconds = [m["seconds"] for m in markers]
     metrics = {
         "bytes_read": sum(m["bytes_read"] for m in markers),
@@ -118,6 +134,7 @@ def finalise_normalise(cfg: Config, run: StageRun) -> Path:
     return cfg.normalised_path
 
 
+@locked("normalised_path", exclusive=True, reads=("regridded_path",))
 def run_normalise(cfg: Config, run: StageRun) -> Path:
     """The whole stage in this process: init, every part in turn, finalise."""
     init_normalise(cfg)

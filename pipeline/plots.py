@@ -33,7 +33,7 @@ __all__ = [
 
 
 def _first_frame(da: xr.DataArray) -> xr.DataArray:
-    sel = {d: 0 for d in da.dims if d not in ("latitude", "longitude", "y", "x")}
+    sel = {d: 0 for d in da.dims if d not in ("latitude", "longitude", "y", "x", "cell")}
     return da.isel(sel)
 
 
@@ -72,8 +72,9 @@ def _errorbar(ax, x, g, metric: str, label: str) -> None:
         ax.plot(x, g[metric], marker="o", label=label)
 
 
-def sweep_summary(table, metric: str, path: Path) -> Path:
-    """Per variable: ``metric`` vs sampling steps per sampler (last checkpoint), and vs checkpoint step;
+def sweep_summary(table, metric: str, path: Path, clips: str = "") -> Path:
+    """Per variable (on the ``clips`` named in the titles): ``metric`` vs sampling steps per sampler (last
+    checkpoint), and vs checkpoint step;
     one line per sampler and guidance weight, with bootstrap confidence bars; the reference forecasts
     (rows of ``kind`` reference) as horizontal lines with a band for their interval."""
     variables = sorted(table["variable"].unique())
@@ -84,6 +85,7 @@ def sweep_summary(table, metric: str, path: Path) -> Path:
     several = points["guidance_weight"].nunique() > 1
     keys = ["sampler", "guidance_weight", *(["cfg_scale"] if "cfg_scale" in points else [])]
     scales = "cfg_scale" in points and points["cfg_scale"].nunique() > 1  # classifier-free guidance scales
+    on = f", {clips}" if clips else ""
 
     def label(sampler: str, weight: float, suffix: str = "", scale: tuple = ()) -> str:
         text = f"{sampler}{suffix} w={weight:g}" if several else f"{sampler}{suffix}"
@@ -106,7 +108,7 @@ def sweep_summary(table, metric: str, path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_xlabel("sampling steps (NFE)")
         ax.set_ylabel(f"{metric} ({v})")
-        ax.set_title(f"{v}: {metric} vs steps, checkpoint step {last}", fontsize=9)
+        ax.set_title(f"{v}: {metric} vs steps, checkpoint step {last}{on}", fontsize=9)
         ax.legend(fontsize=7)
         ax = axes[row, 1]
         most = tv["steps"].max()
@@ -116,7 +118,7 @@ def sweep_summary(table, metric: str, path: Path) -> Path:
         references(ax, v)
         ax.set_xlabel("checkpoint (training step)")
         ax.set_ylabel(f"{metric} ({v})")
-        ax.set_title(f"{v}: {metric} vs checkpoint (bars and bands: bootstrap intervals)", fontsize=9)
+        ax.set_title(f"{v}: {metric} vs checkpoint{on} (bars and bands: bootstrap intervals)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +209,9 @@ def _extent(da: xr.DataArray) -> tuple[float, float, float, float, bool]:
     east = west + 360.0 - float(gaps[widest])
     step = float(np.median(gaps)) if gaps.size > 1 else 0.0
     east, west = east + step / 2, west - step / 2
-    return west, east, float(np.nanmin(lat)), float(np.nanmax(lat)), east - west >= 359.0
+    # scattered cell centres (an unstructured grid) leave gaps of a few degrees between their longitudes
+    world = east - west >= 359.0 or ("cell" in da.dims and float(gaps[widest]) < 10.0)
+    return west, east, float(np.nanmin(lat)), float(np.nanmax(lat)), world
 
 
 def projection(da: xr.DataArray):
@@ -243,9 +247,16 @@ def map_axes(fig, spec, da: xr.DataArray):
 
 
 def _map(ax, da: xr.DataArray, vmin: float, vmax: float, title: str, cmap: str = "viridis"):
-    """``da`` (latitude, longitude or y, x with 2-D coordinates) on a map axes from :func:`map_axes`."""
+    """``da`` (latitude, longitude or y, x with 2-D coordinates; an unstructured grid's cells as dots) on a map
+    axes from :func:`map_axes`."""
     import cartopy.crs as ccrs
 
+    if "cell" in da.dims:
+        im = ax.scatter(
+            da["longitude"], da["latitude"], c=da, s=2, vmin=vmin, vmax=vmax, cmap=cmap, transform=ccrs.PlateCarree()
+        )
+        ax.set_title(title, fontsize=9)
+        return im
     im = ax.pcolormesh(
         da["longitude"],
         da["latitude"],

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import dask
+import dask.system
 import numpy as np
 import xarray as xr
 
 from pipeline import __version__
 from pipeline.config import Config, ConfigError
+from pipeline.data.budget import Budget, estimate, human
 from pipeline.data.coords import DataError, fill_units, standardise
 from pipeline.data.io import (
     TimeGrid,
@@ -31,7 +35,9 @@ from pipeline.data.io import (
     open_store,
     resolve_paths,
     source_index,
+    writable_folder,
 )
+from pipeline.data.lock import locked
 from pipeline.data.parts import (
     Build,
     finalise_store,
@@ -39,13 +45,14 @@ from pipeline.data.parts import (
     open_building,
     part_ranges,
     part_span,
+    read_markers,
     read_plan,
     write_marker,
     write_region,
 )
 from pipeline.data.regrid import check_covers, regrid, select, target_grid
 from pipeline.data.stats import chunk_moments, split_periods
-from pipeline.data.times import time_seconds
+from pipeline.data.times import format_time, time_seconds
 from pipeline.tracking import StageRun
 
 __all__ = ["check_data", "finalise_prepare", "init_prepare", "open_selected", "prepare_part", "run_prepare"]
@@ -62,8 +69,14 @@ def _as_config_error(key: str, fn, *args):
 
 
 def _names(cfg: Config) -> dict[str, str] | None:
+    """The geographic coordinates named in data.source.coordinates, or None."""
     c = cfg.data.source.coordinates
-    return None if c is None else c.model_dump()
+    return None if c is None or c.latitude is None else {"latitude": c.latitude, "longitude": str(c.longitude)}
+
+
+def _time_name(cfg: Config) -> str | None:
+    c = cfg.data.source.coordinates
+    return None if c is None else c.time
 
 
 def open_selected(
@@ -85,6 +98,7 @@ def open_selected(
         cfg.data.source.time_reference,
         cfg.data.source.overlap,
         grid,
+        _time_name(cfg),
     )
     ds = fill_units(_as_config_error("data.source", standardise, ds, label, _names(cfg)), label)
     ds = _as_config_error("data.variables", select, ds, [(v.name, v.levels) for v in cfg.data.variables], label)
@@ -92,7 +106,8 @@ def open_selected(
 
 
 def check_data(cfg: Config) -> tuple[xr.Dataset, list[Path], xr.Dataset]:
-    """Validate the config against the data's metadata (no data values are read).
+    """Validate the config against the data's metadata (no data values are read), that the results folder can
+    be written, and that a part's job can hold the target grid (sizes logged).
 
     Returns the selected source, its files and the target grid.
     """
@@ -102,8 +117,68 @@ def check_data(cfg: Config) -> tuple[xr.Dataset, list[Path], xr.Dataset]:
     g = cfg.data.grid
     target = _as_config_error("data.grid", target_grid, g.resolution, g.lat_bounds, g.lon_bounds)
     _as_config_error("data.grid", check_covers, ds, target, "source")
-    _as_config_error("data.parts", part_ranges, ds.sizes["time"], cfg.data.time_chunk, cfg.data.parts)
+    ranges = _as_config_error("data.parts", part_ranges, ds.sizes["time"], cfg.data.time_chunk, cfg.data.parts)
+    folder = _as_config_error(f"results_dir = {cfg.results_dir!r}", writable_folder, cfg.exp_dir)
+    budget = _budget(cfg, ds, target, max(b - a for a, b in ranges))
+    _log_budget(cfg, budget)
+    _check_budget(cfg, budget)
+    free = shutil.disk_usage(folder).free
+    if budget.store + budget.normalised > free:
+        log.warning(
+            "the regridded and normalised stores take up to %s uncompressed; %s has %s free",
+            human(budget.store + budget.normalised),
+            folder,
+            human(free),
+        )
     return ds, paths, target
+
+
+def _budget(cfg: Config, ds: xr.Dataset, target: xr.Dataset, part_steps: int) -> Budget:
+    methods = {v.regrid for v in cfg.data.variables}
+    return estimate(ds, target, methods, cfg.data.time_chunk, part_steps, cfg.data.max_part_memory_gb)
+
+
+def _log_budget(cfg: Config, b: Budget) -> None:
+    cpus = dask.system.CPU_COUNT
+    log.info(
+        "data.grid: target grid %d x %d (%.3g cells) at %g deg; a part's job: %s per time chunk of a variable "
+        "(data.time_chunk = %d), %s of regridding weights, peak about %s with %d chunk(s) at once on %d CPU(s) "
+        "(data.max_part_memory_gb = %g); stores (uncompressed): regridded %s, normalised %s",
+        *b.grid,
+        b.cells,
+        cfg.data.grid.resolution,
+        human(b.task),
+        cfg.data.time_chunk,
+        human(b.weights),
+        human(b.peak(b.workers(cpus))),
+        b.workers(cpus),
+        cpus,
+        cfg.data.max_part_memory_gb,
+        human(b.store),
+        human(b.normalised),
+    )
+
+
+def _check_budget(cfg: Config, b: Budget) -> None:
+    """A grid of which one time chunk of one variable does not fit in a part's job is a config error."""
+    if b.fits:
+        return
+    g, chunk = cfg.data.grid, min(cfg.data.time_chunk, b.steps)
+    one_step = b.peak(1) - b.task + b.task // chunk
+    shorter = (
+        f", lower data.time_chunk (one step needs about {human(one_step)})" if chunk > 1 and one_step <= b.limit else ""
+    )
+    bounds = [("global" if v is None else list(v)) for v in (g.lat_bounds, g.lon_bounds)]
+    msg = (
+        f"data.grid.resolution = {g.resolution}: the target grid is {b.grid[0]} x {b.grid[1]} = {b.cells:.3g} cells "
+        f"(data.grid.lat_bounds {bounds[0]}, lon_bounds {bounds[1]}); regridding one time chunk of one "
+        f"variable (data.time_chunk = {cfg.data.time_chunk} steps) needs about {human(b.peak(1))} in a part's "
+        f"job, more than data.max_part_memory_gb = {cfg.data.max_part_memory_gb:g} GB holds (the stores would "
+        f"take {human(b.store)} and {human(b.normalised)} uncompressed). Coarsen data.grid.resolution or narrow "
+        f"the bounds{shorter}, or give the part jobs more memory (data.max_part_memory_gb, with the mem_mb of "
+        f"the rules regrid_part and normalise_part)"
+    )
+    raise ConfigError(msg)
 
 
 def _regridded(cfg: Config, ds: xr.Dataset, paths: list[Path], target: xr.Dataset) -> xr.Dataset:
@@ -119,9 +194,10 @@ def _regridded(cfg: Config, ds: xr.Dataset, paths: list[Path], target: xr.Datase
 
 def _index(cfg: Config, paths: list[Path]) -> list[dict]:
     src = cfg.data.source
-    return source_index(paths, src.engine, src.time_reference, cfg.data_dir / "source_index.json")
+    return source_index(paths, src.engine, src.time_reference, cfg.data_dir / "source_index.json", _time_name(cfg))
 
 
+@locked("regridded_path", exclusive=True)
 def init_prepare(cfg: Config) -> Path:
     """Check the data, index the source files' time spans, write the store's metadata, coordinates and
     provenance and the plan of its ``data.parts`` parts. Returns the plan's path."""
@@ -155,6 +231,7 @@ def init_prepare(cfg: Config) -> Path:
     return build.plan_path
 
 
+@locked("regridded_path", exclusive=False)  # the parts of one build run at once
 def prepare_part(cfg: Config, part: int) -> Path:
     """Regrid part ``part``'s time steps from the source files that hold them into its region of the store;
     its marker keeps the area-weighted moments of each of its chunks. Returns the marker's path."""
@@ -180,10 +257,14 @@ def prepare_part(cfg: Config, part: int) -> Path:
     ds = ds.isel(time=slice(*_steps_between(ds, span["first"], span["last"])))
     g = cfg.data.grid
     target = target_grid(g.resolution, g.lat_bounds, g.lon_bounds)
+    budget = _budget(cfg, ds, target, span["stop"] - span["start"])
+    _check_budget(cfg, budget)
     out = _regridded(cfg, ds, files, target)
-    write_region(build, plan, part, out)
-    # the moments of each chunk as written (read back: a fraction of what was read when regridding to a coarser grid)
-    moments = chunk_moments(open_building(build).isel(time=slice(span["start"], span["stop"])))
+    with dask.config.set(num_workers=budget.workers(dask.system.CPU_COUNT)):  # as many chunks at once as fit
+        write_region(build, plan, part, out)
+        # the moments of each chunk as written (read back: a fraction of what was read when regridding to a coarser grid)
+        moments = chunk_moments(open_building(build).isel(time=slice(span["start"], span["stop"])))
+    _check_values(cfg, out, moments, [p.name for p in files], part if len(plan["parts"]) > 1 else None)
     seconds = time.perf_counter() - t0
     payload = {
         "moments": moments,
@@ -196,16 +277,65 @@ def prepare_part(cfg: Config, part: int) -> Path:
     return marker
 
 
+def _no_values(cfg: Config, ds: xr.Dataset, names: list[str], files: list[str]) -> str:
+    """Why variables ``names`` of ``ds`` (regridded) hold no valid value: the files, the variables, the region."""
+    g = cfg.data.grid
+    lat = "-90..90" if g.lat_bounds is None else "{:g}..{:g}".format(*g.lat_bounds)
+    lon = "0..360" if g.lon_bounds is None else "{:g}..{:g}".format(*g.lon_bounds)
+    t = ds["time"].values
+    what = []
+    for n in names:
+        a = ds[n].attrs
+        level = f" at level {a['level']:g} {a.get('level_units', '')}".rstrip() if "level" in a else ""
+        what.append(f"{n!r} (variable {a['source_variable']!r}{level})" if "source_variable" in a else repr(n))
+    why = "the files hold no valid value there (e.g. land only for an ocean variable, or only _FillValue)"
+    conservative = {v.name for v in cfg.data.variables if v.regrid == "conservative"}
+    if any(ds[n].attrs.get("source_variable", n) in conservative for n in names):
+        why += ", or too little of each cell (conservative: data.grid.nan_threshold)"
+    label = ", ".join(files[:3]) + (f", ... ({len(files)} files)" if len(files) > 3 else "")
+    return (
+        f"{label}: every value of {', '.join(what)} in latitude {lat}, longitude {lon} (data.grid), time "
+        f"{format_time(t[0])} .. {format_time(t[-1])} is missing (NaN) after regridding: {why}. Choose a region "
+        f"(data.grid.lat_bounds/lon_bounds) or variables (data.variables) that hold data"
+    )
+
+
+def _check_values(cfg: Config, out: xr.Dataset, moments: dict, files: list[str], part: int | None) -> None:
+    """A variable with no valid value in a part (``moments`` of its chunks all empty) is an error where the part
+    is the whole build (``part`` None), before its marker, so no store is made; else a warning (finalise fails
+    if every part is so)."""
+    empty = [str(n) for n, ms in moments.items() if not any(m[0] > 0 for m in ms)]
+    if not empty:
+        return
+    msg = _no_values(cfg, out, empty, files)
+    if part is None:
+        raise DataError(msg)
+    log.warning("prepare part %d: %s (finalise fails if no part holds a value)", part, msg)
+
+
+def _check_any_values(cfg: Config, build: Build) -> None:
+    """Before the store is moved into place: a variable with no valid value in any part is an error."""
+    plan = read_plan(build)
+    markers = read_markers(build, plan)
+    names = list(markers[0]["moments"])
+    empty = [n for n in names if not any(m[0] > 0 for marker in markers for m in marker["moments"][n])]
+    if empty:
+        files = list(dict.fromkeys(f for marker in markers for f in marker["files"]))
+        raise DataError(_no_values(cfg, open_building(build), empty, files))
+
+
 def _steps_between(ds: xr.Dataset, first: float, last: float) -> tuple[int, int]:
     """The index range of ``ds``'s time steps in [first, last] (seconds, as the plan has them)."""
     s = time_seconds(ds["time"].values)
     return int(np.searchsorted(s, first, side="left")), int(np.searchsorted(s, last, side="right"))
 
 
+@locked("regridded_path", exclusive=True)
 def finalise_prepare(cfg: Config, run: StageRun) -> Path:
     """Check every part completed, consolidate and move the store into place; log the stage to MLflow."""
     t0 = time.perf_counter()
     build = Build(cfg.regridded_path)
+    _check_any_values(cfg, build)
     plan, markers = finalise_store(build)
     out = open_store(cfg.regridded_path)
     part_seconds = [m["seconds"] for m in markers]
@@ -245,6 +375,7 @@ def finalise_prepare(cfg: Config, run: StageRun) -> Path:
     return cfg.regridded_path
 
 
+@locked("regridded_path", exclusive=True)  # one writer of the store from init to finalise
 def run_prepare(cfg: Config, run: StageRun) -> Path:
     """The whole stage in this process: init, every part in turn, finalise."""
     init_prepare(cfg)

@@ -18,6 +18,15 @@ rollouts) and for the training period, each against the test period, per variabl
 
 For data with a seasonal cycle the real fields compared with the unconditional clips are those within
 ``evaluate.climatology_window_days`` of the clips' days of year (annual or seasonal means: all).
+
+**Same-size yardsticks.** Most figures depend on how many fields a set holds and how they are arranged: the
+per-cell standard deviation over a few strongly correlated frames is smaller than over a period, the distance
+between a small sample's distribution and the period's is larger, the autocorrelation of short sequences is
+biased. So each set is also compared with real sets **of its own shape**: ``draws`` sets of as many sequences
+of as many consecutive training-period frames (for the unconditional clips, starting in their season), each
+scored against the same test fields by the same code. Their 5%, 50% and 95% quantiles are the range real data
+of that size gives, and ``verdict`` says for each figure whether the generated set is ``inside``, ``below`` or
+``above`` it (:func:`same_size`).
 """
 
 from __future__ import annotations
@@ -29,9 +38,33 @@ from scipy.stats import wasserstein_distance
 from pipeline import metrics
 from pipeline.data.stats import area_weights
 
-__all__ = ["QUANTILES", "as_json", "assess", "compare", "drift", "drift_yardstick", "flat_metrics", "sequences"]
+__all__ = [
+    "QUANTILES",
+    "as_json",
+    "assess",
+    "compare",
+    "drift",
+    "drift_yardstick",
+    "flat_metrics",
+    "same_size",
+    "sequences",
+    "verdict",
+]
 
 QUANTILES = (0.01, 0.5, 0.99)
+# the figures of :func:`compare` that get a same-size range and a verdict (scalars, or lists / dicts per lag / band)
+FIGURES = (
+    "w1_rel",
+    "mean_bias_rms",
+    "std_bias_rms",
+    "std_ratio",
+    "p1",
+    "p50",
+    "p99",
+    "autocorrelation",
+    "spectral_ratio",
+)
+DRAWS = 50  # real sets drawn per yardstick (a 5-95% range from fewer draws is too narrow)
 
 
 def sequences(series: xr.DataArray) -> xr.DataArray:
@@ -125,33 +158,103 @@ def drift_yardstick(rollouts: xr.DataArray, real: xr.DataArray, lead: str = "lea
     return out
 
 
+def _valid_starts(train: np.ndarray, starts: np.ndarray, frames: int) -> np.ndarray:
+    """The ``starts`` whose ``frames`` consecutive time steps all lie in the training period ``train``."""
+    inside = np.zeros(int(max(train.max(), starts.max())) + frames + 1, dtype=bool)
+    inside[train] = True
+    run = np.convolve(inside, np.ones(frames, dtype=int), mode="valid")  # training steps in each window
+    return np.array([s for s in np.unique(starts) if s < run.size and run[s] == frames], dtype=int)
+
+
+def _quantiles(values: list) -> list:
+    """5%, 50% and 95% over draws of a scalar figure, or of each lag / band of a list / dict figure."""
+    if isinstance(values[0], dict):
+        return {k: _quantiles([v[k] for v in values]) for k in values[0]}
+    return np.nanquantile(np.asarray(values, dtype=np.float64), [0.05, 0.5, 0.95], axis=0).T.tolist()
+
+
+def _verdict(x: object, q: list) -> object:
+    if isinstance(x, dict):
+        return {k: _verdict(x[k], q[k]) for k in x}
+    if isinstance(x, list):
+        return [_verdict(a, b) for a, b in zip(x, q, strict=True)]
+    lo, _, hi = q
+    if not np.isfinite(x) or not np.isfinite(lo):
+        return "n/a"
+    return "below" if x < lo else ("above" if x > hi else "inside")
+
+
+def verdict(figures: dict, ranges: dict) -> dict:
+    """For each figure with a range: ``inside``, ``below`` or ``above`` the 5-95% range real data of the same
+    size gives (per lag or band for list and dict figures)."""
+    return {k: _verdict(figures[k], q) for k, q in ranges.items() if k in figures}
+
+
+def same_size(
+    series: xr.DataArray,
+    train: np.ndarray,
+    starts: np.ndarray,
+    shape: tuple[int, int],
+    test: xr.DataArray,
+    lags: list[int],
+    seed: int = 0,
+    draws: int = DRAWS,
+) -> dict:
+    """The range of every :data:`FIGURES` figure over ``draws`` real sets of ``shape`` = (sequences, frames):
+    windows of consecutive training-period frames starting at ``starts`` (without repeats while there are enough),
+    each compared with ``test`` like a candidate. ``{"draws", "cases", "frames", "ranges": {figure: [q05, q50,
+    q95]}}``; no ranges where the training period holds no such window."""
+    cases, frames = shape
+    valid = _valid_starts(train, starts, frames)
+    out: dict = {"draws": 0, "cases": cases, "frames": frames, "ranges": {}}
+    if valid.size == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    figures = []
+    for _ in range(draws):
+        pick = rng.choice(valid, size=cases, replace=valid.size < cases)
+        real = [
+            series.isel(time=slice(int(s), int(s) + frames)).reset_coords(drop=True).drop_vars("time") for s in pick
+        ]
+        cand = xr.concat([r.rename({"time": "frame"}) for r in real], "case")
+        figures.append(compare(cand, test, lags))
+    keys = [k for k in FIGURES if all(k in f for f in figures)]
+    return out | {"draws": draws, "ranges": {k: _quantiles([f[k] for f in figures]) for k in keys}}
+
+
 def assess(
     unconditional: xr.Dataset,
     rollouts: xr.Dataset,
     real: xr.Dataset,
-    test: np.ndarray,
-    train: np.ndarray,
-    test_season: np.ndarray,
+    periods: dict[str, np.ndarray],
     lags: list[int],
+    seed: int = 0,
 ) -> dict[str, dict]:
     """Every figure, per variable: ``unconditional`` (sample, frame, lat, lon) against the test-period fields
-    ``test_season`` (indices into ``real``'s time: those of the clips' season), ``rollouts`` (rollout, lead,
-    lat, lon) and the training period (``train``) against the whole test period (``test``); the test
-    period's own autocorrelation; the rollouts' drift beside the real series' (all of ``real``). Per
-    variable: ``{set: figures}``, ``test_period`` and ``drift``; bias maps and drift curves stay xarray."""
+    ``periods["test_season"]`` (indices into ``real``'s time: those of the clips' season), ``rollouts`` (rollout,
+    lead, lat, lon) and the training period (``periods["train"]``) against the whole test period
+    (``periods["test"]``); the test period's own autocorrelation; the rollouts' drift beside the real series' (all
+    of ``real``). The generated sets also get same-size ranges (:func:`same_size`; the unconditional clips' windows
+    start at ``periods["train_season"]``) and a ``verdict``. Per variable: ``{set: figures}``, ``test_period`` and
+    ``drift``; bias maps and drift curves stay xarray."""
+    train = periods["train"]
     out: dict[str, dict] = {}
     for v in unconditional.data_vars:
         series = real[v]
-        test_seq = sequences(series.isel(time=test))
+        test_seq = sequences(series.isel(time=periods["test"]))
+        season_seq = sequences(series.isel(time=periods["test_season"]))
+        unc = unconditional[v].rename({"sample": "case"})
+        roll = rollouts[v].rename({"rollout": "case", "lead": "frame"}).drop_vars("time")
         sets = {
-            "unconditional": (
-                unconditional[v].rename({"sample": "case"}),
-                sequences(series.isel(time=test_season)),
-            ),
-            "rollouts": (rollouts[v].rename({"rollout": "case", "lead": "frame"}).drop_vars("time"), test_seq),
+            "unconditional": (unc, season_seq),
+            "rollouts": (roll, test_seq),
             "train_period": (sequences(series.isel(time=train)), test_seq),
         }
         res = {name: compare(c, t, lags) for name, (c, t) in sets.items()}
+        for name, cand, starts in (("unconditional", unc, periods["train_season"]), ("rollouts", roll, train)):
+            shape = (cand.sizes["case"], cand.sizes["frame"])
+            yard = same_size(series, train, starts, shape, sets[name][1], lags, seed)
+            res[name]["same_size"] = yard | {"verdict": verdict(res[name], yard["ranges"])}
         t_mean = _moments(test_seq)[0]
         res["test_period"] = {"autocorrelation": metrics.autocorrelation(test_seq, "frame", lags, t_mean)}
         res["drift"] = drift_yardstick(rollouts[v], series) | {"curves": drift(rollouts[v])}
@@ -174,6 +277,10 @@ def flat_metrics(result: dict[str, dict]) -> dict[str, float]:
             for k in ("w1", "w1_rel", "mean_bias_rms", "std_bias_rms", "std_ratio"):
                 flat[f"realism_{k}_{name}_{v}"] = r[k]
             flat[f"realism_lag1_autocorrelation_{name}_{v}"] = r["autocorrelation"][0]
+            verdicts = r.get("same_size", {}).get("verdict", {})
+            for k in ("w1_rel", "std_ratio", "mean_bias_rms", "std_bias_rms"):
+                if k in verdicts and verdicts[k] != "n/a":  # 1: inside the same-size real range, 0: outside
+                    flat[f"realism_{k}_{name}_inside_{v}"] = float(verdicts[k] == "inside")
         flat[f"realism_lag1_autocorrelation_test_period_{v}"] = res["test_period"]["autocorrelation"][0]
         for k in ("area_mean_change", "spread_change"):
             flat[f"realism_drift_{k}_{v}"] = res["drift"][k]

@@ -1,5 +1,6 @@
-"""Stage ``references``: reference forecasts on exactly the sweep's test clips and lead frames, scored by
-the same code (:func:`pipeline.scoring.score`) -> ``eval/references.json``, one MLflow run each.
+"""Stage ``references``: reference forecasts on exactly the sweep's validation and test clips and lead frames,
+scored by the same code (:func:`pipeline.scoring.score`) -> ``eval/val/references.json`` (the yardsticks of the
+choice) and ``eval/test/references.json`` (of the report), one MLflow run each per split.
 
 - ``climatology-ensemble``: members drawn (seeded, without repeats) from training-period frames within
   ``evaluate.climatology_window_days`` of each target frame's day of year (the window is widened to
@@ -29,13 +30,14 @@ from pipeline.config import Config
 from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES
 from pipeline.data.times import climatology_candidates
-from pipeline.scoring import REFERENCES, SKILL, EvalClips, load_test_clips, log_scores, score, summarise
+from pipeline.scoring import REFERENCES, SKILL, EvalClips, load_eval_clips, log_scores, score, summarise
 from pipeline.tracking import RunTarget, stage_run
 
 __all__ = [
     "climatology_ensemble",
     "climatology_mean",
     "persistence",
+    "references_on",
     "run_references",
 ]
 
@@ -138,22 +140,30 @@ def _score_all(cfg: Config, test: EvalClips, store: xr.Dataset, window: _Window)
     return scored
 
 
-def _log_reference(cfg: Config, name: str, params: dict[str, Any], variables: dict[str, Any]) -> None:
-    """One reference's scores into its own MLflow run, under the parameters and names a sweep point's run uses."""
-    with stage_run(RunTarget.of(cfg), "references", tags={"reference": "true"}, run_name=f"reference {name}") as run:
+def _log_reference(cfg: Config, name: str, split: str, params: dict[str, Any], variables: dict[str, Any]) -> None:
+    """One reference's scores on one split into its own MLflow run, under the parameters and names a sweep point's
+    run uses."""
+    with stage_run(
+        RunTarget.of(cfg),
+        "references",
+        tags={"reference": "true", "split": split},
+        run_name=f"reference {name} ({split})",
+    ) as run:
         log_scores(run, params, variables)
-        run.log_dict({**params, "variables": variables}, "result.json")
+        run.log_dict({**params, "split": split, "variables": variables}, "result.json")
     log.info(
-        "reference %s: %s",
+        "reference %s (%s): %s",
         name,
+        split,
         {v: {k: round(r[k], 4) for k in ("rmse", "crps")} for v, r in variables.items()},
     )
 
 
-def run_references(cfg: Config) -> Path:
-    """Score the three references on the evaluation's test clips; one MLflow run each; write references.json."""
+def references_on(cfg: Config, split: str) -> Path:
+    """Score the three references on the evaluation clips of ``split``; one MLflow run each; write
+    ``eval/<split>/references.json``."""
     t0 = time.perf_counter()
-    test = load_test_clips(cfg, cfg.train.clip_frames)
+    test = load_eval_clips(cfg, cfg.train.clip_frames, split=split)
     store = open_store(cfg.normalised_path)
     window = _window(cfg, test, store)
     scored = _score_all(cfg, test, store, window)
@@ -171,11 +181,12 @@ def run_references(cfg: Config) -> Path:
             "test_clips": len(test.clips),
             "context_frames": test.context,
         }
-        _log_reference(cfg, name, params, scored[name])
+        _log_reference(cfg, name, split, params, scored[name])
         refs[name] = {"members": size, "variables": scored[name]}
-    out = cfg.eval_dir / "references.json"
+    out = cfg.eval_references(split)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
+        "split": split,
         "clip_frames": test.frames,
         "context_frames": test.context,
         "test_clips": len(test.clips),
@@ -189,3 +200,10 @@ def run_references(cfg: Config) -> Path:
     }
     write_text_atomic(out, json.dumps(result, indent=2))
     return out
+
+
+def run_references(cfg: Config) -> Path:
+    """The references on the validation clips (against which points are chosen) and on the test clips (against
+    which the chosen point is reported): ``eval/val/references.json`` and ``eval/test/references.json``."""
+    references_on(cfg, "val")
+    return references_on(cfg, "test")

@@ -126,14 +126,18 @@ def _realism(
     times = real["time"].values
     test, train = np.flatnonzero(split == 3), np.flatnonzero(split == 1)
     first = np.arange(test[0], min(test[0] + frames, times.size))
-    season = np.unique(
-        np.concatenate(climatology_candidates(times, test, first, cfg.evaluate.climatology_window_days)[0])
-    )
+    window = cfg.evaluate.climatology_window_days
+    season = np.unique(np.concatenate(climatology_candidates(times, test, first, window)[0]))
+    # the training frames of the clips' first day of year: where same-size real clips start
+    train_season = np.unique(climatology_candidates(times, train, first[:1], window)[0][0])
     lags = list(range(1, max(2, min(5, max(frames, cfg.sample.rollout_frames) - 1)) + 1))
-    result = assess(unc, roll, real, test, train, season, lags)
+    periods = {"test": test, "train": train, "test_season": season, "train_season": train_season}
+    result = assess(unc, roll, real, periods, lags, seeding.realism(cfg.seed))
     doc = {
         "reference": "test period",
-        "yardstick": "train_period: the training period's fields against the test period's (real against real)",
+        "yardstick": "train_period: the training period's fields against the test period's (real against real); "
+        "same_size: the 5-95% range of each figure over real sets of the generated set's shape (as many sequences "
+        "of as many consecutive training-period frames), and the verdict inside / below / above it",
         "test_fields": int(test.size),
         "unconditional_season_fields": int(season.size),
         "lags": lags,

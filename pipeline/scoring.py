@@ -34,7 +34,7 @@ __all__ = [
     "as_dataset",
     "clip_dataset",
     "clip_statistics",
-    "load_test_clips",
+    "load_eval_clips",
     "log_scores",
     "pick_test_clips",
     "score",
@@ -141,14 +141,19 @@ class EvalClips:
         return denormalise(clip_dataset(masked, self.names, self.lat, self.lon, member), self.stats)
 
 
-def load_test_clips(cfg: Config, frames: int, variables: list[str] | None = None) -> EvalClips:
-    """The test clips of ``evaluate.test_clips`` / ``test_stride``, with their truth in physical units."""
+def load_eval_clips(cfg: Config, frames: int, variables: list[str] | None = None, split: str = "test") -> EvalClips:
+    """The evaluation clips of ``split``, with their truth in physical units: ``val`` (``evaluate.val_clips`` /
+    ``val_stride``), on which the sweep's best point is chosen, or ``test`` (``evaluate.test_clips`` /
+    ``test_stride``), on which the chosen point is reported."""
     e = cfg.evaluate
     if e.context_frames >= frames:
         msg = f"evaluate.context_frames ({e.context_frames}) must be smaller than train.clip_frames ({frames})"
         raise ValueError(msg)
-    ds = ClipDataset(cfg.normalised_path, "test", frames, 1, variables=variables)
-    clips = [ds[int(i)] for i in pick_test_clips(len(ds), e.test_clips, e.test_stride)]
+    ds = ClipDataset(cfg.normalised_path, split, frames, 1, variables=variables)
+    if len(ds) < 1:
+        msg = f"the {split} period (data.split.{split}) holds no clip of {frames} frames in {cfg.normalised_path}"
+        raise ValueError(msg)
+    clips = [ds[int(i)] for i in pick_test_clips(len(ds), *e.clips(split))]
     store = open_store(cfg.normalised_path)
     starts = np.array([int(c["start"]) for c in clips])
     masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)

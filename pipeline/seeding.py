@@ -8,7 +8,7 @@ stages have always used: changing one changes every result seeded by it.
 
 from __future__ import annotations
 
-__all__ = ["derive", "evaluation", "references", "sampling"]
+__all__ = ["derive", "evaluation", "realism", "references", "sampling"]
 
 _BASE = 1_000_003  # a prime: the parts of a seed stay apart
 _MOD = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
@@ -38,3 +38,8 @@ def sampling(seed: int, kind: int, index: int) -> int:
 def references(seed: int) -> list[int]:
     """numpy's seed sequence of the climatological ensemble's draws."""
     return [seed, 11]
+
+
+def realism(seed: int) -> list[int]:
+    """numpy's seed sequence of the real sets drawn for the realism figures' same-size yardsticks."""
+    return [seed, 13]

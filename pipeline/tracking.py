@@ -2,7 +2,8 @@
 
 One parent run per experiment, one child run per stage execution. The parent run id is kept in
 ``<results>/<experiment>/mlflow_parent_run_id`` so a stage started later, on another node, attaches to
-it. Tracking never stops a stage. ``tracking.mode`` says where a stage logs:
+it. An outage of the store never stops a stage (a refused login does, see below). ``tracking.mode`` says where
+a stage logs:
 
 - ``online``: ``tracking.uri`` only; if it cannot be reached the stage runs untracked and its log says so.
 - ``offline``: the experiment's offline stores, ``<results>/<experiment>/mlflow-offline/<hostname>/``: one
@@ -22,10 +23,19 @@ run created with that tag. Only what the server run lacks is sent: missing param
 whose (key, step, timestamp, value) it does not hold, artifacts it lacks or holds at another size. A second
 sync therefore sends nothing, and a sync killed midway is finished by the next one. An offline run that had
 ended when it was pushed is tagged ``pipeline.sync.done`` and skipped afterwards.
+
+A server that answers but refuses the login (HTTP 401: no or wrong credentials; 403: the user lacks the
+permission) is not an outage: :class:`LoginRefused` is raised wherever the server is asked (modes online and
+auto as the stage starts, :func:`check_login`, which the CLI calls before a stage does any work, and
+:func:`sync`, which pushes mode offline's runs), naming where the credentials come from:
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` in the environment, or ``~/.mlflow/credentials``,
+never ``tracking.uri`` (refused there, by the config and by this module). Every URI this module writes to a log
+or an error goes through :func:`redact_uri`.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import fcntl
@@ -33,10 +43,12 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -49,11 +61,14 @@ from pipeline.atomic import write_text_atomic
 __all__ = [
     "MODES",
     "OFFLINE_DIR",
+    "LoginRefused",
     "RunTarget",
     "StageRun",
     "SyncReport",
     "TrackingError",
+    "check_login",
     "flatten",
+    "redact_uri",
     "stage_run",
     "sync",
 ]
@@ -73,16 +88,19 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 NOTE_TAG = "mlflow.note.content"  # a run's description in the UI
 PARENT_NOTE = (
     "Experiment {experiment}: a video diffusion model trained and evaluated on climate data. Every stage is a child "
-    "run (prepare, normalise, train, references, evaluate per sweep point, collect-eval, sample); collect-eval "
+    "run (prepare, normalise, train, references, evaluate per sweep point, select-points, collect-eval, sample); "
+    "collect-eval "
     "writes here whether the best point beats climatology and persistence, with its scorecard."
 )
 STAGE_NOTES = {
     "prepare": "Regridding of the source files into the chunked zarr store (data.grid, data.variables).",
     "normalise": "Area-weighted training-period statistics and the normalised store.",
     "train": "DeepSpeed training of the video diffusion model: losses, learning rate, validation, checkpoints.",
-    "references": "A reference forecast (climatology or persistence) scored on the sweep's test clips.",
-    "evaluate": "One sweep point (checkpoint x sampler x steps x guidance weight) scored on the test clips.",
-    "collect-eval": "The sweep's table, intervals, scorecard and best point (best.json).",
+    "references": "A reference forecast (climatology or persistence) scored on the sweep's validation or test clips.",
+    "evaluate": "One sweep point (checkpoint x sampler x steps x guidance weight) scored on the validation clips "
+    "(every point) or the test clips (the points chosen on validation).",
+    "select-points": "The best point chosen on the validation clips (selection.json); no test score is read.",
+    "collect-eval": "The chosen point reported on the test clips: table, intervals, scorecard, best.json.",
     "sample": "Samples of the best checkpoint, compared with the real climate (realism.json, maps, animations).",
     "distill": "Progressive distillation: each round a student with half the sampling steps (losses, validation).",
 }
@@ -94,7 +112,38 @@ _NOT_COPIED = frozenset({"mlflow.parentRunId", OFFLINE_ID_TAG, TARGET_TAG, NODE_
 
 
 class TrackingError(RuntimeError):
-    """The tracking server is needed (mlflow-sync) and does not answer."""
+    """The tracking server is needed (mlflow-sync) and does not answer, or it refuses the login."""
+
+
+class LoginRefused(TrackingError):
+    """``tracking.uri`` answers but refuses this process: HTTP 401 (no or wrong credentials) or 403 (the user
+    lacks the permission). An error in every mode, raised before the stage works: never an outage, never a
+    silently untracked stage."""
+
+
+# the password of a URI's user info: scheme://user:<password>@host (the host's port has no '@' after it)
+_URI_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*):[^/\s'\"]*@")
+_HOW_TO_LOG_IN = (
+    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment of every stage (compute nodes "
+    "too: SLURM jobs get the submitting shell's environment unless --export says otherwise), or put them in "
+    "~/.mlflow/credentials (mlflow_tracking_username = ... and mlflow_tracking_password = ... under [mlflow]); "
+    "never in tracking.uri"
+)
+
+
+def redact_uri(text: str) -> str:
+    """``text`` (a URI, or a message naming URIs) with the password of every URI replaced by ``***``:
+    ``http://alice:***@host:5000``. Everything this module logs or raises about a URI goes through here."""
+    return _URI_PASSWORD.sub(r"\1:***@", text)
+
+
+def _no_credentials(uri: str) -> None:
+    """Refuse credentials in ``uri`` (a password; for a server, a user too), as the config does: they would be
+    written wherever the URI is, and a URI's user overrides the one MLflow sends from the environment."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is not None or (_is_server(uri) and parts.username):
+        msg = f"tracking.uri = {redact_uri(uri)!r}: credentials do not belong in the URI; {_HOW_TO_LOG_IN}"
+        raise TrackingError(msg)
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -113,14 +162,112 @@ def _is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+def _credentials() -> tuple[str | None, str]:
+    """The user this process logs in as (MLflow's own lookup: environment, then ~/.mlflow/credentials) and
+    where that comes from, in words."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    creds = read_mlflow_creds()
+    if creds.username and creds.password:
+        env = os.environ.get("MLFLOW_TRACKING_USERNAME") and os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        where = "MLFLOW_TRACKING_USERNAME/PASSWORD" if env else "~/.mlflow/credentials"
+        return creds.username, f"user {creds.username!r} from {where}"
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return None, "the token in MLFLOW_TRACKING_TOKEN"
+    if creds.username or creds.password:
+        return creds.username, "a username without a password, or a password without a username"
+    return None, "no credentials (neither MLFLOW_TRACKING_USERNAME/PASSWORD nor ~/.mlflow/credentials is set)"
+
+
+def _auth_headers() -> dict[str, str]:
+    """The Authorization header MLflow's client sends (basic auth, else a bearer token), for the health probe:
+    a server behind an authenticating proxy may refuse even /health without it."""
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    creds = read_mlflow_creds()
+    if creds.username and creds.password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _refusal(e: BaseException) -> int | None:
+    """401 or 403 if ``e`` is the server refusing the login or the permission, else None."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(e, MlflowException):
+        status = e.get_http_status_code()
+    elif isinstance(e, urllib.error.HTTPError):
+        status = e.code
+    else:
+        return None
+    return status if status in (401, 403) else None
+
+
+def _refused(uri: str, status: int, e: BaseException) -> LoginRefused:
+    user, who = _credentials()
+    detail = redact_uri(str(e)).splitlines()[0][:300] if str(e) else type(e).__name__
+    where = f"tracking.uri = {redact_uri(uri)!r}"
+    if status == 401:
+        msg = f"{where}: the MLflow server refused the login, with {who} (HTTP 401: {detail})"
+        return LoginRefused(f"{msg}. To log in, {_HOW_TO_LOG_IN}")
+    msg = (
+        f"{where}: the MLflow server denied the permission to {who} (HTTP 403: {detail}); its admin can grant user "
+        f"{user!r} EDIT on the experiment, or log in as a user who has it: {_HOW_TO_LOG_IN}"
+    )
+    return LoginRefused(msg)
+
+
+@contextlib.contextmanager
+def _refusals(uri: str) -> Iterator[None]:
+    """Raise a refused login or permission met inside as :class:`LoginRefused`; anything else as it is."""
+    try:
+        yield
+    except LoginRefused:
+        raise
+    except Exception as e:
+        status = _refusal(e)
+        if status is None:
+            raise
+        raise _refused(uri, status, e) from e
+
+
 def _reachable(uri: str) -> bool:
+    """Whether the store answers (a database always does; a server's /health, with this process's credentials).
+    A server that refuses them there raises :class:`LoginRefused`: it answers."""
     if not _is_server(uri):
         return True
+    request = urllib.request.Request(uri.rstrip("/") + "/health", headers=_auth_headers())
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+        with urllib.request.urlopen(request, timeout=5) as r:
             return r.status == 200
+    except urllib.error.HTTPError as e:
+        status = _refusal(e)
+        if status is not None:
+            raise _refused(uri, status, e) from e
+        return False
     except OSError:
         return False
+
+
+def check_login(target: RunTarget) -> None:
+    """Raise :class:`LoginRefused` if ``target.uri`` answers but refuses this process's credentials: the CLI
+    calls this before a stage does any work or submits a job. Nothing happens with tracking off, in mode
+    offline, for a database URI, or when the server does not answer (the stage then goes on as its mode says)."""
+    if not target.enabled:
+        return
+    _no_credentials(target.uri)
+    if target.mode == "offline" or not _is_server(target.uri) or not _reachable(target.uri):
+        return
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with _refusals(target.uri):
+            MlflowClient(tracking_uri=target.uri).get_experiment_by_name(target.experiment)
+    except LoginRefused:
+        raise
+    except Exception as e:  # an outage: the stage's own start decides, as its mode says
+        log.debug("MLflow login check: %s", redact_uri(f"{type(e).__name__}: {e}"))
 
 
 def _outage(e: Exception) -> bool:
@@ -176,7 +323,9 @@ def _open_store(uri: str, experiment: str, id_file: Path, location: str | None, 
         if exp is None:
             try:
                 exp_id = client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
-            except Exception:  # created meanwhile from another results folder
+            except Exception as e:  # created meanwhile from another results folder
+                if _refusal(e):  # not allowed to create experiments: that, not a missing one, is the error
+                    raise
                 exp_id = client.get_experiment_by_name(experiment).experiment_id
         else:
             exp_id = exp.experiment_id
@@ -290,7 +439,9 @@ class StageRun:
 
     def _warn(self, what: str, e: Exception) -> None:
         if not self._warned:
-            log.warning("MLflow %s failed (%s: %s); the stage continues without tracking", what, type(e).__name__, e)
+            status = _refusal(e)  # a login or permission refused mid-run (changed meanwhile): say so
+            why = str(_refused(self.uri or "", status, e)) if status else f"{type(e).__name__}: {e}"
+            log.warning("MLflow %s failed (%s); the stage continues without tracking", what, redact_uri(why))
             self._warned = True
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -375,8 +526,9 @@ def _server_run(server: _Store, runs: Mapping[str, tuple[_Store, Any]], run_id: 
         except Exception as e:
             if not _missing(e):
                 raise
+            where = redact_uri(server.uri)
             log.warning(
-                "MLflow sync: %s lacks run %s, which offline run %s continues: a new run", server.uri, target, run_id
+                "MLflow sync: %s lacks run %s, which offline run %s continues: a new run", where, target, run_id
             )
     found = server.client.search_runs([server.experiment_id], f"tags.`{OFFLINE_ID_TAG}` = '{run_id}'", max_results=1)
     if found:
@@ -400,7 +552,8 @@ def _reopen_online(store: _Store, spec: _RunSpec, run_id: str) -> str:
     runs = _offline_runs(spec.experiment, spec.exp_dir)
     if run_id in runs:
         return _server_run(store, runs, run_id)[0]
-    log.warning("MLflow: run %s to continue is in neither %s nor the offline stores: a new run", run_id, store.uri)
+    where = redact_uri(store.uri)
+    log.warning("MLflow: run %s to continue is in neither %s nor the offline stores: a new run", run_id, where)
     return _child(store, spec)
 
 
@@ -429,29 +582,40 @@ def _label(mode: str, where: str) -> str:
     return mode if mode == where else f"{mode} -> {where}"
 
 
+def _open_online(uri: str, spec: _RunSpec, run_id: str | None) -> tuple[_Store, str]:
+    """The stage's run at ``uri`` -> (the store, run id): new, or continuing ``run_id``. A refused login or
+    permission raises :class:`LoginRefused`."""
+    with _refusals(uri):
+        store = _main_store(uri, spec.experiment, spec.exp_dir)
+        store.client.update_run(store.parent_id, status="RUNNING")
+        child = _child(store, spec) if run_id is None else _reopen_online(store, spec, run_id)
+        if run_id is not None:
+            store.client.update_run(child, status="RUNNING")
+        return store, child
+
+
 def _open(uri: str, mode: str, spec: _RunSpec, run_id: str | None) -> StageRun:
-    """The stage's run in ``mode``; the log names the mode in use."""
+    """The stage's run in ``mode``; the log names the mode in use. A server that refuses the login raises
+    :class:`LoginRefused` in every mode that contacts it (online, auto)."""
     if mode != "offline":
-        why = None if _reachable(uri) else f"no MLflow server answers at {uri}"
+        why = None if _reachable(uri) else f"no MLflow server answers at {redact_uri(uri)}"
         if why is None:
             try:
-                store = _main_store(uri, spec.experiment, spec.exp_dir)
-                store.client.update_run(store.parent_id, status="RUNNING")
-                child = _child(store, spec) if run_id is None else _reopen_online(store, spec, run_id)
-                if run_id is not None:
-                    store.client.update_run(child, status="RUNNING")
+                store, child = _open_online(uri, spec, run_id)
+            except LoginRefused:
+                raise
             except Exception as e:
+                why = redact_uri(f"{type(e).__name__}: {e}")
                 if mode == "online" or not _outage(e):
-                    log.warning("MLflow tracking unavailable (%s: %s); the stage runs without it", type(e).__name__, e)
+                    log.warning("MLflow tracking unavailable (%s); the stage runs without it", why)
                     return StageRun()
-                why = f"{type(e).__name__}: {e}"
             else:
                 log.info(
                     "MLflow (mode %s): stage run %s under parent %s at %s",
                     _label(mode, "online"),
                     child,
                     store.parent_id,
-                    uri,
+                    redact_uri(uri),
                 )
 
                 def buffer() -> tuple[_Store, str]:
@@ -475,7 +639,7 @@ def _open(uri: str, mode: str, spec: _RunSpec, run_id: str | None) -> StageRun:
         _label(mode, "offline"),
         child,
         spec.exp_dir / OFFLINE_DIR,
-        uri,
+        redact_uri(uri),
     )
     return StageRun(store.client, child, store.parent_id, uri=store.uri, mode="offline")
 
@@ -591,6 +755,91 @@ def _monitor(run: StageRun, rank: int, target: RunTarget, spec: _RunSpec) -> tup
         return node_run, None
 
 
+RUNS_DIR = ".runs"  # <exp_dir>/.runs/<stage>--<run name>.json: the run a live process has open, flock held
+KILLED_BY_TAG = "pipeline.killed_by"  # on a run left RUNNING by a process that died: the run that found it
+
+
+def _mark_killed(record: Mapping[str, Any], run: StageRun) -> None:
+    """Set run ``record["run_id"]``, left open by a process that ended, KILLED with a note if it is still RUNNING.
+    Only in the store of ``run`` or in this node's offline store (another node's SQLite file is that node's)."""
+    old, uri = record.get("run_id"), str(record.get("uri"))
+    if not old or old == run.run_id:
+        return
+    if uri == run.uri:
+        client = run.client
+    elif record.get("host") == socket.gethostname() and Path(uri.removeprefix("sqlite:///")).is_file():
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+    else:
+        where = redact_uri(uri)
+        log.warning("MLflow: run %s, left open by a process that ended, is in %s: it stays RUNNING", old, where)
+        return
+    try:
+        found = client.get_run(old)
+    except Exception as e:
+        if _missing(e):
+            return
+        raise
+    if found.info.status != "RUNNING":
+        return
+    words = (
+        f"Killed: its process (pid {record.get('pid')} on {record.get('host')}, started {record.get('since')}) ended "
+        f"without closing the run; marked KILLED when the stage ran again (run {run.run_id})."
+    )
+    note = found.data.tags.get(NOTE_TAG)
+    client.set_tag(old, NOTE_TAG, f"{note}\n\n{words}" if note else words)
+    client.set_tag(old, KILLED_BY_TAG, run.run_id)
+    client.set_terminated(old, "KILLED")
+    log.warning("MLflow: run %s was left RUNNING by a process that ended without closing it: marked KILLED", old)
+
+
+def _claim(spec: _RunSpec, run: StageRun) -> Any:
+    """Record the new run ``run`` in ``<exp_dir>/.runs/<stage>--<name>.json`` while it is open, under an exclusive
+    flock that the OS drops when the process ends, however it ends. A record found there unlocked names a run whose
+    process died before closing it (SIGKILL, a SLURM time limit, a lost node): it is set KILLED first. A record
+    still locked is a live process's running the same stage and name: left alone, and this run goes unrecorded.
+    Returns the open record (for :func:`_unclaim`) or None; never fails the stage."""
+    if not run.active:
+        return None
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{spec.tags.get('pipeline.stage', '')}--{spec.name}")
+    path = spec.exp_dir / RUNS_DIR / f"{name}.json"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = path.open("a+")
+    except OSError as e:
+        log.warning("MLflow: cannot record run %s in %s (%s)", run.run_id, path.parent, e)
+        return None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.seek(0)
+        text = f.read().strip()
+        try:
+            if text:
+                _mark_killed(json.loads(text), run)
+        except Exception as e:
+            log.warning("MLflow: could not close run left open in %s (%s: %s)", path, type(e).__name__, e)
+        since = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        me = {"run_id": run.run_id, "uri": run.uri, "pid": os.getpid(), "host": socket.gethostname(), "since": since}
+        f.truncate(0)
+        f.write(json.dumps(me))
+        f.flush()
+        return f
+    except OSError as e:  # BlockingIOError: held by a live process
+        if not isinstance(e, BlockingIOError):
+            log.warning("MLflow: cannot record run %s in %s (%s)", run.run_id, path, e)
+        f.close()
+        return None
+
+
+def _unclaim(record: Any) -> None:
+    """The run is closed: empty its record and drop the lock."""
+    if record is not None:
+        with contextlib.suppress(OSError):
+            record.truncate(0)
+        record.close()
+
+
 @contextlib.contextmanager
 def stage_run(
     target: RunTarget,
@@ -608,7 +857,8 @@ def stage_run(
     samples the CPU, memory, disk, network and GPU use of rank 0's node into the run, and on more nodes that of
     each node from its local rank 0 (then every rank must enter here together, see :func:`_node_run`). The run
     ends FINISHED, or FAILED / KILLED if the stage raised; a run buffered mid-run is pushed then if the server
-    answers again.
+    answers again. A new run is recorded while open: the next run of that stage and name sets it KILLED if its
+    process died without closing it (:func:`_claim`; train and distill reopen theirs with ``run_id`` instead).
     """
     if not target.enabled:
         yield StageRun()
@@ -616,10 +866,12 @@ def stage_run(
     if target.mode not in MODES:
         msg = f"tracking.mode = {target.mode!r}: expected one of {', '.join(MODES)}"
         raise ValueError(msg)
+    _no_credentials(target.uri)
     note = {NOTE_TAG: STAGE_NOTES[stage]} if stage in STAGE_NOTES else {}
     tags = {"pipeline.stage": stage, **note, **{k: str(v) for k, v in (tags or {}).items()}}
     spec = _RunSpec(target.experiment, Path(target.exp_dir), run_name or stage, tags)
     run = _open(target.uri, target.mode, spec, run_id) if rank == 0 else StageRun()
+    record = _claim(spec, run) if run_id is None else None
     node_run, monitor = _monitor(run, rank, target, spec)
     status = "FINISHED"
     try:
@@ -634,6 +886,7 @@ def stage_run(
         if monitor is not None:
             monitor.stop()
         run.finish(status)
+        _unclaim(record)
         if node_run is not run and node_run.mode != "online":  # another node's own offline run
             node_run.finish(status, parent=False)
         for r in {run, node_run}:
@@ -642,19 +895,20 @@ def stage_run(
 
 
 def _push(uri: str, spec: _RunSpec, run: StageRun) -> None:
-    """Push a run buffered mid-run now if the server answers again; else the next sync does."""
-    if not _reachable(uri):
-        log.warning("MLflow: %s does not answer; 'python -m pipeline mlflow-sync' pushes run %s", uri, run.run_id)
-        return
+    """Push a run buffered mid-run now if the server answers again; else the next sync does. The stage has
+    ended: nothing here fails it (a refused login included: mlflow-sync reports that)."""
     try:
+        if not _reachable(uri):
+            where = redact_uri(uri)
+            log.warning("MLflow: %s does not answer; 'python -m pipeline mlflow-sync' pushes run %s", where, run.run_id)
+            return
         report = sync(uri, spec.experiment, spec.exp_dir, {run.run_id, run.parent_id})
-        log.info("MLflow: pushed the buffered run %s to %s: %s", run.run_id, uri, report)
+        log.info("MLflow: pushed the buffered run %s to %s: %s", run.run_id, redact_uri(uri), report)
     except Exception as e:
         log.warning(
-            "MLflow: pushing run %s failed (%s: %s); 'python -m pipeline mlflow-sync' retries",
+            "MLflow: pushing run %s failed (%s); 'python -m pipeline mlflow-sync' retries",
             run.run_id,
-            type(e).__name__,
-            e,
+            redact_uri(f"{type(e).__name__}: {e}"),
         )
 
 
@@ -731,17 +985,19 @@ def _copy(off: _Store, run: Any, server: _Store, target: str, report: SyncReport
 def sync(uri: str, experiment: str, exp_dir: Path, run_ids: Collection[str] | None = None) -> SyncReport:
     """Push the experiment's offline stores (all their runs, or the offline runs ``run_ids``) to ``uri``: runs
     under the server's parent run, params, tags, metrics with their steps and timestamps, artifacts, end status
-    and time. Idempotent and resumable (see the module's docstring); one sync at a time per experiment.
+    and time. Idempotent and resumable (see the module's docstring); one sync at a time per experiment. A server
+    that does not answer raises :class:`TrackingError`, one that refuses the login :class:`LoginRefused`.
     """
+    _no_credentials(uri)
     exp_dir = Path(exp_dir)
     report = SyncReport()
     if not _offline_stores(exp_dir):
         log.info("MLflow sync: no offline runs in %s", exp_dir / OFFLINE_DIR)
         return report
     if not _reachable(uri):
-        msg = f"tracking.uri = {uri!r}: no MLflow server answers there; run mlflow-sync where one does"
+        msg = f"tracking.uri = {redact_uri(uri)!r}: no MLflow server answers there; run mlflow-sync where one does"
         raise TrackingError(msg)
-    with _locked(exp_dir / OFFLINE_DIR / ".sync.lock"):
+    with _locked(exp_dir / OFFLINE_DIR / ".sync.lock"), _refusals(uri):
         server = _main_store(uri, experiment, exp_dir)
         runs = _offline_runs(experiment, exp_dir)
         order = sorted(runs, key=lambda i: (i != runs[i][0].parent_id, runs[i][1].info.start_time, i))
@@ -764,5 +1020,5 @@ def sync(uri: str, experiment: str, exp_dir: Path, run_ids: Collection[str] | No
                 server.client.set_terminated(target, run.info.status, end_time=run.info.end_time)
             off.client.set_tag(run_id, DONE_TAG, target)
             report.completed += 1
-        log.info("MLflow sync of %s to %s: %s", exp_dir / OFFLINE_DIR, uri, report)
+        log.info("MLflow sync of %s to %s: %s", exp_dir / OFFLINE_DIR, redact_uri(uri), report)
         return report

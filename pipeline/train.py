@@ -17,7 +17,6 @@ import copy
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pipeline import checkpoints, distributed, seeding
+from pipeline.atomic import copy_atomic
 from pipeline.checkpoints import build_diffusion
 from pipeline.config import Config
 from pipeline.data.clips import ClipDataset, ClipSampler
@@ -475,9 +475,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
         training_loop(cfg, rt, state, clips, loop, run)
         if rt.rank == 0:
             final = checkpoints.inference_path(ckpt_dir, checkpoints.tag(state.step))
-            tmp = cfg.final_checkpoint.with_name(".final.pt.tmp")
-            shutil.copyfile(final, tmp)
-            tmp.replace(cfg.final_checkpoint.resolve())
+            copy_atomic(final, cfg.final_checkpoint.resolve())
             run.log_metrics({"final_step": state.step})
     dist.barrier()
     return {"rank": rt.rank, "world": rt.world, "step": state.step, "history": loop.history}

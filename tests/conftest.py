@@ -290,7 +290,7 @@ def check_seed_systems(work: Path) -> None:
     assert curve[0] == pytest.approx(train_cfg["diffusion"]["logsnr_max"], rel=1e-5)  # endpoints fixed
     # guidance scales x samplers with and without the corrector, each point at every scale and weight
     table = pd.read_csv(exp / "eval" / "summary.csv")
-    points = table[table["kind"] == "checkpoint"]
+    points = table[(table["kind"] == "checkpoint") & (table["split"] == "val")]
     assert set(points["sampler"]) == {"ddim", "ddim+langevin"} and set(points["cfg_scale"]) == {1.0, 2.0}
     assert len(points) == 2 * 2 and points["crps"].gt(0).all()  # samplers x scales (one guidance weight)
     by = points.set_index(["sampler", "guidance_weight", "cfg_scale"])["crps"]
@@ -308,6 +308,9 @@ def check_seed_systems(work: Path) -> None:
     best = json.loads((exp / "eval" / "best.json").read_text())
     assert students["teacher"].endswith(f"{best['checkpoint']}.pt") and (exp / "distill" / "round-0004").is_dir()
     both = pd.read_csv(exp / "eval" / "distilled" / "summary.csv")
+    both = both[both["split"] == "val"]  # chosen among the teachers' points and the student's on validation
     student = both[both["sampler"] == "distilled"]
     assert set(student["checkpoint"]) == {"student-0004"} and set(student["steps"]) == {4} and len(student) == 2
     assert len(both[both["kind"] == "checkpoint"]) == len(points) + len(student)
+    distilled_best = json.loads((exp / "eval" / "distilled" / "best.json").read_text())
+    assert distilled_best["chosen_on"] == "val" and distilled_best["reported_on"] == "test"

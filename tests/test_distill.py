@@ -285,8 +285,8 @@ def test_a_student_is_a_sweep_point(students: Path) -> None:
         cwd=trained,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    point = json.loads((cfg.eval_dir / "student-0001" / "distilled-1.json").read_text())
-    assert point["sampler"] == "distilled" and point["steps"] == 1
+    point = json.loads((cfg.eval_dir / "val" / "student-0001" / "distilled-1.json").read_text())
+    assert point["sampler"] == "distilled" and point["steps"] == 1 and point["split"] == "val"
     assert point["checkpoint_step"] == cfg.distill.steps_per_round
     crps = point["results"][0]["variables"]["z500"]["crps"]
     assert math.isfinite(crps) and crps > 0
@@ -302,10 +302,15 @@ def test_students_join_the_sweep_and_a_collection_of_their_own(students: Path) -
     c = yaml.safe_load((trained / "ci.yaml").read_text())
     c["evaluate"].update({"checkpoints": "last", "samplers": ["ddim"], "steps": [2]})
     (trained / "sweep.yaml").write_text(yaml.safe_dump(c))
-    r = pipeline_cli("evaluate", "-c", "sweep.yaml", cwd=trained)  # the sweep by hand: references, then every point
+    # the sweep by hand: references, every point on validation, the choices (the teachers', with the students),
+    # their points on test
+    r = pipeline_cli("evaluate", "-c", "sweep.yaml", cwd=trained)
     assert r.returncode == 0, r.stderr[-3000:]
     for point in ("step-00000004/ddim-2", "student-0002/distilled-2", "student-0001/distilled-1"):
-        assert (cfg.eval_dir / f"{point}.json").exists(), point
+        assert (cfg.eval_dir / "val" / f"{point}.json").exists(), point
+    for selection in (cfg.eval_selection(), cfg.eval_selection(students=True)):
+        chosen = json.loads(selection.read_text())["test_points"]
+        assert all((cfg.eval_dir / "test" / c / f"{s}-{n}.json").exists() for c, s, n in chosen), chosen
     for extra in ([], ["--with-students"]):
         r = pipeline_cli("collect-eval", "-c", "sweep.yaml", *extra, cwd=trained)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -314,7 +319,7 @@ def test_students_join_the_sweep_and_a_collection_of_their_own(students: Path) -
     assert set(teachers["sampler"]) == {"ddim", "reference"}  # eval/best.json and its table stay the teachers'
     assert set(both["sampler"]) == {"ddim", "distilled", "reference"}
     assert list(both.columns) == list(teachers.columns)  # the same metrics, scored by the same code
-    students = both[both["sampler"] == "distilled"]
+    students = both[(both["sampler"] == "distilled") & (both["split"] == "val")]
     assert sorted(students["steps"]) == [1, 2] and set(students["checkpoint"]) == {"student-0001", "student-0002"}
     assert ((students["crps_lo"] <= students["crps"]) & (students["crps"] <= students["crps_hi"])).all()
     best = json.loads((cfg.eval_dir / "distilled" / "best.json").read_text())

@@ -102,8 +102,8 @@ def _entry(crps: np.ndarray, se: np.ndarray) -> dict:
 
 def _sweep(tmp_path: Path, scales: list[float], written: list[float]):
     """One point (ddim-10) on 40 clips x 2 leads with results at the scales ``written``: the CRPS of scale s
-    is climatology's times 1.2 / s (guidance helps here), so the largest scale is the best."""
-    from pipeline.evaluate import point_path
+    is climatology's times 1.2 / s (guidance helps here), so the largest scale is the best; the same on the
+    validation and the test clips."""
 
     cfg = load_config(
         [
@@ -116,6 +116,16 @@ def _sweep(tmp_path: Path, scales: list[float], written: list[float]):
             },
         ]
     )
+    cfg.data_dir.mkdir(parents=True)
+    cfg.stats_path.write_text(json.dumps({"variables": {"z500": {"mean": 5500.0, "std": 250.0, "units": "m"}}}))
+    for split in ("val", "test"):
+        _split(cfg, split, written)
+    return cfg
+
+
+def _split(cfg, split: str, written: list[float]) -> None:
+    from pipeline.evaluate import point_path, references_path
+
     rng = np.random.default_rng(0)
     n, leads = 40, 2
     clim = rng.gamma(4.0, 5.0, (n, leads))
@@ -126,52 +136,52 @@ def _sweep(tmp_path: Path, scales: list[float], written: list[float]):
         "climatology-mean": _entry(clim * 1.3, clim_se),
         "persistence": _entry(clim * 1.5, clim_se * 2.0),
     }
-    cfg.eval_dir.mkdir(parents=True)
-    cfg.data_dir.mkdir(parents=True)
-    cfg.stats_path.write_text(json.dumps({"variables": {"z500": {"mean": 5500.0, "std": 250.0, "units": "m"}}}))
     refs_doc = {
         "clip_frames": 4,
         "clip_starts": starts,
         "references": {k: {"variables": {"z500": v}} for k, v in refs.items()},
     }
-    (cfg.eval_dir / "references.json").write_text(json.dumps(refs_doc))
+    references_path(cfg, split).parent.mkdir(parents=True, exist_ok=True)
+    references_path(cfg, split).write_text(json.dumps(refs_doc))
     results = []
     for s in written:
         factor = 1.2 / s
         noise = np.exp(rng.normal(0, 0.05, (n, leads)))
         variables = {"z500": _entry(clim * factor * noise, clim_se * factor**2 * noise)}
         results.append({"guidance_weight": 2.0, "cfg_scale": s, "samples_per_s": 1.0, "variables": variables})
-    path = point_path(cfg, "step-00000300", "ddim", 10)
+    path = point_path(cfg, "step-00000300", "ddim", 10, split)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"checkpoint_step": 300, "clip_frames": 4, "clip_starts": starts, "results": results}))
-    return cfg
 
 
 def test_collect_scores_every_scale_and_best_json_records_the_best_one(tmp_path: Path) -> None:
     import pandas as pd
 
-    from pipeline.evaluate import collect
+    from pipeline.collect import collect, select
     from pipeline.tracking import StageRun
 
     cfg = _sweep(tmp_path, [1.0, 2.0], [1.0, 2.0])
+    select(cfg, StageRun(None, None, None))
     collect(cfg, StageRun(None, None, None))
     best = json.loads((cfg.eval_dir / "best.json").read_text())
     assert best["cfg_scale"] == 2.0 and best["guidance_weight"] == 2.0  # what sample.py reads for 'best'
-    assert best["statement"].startswith("step-00000300 ddim-10 w=2 cfg=2 is the best of 2 sweep point(s)")
+    assert best["statement"].startswith("step-00000300 ddim-10 w=2 cfg=2 was chosen as the best of 2 sweep point(s)")
     table = pd.read_csv(cfg.eval_dir / "summary.csv")
-    points = table[table["kind"] == "checkpoint"]
+    points = table[(table["kind"] == "checkpoint") & (table["split"] == "val")]
     assert sorted(points["cfg_scale"]) == [1.0, 2.0]
+    tested = table[(table["kind"] == "checkpoint") & (table["split"] == "test")]
+    assert tested["cfg_scale"].tolist() == [2.0]  # scale 1 is significantly worse on validation: not reported
     assert (table[table["kind"] == "reference"]["cfg_scale"] == 1.0).all()
     assert points.set_index("cfg_scale").loc[2.0, "crps"] < points.set_index("cfg_scale").loc[1.0, "crps"]
 
 
 def test_collect_refuses_a_point_without_a_result_at_a_scale(tmp_path: Path) -> None:
-    from pipeline.evaluate import collect
+    from pipeline.collect import select
     from pipeline.tracking import StageRun
 
     cfg = _sweep(tmp_path, [1.0, 3.0], [1.0])
     with pytest.raises(ValueError, match=r"no result for guidance weight 2\.0 at cfg scale 3\.0: rerun the point"):
-        collect(cfg, StageRun(None, None, None))
+        select(cfg, StageRun(None, None, None))
 
 
 def test_a_checkpoint_trained_without_dropout_is_refused_at_evaluation() -> None:
@@ -266,7 +276,7 @@ def test_trained_with_dropout_and_swept_over_scales_end_to_end(tmp_path: Path) -
     args = ("--checkpoint", "step-00000004", "--sampler", "ddim+langevin", "--steps", "3")
     r = pipeline_cli("evaluate", "--config", str(cfg), *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    point = json.loads((exp / "eval" / "step-00000004" / "ddim+langevin-3.json").read_text())
+    point = json.loads((exp / "eval" / "val" / "step-00000004" / "ddim+langevin-3.json").read_text())
     assert [(x["guidance_weight"], x["cfg_scale"]) for x in point["results"]] == [(1.0, 1.0), (1.0, 2.0)]
     assert all(np.isfinite(v["crps"]) for x in point["results"] for v in x["variables"].values())
     assert point["results"][0]["variables"] != point["results"][1]["variables"]  # the scale changed the samples

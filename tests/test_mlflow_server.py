@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,10 +60,12 @@ def postgres() -> Iterator[str]:
 
 class Server:
     """A real ``mlflow server`` on ``backend`` with proxied artifacts, on a fixed port, that a test can kill
-    (SIGKILL to its process group: a crash) and start again on the same port and store."""
+    (SIGKILL to its process group: a crash) and start again on the same port and store. ``app`` and ``env``: an
+    ``--app-name`` (basic-auth) and the environment it needs."""
 
-    def __init__(self, backend: str, artifacts: Path, log: Path):
+    def __init__(self, backend: str, artifacts: Path, log: Path, app: str | None = None, env: dict | None = None):
         self.backend, self.artifacts, self.log = backend, artifacts, log
+        self.app, self.env = app, env or {}
         self.url = f"http://127.0.0.1:{free_port()}"
         self.proc: subprocess.Popen | None = None
 
@@ -70,7 +75,8 @@ class Server:
         port = self.url.rsplit(":", 1)[1]
         cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", port]
         cmd += ["--backend-store-uri", self.backend, "--artifacts-destination", str(self.artifacts), "--workers", "1"]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: starts faster
+        cmd += ["--app-name", self.app] if self.app else []
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env}  # no job runner: starts faster
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
         deadline = time.time() + 180
@@ -292,3 +298,142 @@ def test_server_killed_mid_run_loses_nothing_after_a_sync(backend: str, request,
     assert _values(client, run_id) == found
     exp = client.get_experiment_by_name(experiment)
     assert len(client.search_runs([exp.experiment_id])) == 2  # the parent and the stage's run, nothing duplicated
+
+
+LOGIN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory) -> Iterator[tuple[Server, dict[str, str]]]:
+    """The README's team server: MLflow's basic-auth app, its users in their own database and its admin from an
+    auth ini named by MLFLOW_AUTH_CONFIG_PATH; the admin creates user alice. -> (server, user -> password)."""
+    from mlflow.server import get_app_client
+
+    require(importlib.util.find_spec("flask_wtf") is not None, "mlflow[auth] is not installed (pip install -e .[test])")
+    tmp = tmp_path_factory.mktemp("auth-server")
+    users = {"admin": secrets.token_urlsafe(16), "alice": secrets.token_urlsafe(16)}
+    ini = tmp / "basic_auth.ini"
+    ini.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp / 'auth.db'}\n"
+        f"admin_username = admin\nadmin_password = {users['admin']}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    s = Server(f"sqlite:///{tmp / 'server.db'}", tmp / "artifacts", tmp / "server.log", app="basic-auth", env=env)
+    try:
+        s.start()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+            mp.setenv("MLFLOW_TRACKING_PASSWORD", users["admin"])
+            get_app_client("basic-auth", tracking_uri=s.url).create_user("alice", users["alice"])
+        yield s, users
+    finally:
+        s.stop()
+
+
+def _login(mp: pytest.MonkeyPatch, user: str | None = None, password: str | None = None) -> dict[str, str]:
+    """This process logs in as ``user`` (None: as nobody); returns the environment for a stage that does."""
+    for k in LOGIN:
+        mp.delenv(k, raising=False)
+    if user is not None:
+        mp.setenv("MLFLOW_TRACKING_USERNAME", user)
+        mp.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    return dict(os.environ)
+
+
+def _holding(root: Path, secret: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_a_team_server_with_basic_auth_records_a_stage_and_refuses_everyone_else(
+    auth_server: tuple[Server, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """alice's stage, logged in from the environment, is recorded; a client without credentials can neither read
+    nor delete; wrong credentials fail the stage before it works, with the message saying how to log in; a
+    ~/.mlflow/credentials file logs in too."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import LoginRefused, RunTarget, stage_run, sync
+
+    server, users = auth_server
+    server.start()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.mlflow/credentials of whoever runs the tests
+    cfg = _config(tmp_path, "team-auth", server.url)
+    alice = {**_login(monkeypatch, "alice", users["alice"]), "HOME": os.environ.get("HOME", "")}
+    t0 = time.perf_counter()
+    r = pipeline_cli("prepare", "--config", str(cfg), cwd=tmp_path, env=alice, timeout=300)
+    print(f"prepare logged in as alice: {time.perf_counter() - t0:.1f} s")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "MLflow (mode auto -> online)" in r.stderr and "MLflow tracking unavailable" not in r.stderr
+
+    _login(monkeypatch, "admin", users["admin"])
+    client = MlflowClient(tracking_uri=server.url)
+    exp = client.get_experiment_by_name("team-auth")
+    parent = (tmp_path / "results" / "team-auth" / "mlflow_parent_run_id").read_text().strip()
+    (run,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert run.info.status == "FINISHED" and run.data.tags["pipeline.stage"] == "prepare"
+    assert run.data.params["data.grid.resolution"] == "5.0" and run.data.metrics["bytes_written"] > 0
+    assert {"config.json", "quicklook_regrid.png"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    _login(monkeypatch)  # nobody: a plain HTTP request and MLflow's client are both refused, reading and deleting
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{server.url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=team-auth")
+    assert e.value.code == 401
+    anonymous = MlflowClient(tracking_uri=server.url)
+    for call in (lambda: anonymous.get_experiment_by_name("team-auth"), lambda: anonymous.delete_run(run.info.run_id)):
+        with pytest.raises(MlflowException) as e:
+            call()
+        assert e.value.get_http_status_code() == 401
+    _login(monkeypatch, "admin", users["admin"])
+    assert client.get_run(run.info.run_id).info.lifecycle_stage == "active"
+
+    wrong = {**_login(monkeypatch, "alice", "not-" + users["alice"]), "HOME": alice["HOME"]}
+    cfg = _config(tmp_path, "team-auth-wrong", server.url)
+    r = pipeline_cli("prepare", "--config", str(cfg), cwd=tmp_path, env=wrong, timeout=300)
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "error: tracking.uri = " in r.stderr and "refused the login, with user 'alice'" in r.stderr
+    assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in r.stderr and "~/.mlflow/credentials" in r.stderr
+    assert not (tmp_path / "results" / "team-auth-wrong" / "data").exists()  # refused before any work
+    exp_dir = tmp_path / "results" / "team-auth-modes"
+    for mode in ("online", "auto"):
+        with (
+            pytest.raises(LoginRefused, match="HTTP 401"),
+            stage_run(RunTarget(server.url, "m", exp_dir, mode=mode), "x"),
+        ):
+            pytest.fail("the stage's body ran")
+    with stage_run(RunTarget(server.url, "m", exp_dir, mode="offline"), "x") as offline:
+        offline.log_metrics({"m": 1.0})
+    with pytest.raises(LoginRefused, match="HTTP 401"):
+        sync(server.url, "m", exp_dir)
+
+    _login(monkeypatch)  # alice from ~/.mlflow/credentials: the stage logs online, and the sync goes through
+    (tmp_path / "home" / ".mlflow").mkdir(parents=True)
+    (tmp_path / "home" / ".mlflow" / "credentials").write_text(
+        f"[mlflow]\nmlflow_tracking_username = alice\nmlflow_tracking_password = {users['alice']}\n"
+    )
+    with stage_run(RunTarget(server.url, "m", exp_dir), "x") as online:
+        assert online.mode == "online"
+    assert sync(server.url, "m", exp_dir).completed == 1
+    for secret in users.values():
+        assert not _holding(tmp_path / "results", secret)
+        assert secret not in r.stdout + r.stderr
+
+
+def test_credentials_in_the_uri_are_refused_before_anything_is_written(
+    auth_server: tuple[Server, dict[str, str]], tmp_path: Path
+) -> None:
+    """tracking.uri = http://alice:<password>@host is a config error that names where credentials go instead and
+    does not echo the password; the stage writes nothing (no results folder, no config.resolved.yaml)."""
+    server, users = auth_server
+    uri = server.url.replace("http://", f"http://alice:{users['alice']}@")
+    cfg = _config(tmp_path, "team-auth-uri", uri)
+    for command in ("check-config", "prepare"):
+        r = pipeline_cli(command, "--config", str(cfg), cwd=tmp_path, timeout=300)
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert "tracking.uri = 'http://alice:***@127.0.0.1:" in r.stderr and "must not hold credentials" in r.stderr
+        assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in r.stderr
+        assert users["alice"] not in r.stdout + r.stderr
+    assert not (tmp_path / "results").exists()
+    assert _holding(tmp_path, users["alice"]) == [cfg]  # only the file the user wrote

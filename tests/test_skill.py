@@ -206,11 +206,49 @@ def _entry(crps: np.ndarray, se: np.ndarray) -> dict:
     return r | {"per_clip": {"crps": crps.tolist(), "se": se.tolist()}}
 
 
-def _synthetic_sweep(tmp_path: Path, model_factor: tuple[float, float]):
-    """A sweep of two points (ddim-10, ddim-25) on 40 clips x 2 leads; each point's CRPS and squared error
-    are the climatological ensemble's times a factor, with noise."""
+def _synthetic_split(cfg, split: str, model_factor: tuple[float, float], seed: int) -> None:
+    """One split's references and points (ddim-10, ddim-25) on 40 clips x 2 leads; each point's CRPS and squared
+    error are the climatological ensemble's times a factor, with noise."""
+    from pipeline.evaluate import point_path, references_path
+
+    rng = np.random.default_rng(seed)
+    n, leads = 40, 2
+    clim = rng.gamma(4.0, 5.0, (n, leads))
+    clim_se = clim**2 * 2
+    starts = [f"{(2000 if split == 'test' else 1900) + i}-01-01T00:00:00" for i in range(n)]
+    refs = {
+        "climatology-ensemble": _entry(clim, clim_se),
+        "climatology-mean": _entry(clim * 1.3, clim_se),
+        "persistence": _entry(clim * 1.5, clim_se * 2.0),
+    }
+    references = references_path(cfg, split)
+    references.parent.mkdir(parents=True, exist_ok=True)
+    references.write_text(
+        json.dumps(
+            {
+                "clip_frames": 4,
+                "clip_starts": starts,
+                "references": {k: {"members": 2, "variables": {"z500": v}} for k, v in refs.items()},
+            }
+        )
+    )
+    for steps, factor in zip((10, 25), model_factor, strict=True):
+        noise = np.exp(rng.normal(0, 0.05, (n, leads)))
+        crps = clim * factor * noise
+        variables = {"z500": _entry(crps, clim_se * factor**2 * noise)}
+        path = point_path(cfg, "step-00000300", "ddim", steps, split)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        result = {"guidance_weight": 2.0, "samples_per_s": 1.0, "variables": variables}
+        path.write_text(
+            json.dumps({"checkpoint_step": 300, "clip_frames": 4, "clip_starts": starts, "results": [result]})
+        )
+
+
+def _synthetic_sweep(tmp_path: Path, model_factor: tuple[float, float], test_factor: tuple[float, float] | None = None):
+    """A sweep of two points (ddim-10, ddim-25), scored on validation with ``model_factor`` and on test with
+    ``test_factor`` (the same by default): chosen on validation (select), reported on test (collect)."""
+    from pipeline.collect import collect, select
     from pipeline.config import load_config
-    from pipeline.evaluate import collect, point_path
     from pipeline.tracking import StageRun
     from tests.conftest import REPO
 
@@ -225,38 +263,11 @@ def _synthetic_sweep(tmp_path: Path, model_factor: tuple[float, float]):
             },
         ]
     )
-    rng = np.random.default_rng(0)
-    n, leads = 40, 2
-    clim = rng.gamma(4.0, 5.0, (n, leads))
-    clim_se = clim**2 * 2
-    starts = [f"{2000 + i}-01-01T00:00:00" for i in range(n)]
-    refs = {
-        "climatology-ensemble": _entry(clim, clim_se),
-        "climatology-mean": _entry(clim * 1.3, clim_se),
-        "persistence": _entry(clim * 1.5, clim_se * 2.0),
-    }
-    cfg.eval_dir.mkdir(parents=True)
     (cfg.data_dir).mkdir(parents=True)
     (cfg.stats_path).write_text(json.dumps({"variables": {"z500": {"mean": 5500.0, "std": 250.0, "units": "m"}}}))
-    (cfg.eval_dir / "references.json").write_text(
-        json.dumps(
-            {
-                "clip_frames": 4,
-                "clip_starts": starts,
-                "references": {k: {"members": 2, "variables": {"z500": v}} for k, v in refs.items()},
-            }
-        )
-    )
-    for steps, factor in zip((10, 25), model_factor, strict=True):
-        noise = np.exp(rng.normal(0, 0.05, (n, leads)))
-        crps = clim * factor * noise
-        variables = {"z500": _entry(crps, clim_se * factor**2 * noise)}
-        path = point_path(cfg, "step-00000300", "ddim", steps)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        result = {"guidance_weight": 2.0, "samples_per_s": 1.0, "variables": variables}
-        path.write_text(
-            json.dumps({"checkpoint_step": 300, "clip_frames": 4, "clip_starts": starts, "results": [result]})
-        )
+    _synthetic_split(cfg, "val", model_factor, seed=1)
+    _synthetic_split(cfg, "test", test_factor or model_factor, seed=0)
+    select(cfg, StageRun(None, None, None))
     collect(cfg, StageRun(None, None, None))
     return cfg, json.loads((cfg.eval_dir / "best.json").read_text())
 
@@ -273,10 +284,12 @@ def test_best_json_says_when_no_point_beats_climatology(tmp_path: Path) -> None:
     assert lo < 0 < hi
     # the two points differ by 1%: not significantly, so the runner-up is named
     assert best["significantly_better"] is False and len(best["runners_up"]) == 1
-    assert "not significantly better than 1 of the other 1 point(s)" in best["statement"]
+    assert "not significantly better than 1 of the other 1 point(s) scored there" in best["statement"]
     assert best["checkpoint"] == "step-00000300" and best["guidance_weight"] == 2.0  # what sample.py reads
     table = pd.read_csv(cfg.eval_dir / "summary.csv")
-    assert table["kind"].tolist() == ["checkpoint"] * 2 + ["reference"] * 3
+    assert table["kind"].tolist() == (["checkpoint"] * 2 + ["reference"] * 3) * 2
+    assert table["split"].tolist() == ["val"] * 5 + ["test"] * 5
+    assert best["chosen_on"] == "val" and best["reported_on"] == "test" and best["val_clips"] == 40
     clim = table[table["checkpoint"] == "climatology-ensemble"].iloc[0]
     assert clim["crpss_climatology"] == 0.0 and clim["crpss_climatology_lo"] == 0.0
     assert (table["crps_lo"] <= table["crps"]).all() and (table["crps"] <= table["crps_hi"]).all()
@@ -291,6 +304,33 @@ def test_best_json_says_when_a_point_beats_climatology(tmp_path: Path) -> None:
     assert best["skill"]["climatology"]["interval"][0] > 0
     assert " beats climatology (CRPSS" in best["statement"] and "No sweep point" not in best["statement"]
     assert best["significantly_better"] is True and best["runners_up"] == []
-    assert "significantly better than the other 1 point(s)" in best["statement"]
+    assert best["selection"]["runners_up"] == []  # significantly better on validation: no runner-up goes to test
+    assert "it is the only point scored on test" in best["statement"]
     v = best["variables"]["z500"]
     assert v["crpss_climatology_lo"] > 0 and len(v["crpss_climatology_per_lead"]) == 2
+
+
+def test_the_choice_never_reads_a_test_score(tmp_path: Path) -> None:
+    """Poisoned test scores (the point that is worse on validation is far better on test) change what is reported,
+    never what is chosen: the selection is the same bytes, made with the test files unreadable, and best.json
+    reports the chosen point's (poisoned) test score."""
+    from pipeline.collect import select
+    from pipeline.evaluate import point_path
+    from pipeline.tracking import StageRun
+
+    clean, best = _synthetic_sweep(tmp_path / "clean", (1.2, 0.7))
+    poisoned, worst = _synthetic_sweep(tmp_path / "poisoned", (1.2, 0.7), test_factor=(0.3, 3.0))
+    selection = (clean.eval_dir / "selection.json").read_text()
+    assert (poisoned.eval_dir / "selection.json").read_text() == selection.replace(
+        str(tmp_path / "clean"), str(tmp_path / "poisoned")
+    )
+    assert best["steps"] == worst["steps"] == 25  # chosen on validation, where 25 steps is better
+    assert worst["beats_climatology"] is False and worst["skill"]["climatology"]["value"] < -1  # reported as it is
+    assert worst["selection"]["beats_climatology"] is True  # on validation it did
+    assert "was chosen as the best of 2 sweep point(s) by crps on 40 validation clips" in worst["statement"]
+    # the choice once more with every test file garbage: it does not open them
+    for steps in (10, 25):
+        point_path(poisoned, "step-00000300", "ddim", steps, "test").write_text("not json")
+    (poisoned.eval_dir / "test" / "references.json").write_text("not json")
+    select(poisoned, StageRun(None, None, None))
+    assert json.loads((poisoned.eval_dir / "selection.json").read_text())["chosen"]["steps"] == 25

@@ -66,7 +66,7 @@ def test_normalised_store_inverts_to_the_regridded_one(prepared) -> None:
     train = norm["z500"].isel(time=np.flatnonzero(norm["split"].values == 1))
     w = np.cos(np.deg2rad(norm["latitude"]))
     assert float(train.weighted(w).mean()) == pytest.approx(0, abs=1e-5)
-    assert int((norm["split"] == 1).sum()) == 38  # train 1948-1985
+    assert int((norm["split"] == 1).sum()) == 32  # train 1948-1979
 
 
 def test_mlflow_parent_and_stage_runs(prepared) -> None:

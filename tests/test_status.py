@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.atomic import temporary
 from tests.conftest import REPO, pipeline_cli
 
 
@@ -34,10 +35,11 @@ def test_status_follows_the_experiment_files(tmp_path: Path) -> None:
         return _states(r.stdout), r.stdout
 
     states, _ = status()
-    assert set(states) == {"prepare", "normalise", "train", "references", "evaluate", "collect-eval", "sample"}
+    stages = {"prepare", "normalise", "train", "references", "evaluate-val", "select-points", "evaluate-test"}
+    assert set(states) == stages | {"collect-eval", "sample"}
     assert set(states.values()) == {"missing"}
     (exp / "data" / "regridded.zarr").mkdir(parents=True)
-    (exp / "data" / ".stats.json.tmp-1234").write_text("{}")  # normalise writing its output
+    temporary(exp / "data" / "stats.json").write_text("{}")  # normalise writing its output, by the real writer
     (exp / "train_log.jsonl").write_text(json.dumps({"step": 120, "loss": 0.25}) + "\n")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -52,10 +54,19 @@ def test_status_follows_the_experiment_files(tmp_path: Path) -> None:
     assert states["train"] == "stopped" and "rerun the stage to resume" in out, out
     points = [(ck, s, n) for ck in ("step-00000200", "step-00000300") for s in ("ddim", "dpmpp_2m") for n in (10, 25)]
     for ck, s, n in points[:3]:
-        (exp / "eval" / ck).mkdir(parents=True, exist_ok=True)
-        (exp / "eval" / ck / f"{s}-{n}.json").write_text("{}")
+        (exp / "eval" / "val" / ck).mkdir(parents=True, exist_ok=True)
+        (exp / "eval" / "val" / ck / f"{s}-{n}.json").write_text("{}")
     states, out = status()
-    assert states["evaluate"] == "partial" and "3 of 8 sweep points scored" in out, out
+    assert states["evaluate-val"] == "partial" and "3 of 8 sweep points scored" in out, out
+    assert states["evaluate-test"] == "missing" and "no point chosen on validation yet" in out, out
+    chosen = {"checkpoint": "step-00000300", "sampler": "ddim", "steps": 10, "guidance_weight": 2.0, "cfg_scale": 1.0}
+    test_points = [["step-00000300", "ddim", 10], ["step-00000300", "dpmpp_2m", 10]]
+    (exp / "eval" / "selection.json").write_text(json.dumps({"chosen": chosen, "test_points": test_points}))
+    (exp / "eval" / "test" / "step-00000300").mkdir(parents=True)
+    (exp / "eval" / "test" / "step-00000300" / "ddim-10.json").write_text("{}")
+    states, out = status()
+    assert states["select-points"] == "done" and "chosen on validation: step-00000300 ddim-10 w=2" in out, out
+    assert states["evaluate-test"] == "partial" and "1 of 2 chosen points scored" in out, out
     (exp / "eval" / "best.json").write_text(json.dumps({"statement": "X does not beat climatology (CRPSS 0.01)"}))
     states, out = status()
     assert states["collect-eval"] == "done" and "does not beat climatology" in out, out

@@ -41,35 +41,44 @@ def _evaluate_runs(work: Path) -> list:
 
 def test_sweep_as_a_job_array_runs_only_the_missing_points(copied: Path) -> None:
     eval_dir = copied / "results/eofs-z500-ci/eval"
-    before = {p: p.stat().st_mtime_ns for p in eval_dir.glob("step-*/*.json")}
-    assert len(before) == 8
+    before = {p: p.stat().st_mtime_ns for p in eval_dir.glob("*/step-*/*.json")}
+    assert len([p for p in before if p.parts[-3] == "val"]) == 8
     runs_before = len(_evaluate_runs(copied))
     args = _override(copied, "more.yaml", {"evaluate": {"samplers": ["ddim", "dpmpp_2m", "ancestral"]}})
     r = pipeline_cli("evaluate", *args, cwd=copied, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    todo = re.search(r"evaluate: (\d+) sweep point\(s\) to run: (.*)", r.stderr)
+    todo = re.search(r"evaluate: (\d+) sweep point\(s\) to run on validation: (.*)", r.stderr)
     assert todo and todo.group(1) == "4" and "ancestral-5" in todo.group(2) and "ddim" not in todo.group(2)
     assert "local array tasks 1-2 of 4" in r.stderr and "local array tasks 3-4 of 4" in r.stderr
-    after = {p: p.stat().st_mtime_ns for p in eval_dir.glob("step-*/*.json")}
-    assert len(after) == 12 and all(after[p] == t for p, t in before.items())  # the old points untouched
-    new = json.loads((eval_dir / "step-00000020" / "ancestral-10.json").read_text())
+    # then the choice on validation, and the chosen points that have no test score yet as a second array
+    tested = re.search(r"evaluate: (\d+) point\(s\) to run on test: (.*)", r.stderr)
+    assert "evaluate: chosen on validation -> " in r.stderr and tested, r.stderr[-3000:]
+    selection = json.loads((eval_dir / "selection.json").read_text())
+    assert len(selection["ranking"]) == 12 * 2  # every point and guidance weight, ancestral's included
+    after = {p: p.stat().st_mtime_ns for p in eval_dir.glob("*/step-*/*.json")}
+    assert len([p for p in after if p.parts[-3] == "val"]) == 12
+    assert all(after[p] == t for p, t in before.items())  # the old points untouched
+    assert all((eval_dir / "test" / c / f"{s}-{n}.json").exists() for c, s, n in selection["test_points"])
+    new = json.loads((eval_dir / "val" / "step-00000020" / "ancestral-10.json").read_text())
     assert [x["guidance_weight"] for x in new["results"]] == [0.0, 2.0]
     assert new["results"][0]["variables"]["z500"]["crps"] > 0
-    assert new["clip_starts"] == json.loads((eval_dir / "references.json").read_text())["clip_starts"]
+    assert new["clip_starts"] == json.loads((eval_dir / "val" / "references.json").read_text())["clip_starts"]
     runs = _evaluate_runs(copied)
-    assert len(runs) == runs_before + 4 * 2  # one MLflow run per new point and guidance weight
+    new_tests = int(tested.group(1))
+    assert len(runs) == runs_before + (4 + new_tests) * 2  # one MLflow run per new point and guidance weight
     # nothing left to do: no job submitted
     r = pipeline_cli("evaluate", *args, cwd=copied, timeout=300)
     assert r.returncode == 0 and "evaluate: 0 sweep point(s)" in r.stderr, r.stderr[-2000:]
+    assert "evaluate: 0 point(s) to run on test" in r.stderr, r.stderr[-2000:]
     # collect sees the 12 points x 2 weights
     r = pipeline_cli("collect-eval", *args, cwd=copied, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     import pandas as pd
 
     table = pd.read_csv(eval_dir / "summary.csv")
-    points = table[table["kind"] == "checkpoint"]
+    points = table[(table["kind"] == "checkpoint") & (table["split"] == "val")]
     assert len(points) == 12 * 2 and set(points["sampler"]) == {"ddim", "dpmpp_2m", "ancestral"}
-    assert (table["kind"] == "reference").sum() == 3  # the references, scored once, beside every point
+    assert (table["kind"] == "reference").sum() == 3 * 2  # the references, scored once per split
 
 
 def test_evaluate_point_arguments_all_or_none(copied: Path) -> None:

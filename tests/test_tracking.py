@@ -1,13 +1,16 @@
 """Tracking that loses nothing (issue 15), against SQLite stores: the modes, the offline stores and their sync
 (parent and child, params, tags, metric steps and timestamps, artifacts; idempotent, resumable), a write that
-fails mid-run, eight processes starting at once on a new database, system metrics per node. The faults with
-real servers (killed mid-run, no route) are in tests/test_mlflow_server.py."""
+fails mid-run, eight processes starting at once on a new database, system metrics per node; a server refusing
+the login is an error, not an outage, and credentials in tracking.uri are refused without being echoed. The faults
+with real servers (killed mid-run, no route, MLflow's basic-auth app) are in tests/test_mlflow_server.py."""
 
 from __future__ import annotations
 
+import http.server
 import multiprocessing
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,16 @@ from typing import Any
 import pytest
 
 from pipeline.config import ConfigError, load_config
-from pipeline.tracking import OFFLINE_DIR, RunTarget, TrackingError, stage_run, sync
+from pipeline.tracking import (
+    OFFLINE_DIR,
+    LoginRefused,
+    RunTarget,
+    TrackingError,
+    check_login,
+    redact_uri,
+    stage_run,
+    sync,
+)
 from tests.conftest import REPO, free_port
 
 KEYS, STEPS = 4, 25
@@ -199,6 +211,73 @@ def test_auto_without_a_server_goes_offline(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 60
     with pytest.raises(TrackingError, match=r"tracking\.uri = 'http://127\.0\.0\.1:\d+': no MLflow server answers"):
         sync(closed, "noroute", tmp_path / "noroute")
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A server that answers every request, /health included, with 401 (an authenticating proxy in front of
+    MLflow, say)."""
+
+    def do_GET(self) -> None:
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="mlflow"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_POST = do_PATCH = do_GET
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_server_refusing_the_login_is_an_error_in_every_mode_not_an_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It answers, so it is no outage: modes online and auto fail as the stage starts (the stage's body never
+    runs), the CLI's check fails, mode offline (which never asks the server) logs offline, and its sync fails."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-her-password")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    uri, exp_dir = f"http://127.0.0.1:{httpd.server_address[1]}", tmp_path / "refused"
+    refused = r"refused the login, with user 'alice' from MLFLOW_TRACKING_USERNAME.*HTTP 401.*MLFLOW_TRACKING_PASSWORD"
+    try:
+        for mode in ("online", "auto"):
+            target = RunTarget(uri, "refused", exp_dir, mode=mode)
+            with pytest.raises(LoginRefused, match=refused), stage_run(target, "prepare"):
+                pytest.fail("the stage's body ran")
+            with pytest.raises(LoginRefused, match=refused):
+                check_login(target)
+        with stage_run(RunTarget(uri, "refused", exp_dir, mode="offline"), "prepare") as run:
+            assert run.mode == "offline"
+            run.log_metrics({"m": 1.0})
+        with pytest.raises(LoginRefused, match=refused):
+            sync(uri, "refused", exp_dir)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert not (exp_dir / "mlflow_parent_run_id").exists()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["http://alice:s3cret-pw@host:5000", "https://alice@host", "postgresql://bob:s3cret-pw@db/mlflow"],
+)
+def test_credentials_in_the_uri_are_refused_without_echoing_them(uri: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tracking\.uri = '\w+://\w+(:\*\*\*)?@.*: must not hold") as e:
+        load_config([REPO / "config" / "config.yaml", {"tracking": {"uri": uri}}])
+    hint = "PGPASSWORD" if uri.startswith("postgresql") else "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    assert hint in str(e.value) and "s3cret" not in str(e.value)
+    with (
+        pytest.raises(TrackingError, match="credentials do not belong in the URI") as e,
+        stage_run(RunTarget(uri, "e", tmp_path), "prepare"),
+    ):
+        pass
+    assert "s3cret" not in str(e.value)
+    ok = "postgresql://bob@db/mlflow"  # a database user without the password: the driver finds it (~/.pgpass)
+    assert load_config([REPO / "config" / "config.yaml", {"tracking": {"uri": ok}}]).tracking.uri == ok
+    assert redact_uri(f"failed: {uri}/api/2.0 and http://host:5000/x") == (
+        f"failed: {uri.replace(':s3cret-pw@', ':***@')}/api/2.0 and http://host:5000/x"
+    )
 
 
 def _evaluation_like(uri: str, exp_dir: Path, i: int, barrier: Any, out: Any) -> None:

@@ -84,20 +84,20 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     # another sampler list: only the new sweep points (and what collects them) run
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'evaluate={"samplers":["ddim","dpmpp_2m","ancestral"]}'], workdir)
     out = r.stdout + r.stderr
-    points = re.findall(r"wildcards: checkpoint=(step-\d+), sampler=(\w+), steps=(\d+)", out)
-    assert len(points) == 4 and {p[1] for p in points} == {"ancestral"}, points
-    assert "rule collect_evaluation:" in out and "rule train_model:" not in out
+    points = re.findall(r"wildcards: split=(\w+), checkpoint=(step-\d+), sampler=(\w+), steps=(\d+)", out)
+    assert len(points) == 4 and {p[2] for p in points} == {"ancestral"} and {p[0] for p in points} == {"val"}, points
+    assert "checkpoint select_points:" in out and "rule train_model:" not in out
     assert "rule score_references:" not in out  # the references do not depend on the sweep's axes
     # a reference setting reruns the references and the collecting job (skill), not the sweep points
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'evaluate={"reference_members":20}'], workdir)
     out = r.stdout + r.stderr
-    assert "rule score_references:" in out and "rule collect_evaluation:" in out, out
+    assert "rule score_references:" in out and "checkpoint select_points:" in out, out
     assert "rule evaluate_checkpoint:" not in out and "rule train_model:" not in out, out
     assert "rule init_normalised:" not in out, out
     # the bootstrap settings rerun only the collecting job
     r = _run([SNAKEMAKE, "-n", *CI, "--config", 'evaluate={"bootstrap_block":2}'], workdir)
     out = r.stdout + r.stderr
-    assert "rule collect_evaluation:" in out and "rule score_references:" not in out, out
+    assert "checkpoint select_points:" in out and "rule score_references:" not in out, out
     assert "rule evaluate_checkpoint:" not in out, out
     # --forcerun train_model reruns training and nothing upstream
     r = _run([SNAKEMAKE, "-n", *CI, "--forcerun", "train_model"], workdir)
@@ -129,15 +129,16 @@ def test_the_seed_systems_run_through_the_workflow(workdir: Path) -> None:
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
     # one more round (distill.final_steps 4 -> 2): the 8 -> 4 student is kept, and only the new student is scored
     exp = workdir / "results" / "eofs-z500-ci"
-    kept = [exp / "distill" / "round-0004" / "student.pt", exp / "eval" / "student-0004" / "distilled-4.json"]
+    kept = [exp / "distill" / "round-0004" / "student.pt", exp / "eval" / "val" / "student-0004" / "distilled-4.json"]
     times = [p.stat().st_mtime_ns for p in kept]
     r = _run([SNAKEMAKE, "--cores", "2", *SEED_SYSTEMS, *cut, "distill={final_steps: 2}"], workdir, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
-    assert re.findall(r"(?:rule|checkpoint) (evaluate_student|distill_model|collect_distilled):", r.stderr) == [
-        "distill_model",
-        "evaluate_student",
-        "collect_distilled",
-    ], r.stderr[-4000:]
+    jobs = re.findall(
+        r"(?:rule|checkpoint) (evaluate_student|distill_model|select_distilled|collect_distilled):", r.stderr
+    )
+    # the new student on validation, the choice, (the new student on test if it is chosen), the report
+    assert jobs[:3] == ["distill_model", "evaluate_student", "select_distilled"], r.stderr[-4000:]
+    assert jobs[3:] in (["collect_distilled"], ["evaluate_student", "collect_distilled"]), r.stderr[-4000:]
     assert [p.stat().st_mtime_ns for p in kept] == times
     summary = (exp / "eval" / "distilled" / "summary.csv").read_text()
     assert "student-0004" in summary and "student-0002" in summary
@@ -159,8 +160,12 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     import xarray as xr
 
     table = pd.read_csv(exp / "eval/summary.csv")
+    assert set(table["split"]) == {"val", "test"}
+    tested = table[(table["kind"] == "checkpoint") & (table["split"] == "test")]
+    table = table[table["split"] == "val"]  # every point and reference on validation, where the best is chosen
     points, refs = table[table["kind"] == "checkpoint"], table[table["kind"] == "reference"]
     assert len(points) == 2 * 2 * 2 * 2  # checkpoints x samplers x steps x guidance weights, one variable
+    assert 2 <= len(tested) <= 4  # evaluate.test_points: the chosen one and the other sampler's best at least
     assert set(points["sampler"]) == {"ddim", "dpmpp_2m"} and set(points["steps"]) == {5, 10}
     assert set(points["guidance_weight"]) == {0.0, 2.0}
     assert (table["crps"] > 0).all() and (table["rmse"] > 0).all()
@@ -170,14 +175,24 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     clim = refs[refs["checkpoint"] == "climatology-ensemble"].iloc[0]
     assert clim["crpss_climatology"] == 0.0 and clim["crps"] < refs[refs["checkpoint"] == "persistence"].iloc[0]["crps"]
     best = json.loads((exp / "eval/best.json").read_text())
-    assert best["checkpoint"] in set(points["checkpoint"])
+    selection = json.loads((exp / "eval/selection.json").read_text())
+    assert selection["chosen"] == {k: best[k] for k in selection["chosen"]} and best["chosen_on"] == "val"
+    chosen = tested[(tested["sampler"] == best["sampler"]) & (tested["steps"] == best["steps"])]
+    chosen = chosen[
+        (chosen["checkpoint"] == best["checkpoint"]) & (chosen["guidance_weight"] == best["guidance_weight"])
+    ]
+    assert chosen["crps"].tolist() == [best["variables"]["z500"]["crps"]]  # best.json reports the test score
     assert isinstance(best["beats_climatology"], bool) and isinstance(best["beats_persistence"], bool)
     assert ("it beats climatology" in best["statement"]) == best["beats_climatology"]  # or: does not beat / is worse
     assert best["test_clips"] == 4 and len(best["skill"]["climatology"]["interval"]) == 2
-    point = json.loads((exp / f"eval/{best['checkpoint']}/{best['sampler']}-{best['steps']}.json").read_text())
-    assert [r["guidance_weight"] for r in point["results"]] == [0.0, 2.0]
-    references = json.loads((exp / "eval/references.json").read_text())
+    point = json.loads((exp / f"eval/test/{best['checkpoint']}/{best['sampler']}-{best['steps']}.json").read_text())
+    assert [r["guidance_weight"] for r in point["results"]] == [0.0, 2.0] and point["split"] == "test"
+    references = json.loads((exp / "eval/test/references.json").read_text())
     assert point["clip_starts"] == references["clip_starts"] and len(point["clip_starts"]) == 4  # the same clips
+    val_point = json.loads((exp / f"eval/val/{best['checkpoint']}/{best['sampler']}-{best['steps']}.json").read_text())
+    val_refs = json.loads((exp / "eval/val/references.json").read_text())
+    assert val_point["clip_starts"] == val_refs["clip_starts"] and val_point["split"] == "val"
+    assert max(val_refs["clip_starts"]) < min(references["clip_starts"])  # validation clips precede the test clips
     (best_result,) = [r for r in point["results"] if r["guidance_weight"] == best["guidance_weight"]]
     z = best_result["variables"]["z500"]
     assert z["units"] == "m" and len(z["rank_histogram"]) == 4 and len(z["rmse_per_lead"]) == 2
@@ -219,14 +234,15 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     exp_id = client.get_experiment_by_name(exp.name).experiment_id
     runs = client.search_runs([exp_id], max_results=500)
     evals = [r for r in runs if r.data.tags.get("pipeline.stage") == "evaluate"]
-    assert len(evals) == 16  # one run per point and guidance weight
+    assert len([r for r in evals if r.data.tags["split"] == "val"]) == 16  # one run per point and guidance weight
+    assert len([r for r in evals if r.data.tags["split"] == "test"]) == 2 * len(selection["test_points"])
     assert {r.data.params["guidance_weight"] for r in evals} == {"0.0", "2.0"}
     references = [r for r in runs if r.data.tags.get("reference") == "true"]
-    assert sorted(r.info.run_name for r in references) == [
-        "reference climatology-ensemble",
-        "reference climatology-mean",
-        "reference persistence",
-    ]
+    assert sorted(r.info.run_name for r in references) == sorted(
+        f"reference {name} ({split})"
+        for name in ("climatology-ensemble", "climatology-mean", "persistence")
+        for split in ("val", "test")
+    )
     names = set(evals[0].data.metrics)
     for r in evals + references:  # the same param and metric names everywhere: the compare view lines them up
         assert set(r.data.params) == set(evals[0].data.params), r.info.run_name
@@ -246,4 +262,13 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     assert {"evaluation/summary.csv", "evaluation/summary.png", "evaluation/best.json"} <= names
     assert "evaluation/scorecard.png" in names
     stages = {r.data.tags.get("pipeline.stage") for r in runs}
-    assert {"prepare", "normalise", "references", "train", "evaluate", "collect-eval", "sample"} <= stages
+    assert {
+        "prepare",
+        "normalise",
+        "references",
+        "train",
+        "evaluate",
+        "select-points",
+        "collect-eval",
+        "sample",
+    } <= stages

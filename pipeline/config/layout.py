@@ -61,6 +61,26 @@ class ResultsLayout:
     def eval_dir(self) -> Path:
         return self.exp_dir / "eval"
 
+    def eval_point(self, split: str, checkpoint: str, sampler: str, steps: int) -> Path:
+        """A sweep point's scores on the ``split`` clips: ``eval/<split>/<checkpoint>/<sampler>-<steps>.json``."""
+        return self.eval_dir / split / checkpoint / f"{sampler}-{steps}.json"
+
+    def eval_references(self, split: str) -> Path:
+        """The reference forecasts' scores on the ``split`` clips: ``eval/<split>/references.json``."""
+        return self.eval_dir / split / "references.json"
+
+    def eval_out(self, students: bool = False) -> Path:
+        """Where a collection goes: ``eval/`` (the sweep), ``eval/distilled/`` (the sweep and the students)."""
+        return self.eval_dir / "distilled" if students else self.eval_dir
+
+    def eval_selection(self, students: bool = False) -> Path:
+        """The choice made on validation (``selection.json``) and the points it sends to the test clips."""
+        return self.eval_out(students) / "selection.json"
+
+    def eval_best(self, students: bool = False) -> Path:
+        """``best.json``: the point chosen on validation, with its test scores."""
+        return self.eval_out(students) / "best.json"
+
     @property
     def samples_dir(self) -> Path:
         return self.exp_dir / "samples"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -51,20 +52,33 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+# the password of a URI's user info (scheme://user:<password>@host), masked wherever an error echoes a value:
+# tracking.uri refuses credentials, and its error must not print them (pipeline.tracking.redact_uri for the logs)
+_URI_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*):[^/\s'\"]*@")
+
+
+def _shown(value: Any) -> str:
+    """A bad value as an error echoes it: its repr, with any URI's password masked."""
+    return _URI_PASSWORD.sub(r"\1:***@", repr(value))
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     """Every error at once, one line each: ``key = value: expected`` (a check across keys names them itself)."""
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        # a bad mapping key (launch.extra_sbatch's option names) is reported at that key, without pydantic's '[key]'
+        key = ".".join(str(p) for p in e["loc"] if p != "[key]") or "<top level>"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  - {key}: unknown key (value {e['input']!r}); check the spelling against config/README.md")
+            lines.append(
+                f"  - {key}: unknown key (value {_shown(e['input'])}); check the spelling against config/README.md"
+            )
         elif e["type"] == "missing":
             lines.append(f"  - {key}: required key is missing")
         elif not e["loc"]:  # a check across sections: its message names the keys and values itself
             lines.append(f"  - {e['msg'].removeprefix('Value error, ')}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"  - {key} = {e['input']!r}: {msg}")
+            lines.append(f"  - {key} = {_shown(e['input'])}: {msg}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
+import unicodedata
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -22,6 +24,7 @@ from pipeline.config.layout import ResultsLayout
 __all__ = [
     "SAMPLER_NAMES",
     "SAMPLER_PATTERN",
+    "SHELL_METACHARACTERS",
     "AtLeastOne",
     "AtLeastZero",
     "Config",
@@ -37,13 +40,16 @@ __all__ = [
     "NonNegative",
     "Positive",
     "PowerOfTwo",
+    "ResultsPath",
     "SampleConfig",
     "SamplerName",
+    "SbatchOption",
     "SourceConfig",
     "SplitConfig",
     "TeacherSamplers",
     "TrackingConfig",
     "TrainConfig",
+    "UserText",
     "VariableConfig",
 ]
 
@@ -54,6 +60,42 @@ NonNegative = Annotated[float, _bounded(lambda v: v >= 0, ">= 0")]
 Positive = Annotated[float, _bounded(lambda v: v > 0, "> 0")]
 Fraction = Annotated[float, _bounded(lambda v: 0 <= v <= 1, "between 0 and 1")]
 PowerOfTwo = Annotated[int, _bounded(lambda v: v >= 1 and v & (v - 1) == 0, "a power of two (1, 2, 4, 8, ...)")]
+
+# Text that ends up in shell commands, file names or sbatch scripts. The workflow quotes every path it hands a shell
+# ({params.config:q}); what no quoting makes safe everywhere is refused here: control characters in any path or SLURM
+# setting (a newline ends an '#SBATCH' line and starts a line of the job script of its own), and shell
+# metacharacters in the results folder and the experiment name, which every rule's command and log path carries.
+SHELL_METACHARACTERS = "$`;|&<>(){}[]*?!\"'\\"
+_NO_CONTROL = "control characters (newline, tab, ...)"
+_NO_META = f"shell metacharacters ({' '.join(SHELL_METACHARACTERS)})"
+
+
+def _no_control(v: str) -> bool:
+    return not any(unicodedata.category(c) == "Cc" for c in v)
+
+
+def _shell_safe(v: str) -> bool:
+    return _no_control(v) and not any(c in SHELL_METACHARACTERS for c in v)
+
+
+UserText = Annotated[str, _bounded(_no_control, f"free of {_NO_CONTROL}")]  # user file paths, SLURM settings
+ResultsPath = Annotated[
+    str,
+    _bounded(
+        _shell_safe,
+        f"a folder path without {_NO_CONTROL} or {_NO_META}; letters, digits, spaces and . _ - + , : = @ % ~ / are "
+        "fine",
+    ),
+    _bounded(lambda v: not v.startswith("-"), "a folder path not starting with '-' (it would read as an option)"),
+]
+SbatchOption = Annotated[
+    str,
+    _bounded(
+        lambda v: re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", v) is not None,
+        "an sbatch long option name without its '--': ASCII letters, digits, '-' and '_', starting with a letter "
+        "(e.g. exclusive, mem-per-gpu, constraint)",
+    ),
+]
 
 # The samplers a config may name: the keys of pipeline.diffusion.SAMPLERS (a test keeps the two equal; the
 # schema does not import the torch code). The CLI and the Snakemake wildcards take them from here.
@@ -84,12 +126,25 @@ SAMPLER_PATTERN = "|".join(re.escape(n) for n in SAMPLER_NAMES)
 
 
 class CoordinateNames(_Section):
-    latitude: str = Field(description="Variable holding geographic latitude (degrees north).")
-    longitude: str = Field(description="Variable holding geographic longitude (degrees east).")
+    latitude: str | None = Field(None, description="Variable holding geographic latitude (degrees north).")
+    longitude: str | None = Field(None, description="Variable holding geographic longitude (degrees east).")
+    time: str | None = Field(
+        None,
+        description="Variable holding the time (CF or CDO units) along the time dimension, where that dimension's "
+        "own coordinate has no units and several variables along it do and disagree (NEMO's time_centered and "
+        "time_instant); null reads it from the one that has them.",
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> CoordinateNames:
+        if (self.latitude is None) != (self.longitude is None):
+            msg = "name latitude and longitude together (both or neither)"
+            raise ValueError(msg)
+        return self
 
 
 class SourceConfig(_Section):
-    paths: list[str] = Field(
+    paths: list[UserText] = Field(
         default_factory=lambda: ["bundled:eofs/hgt_djf.nc"],
         description="Input files: paths or glob patterns (NetCDF, zarr stores, GRIB with cfgrib), relative to "
         "the working directory, or 'bundled:eofs/<file>' for the real data shipped with the eofs package.",
@@ -98,7 +153,8 @@ class SourceConfig(_Section):
     coordinates: CoordinateNames | None = Field(
         None,
         description="Names of the geographic latitude and longitude variables (1-D, or 2-D on a curvilinear "
-        "grid), where the files' CF attributes do not say which they are; null finds them by CF meaning.",
+        "grid), where the files' CF attributes do not say which they are, and of the time variable where several "
+        "disagree; null finds them by CF meaning.",
     )
     time_reference: str | None = Field(
         None,
@@ -217,11 +273,17 @@ class DataConfig(_Section):
         description="Time parts that prepare and normalise are split into, each its own job writing its chunks of "
         "one store (at most the number of time chunks); the stores do not depend on it.",
     )
+    max_part_memory_gb: Positive = Field(
+        8.0,
+        description="Memory (GB) of a prepare or normalise part's job (workflow/rules/data.smk's mem_mb, or the "
+        "SLURM profile's): check-config refuses a target grid of which one time chunk of one variable does not fit "
+        "(data.grid.resolution, data.time_chunk), and a part regrids as many chunks at once as fit.",
+    )
 
     def content_hash(self) -> str:
-        """:func:`config_hash` of the settings that decide the data's values: all but ``parts``, which only
-        splits the work (a store built in 1 or in 8 parts is the same store)."""
-        return config_hash(self.model_dump(mode="json", exclude={"parts"}))
+        """:func:`config_hash` of the settings that decide the data's values: all but ``parts`` and
+        ``max_part_memory_gb``, which only split the work (a store built in 1 or in 8 parts is the same store)."""
+        return config_hash(self.model_dump(mode="json", exclude={"parts", "max_part_memory_gb"}))
 
     @field_validator("variables")
     @classmethod
@@ -339,11 +401,15 @@ class LaunchConfig(_Section):
     timeout_min: AtLeastOne = Field(
         60, description="Wall time per job in minutes; the job requeues from its last checkpoint after it."
     )
-    partition: str | None = Field(None, description="SLURM partition.")
-    account: str | None = Field(None, description="SLURM account.")
-    qos: str | None = Field(None, description="SLURM QOS.")
-    constraint: str | None = Field(None, description="SLURM constraint (e.g. a GPU type).")
-    extra_sbatch: dict[str, str] = Field(default_factory=dict, description="More sbatch options, e.g. {exclusive: ''}.")
+    partition: UserText | None = Field(None, description="SLURM partition.")
+    account: UserText | None = Field(None, description="SLURM account.")
+    qos: UserText | None = Field(None, description="SLURM QOS.")
+    constraint: UserText | None = Field(None, description="SLURM constraint (e.g. a GPU type).")
+    extra_sbatch: dict[SbatchOption, UserText] = Field(
+        default_factory=dict,
+        description="More sbatch options by long name without '--' (letters, digits, '-', '_'), e.g. "
+        "{exclusive: '', mem-per-gpu: 40G}; values without control characters.",
+    )
     max_requeues: AtLeastZero = Field(3, description="Requeues after preemption or time-out before giving up.")
     signal_delay_s: AtLeastZero = Field(
         120, description="Seconds before the time limit at which SLURM signals the job to checkpoint and requeue."
@@ -377,6 +443,20 @@ class EvaluateConfig(_Section):
         "period, every test_stride steps) or N (N clip starts spread evenly over the test period).",
     )
     test_stride: AtLeastOne = Field(1, description="With test_clips: all, time steps between test clip starts.")
+    val_clips: int | Literal["all"] | None = Field(
+        None,
+        description="Validation clips every sweep point and reference is scored on for choosing the best point "
+        "(the choice never reads a test score): like test_clips, over the validation period; null = test_clips.",
+    )
+    val_stride: AtLeastOne | None = Field(
+        None, description="With val_clips: all, time steps between validation clip starts; null = test_stride."
+    )
+    test_points: AtLeastOne = Field(
+        4,
+        description="Points scored on the test clips for reporting: the point chosen on validation, then its "
+        "runners-up (not significantly worse on validation) and the best point of each other sampler, in order of "
+        "their validation score, up to this many (the scorecard's panels are among them).",
+    )
     reference_members: Annotated[int, _bounded(lambda v: v >= 2, ">= 2 (the fair CRPS needs two members)")] = Field(
         50,
         description="Members of the climatological ensemble (training-period frames), at most as many as the "
@@ -390,11 +470,12 @@ class EvaluateConfig(_Section):
     bootstrap: Annotated[int, _bounded(lambda v: v >= 100, ">= 100 resamples (interval ends are tail quantiles)")] = (
         Field(1000, description="Bootstrap resamples of the test clips for confidence intervals.")
     )
-    bootstrap_block: AtLeastOne = Field(
-        1,
-        description="Consecutive test clips resampled together (moving-block bootstrap): 1 for independent clips; "
-        "about the decorrelation time in clips when neighbouring clips' scores are correlated (collect-eval "
-        "reports their lag-1 autocorrelation).",
+    bootstrap_block: AtLeastOne | Literal["auto"] = Field(
+        "auto",
+        description="How the bootstrap keeps neighbouring clips together: 'auto' = the stationary bootstrap with "
+        "Politis & White's automatic mean block length, chosen per split from the clips' per-clip score differences "
+        "to climatology; a number B = the moving-block bootstrap with runs of B consecutive clips (1 = the ordinary "
+        "case bootstrap, for independent clips).",
     )
     confidence: Annotated[float, _bounded(lambda v: 0 < v < 1, "between 0 and 1 (0.9 = a 90% interval)")] = Field(
         0.9, description="Level of the bootstrap confidence intervals (e.g. 0.9 = 90%)."
@@ -427,13 +508,22 @@ class EvaluateConfig(_Section):
         1, description="Samplers '<predictor>+langevin': corrector steps (one model call each) per predictor step."
     )
 
-    @field_validator("test_clips", mode="before")
+    @field_validator("test_clips", "val_clips", mode="before")
     @classmethod
-    def _test_clips(cls, v: Any) -> Any:
+    def _test_clips(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None and info.field_name == "val_clips":
+            return v
         if v != "all" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
             msg = f"must be 'all' or a number of clips >= 1, got {v!r}"
             raise ValueError(msg)
         return v
+
+    def clips(self, split: str) -> tuple[int | str, int]:
+        """``(clips, stride)`` of the evaluation clips of ``split`` (``val`` for choosing, ``test`` for reporting)."""
+        if split == "val":
+            n = self.test_clips if self.val_clips is None else self.val_clips
+            return n, self.val_stride or self.test_stride
+        return self.test_clips, self.test_stride
 
     @field_validator("checkpoints")
     @classmethod
@@ -536,9 +626,11 @@ class DistillConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    uri: str | None = Field(
+    uri: UserText | None = Field(
         None,
-        description="MLflow tracking URI; null = SQLite at <results_dir>/mlflow.db. 'http://host:port' for a server.",
+        description="MLflow tracking URI; null = SQLite at <results_dir>/mlflow.db. 'http://host:port' for a server. "
+        "No credentials in it (it is written to logs, config.resolved.yaml and every run's config.json): a server's "
+        "login comes from MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or ~/.mlflow/credentials.",
     )
     enabled: bool = Field(True, description="false turns MLflow off (stages still run).")
     mode: Literal["online", "offline", "auto"] = Field(
@@ -555,12 +647,44 @@ class TrackingConfig(_Section):
         "node; null turns them off.",
     )
 
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, v: str | None) -> str | None:
+        """Credentials in the URI would be written wherever the URI is (logs, config.resolved.yaml, which the jobs
+        read back, every run's config.json), so they are refused, and the error names where they go instead.
+        The value echoed in the error has its password masked (loading._format_errors)."""
+        if v is None:
+            return v
+        parts = urllib.parse.urlsplit(v)
+        server = parts.scheme in ("http", "https")
+        if parts.password is None and not (server and parts.username):
+            return v
+        host = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username}@" if parts.username and not server else ""
+        bare = urllib.parse.urlunsplit(parts._replace(netloc=user + host))
+        if server:
+            msg = (
+                f"must not hold credentials (a user or password): give {bare!r} and set MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD in the stages' environment, or mlflow_tracking_username and "
+                "mlflow_tracking_password under [mlflow] in ~/.mlflow/credentials (README: 'A team server')"
+            )
+        else:
+            msg = (
+                f"must not hold a password: give {bare!r} with the user only and let the database driver find the "
+                "password (PostgreSQL: ~/.pgpass or PGPASSWORD), or log to an MLflow server"
+            )
+        raise ValueError(msg)
+
 
 # The whole experiment. Its results layout (cfg.exp_dir, cfg.checkpoint_dir, ...) is ResultsLayout. (No docstring:
 # it would become the description of the JSON schema.)
 class Config(ResultsLayout, _Section):
     experiment: str = Field(description="Experiment name: the results folder and the MLflow experiment.")
-    results_dir: str = Field("results", description="Folder for all outputs, relative to the working directory.")
+    results_dir: ResultsPath = Field(
+        "results",
+        description="Folder for all outputs, relative to the working directory (spaces are fine; shell "
+        "metacharacters and control characters are not).",
+    )
     seed: int = Field(0, description="Seed for every random choice; same config + hardware gives the same numbers.")
     data: DataConfig = Field(description="Data preparation: source, variables, grid, split.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The 3D U-Net.")
@@ -575,8 +699,11 @@ class Config(ResultsLayout, _Section):
     @field_validator("experiment")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not v or any(c in v for c in "/\\ ") or v.startswith("."):
-            msg = f"must be a plain folder name (no '/', spaces or leading '.'), got {v!r}"
+        if not v or any(c in v for c in "/ ") or v.startswith((".", "-")) or not _shell_safe(v):
+            msg = (
+                f"must be a plain folder name: no '/', spaces, leading '.' or '-', {_NO_CONTROL} or {_NO_META}; "
+                "letters, digits and . _ - + , : = @ % ~ are fine"
+            )
             raise ValueError(msg)
         return v
 

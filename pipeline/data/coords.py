@@ -4,7 +4,10 @@ Geographic latitude/longitude come from CF ``standard_name`` or ``units`` (degre
 never from a name that can lie: ``grid_latitude``/``grid_longitude`` (rotated pole), projection
 x/y with a ``grid_mapping``, and 2-D latitude/longitude mark a curvilinear grid, whose geographic
 positions come from the 2-D coordinates or, through pyproj, from the grid mapping. A bare name
-(``lat``, ``nav_lat``) is accepted only where its values and units fit, and the log says so.
+(``lat``, ``nav_lat``) is accepted only where its values and units fit, and the log says so. However
+they were found (CF attributes, ``data.source.coordinates``, a bare name), latitude and longitude must be
+in degrees (any CF spelling) or radians (ICON's ``clat``/``clon``), which are converted to degrees and
+logged; other units are an error naming the file, the coordinate and its units.
 
 After :func:`standardise` a regular grid has dims ``time``, ``level`` (if any), ``latitude``
 (ascending), ``longitude`` (ascending, one contiguous run that may extend past 180 or 360 across
@@ -83,7 +86,9 @@ class Axes:
     ``kind`` is ``"regular"`` (1-D geographic latitude and longitude dimensions) or ``"curvilinear"``
     (the data's horizontal dims ``y``/``x`` are not geographic: rotated pole, projected, ocean grids);
     then ``latitude``/``longitude`` name 2-D auxiliary coordinates over ``(y, x)``, or are ``None``
-    when geographic positions follow only from the ``grid_mapping`` variable.
+    when geographic positions follow only from the ``grid_mapping`` variable; or ``"unstructured"``
+    (1-D latitude and longitude of cell centres on one cell dimension ``x``: ICON, CAM-SE, MPAS; see
+    :mod:`pipeline.data.unstructured`).
     """
 
     time: str | None
@@ -107,6 +112,10 @@ _GEO_UNITS = {
     "latitude": {"degrees_north", "degree_north", "degree_n", "degrees_n", "degreen", "degreesn"},
     "longitude": {"degrees_east", "degree_east", "degree_e", "degrees_e", "degreee", "degreese"},
 }
+# besides the spellings above, geographic coordinates may be in plain degrees (CF's rotated-grid unit, which
+# many model files also give their latitude/longitude), or in radians (ICON's clat/clon): converted to degrees
+_PLAIN_DEGREES = {"degrees", "degree"}
+_RADIANS = {"radians", "radian", "rad"}
 # standard names of horizontal coordinates that are NOT geographic latitude / longitude
 _GRID_NAMES = {
     "Y": ("grid_latitude", "projection_y_coordinate", "projection_y_angular_coordinate"),
@@ -151,14 +160,15 @@ def _describe(ds: xr.Dataset) -> str:
 def _fits(ds: xr.Dataset, name: str, which: str) -> bool:
     """A guessed coordinate is accepted only if its values and units fit a geographic axis."""
     v = ds[name]
-    units = str(v.attrs.get("units", "")).lower()
-    if units and not (units in _GEO_UNITS[which] or units.startswith("degree")):
+    units = str(v.attrs.get("units", "")).strip().lower()
+    if units and not (units in _GEO_UNITS[which] or units.startswith("degree") or units in _RADIANS):
         return False
     if v.attrs.get("standard_name") in _GRID_NAMES["Y"] + _GRID_NAMES["X"]:
         return False
     if not np.issubdtype(v.dtype, np.number) or v.size == 0:
         return False
-    lo, hi = float(np.nanmin(v.values)), float(np.nanmax(v.values))
+    scale = 180.0 / np.pi if units in _RADIANS else 1.0
+    lo, hi = scale * float(np.nanmin(v.values)), scale * float(np.nanmax(v.values))
     return (-90 - 1e-6 <= lo and hi <= 90 + 1e-6) if which == "latitude" else (-360 <= lo and hi <= 720)
 
 
@@ -225,6 +235,10 @@ def _by_cf_meaning(ds: xr.Dataset, source: str) -> dict | None:
     two_d = [(a, o) for a in lats for o in lons if ds[a].ndim == 2 and ds[a].dims == ds[o].dims]
     if two_d:
         return _from_pair(ds, *two_d[0], source, "2-D auxiliary coordinates by CF standard_name/units")
+    cells = [(a, o) for a in lats for o in lons if ds[a].ndim == 1 and ds[a].dims == ds[o].dims and a not in ds.dims]
+    if cells:  # 1-D on one shared dimension: the cell centres of an unstructured grid (ICON, CAM-SE, MPAS)
+        how = f"cell centres on dimension {ds[cells[0][0]].dims[0]!r} by CF standard_name/units"
+        return _from_pair(ds, *cells[0], source, how)
     return None
 
 
@@ -285,9 +299,12 @@ def _from_pair(ds: xr.Dataset, lat: str, lon: str, source: str, how: str) -> dic
         return {"latitude": lat, "longitude": lon, "how": how}
     if a.ndim == 2 and a.dims == o.dims:
         return {"latitude": lat, "longitude": lon, "kind": "curvilinear", "y": a.dims[0], "x": a.dims[1], "how": how}
+    if a.ndim == 1 and a.dims == o.dims and a.dims[0] not in (lat, lon):  # cells along one dim: unstructured
+        return {"latitude": lat, "longitude": lon, "kind": "unstructured", "x": a.dims[0], "how": how}
     msg = (
         f"{source}: latitude {lat!r} (dims {a.dims}) and longitude {lon!r} (dims {o.dims}) do not form a grid "
-        f"(two 1-D dimension coordinates, or two 2-D coordinates on the same dims); set {CONFIG_KEY}"
+        f"(two 1-D dimension coordinates, two 2-D coordinates on the same dims, or two 1-D coordinates on one "
+        f"cell dimension); set {CONFIG_KEY}"
     )
     raise DataError(msg)
 
@@ -303,6 +320,47 @@ def find_axes(ds: xr.Dataset, source: str = "dataset", names: dict[str, str] | N
     if level in (horizontal.get("y"), horizontal.get("x"), horizontal.get("latitude"), horizontal.get("longitude")):
         level = None
     return Axes(time=time, level=level, **horizontal)
+
+
+def _degrees_factor(ds: xr.Dataset, name: str, which: str, source: str, how: str) -> float:
+    """1 where ``name``'s units are degrees (any CF spelling of them, or none), 180/pi for radians; any other
+    units are an error naming the file, the coordinate and its units, however the coordinate was found."""
+    units = str(ds[name].attrs.get("units", "")).strip()
+    if not units or units.lower() in _GEO_UNITS[which] | _PLAIN_DEGREES:
+        return 1.0
+    if units.lower() in _RADIANS:
+        return 180.0 / np.pi
+    spellings = "degrees_north, degree_N, degreesN" if which == "latitude" else "degrees_east, degree_E, degreesE"
+    msg = (
+        f"{source}: {which} coordinate {name!r} ({how}) has units {units!r}, which are not degrees "
+        f"({spellings}, degrees, ...) nor radians: its values cannot be placed on the target grid. "
+        f"Fix the units in the file, or name the "
+        f"geographic coordinates with {CONFIG_KEY}: {{latitude: ..., longitude: ...}}"
+    )
+    raise DataError(msg)
+
+
+def _to_degrees(ds: xr.Dataset, axes: Axes, source: str) -> xr.Dataset:
+    """Check the units of the geographic latitude/longitude (however found); radians become degrees (logged),
+    with their CF bounds."""
+    for which, name in (("latitude", axes.latitude), ("longitude", axes.longitude)):
+        if name is None or _degrees_factor(ds, name, which, source, axes.how) == 1.0:
+            continue
+        log.warning(
+            "%s: %s coordinate %r is in radians (units %r); converted to degrees",
+            source,
+            which,
+            name,
+            ds[name].attrs["units"],
+        )
+        for n in (name, ds[name].attrs.get("bounds")):
+            if n is None or n not in ds.variables:
+                continue
+            v = ds[n].variable
+            converted = xr.Variable(v.dims, np.rad2deg(np.asarray(v.values, dtype=np.float64)), v.attrs, v.encoding)
+            converted.attrs["units"] = "degrees_north" if which == "latitude" else "degrees_east"
+            ds = ds.assign_coords({n: converted}) if n in ds.coords else ds.assign({n: converted})
+    return ds
 
 
 def unwrap_longitude(lon: np.ndarray) -> np.ndarray:
@@ -427,9 +485,14 @@ def standardise(ds: xr.Dataset, source: str = "dataset", names: dict[str, str] |
     has none) and ``grid_kind = "curvilinear"`` in the attributes; the regridder reads those.
     """
     axes = find_axes(ds, source, names)
+    ds = _to_degrees(ds, axes, source)
     log.info("%s: horizontal grid %s (%s)", source, axes.kind, axes.how)
     if axes.kind == "curvilinear":
         return _standardise_curvilinear(ds, axes, source)
+    if axes.kind == "unstructured":
+        from pipeline.data.unstructured import standardise_unstructured  # (it imports this module)
+
+        return standardise_unstructured(ds, axes, source)
     rename = {axes.latitude: "latitude", axes.longitude: "longitude"}
     if axes.y is not None:  # 1-D coordinates on dims of other names
         ds = ds.swap_dims({axes.y: axes.latitude, axes.x: axes.longitude})

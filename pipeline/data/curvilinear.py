@@ -31,7 +31,7 @@ import xarray as xr
 
 from pipeline.data.coords import DataError
 
-__all__ = ["bilinear_weights", "check_footprint", "conservative_weights", "regrid_curvilinear"]
+__all__ = ["bilinear_weights", "check_footprint", "conservative_weights", "overlap_weights", "regrid_curvilinear"]
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,7 @@ def conservative_weights(corners: np.ndarray, target: xr.Dataset) -> sp.csr_matr
 
     ny, nx = corners.shape[:2]
     lat, lon = corners[..., 0].reshape(-1, 4), corners[..., 1].reshape(-1, 4)
-    tlat, tlon = target["latitude"].values, target["longitude"].values
-    lat_e, lon_e = np.clip(_target_edges(tlat), -90, 90), _target_edges(tlon)
-    west = lon_e[0]
+    west = _target_edges(target["longitude"].values)[0]
     # each cell's corners within 180 degrees of its first corner, the first corner in [west, west + 360)
     lon0 = np.mod(lon[:, :1] - west, 360.0) + west
     lon = lon0 + (np.mod(lon - lon[:, :1] + 180.0, 360.0) - 180.0)
@@ -63,13 +61,21 @@ def conservative_weights(corners: np.ndarray, target: xr.Dataset) -> sp.csr_matr
     y = np.sin(np.deg2rad(lat))
     rings = np.stack([lon, y], axis=-1)  # (n, 4, 2)
     ok = np.flatnonzero(~polar)
-    src = []
-    for shift in (-360.0, 0.0, 360.0):
-        r = rings[ok].copy()
-        r[..., 0] += shift
-        src.append(shapely.polygons(r))
+    return overlap_weights(shapely.polygons(rings[ok]), ok, ny * nx, target)
+
+
+def overlap_weights(polygons: np.ndarray, cells: np.ndarray, n_source: int, target: xr.Dataset) -> sp.csr_matrix:
+    """``W[t, s]``: the fraction of target cell ``t``'s area covered by source cell ``s``, from shapely
+    ``polygons`` of source cells (numbers ``cells`` of ``n_source``) in the Lambert cylindrical equal-area
+    plane (longitude, sin latitude), each given with its first corner's longitude in [west, west + 360) of
+    the target grid (copies 360 degrees to either side are added here)."""
+    import shapely
+
+    tlat, tlon = target["latitude"].values, target["longitude"].values
+    lat_e, lon_e = np.clip(_target_edges(tlat), -90, 90), _target_edges(tlon)
+    src = [shapely.transform(polygons, lambda c, s=shift: c + np.array([s, 0.0])) for shift in (-360.0, 0.0, 360.0)]
     src_poly = np.concatenate(src)
-    src_id = np.tile(ok, 3)
+    src_id = np.tile(cells, 3)
     invalid = ~shapely.is_valid(src_poly)
     if invalid.any():  # bow-ties from corners out of order: make_valid keeps their area
         src_poly[invalid] = shapely.make_valid(src_poly[invalid])
@@ -81,7 +87,7 @@ def conservative_weights(corners: np.ndarray, target: xr.Dataset) -> sp.csr_matr
     area = shapely.area(shapely.intersection(src_poly[s_idx], boxes[t_idx]))
     frac = area / shapely.area(boxes)[t_idx]
     keep = frac > 1e-12
-    w = sp.coo_matrix((frac[keep], (t_idx[keep], src_id[s_idx[keep]])), shape=(boxes.size, ny * nx))
+    w = sp.coo_matrix((frac[keep], (t_idx[keep], src_id[s_idx[keep]])), shape=(boxes.size, n_source))
     return w.tocsr()
 
 

@@ -12,7 +12,9 @@ import itertools
 import json
 import os
 import shutil
+import stat
 import sys
+import tempfile
 import time
 import uuid
 import warnings
@@ -24,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import xarray as xr
 
-from pipeline.atomic import write_text_atomic
+from pipeline.atomic import temporary, write_text_atomic
 from pipeline.data.coords import DataError
 from pipeline.data.times import check_time_axes, decode_time, find_time, format_time, time_seconds
 
@@ -42,6 +44,7 @@ __all__ = [
     "open_store",
     "resolve_paths",
     "source_index",
+    "writable_folder",
     "write_zarr",
     "zarr_ready",
 ]
@@ -121,7 +124,11 @@ class TimeGrid(NamedTuple):
 
 
 def _open_one(
-    path: Path, kwargs: dict[str, Any], time_reference: str | None, grid: TimeGrid | None = None
+    path: Path,
+    kwargs: dict[str, Any],
+    time_reference: str | None,
+    grid: TimeGrid | None = None,
+    time_coordinate: str | None = None,
 ) -> xr.Dataset:
     try:
         with warnings.catch_warnings():
@@ -132,7 +139,7 @@ def _open_one(
         raise DataError(msg) from e
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. xarray's note on an unpadded reference year ('hours since 1-1-1')
-        ds = decode_time(ds, str(path), time_reference)
+        ds = decode_time(ds, str(path), time_reference, time_coordinate)
     if grid is None:
         return ds
     # opened unchunked (lazily indexed): each dask task reads only its steps of one grid chunk, whatever the
@@ -198,17 +205,19 @@ def open_source(
     time_reference: str | None = None,
     overlap: str = "error",
     grid: TimeGrid | None = None,
+    time_coordinate: str | None = None,
 ) -> xr.Dataset:
     """Open one or many files lazily (dask), decoding packed integers and time in any CF calendar.
 
     Each file's time is decoded by :func:`pipeline.data.times.decode_time` (``time_reference`` completes
-    units without a reference date). Files holding the same variables are joined along time in time
+    units without a reference date; ``time_coordinate`` names the variable holding the time where the
+    time dimension's own coordinate has no units). Files holding the same variables are joined along time in time
     order after :func:`pipeline.data.times.check_time_axes` (overlaps, per ``overlap``, and gaps);
     files of different variables are then merged, and must share their time steps and grid.
     Dask chunks are the files' own, or with ``grid`` the chunks of that time axis (cut where files begin).
     """
     kwargs = _open_kwargs(paths, engine, {} if grid is None else None)
-    parts = [(str(p), _open_one(p, kwargs, time_reference, grid)) for p in paths]
+    parts = [(str(p), _open_one(p, kwargs, time_reference, grid, time_coordinate)) for p in paths]
     if len(parts) == 1:
         return parts[0][1]
     groups: dict[tuple[str, ...], list[tuple[str, xr.Dataset]]] = {}
@@ -247,9 +256,11 @@ def open_source(
 INDEX_VERSION = 1
 
 
-def _time_span(path: Path, engine: str | None, time_reference: str | None) -> dict[str, Any]:
+def _time_span(
+    path: Path, engine: str | None, time_reference: str | None, time_coordinate: str | None = None
+) -> dict[str, Any]:
     """First and last time of a file (seconds since 1970 in its calendar), its step count; None without time."""
-    ds = _open_one(path, _open_kwargs([path], engine, {}), time_reference)
+    ds = _open_one(path, _open_kwargs([path], engine, {}), time_reference, None, time_coordinate)
     try:
         t = find_time(ds)
         s = time_seconds(ds[t].values) if t is not None else np.zeros(0)
@@ -261,7 +272,11 @@ def _time_span(path: Path, engine: str | None, time_reference: str | None) -> di
 
 
 def source_index(
-    paths: list[Path], engine: str | None = None, time_reference: str | None = None, cache: Path | None = None
+    paths: list[Path],
+    engine: str | None = None,
+    time_reference: str | None = None,
+    cache: Path | None = None,
+    time_coordinate: str | None = None,
 ) -> list[dict[str, Any]]:
     """The time span of every input file: ``path``, ``first``, ``last`` (seconds since 1970 in the files'
     calendar; None for a file without time steps), ``steps`` and ``stamp`` (size, modification time).
@@ -271,6 +286,8 @@ def source_index(
     data then opens just the files it needs (:func:`files_for`).
     """
     settings = {"version": INDEX_VERSION, "engine": engine, "time_reference": time_reference}
+    if time_coordinate is not None:  # (absent otherwise: indexes written before the key existed stay valid)
+        settings["time_coordinate"] = time_coordinate
     known: dict[str, Any] = {}
     if cache is not None and cache.is_file():
         try:
@@ -286,7 +303,7 @@ def source_index(
         stamp = [st.st_size, st.st_mtime_ns]
         entry = known.get(key)
         if entry is None or entry.get("stamp") != stamp:
-            entry = {"stamp": stamp, **_time_span(Path(p), engine, time_reference)}
+            entry = {"stamp": stamp, **_time_span(Path(p), engine, time_reference, time_coordinate)}
         files[key] = entry
     if cache is not None and files != {k: known.get(k) for k in files}:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -344,6 +361,39 @@ def file_provenance(paths: list[Path]) -> list[dict[str, Any]]:
     return out
 
 
+def writable_folder(path: Path) -> Path:
+    """Check that the folder ``path`` (which need not exist yet) can be made and written to; returns its nearest
+    existing folder. By a real probe (a file created and removed there), not only by permissions: root passes any
+    permission check, and a read-only filesystem fails only the probe."""
+    path = Path(path).absolute()
+    existing = path
+    while True:
+        try:
+            if existing.exists():
+                break
+        except OSError:  # an ancestor that cannot be searched: found out below
+            pass
+        existing = existing.parent
+    if not existing.is_dir():
+        msg = f"cannot create {path}: {existing} is a file, not a folder"
+        raise DataError(msg)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        st = existing.stat()
+        msg = (
+            f"cannot write to {path}: {existing} is not writable for this process (permissions "
+            f"{stat.filemode(st.st_mode)}, owner uid {st.st_uid}, this process uid {os.geteuid()})"
+        )
+        raise DataError(msg)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+        os.close(fd)
+        Path(probe).unlink()
+    except OSError as e:
+        msg = f"cannot write to {path}: creating a file in {existing} fails ({e.strerror or e})"
+        raise DataError(msg) from None
+    return existing
+
+
 def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
@@ -352,11 +402,12 @@ def directory_bytes(path: Path) -> int:
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success move it to ``final`` (replacing it).
 
-    A killed job leaves only ``.<name>.tmp-*`` folders, never a ``final`` that looks complete.
+    A killed job leaves only ``.<name>.tmp-*`` folders (:func:`pipeline.atomic.temporary`), never a ``final`` that
+    looks complete.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temporary(final)
     try:
         yield tmp
         move_into_place(tmp, final)

@@ -8,21 +8,26 @@ Three verbs, each its own job:
 - each part (:func:`write_region`) writes its region of chunks (``to_zarr(region=...)``), then, last and
   atomically, its marker ``part-NNNN.done`` (:func:`write_marker`) (JSON: whatever the stage wants to keep, e.g. partial moments);
 - ``finalise`` (:func:`finalise_store`) checks that every part of this plan left its marker,
-  consolidates the metadata and moves the store into place.
+  consolidates the metadata and moves the store into place, with any small files that belong to it (normalise's
+  ``stats.json``) inside it: a store and its files are replaced in one rename, never one without the other.
 
 Everything is built in ``<name>.parts/`` beside the final store (``init.json``, ``store.zarr`` until
 finalise moves it, the markers). A part killed midway leaves no marker: it is run again and rewrites its
 whole region; a part with a marker is complete and never redone; the final path only ever holds a finished
-store.
+store. Init and finalise remove what an interrupted replacement left beside the store (``.<name>.old-*``,
+``.<name>.tmp*``); they run under the store's exclusive lock and the parts under its shared lock
+(:mod:`pipeline.data.lock`, taken by the stages).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ import zarr
 from pipeline.atomic import write_text_atomic
 from pipeline.data.coords import DataError
 from pipeline.data.io import CONSOLIDATED_NOTE, compute_with_progress, move_into_place, zarr_ready
+from pipeline.data.lock import clean_leftovers
 from pipeline.data.times import time_seconds
 
 __all__ = [
@@ -89,6 +95,7 @@ def part_ranges(n_time: int, time_chunk: int, parts: int) -> list[tuple[int, int
 def init_store(build: Build, template: xr.Dataset, time_chunk: int, parts: int, info: dict[str, Any]) -> dict:
     """Start a build afresh: the store's metadata and coordinates from ``template`` (lazy: no data is
     computed), then the plan (``info`` kept in it for the parts and finalise). Returns the plan."""
+    clean_leftovers(build.final)
     if build.root.exists():
         shutil.rmtree(build.root)  # an earlier build's store and markers: none of them belongs to this plan
     build.root.mkdir(parents=True)
@@ -200,16 +207,42 @@ def read_markers(build: Build, plan: dict) -> list[dict]:
     return markers
 
 
-def finalise_store(build: Build) -> tuple[dict, list[dict]]:
+def _link(path: Path, target: Path) -> None:
+    """Make ``path`` a relative symbolic link to ``target`` (atomically: a link made aside, renamed over it)."""
+    rel = os.path.relpath(target, path.parent)
+    clean_leftovers(path)  # a link made aside by a finalise killed before renaming it
+    if path.is_symlink() and os.readlink(path) == rel:
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    os.symlink(rel, tmp)
+    tmp.replace(path)
+
+
+def finalise_store(
+    build: Build, files: Mapping[str, Callable[[Path], object]] | None = None, links: Mapping[Path, str] | None = None
+) -> tuple[dict, list[dict]]:
     """Check that every part completed, consolidate the metadata, move the store to ``build.final``.
+
+    ``files``: name -> a function writing that file, called with its path inside the store once the metadata is
+    consolidated (zarr reads the consolidated metadata and ignores it), so that it moves into place with the store,
+    in the same rename. ``links``: path -> name of one of those files; each path is made a symbolic link to
+    ``<final>/<name>`` before the move, so that at every moment it resolves to the file of the store in place
+    (or to nothing, while no store is): normalise's ``stats.json``, never the statistics of another store.
 
     Returns the plan and the parts' markers.
     """
     plan = read_plan(build)
     markers = read_markers(build, plan)
+    for name in files or {}:  # by a finalise killed before its move; written again below, after zarr lists the store
+        (build.store / name).unlink(missing_ok=True)
     open_building(build)  # a clear error where the store is gone
+    clean_leftovers(build.final)  # of a finalise killed while it replaced the store
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=CONSOLIDATED_NOTE)
         zarr.consolidate_metadata(str(build.store), zarr_format=3)
+    for name, write in (files or {}).items():
+        write(build.store / name)
+    for path, name in (links or {}).items():
+        _link(Path(path), build.final / name)
     move_into_place(build.store, build.final)
     return plan, markers

@@ -3,7 +3,8 @@
 Regular latitude-longitude sources are regridded by two banded products per field with weights from
 :mod:`pipeline.data.weights` (xarray-regrid's definitions: conservative area weights with the
 spherical correction, linear interpolation, periodic longitude, pole padding; checked against it in
-the tests); curvilinear sources go to :mod:`pipeline.data.curvilinear`. This module validates the
+the tests); curvilinear sources go to :mod:`pipeline.data.curvilinear`, unstructured ones (ICON, CAM-SE,
+MPAS: cells along one dimension) to :mod:`pipeline.data.unstructured`. This module validates the
 inputs first and phrases errors for the config.
 """
 
@@ -19,11 +20,15 @@ import xarray as xr
 
 from pipeline.data.coords import DataError
 from pipeline.data.curvilinear import check_footprint, regrid_curvilinear
+from pipeline.data.unstructured import check_cover, regrid_unstructured
 from pipeline.data.weights import Method, RegridWeights, apply_weights, regrid_weights
 
 __all__ = ["Method", "check_covers", "regrid", "select", "target_grid"]
 
 log = logging.getLogger(__name__)
+
+# the horizontal dims of a standardised source, by its grid_kind (regular: latitude, longitude)
+_HORIZONTAL = {"curvilinear": ("y", "x"), "unstructured": ("cell",)}
 
 
 def _centres(lo: float, hi: float, res: float) -> np.ndarray:
@@ -72,7 +77,7 @@ def select(
     becomes attributes and the name stays the source's, as do scalar coordinates and other
     length-one dimensions (``realization``, ``forecast_period``, ...).
     """
-    horizontal = ("y", "x") if ds.attrs.get("grid_kind") == "curvilinear" else ("latitude", "longitude")
+    horizontal = _HORIZONTAL.get(ds.attrs.get("grid_kind"), ("latitude", "longitude"))
     out = {}
     for name, levels in variables:
         if name not in ds.data_vars:
@@ -113,14 +118,14 @@ def select(
             }
             out[f"{name}{float(lv):g}"] = one
     result = xr.Dataset(out, attrs=ds.attrs)
-    if "cell_corners" in ds.coords:  # a curvilinear grid's corners span dims no variable has
+    if "cell_corners" in ds.coords:  # a curvilinear or unstructured grid's corners span dims no variable has
         result = result.assign_coords(cell_corners=ds["cell_corners"])
     return result
 
 
 def _squeeze(da: xr.DataArray, levels: Sequence[float] | None, source: str) -> xr.DataArray:
     """Length-one dims and scalar coordinates become attributes (``height = 2.0 m``), kept as provenance."""
-    keep = {"time", "latitude", "longitude", "y", "x"}
+    keep = {"time", "latitude", "longitude", "y", "x", "cell"}
     scalars = {}
     for d in [d for d in da.dims if d not in keep and da.sizes[d] == 1 and not (d == "level" and levels is not None)]:
         if d in da.coords:
@@ -145,6 +150,9 @@ def _squeeze(da: xr.DataArray, levels: Sequence[float] | None, source: str) -> x
 def check_covers(ds: xr.Dataset, target: xr.Dataset, source: str) -> None:
     if ds.attrs.get("grid_kind") == "curvilinear":
         check_footprint(ds, target, source)
+        return
+    if ds.attrs.get("grid_kind") == "unstructured":
+        check_cover(ds, target, source)
         return
     lat, tlat = ds["latitude"].values, target["latitude"].values
     dlat = float(np.abs(np.diff(lat)).max()) if lat.size > 1 else 0.0
@@ -181,12 +189,16 @@ def regrid(
     Conservative: area-weighted with xarray-regrid's spherical (cos latitude) correction; NaN
     cells are skipped and a target cell with less than ``nan_threshold`` valid coverage is NaN.
     Bilinear: a target point is NaN if any of its four neighbours is NaN (masks do not leak).
+    Curvilinear and unstructured sources: :mod:`pipeline.data.curvilinear`, :mod:`pipeline.data.unstructured`.
     ``cache_dir``: keep the weights of a regular grid there (``weights_<hash>.npz``, see
     :func:`pipeline.data.weights.regrid_weights`), e.g. the folder of the regridded store.
     """
     check_covers(ds, target, source)
-    if ds.attrs.get("grid_kind") == "curvilinear":
-        result = regrid_curvilinear(ds, target, methods, nan_threshold)
+    if ds.attrs.get("grid_kind") in ("curvilinear", "unstructured"):
+        if ds.attrs["grid_kind"] == "curvilinear":
+            result = regrid_curvilinear(ds, target, methods, nan_threshold)
+        else:
+            result = regrid_unstructured(ds, target, methods, nan_threshold, source)
         for name, method in methods.items():
             result[name].attrs["regrid_method"] = method
         result.attrs.pop("grid_kind", None)

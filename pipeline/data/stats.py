@@ -194,13 +194,19 @@ def period_moments(
     return out
 
 
-def stats_from_moments(moments: Moments, units: dict[str, str]) -> Stats:
-    """Mean and standard deviation (population, area-weighted) from merged moments."""
+def stats_from_moments(
+    moments: Moments, units: dict[str, str], source: str = "dataset", period: str = "the training period"
+) -> Stats:
+    """Mean and standard deviation (population, area-weighted) from merged moments; a variable without a valid
+    value or without variation in ``period`` of ``source`` is an error naming both."""
     stats: Stats = {}
     for name, (w, mean, m2) in moments.items():
         std = float(np.sqrt(m2 / w)) if w > 0 else float("nan")
+        if not w > 0:
+            msg = f"{source}: variable {name!r} has no valid (non-NaN) value in {period}: no statistics"
+            raise DataError(msg)
         if not np.isfinite(std) or std <= 0:
-            msg = f"variable {name!r}: standard deviation over the training period is {std} (constant or all NaN)"
+            msg = f"{source}: variable {name!r}: standard deviation over {period} is {std} (constant or not finite)"
             raise DataError(msg)
         stats[name] = {"mean": float(mean), "std": std, "units": units.get(name, "")}
     return stats

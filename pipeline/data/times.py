@@ -55,6 +55,37 @@ _TIME_UNITS = (
     *("days", "day", "d", "hours", "hour", "hr", "h", "minutes", "minute", "min", "seconds", "second", "sec", "s"),
 )
 _TIME_NAMES = ("time", "valid_time", "t")
+# CDO/CDI's absolute time axes (``cdo -a``; ICON and MPI-M output): the value spells the date in the file's
+# calendar. CDI writes exactly these three (its cdfGetTimeUnits); 'days' and 'calendar_month' are spellings it reads.
+_AS = re.compile(r"^\s*([a-z_]+)\s+as\s+(\S+)\s*$", re.IGNORECASE)
+_ABSOLUTE = {"day": "%Y%m%d.%f", "month": "%Y%m.%f", "year": "%Y.%f"}
+_ABSOLUTE_NAMES = {
+    "days": "day",
+    "months": "month",
+    "calendar_month": "month",
+    "years": "year",
+    "calendar_year": "year",
+}
+_ABSOLUTE_CALENDAR = "proleptic_gregorian"  # CDI's default calendar for a time axis without one
+TIME_KEY = "data.source.coordinates.time"
+
+
+def _absolute_unit(units: str) -> str | None:
+    """'day', 'month' or 'year' for CDO's absolute units ('day as %Y%m%d.%f'), None for other units."""
+    m = _AS.match(units)
+    if m is None:
+        return None
+    return _ABSOLUTE_NAMES.get(m[1].lower(), m[1].lower())
+
+
+def _has_units(var: xr.Variable, reference: str | None) -> bool:
+    """Whether ``var`` holds times that can be decoded as they are (or with ``data.source.time_reference``)."""
+    units = str(var.attrs.get("units", "")).strip()
+    return (
+        var.dtype.kind in "MO"
+        or bool(_SINCE.match(units) or _AS.match(units))
+        or (reference is not None and units.lower() in _TIME_UNITS)
+    )
 
 
 def _is_time(name: Any, var: xr.Variable) -> bool:
@@ -63,6 +94,7 @@ def _is_time(name: Any, var: xr.Variable) -> bool:
         a.get("standard_name") == "time"
         or str(a.get("axis", "")).upper() == "T"
         or bool(_SINCE.match(str(a.get("units", ""))))
+        or _absolute_unit(str(a.get("units", ""))) in _ABSOLUTE
         or str(name).lower() in _TIME_NAMES
         or var.dtype.kind == "M"
         or (var.dtype.kind == "O" and var.size > 0 and isinstance(var.values.flat[0], cftime.datetime))
@@ -81,7 +113,9 @@ def find_time(ds: xr.Dataset) -> str | None:
 
 
 def _calendar(attrs: dict, source: str, name: str) -> str:
-    cal = str(attrs.get("calendar", "standard")).lower()
+    units = str(attrs.get("units", ""))
+    default = _ABSOLUTE_CALENDAR if _absolute_unit(units) is not None else "standard"
+    cal = str(attrs.get("calendar", default)).lower()
     if cal not in CALENDARS:
         msg = f"{source}: variable {name!r} has calendar {cal!r}; CF calendars are {sorted(CALENDARS)}"
         raise DataError(msg)
@@ -125,7 +159,59 @@ def _decode_calendar_months(
     return xr.Variable(var.dims, _to_numpy(dates, calendar).reshape(values.shape), attrs, {"calendar": calendar})
 
 
+def _absolute_fields(var: xr.Variable, units: str, source: str, name: str) -> np.ndarray:
+    """(year, month, day, second of day) of each value in CDO's absolute units; the fraction of a month or a
+    year is dropped (CDO writes 200001.5 for any day in January 2000 and reads it as 2000-01-01)."""
+    unit = _absolute_unit(units)
+    form = _AS.match(units)[2]  # type: ignore[index]
+    if unit not in _ABSOLUTE or form != _ABSOLUTE[unit]:
+        cdo = ", ".join(f"'{u} as {f}'" for u, f in _ABSOLUTE.items())
+        msg = (
+            f"{source}: variable {name!r} has units {units!r}: an absolute time axis, but not one CDO writes ({cdo}); "
+            f"convert the file to CF units ('<unit> since <date>') with 'cdo -r copy IN OUT'"
+        )
+        raise DataError(msg)
+    values = np.asarray(var.values, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(values) & (values >= 0)):
+        bad = values[~(np.isfinite(values) & (values >= 0))][:3]
+        msg = f"{source}: variable {name!r} ('{units}') has values that spell no date: {bad.tolist()}"
+        raise DataError(msg)
+    whole = np.floor(values)
+    digits = whole.astype(np.int64)
+    if unit == "day":
+        return np.stack([digits // 10000, digits // 100 % 100, digits % 100, np.rint((values - whole) * 86400)], 1)
+    if unit == "month":
+        return np.stack([digits // 100, digits % 100, np.ones_like(digits), np.zeros_like(digits)], 1)
+    return np.stack([digits, np.ones_like(digits), np.ones_like(digits), np.zeros_like(digits)], 1)
+
+
+def _decode_absolute(var: xr.Variable, units: str, calendar: str, source: str, name: str) -> xr.Variable:
+    """CDO's absolute time ('day as %Y%m%d.%f': 20000101.5 is 2000-01-01 12:00) as dates in ``calendar``."""
+    fields = _absolute_fields(var, units, source, name).astype(np.int64)
+    year_zero = cftime.num2date(0, "days since 2000-01-01", calendar=calendar).has_year_zero
+    dates = []
+    for y, m, d, s in fields:
+        try:
+            day = cftime.datetime(int(y), int(m), int(d), calendar=calendar, has_year_zero=year_zero)
+        except ValueError:
+            value = float(np.asarray(var.values).ravel()[len(dates)])
+            msg = (
+                f"{source}: variable {name!r} has the value {value:.12g}, which is no date in the {calendar} calendar "
+                f"('{units}' reads it as {y:04d}-{m:02d}-{d:02d}); check the variable's calendar attribute"
+            )
+            raise DataError(msg) from None
+        dates.append(day + dt.timedelta(seconds=int(s)))
+    attrs = {a: v for a, v in var.attrs.items() if a not in ("units", "calendar")}
+    return xr.Variable(var.dims, _to_numpy(dates, calendar).reshape(var.shape), attrs, {"calendar": calendar})
+
+
 def _decode_variable(var: xr.Variable, units: str, calendar: str, source: str, name: str) -> xr.Variable:
+    if _AS.match(units):
+        out = _decode_absolute(var, units, calendar, source, name)
+        log.info(
+            "%s: decoded %r ('%s', CDO's absolute time) as dates in the %s calendar", source, name, units, calendar
+        )
+        return out
     unit, ref = _SINCE.match(units).groups()  # type: ignore[union-attr]
     ref = re.sub(r"^(\d{1,3})-", lambda m: f"{int(m[1]):04d}-", ref)  # 'since 1-1-1' is year 0001, say so
     units = f"{unit} since {ref}"
@@ -152,37 +238,33 @@ def _decode_variable(var: xr.Variable, units: str, calendar: str, source: str, n
     return out
 
 
-def decode_time(ds: xr.Dataset, source: str, reference: str | None = None) -> xr.Dataset:
+def decode_time(ds: xr.Dataset, source: str, reference: str | None = None, coordinate: str | None = None) -> xr.Dataset:
     """Decode the time coordinate of ``ds`` (opened with ``decode_times=False``) and every other variable
-    with units '<unit> since <date>' (time bounds inherit the coordinate's units and calendar).
+    with time units (time bounds inherit the coordinate's units and calendar).
 
     Standard units (days/hours/minutes/seconds since) are decoded by xarray: datetime64 for the
     standard calendars, cftime for the others. ``months since`` and ``years since`` are whole calendar
     months or years added to the reference date (a day past the end of a month becomes its last day);
-    fractional values are an error. ``reference`` (``data.source.time_reference``) completes units
-    without a reference date (``days`` becomes ``days since <reference>``). The calendar is kept in
-    the encoding, so writing to zarr or NetCDF round-trips.
+    fractional values are an error. CDO's absolute time (``day as %Y%m%d.%f``: 20000101.5 is
+    2000-01-01 12:00; ``month as %Y%m.%f``, ``year as %Y.%f``) spells dates in the file's calendar
+    (proleptic_gregorian where it names none, as CDI). ``reference`` (``data.source.time_reference``)
+    completes units without a reference date (``days`` becomes ``days since <reference>``). A time
+    coordinate without usable units (NEMO's ``time_counter``) takes its times from the variable along its
+    dimension that has them (NEMO's ``time_centered``), or from the midpoints of its bounds; candidates
+    that disagree are an error unless ``coordinate`` (``data.source.coordinates.time``) names the one
+    to use. The calendar is kept in the encoding, so writing to zarr or NetCDF round-trips.
     """
     name = find_time(ds)
+    if coordinate is not None:
+        ds, name = _named_time(ds, name, source, coordinate)
+    elif name is not None and not _has_units(ds[name].variable, reference):
+        ds, name = _time_on_dimension(ds, name, source, reference)
     if name is None:
         return ds
     var = ds[name].variable
-    units = str(var.attrs.get("units", "")).strip()
     if var.dtype.kind in "MO":
         return ds  # already decoded
-    if not _SINCE.match(units):
-        if units.lower() in _TIME_UNITS and reference is not None:
-            units = f"{units} since {reference}"
-        else:
-            seen = f"units {units!r}" if units else "no units"
-            hint = (
-                "set data.source.time_reference: '1950-01-01' (the date its values count from)"
-                if units.lower() in _TIME_UNITS
-                else "give it CF units such as 'days since 1950-01-01'"
-            )
-            msg = f"{source}: time coordinate {name!r} has {seen}, without a reference date ('<unit> since <date>')"
-            msg = f"{msg}; {hint}"
-            raise DataError(msg)
+    units = _time_units(var, source, name, reference)
     calendar = _calendar(var.attrs, source, name)
     decoded = {name: _decode_variable(var, units, calendar, source, name)}
     bounds = var.attrs.get("bounds")
@@ -190,10 +272,118 @@ def decode_time(ds: xr.Dataset, source: str, reference: str | None = None) -> xr
         decoded[bounds] = _decode_variable(ds[bounds].variable, units, calendar, source, bounds)
     for other, v in ds.variables.items():
         u = str(v.attrs.get("units", ""))
-        if other not in decoded and _SINCE.match(u) and v.dtype.kind in "iuf":
+        if other not in decoded and (_SINCE.match(u) or _absolute_unit(u) in _ABSOLUTE) and v.dtype.kind in "iuf":
             decoded[str(other)] = _decode_variable(v, u, _calendar(v.attrs, source, str(other)), source, str(other))
     coords = {k: v for k, v in decoded.items() if k in ds.coords}
     return ds.assign_coords(coords).assign({k: v for k, v in decoded.items() if k not in coords})
+
+
+def _time_units(var: xr.Variable, source: str, name: str, reference: str | None) -> str:
+    """The units to decode ``var`` with: its own, or completed by ``reference``; none usable is an error."""
+    units = str(var.attrs.get("units", "")).strip()
+    if _SINCE.match(units) or _AS.match(units):
+        return units
+    if units.lower() in _TIME_UNITS and reference is not None:
+        return f"{units} since {reference}"
+    seen = f"units {units!r}" if units else "no units"
+    hint = (
+        "set data.source.time_reference: '1950-01-01' (the date its values count from)"
+        if units.lower() in _TIME_UNITS
+        else f"give it CF units such as 'days since 1950-01-01' (no variable along its dimension {var.dims[0]!r} "
+        f"has them), or name the variable that holds its times with {TIME_KEY}"
+    )
+    msg = f"{source}: time coordinate {name!r} has {seen}, without a reference date ('<unit> since <date>'); {hint}"
+    raise DataError(msg)
+
+
+def _time_candidates(ds: xr.Dataset, name: str, reference: str | None) -> list[tuple[str, xr.Variable]]:
+    """The variables along the time coordinate's dimension that have the time units it lacks (coordinates and
+    standard_name time first), then the midpoints of its bounds (CF units only), labelled '<bounds> midpoints'."""
+    dim = ds[name].dims[0]
+    found = [
+        (str(n), v)
+        for n, v in ds.variables.items()
+        if n != name and v.dims == (dim,) and v.dtype.kind in "iuf" and _has_units(v, reference)
+    ]
+    found.sort(key=lambda c: (c[0] not in ds.coords, c[1].attrs.get("standard_name") != "time"))
+    bounds = ds[name].attrs.get("bounds")
+    if bounds in ds.variables and ds[bounds].ndim == 2 and dim in ds[bounds].dims:
+        b = ds[bounds].variable.transpose(dim, ...)
+        if _has_units(b, reference) and not _AS.match(str(b.attrs.get("units", ""))):
+            mid = np.asarray(b.values, dtype=np.float64).mean(axis=1)
+            found.append((f"{bounds} midpoints", xr.Variable((dim,), mid, b.attrs)))
+    return found
+
+
+def _time_on_dimension(ds: xr.Dataset, name: str, source: str, reference: str | None) -> tuple[xr.Dataset, str]:
+    """For a time coordinate without usable units (NEMO's time_counter): ``ds`` with the times of the variable
+    along its dimension that has them (NEMO's time_centered) as the time coordinate, logged; candidates that
+    disagree are an error naming them and the config key. Unchanged where there is none."""
+    found = _time_candidates(ds, name, reference)
+    if not found:
+        return ds, name
+    dim, (cname, var) = ds[name].dims[0], found[0]
+    if len(found) > 1:
+        times = [_decoded(v, c, source, reference) for c, v in found]
+        seconds = [time_seconds(t) for t in times]
+        if any(s.shape != seconds[0].shape or not np.allclose(s, seconds[0], rtol=0, atol=1.0) for s in seconds[1:]):
+            each = ", ".join(f"{c!r} ({_span_of(t)})" for (c, _), t in zip(found, times, strict=True))
+            msg = (
+                f"{source}: time coordinate {name!r} has no usable units, and the variables along its dimension "
+                f"{dim!r} that have them disagree: {each}; set {TIME_KEY} to the one that holds the data's times "
+                f"(e.g. time_centered for means over each step, time_instant for instantaneous values)"
+            )
+            raise DataError(msg)
+    own = ds[name].attrs.get("units")
+    log.info(
+        "%s: time coordinate %r has %s; its times are read from %r (units '%s') along the same dimension %r%s",
+        source,
+        name,
+        f"units {own!r}" if own else "no units",
+        cname,
+        var.attrs.get("units"),
+        dim,
+        f" (agreeing with {[c for c, _ in found[1:]]})" if len(found) > 1 else "",
+    )
+    if cname not in ds.variables:  # the midpoints of its bounds
+        attrs = {**ds[name].attrs, **{k: var.attrs[k] for k in ("units", "calendar") if k in var.attrs}}
+        return ds.assign_coords({name: xr.Variable((dim,), var.values, attrs)}), name
+    return _use_time(ds, dim, cname, [name, *(c for c, _ in found)]), cname
+
+
+def _named_time(ds: xr.Dataset, name: str | None, source: str, coordinate: str) -> tuple[xr.Dataset, str]:
+    """``ds`` with the variable named in ``data.source.coordinates.time`` as its time coordinate."""
+    dim = ds[name].dims[0] if name is not None else None
+    var = ds.variables.get(coordinate)
+    if var is None or var.ndim != 1 or (dim is not None and var.dims[0] != dim):
+        along = sorted(str(n) for n, v in ds.variables.items() if v.ndim == 1 and (dim is None or v.dims[0] == dim))
+        seen = "not a variable of the file" if var is None else f"on dims {var.dims}"
+        where = f"along its time dimension {dim!r}" if dim is not None else ""
+        msg = f"{source}: {TIME_KEY} = {coordinate!r} is {seen}; the 1-D variables {where}: {along}"
+        raise DataError(msg)
+    dim = var.dims[0]
+    if coordinate == dim:
+        return ds, coordinate
+    log.info("%s: time read from %r (named in %s), along dimension %r", source, coordinate, TIME_KEY, dim)
+    others = [c for c, _ in _time_candidates(ds, name, None)] if name is not None else []
+    return _use_time(ds, dim, coordinate, [dim, *([name] if name else []), *others]), coordinate
+
+
+def _use_time(ds: xr.Dataset, dim: str, cname: str, replaced: list[str]) -> xr.Dataset:
+    """``ds`` with the 1-D variable ``cname`` as the coordinate of dimension ``dim`` (renamed ``cname``); the
+    time variables it replaces (``replaced``) are dropped, so that one time coordinate remains."""
+    ds = ds.drop_vars([c for c in replaced if c != cname and c in ds.variables])
+    ds = ds if cname in ds.coords else ds.set_coords(cname)
+    return ds.swap_dims({dim: cname})
+
+
+def _decoded(var: xr.Variable, name: str, source: str, reference: str | None) -> np.ndarray:
+    units = _time_units(var, source, name, reference)
+    return np.asarray(_decode_variable(var, units, _calendar(var.attrs, source, name), source, name).values)
+
+
+def _span_of(t: np.ndarray) -> str:
+    return f"{format_time(t[0])} .. {format_time(t[-1])}" if t.size else "empty"
 
 
 def calendar_of(times: np.ndarray) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from pathlib import Path
 
 import cftime
@@ -113,6 +114,134 @@ def test_units_without_reference(tmp_path: Path) -> None:
     assert _days(ds) == ["1950-01-01", "1950-02-01", "1950-03-01"]
     ds = open_source([_write(tmp_path / "h.nc", [0, 30], "hours", "360_day")], time_reference="2000-02-29")
     assert [format_time(t) for t in ds["time"].values] == ["2000-02-29T00:00:00", "2000-02-30T06:00:00"]
+
+
+@pytest.mark.parametrize(
+    ("units", "calendar", "values", "expected"),
+    [  # CDO's absolute time (cdo -a; ICON, MPI-ESM): the value spells the date, the fraction is of the day
+        (
+            "day as %Y%m%d.%f",
+            None,  # CDI's default: proleptic_gregorian
+            [20000101.5, 20000102.25, 20000229.75, 20000301.0],
+            ["2000-01-01T12:00:00", "2000-01-02T06:00:00", "2000-02-29T18:00:00", "2000-03-01T00:00:00"],
+        ),
+        (
+            "day as %Y%m%d.%f",
+            "360_day",
+            [20000229.5, 20000230.0, 20001230.875],
+            ["2000-02-29T12:00:00", "2000-02-30T00:00:00", "2000-12-30T21:00:00"],
+        ),
+        ("days as %Y%m%d.%f", "noleap", [19990228.5, 19990301.0], ["1999-02-28T12:00:00", "1999-03-01T00:00:00"]),
+        # months and years as CDI reads them: the first of the month / year (CDO writes 200001.5 for any day in it)
+        ("month as %Y%m.%f", "standard", [200001.5, 200002.5, 200101.0], ["2000-01-01", "2000-02-01", "2001-01-01"]),
+        ("year as %Y.%f", "360_day", [1850.0, 1851.0], ["1850-01-01", "1851-01-01"]),
+    ],
+)
+def test_cdo_absolute_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, units: str, calendar: str | None, values: list, expected: list
+) -> None:
+    with caplog.at_level(logging.INFO, logger="pipeline.data.times"):
+        ds = open_source([_write(tmp_path / "icon.nc", values, units, calendar)])
+    got = [format_time(t)[: len(expected[0])] for t in ds["time"].values]
+    assert got == expected
+    canonical = {None: "proleptic_gregorian"}.get(calendar, calendar)
+    assert ds["time"].encoding["calendar"] == canonical
+    assert (ds["time"].values.dtype.kind == "M") == (canonical in ("standard", "proleptic_gregorian"))
+    assert f"'{units}', CDO's absolute time) as dates in the {canonical} calendar" in caplog.text
+
+
+def test_cdo_absolute_time_bounds_and_errors(tmp_path: Path) -> None:
+    path = _write(tmp_path / "b.nc", [20000101.5, 20000102.5], "day as %Y%m%d.%f", "proleptic_gregorian")
+    raw = xr.open_dataset(path, decode_times=False).load()
+    raw["time"].attrs["bounds"] = "time_bnds"
+    raw["time_bnds"] = (("time", "bnds"), [[20000101.0, 20000102.0], [20000102.0, 20000103.0]])
+    raw.to_netcdf(tmp_path / "bounds.nc")
+    ds = open_source([tmp_path / "bounds.nc"])  # bounds without units take the coordinate's
+    assert [format_time(t)[:10] for t in ds["time_bnds"].values[:, 1]] == ["2000-01-02", "2000-01-03"]
+    bad = _write(tmp_path / "feb29.nc", [20010228.0, 20010229.0], "day as %Y%m%d.%f", "proleptic_gregorian")
+    with pytest.raises(DataError, match=r"feb29.nc: variable 'time' has the value 20010229, which is no date in the "):
+        open_source([bad])
+    hours = _write(tmp_path / "hours.nc", [20000101.0], "hour as %Y%m%d.%f")
+    with pytest.raises(DataError, match=r"hours.nc: .*'hour as %Y%m%d.%f'.*not one CDO writes.*cdo -r copy"):
+        open_source([hours])
+
+
+def _nemo(path: Path, steps: int = 4, first_day: int = 0, instant: bool = False) -> Path:
+    """NEMO (XIOS) output as it is written: the time dimension's coordinate time_counter carries only axis T, the
+    times are in the auxiliary time_centered (seconds since 1900-01-01) with time_centered_bounds; time_instant
+    (the end of each step) where the file holds instantaneous fields too."""
+    centred = 3155673600.0 + 86400.0 * (first_day + np.arange(steps)) + 43200.0  # 2000-01-01 12:00 onwards
+    cf = {"standard_name": "time", "calendar": "gregorian", "units": "seconds since 1900-01-01 00:00:00"}
+    ds = xr.Dataset(
+        {
+            "tos": (
+                ("time_counter", "y", "x"),
+                np.full((steps, 2, 3), 290.0, np.float32),
+                {"units": "K", "coordinates": "time_centered nav_lat nav_lon", "cell_methods": "time: mean"},
+            ),
+            "time_centered_bounds": (("time_counter", "axis_nbounds"), np.stack([centred - 43200, centred + 43200], 1)),
+        },
+        coords={
+            "time_counter": ("time_counter", centred, {"axis": "T"}),
+            "time_centered": ("time_counter", centred, {**cf, "bounds": "time_centered_bounds"}),
+            "nav_lat": (("y", "x"), [[10.0, 10.5, 11.0], [20.0, 20.5, 21.0]], {"standard_name": "latitude"}),
+            "nav_lon": (("y", "x"), [[0.0, 10.0, 20.0], [1.0, 11.0, 21.0]], {"standard_name": "longitude"}),
+        },
+        attrs={"name": "ORCA1_1d_grid_T", "description": "ocean T grid variables", "timeStamp": "2000-Jan-01"},
+    )
+    if instant:
+        ds = ds.assign_coords(time_instant=("time_counter", centred + 43200, cf))
+    ds.to_netcdf(path)
+    return path
+
+
+def test_nemo_time_from_time_centered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="pipeline.data.times"):
+        ds = open_source([_nemo(tmp_path / "a.nc")])
+    assert [format_time(t) for t in ds["time_centered"].values[:2]] == ["2000-01-01T12:00:00", "2000-01-02T12:00:00"]
+    assert ds["tos"].dims[0] == "time_centered" and "time_counter" not in ds.variables
+    assert ds["time_centered_bounds"].values[0, 0] == np.datetime64("2000-01-01")
+    assert re.search(
+        r"a.nc: time coordinate 'time_counter' has no units; its times are read from 'time_centered'", caplog.text
+    )
+    # files of it join along time, as any other
+    files = [_nemo(tmp_path / f"m{i}.nc", first_day=4 * i) for i in (1, 0)]
+    assert _days(open_source(files).rename(time_centered="time")) == [f"2000-01-{d:02d}" for d in range(1, 9)]
+
+
+def test_nemo_time_candidates_that_disagree(tmp_path: Path) -> None:
+    path = _nemo(tmp_path / "both.nc", instant=True)
+    with pytest.raises(
+        DataError,
+        match=r"both.nc: time coordinate 'time_counter' has no usable units, and the variables along its dimension "
+        r"'time_counter' that have them disagree: 'time_centered' \(2000-01-01T12:00:00 .. 2000-01-04T12:00:00\), "
+        r"'time_instant' \(2000-01-02T00:00:00 .. 2000-01-05T00:00:00\); set data.source.coordinates.time",
+    ):
+        open_source([path])
+    ds = open_source([path], time_coordinate="time_instant")
+    assert ds["tos"].dims[0] == "time_instant" and "time_centered" not in ds.coords
+    assert format_time(ds["time_instant"].values[0]) == "2000-01-02T00:00:00"
+    with pytest.raises(
+        DataError,
+        match=r"data.source.coordinates.time = 'time' is not a variable of the file; .*"
+        r"'time_centered', 'time_counter', 'time_instant'",
+    ):
+        open_source([path], time_coordinate="time")
+
+
+def test_time_from_the_bounds_of_a_coordinate_without_units(tmp_path: Path) -> None:
+    ds = xr.open_dataset(_nemo(tmp_path / "a.nc"), decode_times=False).load()
+    ds = ds.drop_vars(["time_centered", "time_centered_bounds"])
+    ds["time_counter"].attrs["bounds"] = "time_counter_bounds"
+    ds["time_counter_bounds"] = (
+        ("time_counter", "nb"),
+        (ds["time_counter"].values - 3155673600.0)[:, None] / 86400 + [[-0.5, 0.5]],
+        {"units": "days since 2000-01-01", "calendar": "noleap"},
+    )
+    ds.to_netcdf(tmp_path / "bounds.nc")
+    got = open_source([tmp_path / "bounds.nc"])["time_counter"].values
+    assert [format_time(t) for t in got[:2]] == ["2000-01-01T12:00:00", "2000-01-02T12:00:00"]
+    assert got[0].calendar == "noleap"
 
 
 def test_overlap_is_an_error_naming_both_files(tmp_path: Path) -> None:

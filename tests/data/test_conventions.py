@@ -23,7 +23,9 @@ import yaml
 
 from pipeline.cli import main
 from pipeline.data.io import open_store
+from pipeline.data.times import format_time
 from tests.conftest import REPO, SHARED_DATA, require
+from tests.data.test_regrid_unstructured import camse_columns, icon_triangles
 
 DAYS = 24
 SPLIT_DAILY = {
@@ -234,6 +236,88 @@ def nemo_curvilinear(d: Path) -> list[Path]:
     p = d / "ORCA1_1d_20000101_20000124_grid_T.nc"
     ds.to_netcdf(p)
     return [p]
+
+
+def nemo_time_centered(d: Path) -> list[Path]:
+    """NEMO as XIOS writes it: time_counter carries only axis T; the times are in the auxiliary time_centered
+    (seconds since 1900-01-01, with time_centered_bounds), which the variables list in their coordinates."""
+    ds = xr.open_dataset(nemo_curvilinear(d)[0], decode_times=False).load()
+    centred = 3155673600.0 + 86400.0 * np.arange(DAYS) + 43200.0  # 2000-01-01 12:00, daily means
+    ds = ds.assign_coords(
+        time_counter=("time_counter", centred, {"axis": "T"}),
+        time_centered=(
+            "time_counter",
+            centred,
+            {
+                "standard_name": "time",
+                "long_name": "Time axis",
+                "calendar": "gregorian",
+                "units": "seconds since 1900-01-01 00:00:00",
+                "time_origin": "1900-01-01 00:00:00",
+                "bounds": "time_centered_bounds",
+            },
+        ),
+    )
+    ds["time_centered_bounds"] = (("time_counter", "axis_nbounds"), np.stack([centred - 43200, centred + 43200], 1))
+    ds["tos"].attrs["cell_methods"] = "time: mean (interval: 1 day)"
+    ds["tos"].encoding["coordinates"] = "time_centered nav_lat nav_lon"
+    p = d / "ORCA1_1d_20000101_20000124_grid_T_xios.nc"
+    ds.to_netcdf(p)
+    return [p]
+
+
+def nemo_time_instant(d: Path) -> list[Path]:
+    """NEMO with averaged and instantaneous fields in one file: time_instant (the end of each step) beside
+    time_centered; which one the data's times are is for the user to say."""
+    p = nemo_time_centered(d)[0]
+    ds = xr.open_dataset(p, decode_times=False).load()
+    instant = dict(ds["time_centered"].attrs, long_name="Time axis instant")
+    del instant["bounds"]
+    ds = ds.assign_coords(time_instant=("time_counter", ds["time_centered"].values + 43200.0, instant))
+    out = d / "ORCA1_1d_20000101_20000124_grid_T_instant.nc"
+    ds.to_netcdf(out)
+    return [out]
+
+
+def mpiesm_absolute_time(d: Path) -> list[Path]:
+    """MPI-ESM / ICON daily means on the T63 Gaussian grid after CDO with -a: time 'day as %Y%m%d.%f'
+    (20000101.5 is 2000-01-01 12:00), proleptic_gregorian, with bounds in the same units."""
+    x, _ = np.polynomial.legendre.leggauss(96)
+    lat, lon = np.rad2deg(np.arcsin(x))[::-1], np.arange(192) * 1.875
+    days = 20000101.0 + np.arange(DAYS)  # 1..24 January
+    ds = xr.Dataset(
+        {
+            "tas": (("time", "lat", "lon"), _regular(lat, lon), {"standard_name": "air_temperature", "units": "K"}),
+            "time_bnds": (("time", "bnds"), np.stack([days, days + 1], axis=1)),
+        },
+        coords={
+            "time": xr.Variable(
+                "time",
+                days + 0.5,
+                {
+                    "standard_name": "time",
+                    "units": "day as %Y%m%d.%f",
+                    "calendar": "proleptic_gregorian",
+                    "axis": "T",
+                    "bounds": "time_bnds",
+                },
+            ),
+            "lat": ("lat", lat, LAT_ATTRS),
+            "lon": ("lon", lon, LON_ATTRS),
+        },
+        attrs={"CDI": "Climate Data Interface version 2.4.0", "CDO": "Climate Data Operators version 2.4.0"},
+    )
+    p = d / "tas_Aday_MPI-ESM1-2-LR_20000101-20000124.nc"
+    ds.to_netcdf(p)
+    return [p]
+
+
+def _noon(reg: xr.Dataset) -> None:
+    assert format_time(reg["time"].values[0]) == "2000-01-01T12:00:00", reg["time"].values[:2]
+
+
+def _end_of_first_day(reg: xr.Dataset) -> None:
+    assert format_time(reg["time"].values[0]) == "2000-01-02T00:00:00", reg["time"].values[:2]
 
 
 def era_interim_real(d: Path) -> list[Path]:
@@ -566,6 +650,61 @@ CASES: dict[str, Case] = {
         check=_nemo_land,
         tol=0.05,
         skip=_near_land,
+    ),
+    "NEMO (XIOS): time_counter without units, time in time_centered": Case(
+        nemo_time_centered,
+        [{"name": "tos", "regrid": "conservative"}],
+        {"resolution": 4.0, "lat_bounds": [-40, 40]},
+        check=lambda reg: (_nemo_land(reg), _noon(reg)),
+        tol=0.05,
+        skip=_near_land,
+        log=r"time coordinate 'time_counter' has no units; its times are read from 'time_centered'",
+    ),
+    "NEMO: time_centered and time_instant disagree": Case(
+        nemo_time_instant,
+        [{"name": "tos"}],
+        {"resolution": 4.0, "lat_bounds": [-40, 40]},
+        error=r"grid_T_instant\.nc: time coordinate 'time_counter' has no usable units, and the variables along its "
+        r"dimension 'time_counter' that have them disagree: 'time_centered' .*'time_instant' .*"
+        r"set data\.source\.coordinates\.time",
+    ),
+    "NEMO: time_instant named in data.source.coordinates.time": Case(
+        nemo_time_instant,
+        [{"name": "tos", "regrid": "conservative"}],
+        {"resolution": 4.0, "lat_bounds": [-40, 40]},
+        source={"coordinates": {"time": "time_instant"}},
+        check=_end_of_first_day,
+        split={
+            "train": ["2000-01-02", "2000-01-13"],
+            "val": ["2000-01-14", "2000-01-19"],
+            "test": ["2000-01-20", "2000-01-25"],
+        },
+        tol=None,
+        log=r"time read from 'time_instant' \(named in data\.source\.coordinates\.time\)",
+    ),
+    "MPI-ESM / ICON T63, CDO absolute time (day as %Y%m%d.%f)": Case(
+        mpiesm_absolute_time,
+        [{"name": "tas", "regrid": "bilinear"}],
+        {"resolution": 5.0, "lat_bounds": [-80, 80]},
+        check=_noon,
+        tol=0.1,
+        log=r"decoded 'time' \('day as %Y%m%d\.%f', CDO's absolute time\) as dates in the proleptic_gregorian",
+    ),
+    "ICON R2B5 triangles (clat/clon radians, vertices), conservative": Case(
+        lambda d: icon_triangles(d, level=5),
+        [{"name": "tas", "regrid": "conservative"}],
+        {"resolution": 10.0},
+        tol=0.1,  # first-order conservative remapping of ~3.8-degree cells onto 10-degree ones
+        check=_noon,
+        log=r"horizontal grid unstructured \(cell centres on dimension 'ncells'",
+    ),
+    "CAM-SE columns (ncol, no vertices), linear on the triangulation": Case(
+        lambda d: camse_columns(d, n=30),
+        [{"name": "TREFHT", "regrid": "bilinear"}],
+        {"resolution": 5.0, "lat_bounds": [-80, 80]},
+        tol=0.05,
+        check=_noon,
+        log=r"unstructured grid of 5400 cells \(centres\)",
     ),
     "ERA5 GRIB (real file)": Case(
         era5_grib_file,

@@ -1,4 +1,6 @@
 # Parse-time validation and path lookups. Anything longer than a lookup lives in pipeline/.
+import json
+
 from pipeline.config import (
     SAMPLER_PATTERN,
     load_config,
@@ -19,12 +21,37 @@ else:
     SOURCE_FILES = resolve_paths(CFG.data.source.paths)
 CONFIG_FILE = str(resolved_config_path(CFG, write=not workflow.dryrun))
 EXP = str(CFG.exp_dir)
+# every sweep point on the validation clips, where the best is chosen (select_points)
 EVAL_POINTS = [
-    f"{EXP}/eval/{ckpt}/{sampler}-{steps}.json"
+    str(CFG.eval_point("val", ckpt, sampler, steps))
     for ckpt in CFG.eval_checkpoints()
     for sampler in CFG.evaluate.samplers
     for steps in CFG.evaluate.steps
 ]
+REFERENCES = {split: str(CFG.eval_references(split)) for split in ("val", "test")}
+# what scores a point on either split (a change reruns the points)
+POINT_SETTINGS = (
+    "evaluate.guidance_weights",
+    "evaluate.cfg_scales",
+    "evaluate.langevin_snr",
+    "evaluate.langevin_steps",
+    "evaluate.context_frames",
+    "evaluate.ensemble",
+    "evaluate.test_clips",
+    "evaluate.test_stride",
+    "evaluate.val_clips",
+    "evaluate.val_stride",
+    "seed",
+)
+# what the choice on validation and the report on test depend on
+COLLECT_SETTINGS = (
+    "evaluate.primary_metric",
+    "evaluate.bootstrap",
+    "evaluate.bootstrap_block",
+    "evaluate.confidence",
+    "evaluate.test_points",
+    "seed",
+)
 
 
 def settings(*keys):
@@ -42,3 +69,13 @@ def student_file(wildcards):
     (other settings) reruns every point."""
     checkpoints.distill_model.get()
     return str(CFG.inference_file(wildcards.student))
+
+
+def test_points(selection):
+    """The test-clip point files of the points a choice on validation sends there (``selection`` is the Snakemake
+    checkpoint select_points or select_distilled); known once that checkpoint has run.
+    """
+    path = selection.get().output[0]
+    with open(path) as f:
+        chosen = json.load(f)["test_points"]
+    return [str(CFG.eval_point("test", c, s, n)) for c, s, n in chosen]

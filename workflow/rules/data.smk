@@ -22,7 +22,7 @@ rule init_store:
             "data.parts",
         ),
     shell:
-        "python -m pipeline prepare --config {params.config} --init > {log} 2>&1"
+        "python -m pipeline prepare --config {params.config:q} --init > {log:q} 2>&1"
 
 
 rule regrid_part:
@@ -44,7 +44,7 @@ rule regrid_part:
     params:
         config=CONFIG_FILE,
     shell:
-        "python -m pipeline prepare --config {params.config} --part {wildcards.part} > {log} 2>&1"
+        "python -m pipeline prepare --config {params.config:q} --part {wildcards.part:q} > {log:q} 2>&1"
 
 
 rule finalise_store:
@@ -59,7 +59,7 @@ rule finalise_store:
     params:
         config=CONFIG_FILE,
     shell:
-        "python -m pipeline prepare --config {params.config} --finalise > {log} 2>&1"
+        "python -m pipeline prepare --config {params.config:q} --finalise > {log:q} 2>&1"
 
 
 rule init_normalised:
@@ -75,7 +75,7 @@ rule init_normalised:
         config=CONFIG_FILE,
         settings=settings("data.split", "data.time_chunk", "data.parts"),
     shell:
-        "python -m pipeline normalise --config {params.config} --init > {log} 2>&1"
+        "python -m pipeline normalise --config {params.config:q} --init > {log:q} 2>&1"
 
 
 rule normalise_part:
@@ -97,7 +97,7 @@ rule normalise_part:
     params:
         config=CONFIG_FILE,
     shell:
-        "python -m pipeline normalise --config {params.config} --part {wildcards.part} > {log} 2>&1"
+        "python -m pipeline normalise --config {params.config:q} --part {wildcards.part:q} > {log:q} 2>&1"
 
 
 rule finalise_normalised:
@@ -113,4 +113,4 @@ rule finalise_normalised:
     params:
         config=CONFIG_FILE,
     shell:
-        "python -m pipeline normalise --config {params.config} --finalise > {log} 2>&1"
+        "python -m pipeline normalise --config {params.config:q} --finalise > {log:q} 2>&1"

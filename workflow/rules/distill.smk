@@ -1,7 +1,7 @@
 # Progressive distillation (distill.enabled): students of distill.checkpoint, each round halving the DDIM steps,
 # then each student is a sweep point of its own (sampler `distilled`, DDIM with the student on its step count),
-# collected beside the teachers' points under eval/distilled/. Like training, the GPU job is submitted by submitit
-# (pipeline/launch.py), so distill_model is a local rule. It is a Snakemake checkpoint: a student's point waits for
+# chosen among the teachers' points on validation and reported on test under eval/distilled/. Like training, the
+# GPU job is submitted by submitit (pipeline/launch.py), so distill_model is a local rule. It is a Snakemake checkpoint: a student's point waits for
 # it, then depends on that student's own file, so adding a round (distill.final_steps) scores only the new student.
 from pipeline import checkpoints as ckpt
 
@@ -12,7 +12,9 @@ DISTILL_TEACHER = (
     else str(CFG.final_checkpoint)
 )
 STUDENTS_INDEX = str(ckpt.students_index(CFG.distill_dir))
-STUDENT_POINTS = [f"{EXP}/eval/{c}/{s}-{n}.json" for c, s, n in CFG.student_points()]
+STUDENT_POINTS = [
+    str(CFG.eval_point("val", c, s, n)) for c, s, n in CFG.student_points()
+]
 DISTILL_TARGETS = [f"{EXP}/eval/distilled/summary.csv"] if CFG.distill.enabled else []
 
 
@@ -37,7 +39,7 @@ checkpoint distill_model:
         config=CONFIG_FILE,
         settings=settings("distill", "model", "diffusion", "train", "launch", "seed"),
     shell:
-        "python -m pipeline distill --config {params.config} > {log} 2>&1"
+        "python -m pipeline distill --config {params.config:q} > {log:q} 2>&1"
 
 
 rule evaluate_student:
@@ -45,12 +47,13 @@ rule evaluate_student:
         student=student_file,
         stats=f"{EXP}/data/stats.json",
     output:
-        f"{EXP}/eval/{{student}}/distilled-{{steps}}.json",
+        f"{EXP}/eval/{{split}}/{{student}}/distilled-{{steps}}.json",
     log:
-        f"{EXP}/logs/evaluate/{{student}}/distilled-{{steps}}.log",
+        f"{EXP}/logs/evaluate/{{split}}/{{student}}/distilled-{{steps}}.log",
     benchmark:
-        f"{EXP}/benchmarks/evaluate/{{student}}/distilled-{{steps}}.tsv"
+        f"{EXP}/benchmarks/evaluate/{{split}}/{{student}}/distilled-{{steps}}.tsv"
     wildcard_constraints:
+        split=r"val|test",
         student=r"student-\d+",
         steps=r"\d+",
     conda:
@@ -60,24 +63,35 @@ rule evaluate_student:
         runtime=60,
     params:
         config=CONFIG_FILE,
-        settings=settings(
-            "evaluate.guidance_weights",
-            "evaluate.cfg_scales",
-            "evaluate.context_frames",
-            "evaluate.ensemble",
-            "evaluate.test_clips",
-            "evaluate.test_stride",
-            "seed",
-        ),
+        settings=settings(*POINT_SETTINGS),
     shell:
-        "python -m pipeline evaluate --config {params.config} --checkpoint {wildcards.student}"
-        " --sampler distilled --steps {wildcards.steps} > {log} 2>&1"
+        "python -m pipeline evaluate --config {params.config:q} --split {wildcards.split:q}"
+        " --checkpoint {wildcards.student:q} --sampler distilled --steps {wildcards.steps:q} > {log:q} 2>&1"
+
+
+checkpoint select_distilled:
+    input:
+        points=EVAL_POINTS + STUDENT_POINTS,
+        references=REFERENCES["val"],
+    output:
+        f"{EXP}/eval/distilled/selection.json",
+    log:
+        f"{EXP}/logs/select_distilled.log",
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG_FILE,
+        settings=settings(*COLLECT_SETTINGS),
+    shell:
+        "python -m pipeline select-points --config {params.config:q} --with-students > {log:q} 2>&1"
 
 
 rule collect_distilled:
     input:
-        points=EVAL_POINTS + STUDENT_POINTS,
-        references=f"{EXP}/eval/references.json",
+        selection=f"{EXP}/eval/distilled/selection.json",
+        test_points=lambda wildcards: test_points(checkpoints.select_distilled),
+        val_points=EVAL_POINTS + STUDENT_POINTS,
+        references=list(REFERENCES.values()),
     output:
         csv=f"{EXP}/eval/distilled/summary.csv",
         parquet=f"{EXP}/eval/distilled/summary.parquet",
@@ -90,12 +104,6 @@ rule collect_distilled:
         "../../envs/pipeline.yaml"
     params:
         config=CONFIG_FILE,
-        settings=settings(
-            "evaluate.primary_metric",
-            "evaluate.bootstrap",
-            "evaluate.bootstrap_block",
-            "evaluate.confidence",
-            "seed",
-        ),
+        settings=settings(*COLLECT_SETTINGS),
     shell:
-        "python -m pipeline collect-eval --config {params.config} --with-students > {log} 2>&1"
+        "python -m pipeline collect-eval --config {params.config:q} --with-students > {log:q} 2>&1"

@@ -1,5 +1,6 @@
-# Evaluation sweep: reference forecasts once, one job per (checkpoint, sampler, steps) point, then one
-# collecting job.
+# Evaluation sweep: reference forecasts once (validation and test clips), every (checkpoint, sampler, steps) point
+# on the validation clips, the choice of the best point there (a Snakemake checkpoint: which points go on is known
+# only then), the chosen points on the test clips, and one collecting job that reports them on test.
 
 
 rule score_references:
@@ -7,7 +8,8 @@ rule score_references:
         store=f"{EXP}/data/normalised.zarr",
         stats=f"{EXP}/data/stats.json",
     output:
-        f"{EXP}/eval/references.json",
+        val=REFERENCES["val"],
+        test=REFERENCES["test"],
     log:
         f"{EXP}/logs/score_references.log",
     benchmark:
@@ -24,12 +26,14 @@ rule score_references:
             "evaluate.context_frames",
             "evaluate.test_clips",
             "evaluate.test_stride",
+            "evaluate.val_clips",
+            "evaluate.val_stride",
             "evaluate.reference_members",
             "evaluate.climatology_window_days",
             "seed",
         ),
     shell:
-        "python -m pipeline references --config {params.config} > {log} 2>&1"
+        "python -m pipeline references --config {params.config:q} > {log:q} 2>&1"
 
 
 rule evaluate_checkpoint:
@@ -37,12 +41,13 @@ rule evaluate_checkpoint:
         final=f"{EXP}/checkpoints/final.pt",
         stats=f"{EXP}/data/stats.json",
     output:
-        f"{EXP}/eval/{{checkpoint}}/{{sampler}}-{{steps}}.json",
+        f"{EXP}/eval/{{split}}/{{checkpoint}}/{{sampler}}-{{steps}}.json",
     log:
-        f"{EXP}/logs/evaluate/{{checkpoint}}/{{sampler}}-{{steps}}.log",
+        f"{EXP}/logs/evaluate/{{split}}/{{checkpoint}}/{{sampler}}-{{steps}}.log",
     benchmark:
-        f"{EXP}/benchmarks/evaluate/{{checkpoint}}/{{sampler}}-{{steps}}.tsv"
+        f"{EXP}/benchmarks/evaluate/{{split}}/{{checkpoint}}/{{sampler}}-{{steps}}.tsv"
     wildcard_constraints:
+        split=r"val|test",
         checkpoint=r"step-\d+",
         sampler=SAMPLER_PATTERN,
         steps=r"\d+",
@@ -53,26 +58,36 @@ rule evaluate_checkpoint:
         runtime=60,
     params:
         config=CONFIG_FILE,
-        settings=settings(
-            "evaluate.guidance_weights",
-            "evaluate.cfg_scales",
-            "evaluate.langevin_snr",
-            "evaluate.langevin_steps",
-            "evaluate.context_frames",
-            "evaluate.ensemble",
-            "evaluate.test_clips",
-            "evaluate.test_stride",
-            "seed",
-        ),
+        settings=settings(*POINT_SETTINGS),
     shell:
-        "python -m pipeline evaluate --config {params.config} --checkpoint {wildcards.checkpoint}"
-        " --sampler {wildcards.sampler} --steps {wildcards.steps} > {log} 2>&1"
+        "python -m pipeline evaluate --config {params.config:q} --split {wildcards.split:q}"
+        " --checkpoint {wildcards.checkpoint:q} --sampler {wildcards.sampler:q} --steps {wildcards.steps:q}"
+        " > {log:q} 2>&1"
+
+
+checkpoint select_points:
+    input:
+        points=EVAL_POINTS,
+        references=REFERENCES["val"],
+    output:
+        f"{EXP}/eval/selection.json",
+    log:
+        f"{EXP}/logs/select_points.log",
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        config=CONFIG_FILE,
+        settings=settings(*COLLECT_SETTINGS),
+    shell:
+        "python -m pipeline select-points --config {params.config:q} > {log:q} 2>&1"
 
 
 rule collect_evaluation:
     input:
-        points=EVAL_POINTS,
-        references=f"{EXP}/eval/references.json",
+        selection=f"{EXP}/eval/selection.json",
+        test_points=lambda wildcards: test_points(checkpoints.select_points),
+        val_points=EVAL_POINTS,
+        references=list(REFERENCES.values()),
     output:
         csv=f"{EXP}/eval/summary.csv",
         parquet=f"{EXP}/eval/summary.parquet",
@@ -93,12 +108,6 @@ rule collect_evaluation:
         "../../envs/pipeline.yaml"
     params:
         config=CONFIG_FILE,
-        settings=settings(
-            "evaluate.primary_metric",
-            "evaluate.bootstrap",
-            "evaluate.bootstrap_block",
-            "evaluate.confidence",
-            "seed",
-        ),
+        settings=settings(*COLLECT_SETTINGS),
     shell:
-        "python -m pipeline collect-eval --config {params.config} > {log} 2>&1"
+        "python -m pipeline collect-eval --config {params.config:q} > {log:q} 2>&1"

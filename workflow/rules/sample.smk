@@ -33,4 +33,4 @@ rule sample_model:
         settings=settings("sample", "evaluate.context_frames", "seed"),
         launch=settings("launch") if CFG.sample.processes > 1 else "",
     shell:
-        "python -m pipeline sample --config {params.config} > {log} 2>&1"
+        "python -m pipeline sample --config {params.config:q} > {log:q} 2>&1"

@@ -15,4 +15,4 @@ rule sync_mlflow:
     params:
         config=CONFIG_FILE,
     shell:
-        "python -m pipeline mlflow-sync --config {params.config} > {log} 2>&1"
+        "python -m pipeline mlflow-sync --config {params.config:q} > {log:q} 2>&1"

@@ -22,4 +22,4 @@ rule train_model:
         config=CONFIG_FILE,
         settings=settings("model", "diffusion", "train", "launch", "seed"),
     shell:
-        "python -m pipeline train --config {params.config} > {log} 2>&1"
+        "python -m pipeline train --config {params.config:q} > {log:q} 2>&1"
