@@ -229,6 +229,7 @@ class _Split:
     summaries: list[dict[str, dict[str, Any]]]
     scores: _Scores
     bootstrap: dict[str, Any]  # how the clips were resampled (method, block)
+    idx: np.ndarray  # the resampled clips (B, clips), the same for every forecast
 
 
 def _resampling(cfg: Config, forecasts: list[_Forecast], n: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -280,7 +281,7 @@ def _on_split(
         if keep is None or info["kind"] == "reference" or _key(info) in keep:
             kept.append((info, variables))
             summaries.append(summ)
-    return _Split(split, refs, kept, summaries, _scores(cfg, kept, idx, n), how)
+    return _Split(split, refs, kept, summaries, _scores(cfg, kept, idx, n), how, idx)
 
 
 @dataclass
@@ -468,6 +469,7 @@ def _best_json(
         "test_clips": scores.clips,
         "val_clips": sel["val_clips"],
         "selection": {k: sel[k] for k in ("score", "score_interval", "skill", "beats_climatology", "runners_up")},
+        "multivariate": _multivariate(cfg, test, b),
         "variables": test.summaries[b],
         "references": {
             name: {
@@ -477,6 +479,31 @@ def _best_json(
             for name, j in scores.ref_pos.items()
         },
     }
+
+
+def _multivariate(cfg: Config, test: _Split, b: int) -> dict[str, Any] | None:
+    """The chosen forecast's energy score over all variables (normalised units) on the test clips with its
+    interval, and its skill against each reference on the same resampled clips; None for files without it."""
+    info, conf = test.forecasts[b][0], cfg.evaluate.confidence
+    res = json.loads(point_path(cfg, info["checkpoint"], info["sampler"], info["steps"], "test").read_text())
+    (r,) = [r for r in res["results"] if (r["guidance_weight"], r.get("cfg_scale", 1.0)) == _key(info)[3:]]
+    refs = test.refs["references"]
+    if "multivariate" not in r or any("multivariate" not in x for x in refs.values()):
+        return None
+    es = np.asarray(r["multivariate"]["per_clip"], dtype=np.float64).mean(axis=1)  # per clip, over lead frames
+    out: dict[str, Any] = {
+        "energy_score": float(es.mean()),
+        "interval": _interval(es[test.idx].mean(axis=1), conf),
+        "units": "training standard deviations (area-weighted RMS over variables and cells)",
+    }
+    for name, ref in refs.items():
+        rs = np.asarray(ref["multivariate"]["per_clip"], dtype=np.float64).mean(axis=1)
+        boot = metrics.skill_score(es[test.idx].mean(axis=1), rs[test.idx].mean(axis=1))
+        out[f"skill_{name}"] = {
+            "value": float(metrics.skill_score(es.mean(), rs.mean())),
+            "interval": _interval(boot, conf),
+        }
+    return out
 
 
 def _scorecard_panels(test: _Split, best: _Best, sel: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

@@ -82,11 +82,7 @@ def teacher_file(cfg: Config) -> Path:
     if name == "last":
         return cfg.final_checkpoint
     if name == "best":
-        best = cfg.eval_dir / "best.json"
-        if not best.exists():
-            msg = f"distill.checkpoint = 'best' needs {best} (run the evaluation sweep first) or give a checkpoint tag"
-            raise ConfigError(msg)
-        name = json.loads(best.read_text())["checkpoint"]
+        name = cfg.read_best("checkpoint", "distill.checkpoint")
     return cfg.inference_file(name)
 
 

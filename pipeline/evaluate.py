@@ -37,6 +37,7 @@ from pipeline.scoring import (
     SCALAR_METRICS,
     SWEEP_PARAMS,
     EvalClips,
+    energy,
     load_eval_clips,
     log_scores,
     score,
@@ -179,6 +180,7 @@ def _guided_run(cfg: Config, point: _Point, weight: float, scale: float = 1.0) -
         ens = _generate(cfg, point, weight, scale)
         gen_s = time.perf_counter() - t0
         variables = score(test.physical(ens), test.truth, e.context_frames)
+        multivariate = energy(ens, test.raw, test.lat, e.context_frames)
         result = {
             "mlflow_run_id": run.run_id,
             "guidance_weight": weight,
@@ -186,9 +188,11 @@ def _guided_run(cfg: Config, point: _Point, weight: float, scale: float = 1.0) -
             "samples_per_s": len(test.clips) * e.ensemble / gen_s,
             "seconds": time.perf_counter() - t0,
             "variables": variables,
+            "multivariate": multivariate,
         }
         log_scores(run, {**common, "guidance_weight": weight, "cfg_scale": scale}, variables)
         run.log_metrics({"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]})
+        run.log_metrics({"energy_score": multivariate["energy_score"]})
         run.set_tags({"checkpoint_file": str(cfg.inference_file(point.checkpoint))})
         run.log_dict({**common, **result}, "result.json")
     log.info(

@@ -236,6 +236,25 @@ def bootstrap_indices(cases: int, resamples: int, seed: int, block: int = 1) -> 
     return (starts[:, :, None] + np.arange(block)).reshape(resamples, -1)[:, :cases]
 
 
+def energy_score(forecast: np.ndarray, truth: np.ndarray, weights: np.ndarray, fair: bool = True) -> np.ndarray:
+    """The energy score (Gneiting & Raftery 2007), the multivariate CRPS, per case: ``forecast`` (case, member, D)
+    ensembles of vectors, ``truth`` (case, D), each dimension weighted by ``weights`` (D,) inside the norm (area
+    weights of grid cells): ``mean_i ||x_i - y|| - sum_ij ||x_i - x_j|| / (2 K)`` with K = m (m - 1) (``fair``,
+    unbiased for the distribution the members are drawn from) or m^2. In one dimension it is the CRPS. Dimensions
+    where the truth is NaN (masked cells) are left out of the case's norms."""
+    x, y = np.asarray(forecast, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    m = x.shape[1]
+    out = np.empty(x.shape[0])
+    for c in range(x.shape[0]):
+        ok = np.isfinite(y[c]) & (weights > 0)
+        w = np.sqrt(weights[ok])
+        xc, yc = x[c][:, ok] * w, y[c][ok] * w
+        skill = np.linalg.norm(xc - yc, axis=-1).mean()
+        spread = sum(np.linalg.norm(xc - xc[i], axis=-1).sum() for i in range(m))
+        out[c] = skill - spread / (2 * (m * (m - 1) if fair and m > 1 else m * m))
+    return out
+
+
 def stationary_indices(cases: int, resamples: int, seed: int, mean_block: float) -> np.ndarray:
     """``(resamples, cases)`` case indices of the stationary bootstrap (Politis & Romano 1994), through ``arch``:
     runs of consecutive cases (wrapping around) of geometric length with mean ``mean_block``, so autocorrelated

@@ -65,6 +65,7 @@ FIGURES = (
     "spectral_ratio",
 )
 DRAWS = 50  # real sets drawn per yardstick (a 5-95% range from fewer draws is too narrow)
+MIN_WINDOWS = 20  # distinct training windows a same-size range needs
 
 
 def sequences(series: xr.DataArray) -> xr.DataArray:
@@ -203,11 +204,12 @@ def same_size(
     """The range of every :data:`FIGURES` figure over ``draws`` real sets of ``shape`` = (sequences, frames):
     windows of consecutive training-period frames starting at ``starts`` (without repeats while there are enough),
     each compared with ``test`` like a candidate. ``{"draws", "cases", "frames", "ranges": {figure: [q05, q50,
-    q95]}}``; no ranges where the training period holds no such window."""
+    q95]}, "windows": distinct windows}``; no ranges where the training period holds fewer than
+    :data:`MIN_WINDOWS` such windows (the draws would overlap so much that their range says nothing)."""
     cases, frames = shape
     valid = _valid_starts(train, starts, frames)
-    out: dict = {"draws": 0, "cases": cases, "frames": frames, "ranges": {}}
-    if valid.size == 0:
+    out: dict = {"draws": 0, "cases": cases, "frames": frames, "windows": int(valid.size), "ranges": {}}
+    if valid.size < MIN_WINDOWS:
         return out
     rng = np.random.default_rng(seed)
     figures = []

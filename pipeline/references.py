@@ -30,7 +30,7 @@ from pipeline.config import Config
 from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES
 from pipeline.data.times import climatology_candidates
-from pipeline.scoring import REFERENCES, SKILL, EvalClips, load_eval_clips, log_scores, score, summarise
+from pipeline.scoring import REFERENCES, SKILL, EvalClips, energy, load_eval_clips, log_scores, score, summarise
 from pipeline.tracking import RunTarget, stage_run
 
 __all__ = [
@@ -137,12 +137,17 @@ def _score_all(cfg: Config, test: EvalClips, store: xr.Dataset, window: _Window)
         for v, r in scored[name].items():
             others = {k: s[v]["per_clip"] for k, s in scored.items()}
             r |= {k: x for k, x in summarise(r["per_clip"], others).items() if k.startswith(tuple(SKILL))}
-    return scored
+    # the multivariate score beside the variables', in normalised units
+    return {
+        name: {"variables": scored[name], "multivariate": energy(f, test.raw, test.lat, test.context)}
+        for name, f in forecasts.items()
+    }
 
 
-def _log_reference(cfg: Config, name: str, split: str, params: dict[str, Any], variables: dict[str, Any]) -> None:
-    """One reference's scores on one split into its own MLflow run, under the parameters and names a sweep point's
-    run uses."""
+def _log_reference(cfg: Config, name: str, split: str, params: dict[str, Any], scored: dict[str, Any]) -> None:
+    """One reference's scores on one split (per variable and the multivariate energy score) into its own MLflow
+    run, under the parameters and names a sweep point's run uses."""
+    variables = scored["variables"]
     with stage_run(
         RunTarget.of(cfg),
         "references",
@@ -150,7 +155,8 @@ def _log_reference(cfg: Config, name: str, split: str, params: dict[str, Any], v
         run_name=f"reference {name} ({split})",
     ) as run:
         log_scores(run, params, variables)
-        run.log_dict({**params, "split": split, "variables": variables}, "result.json")
+        run.log_metrics({"energy_score": scored["multivariate"]["energy_score"]})
+        run.log_dict({**params, "split": split, **scored}, "result.json")
     log.info(
         "reference %s (%s): %s",
         name,
@@ -182,7 +188,7 @@ def references_on(cfg: Config, split: str) -> Path:
             "context_frames": test.context,
         }
         _log_reference(cfg, name, split, params, scored[name])
-        refs[name] = {"members": size, "variables": scored[name]}
+        refs[name] = {"members": size, **scored[name]}
     out = cfg.eval_references(split)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {

@@ -52,21 +52,14 @@ __all__ = ["resolve_cfg_scale", "resolve_checkpoint", "resolve_guidance", "run_s
 log = logging.getLogger(__name__)
 
 
-def _best(cfg: Config, key: str) -> Any:
-    best = cfg.eval_dir / "best.json"
-    if not best.exists():
-        msg = f"sample.{key} = 'best' needs {best} (run the evaluation sweep first) or give a value"
-        raise FileNotFoundError(msg)
-    return json.loads(best.read_text())[key]
-
-
 def resolve_checkpoint(cfg: Config) -> str:
-    return cfg.sample.checkpoint if cfg.sample.checkpoint != "best" else str(_best(cfg, "checkpoint"))
+    c = cfg.sample.checkpoint
+    return c if c != "best" else str(cfg.read_best("checkpoint", "sample.checkpoint"))
 
 
 def resolve_guidance(cfg: Config) -> float:
     w = cfg.sample.guidance_weight
-    return float(w) if w != "best" else float(_best(cfg, "guidance_weight"))
+    return float(w) if w != "best" else float(cfg.read_best("guidance_weight", "sample.guidance_weight"))
 
 
 def resolve_cfg_scale(cfg: Config) -> float:
@@ -74,11 +67,7 @@ def resolve_cfg_scale(cfg: Config) -> float:
     s = cfg.sample.cfg_scale
     if s != "best":
         return float(s)
-    best = cfg.eval_dir / "best.json"
-    if not best.exists():
-        msg = f"sample.cfg_scale = 'best' needs {best} (run the evaluation sweep first) or give a value"
-        raise FileNotFoundError(msg)
-    return float(json.loads(best.read_text()).get("cfg_scale", 1.0))
+    return float(cfg.read_best("cfg_scale", "sample.cfg_scale", default=1.0))
 
 
 def _item_generator(seed: int, kind: int, index: int, device: torch.device) -> torch.Generator:

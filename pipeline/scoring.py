@@ -34,6 +34,7 @@ __all__ = [
     "as_dataset",
     "clip_dataset",
     "clip_statistics",
+    "energy",
     "load_eval_clips",
     "log_scores",
     "pick_test_clips",
@@ -217,6 +218,28 @@ def score(forecast: xr.Dataset, truth: xr.Dataset, context: int) -> dict[str, An
             r["spectrum_truth"] = metrics.zonal_power_spectrum(y).values.tolist()
         result[str(name)] = r
     return result
+
+
+def energy(forecast: np.ndarray, truth: np.ndarray, lat: np.ndarray, context: int) -> dict[str, Any]:
+    """The fair energy score of every clip and lead frame over all variables and grid cells together, in
+    normalised units (each variable in units of its training standard deviation, cells weighted by area, weights
+    summing to 1, so a score is an RMS-like distance): ``forecast`` (clip, [member,] C, T, H, W) and ``truth``
+    (clip, C, T, H, W) normalised, NaN where masked. ``{"energy_score": mean, "per_clip": (clip, lead)}``: the
+    multivariate score beside the per-variable CRPS (neither ``scores`` nor xskillscore has one)."""
+    f = forecast if forecast.ndim == 6 else forecast[:, None]
+    c, t, h, w = truth.shape[1:]
+    weights = np.broadcast_to(np.cos(np.deg2rad(lat)).clip(min=0.0)[None, :, None], (c, h, w)).ravel()
+    weights = weights / weights.sum()
+    per = np.stack(
+        [
+            metrics.energy_score(
+                f[:, :, :, k].reshape(f.shape[0], f.shape[1], -1), truth[:, :, k].reshape(truth.shape[0], -1), weights
+            )
+            for k in range(context, t)
+        ],
+        axis=1,
+    )
+    return {"energy_score": float(per.mean()), "per_clip": per.tolist()}
 
 
 def clip_statistics(

@@ -133,7 +133,7 @@ def _collect(cfg: Config) -> StageStatus:
     best = cfg.eval_best()
     if not best.exists():
         return _output("collect-eval", best)
-    return StageStatus("collect-eval", "done", json.loads(best.read_text()).get("statement", str(best)))
+    return StageStatus("collect-eval", "done", cfg.read_best("statement", "status", default=str(best)))
 
 
 def experiment_status(cfg: Config) -> list[StageStatus]:

@@ -314,3 +314,11 @@ def check_seed_systems(work: Path) -> None:
     assert len(both[both["kind"] == "checkpoint"]) == len(points) + len(student)
     distilled_best = json.loads((exp / "eval" / "distilled" / "best.json").read_text())
     assert distilled_best["chosen_on"] == "val" and distilled_best["reported_on"] == "test"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The contributor's tier, ``pytest -m "not slow"`` (under 5 minutes on 2 cores), leaves out every test marked
+    slow and every end-to-end run (markers workflow, slurm, browser: slow by nature)."""
+    for item in items:
+        if any(item.get_closest_marker(m) for m in ("workflow", "slurm", "browser")):
+            item.add_marker(pytest.mark.slow)

@@ -86,6 +86,7 @@ class _Affine(nn.Module):
         return self.a * z + self.b
 
 
+@pytest.mark.slow
 def test_one_step_student_matches_the_teachers_two_step_sampler() -> None:
     sched = CosineSchedule(-20.0, 20.0)
     teacher = GaussianDenoiser(MEAN, STD, sched)

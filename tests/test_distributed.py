@@ -52,6 +52,7 @@ def _run(world: int, group: str) -> list[tuple]:
     return sorted(results, key=lambda r: r[0].rank)
 
 
+@pytest.mark.slow
 def test_two_processes_join_one_gloo_group_on_the_cpu() -> None:
     results = _run(2, "multi")
     assert [r[0].rank for r in results] == [0, 1]

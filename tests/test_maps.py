@@ -74,6 +74,7 @@ def test_projection_suits_the_domain() -> None:
     assert abs(abs(pacific.proj4_params["lon_0"]) - 180.0) < 2.0  # centred on the dateline, not on Greenwich
 
 
+@pytest.mark.slow
 def test_rollout_animation_gif_and_mp4_with_frames_past_the_data(tmp_path: Path) -> None:
     lat, lon = np.arange(35.0, 70.0, 5.0), np.arange(-10.0, 30.0, 5.0)
     rng = np.random.default_rng(0)

@@ -179,3 +179,26 @@ def test_zonal_spectrum_against_scipy_periodogram() -> None:
     np.testing.assert_allclose(ours, p[: ours.size], rtol=1e-12)
     # Parseval: the two-sided spectrum sums to the mean square
     assert float(p.sum()) == pytest.approx(float((field.values**2).mean()), rel=1e-12)
+
+
+def test_energy_score_is_the_crps_in_one_dimension_and_a_distance_for_one_member() -> None:
+    """The fair energy score against closed forms: in one dimension it is the fair CRPS (computed by ``scores``);
+    a one-member forecast scores the weighted distance to the truth; masked dimensions are left out; and over
+    variables and cells (pipeline.scoring.energy) a perfect copy of the truth scores 0."""
+    from pipeline.metrics import crps_ensemble, energy_score
+    from pipeline.scoring import energy
+
+    rng = np.random.default_rng(0)
+    ens, obs = rng.normal(size=(20, 6)), rng.normal(size=20)
+    crps = crps_ensemble(xr.DataArray(ens, dims=("case", "member")), xr.DataArray(obs, dims=("case",))).values
+    np.testing.assert_allclose(energy_score(ens[:, :, None], obs[:, None], np.ones(1)), crps, rtol=1e-12)
+    x, y, w = rng.normal(size=(3, 1, 5)), rng.normal(size=(3, 5)), rng.uniform(0.1, 1.0, 5)
+    np.testing.assert_allclose(energy_score(x, y, w), np.sqrt(((x[:, 0] - y) ** 2 * w).sum(axis=1)), rtol=1e-12)
+    y[0, 2] = np.nan  # a masked cell: the norm of the others
+    expect = np.sqrt(((x[0, 0] - y[0]) ** 2 * w)[[0, 1, 3, 4]].sum())
+    assert energy_score(x, y, w)[0] == pytest.approx(expect, rel=1e-12)
+    truth = rng.normal(size=(2, 2, 4, 3, 5))  # (clip, C, T, H, W)
+    perfect = energy(np.repeat(truth[:, None], 3, axis=1), truth, np.linspace(-60, 60, 3), context=2)
+    assert perfect["energy_score"] == pytest.approx(0.0, abs=1e-12) and np.shape(perfect["per_clip"]) == (2, 2)
+    noisy = energy(truth[:, None] + rng.normal(size=(2, 3, 2, 4, 3, 5)), truth, np.linspace(-60, 60, 3), context=2)
+    assert noisy["energy_score"] > 0.1

@@ -36,6 +36,7 @@ def prepared(tmp_path_factory) -> tuple[Path, Path]:
     return tmp, cfg
 
 
+@pytest.mark.slow
 def test_stores_are_cf_zarr_v3_with_provenance(prepared) -> None:
     tmp, cfg_path = prepared
     cfg = load_config([cfg_path])
@@ -55,6 +56,7 @@ def test_stores_are_cf_zarr_v3_with_provenance(prepared) -> None:
     assert 4500 < float(reg["z500"].min()) and float(reg["z500"].max()) < 6000
 
 
+@pytest.mark.slow
 def test_normalised_store_inverts_to_the_regridded_one(prepared) -> None:
     tmp, cfg_path = prepared
     cfg = load_config([cfg_path])
@@ -69,6 +71,7 @@ def test_normalised_store_inverts_to_the_regridded_one(prepared) -> None:
     assert int((norm["split"] == 1).sum()) == 32  # train 1948-1979
 
 
+@pytest.mark.slow
 def test_mlflow_parent_and_stage_runs(prepared) -> None:
     from mlflow.tracking import MlflowClient
 
@@ -94,6 +97,7 @@ def test_mlflow_parent_and_stage_runs(prepared) -> None:
     assert "stats.json" in {a.path for a in client.list_artifacts(norm.info.run_id)}
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_server_does_not_stop_the_stage(tmp_path: Path) -> None:
     cfg = _write_cfg(tmp_path, tracking={"uri": "http://127.0.0.1:9", "enabled": True})
     r = pipeline_cli("prepare", "--config", str(cfg), cwd=tmp_path, timeout=300)

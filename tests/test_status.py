@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline.atomic import temporary
@@ -22,6 +23,7 @@ def _states(out: str) -> dict[str, str]:
     return {r[0]: r[1] for r in rows}
 
 
+@pytest.mark.slow
 def test_status_follows_the_experiment_files(tmp_path: Path) -> None:
     c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     c["results_dir"] = str(tmp_path / "results")

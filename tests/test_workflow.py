@@ -198,6 +198,9 @@ def _check_evaluation_and_samples(exp: Path) -> None:
     assert z["units"] == "m" and len(z["rank_histogram"]) == 4 and len(z["rmse_per_lead"]) == 2
     assert np.shape(z["per_clip"]["crps"]) == (4, 2) and np.shape(z["per_clip"]["se"]) == (4, 2)
     assert "crpss_climatology" not in z  # skill comes at collect time: new references do not rerun the sweep
+    mv = best["multivariate"]  # the energy score over all variables, with its interval and skill (test clips)
+    assert mv["interval"][0] <= mv["energy_score"] <= mv["interval"][1] and mv["energy_score"] > 0
+    assert len(mv["skill_climatology-ensemble"]["interval"]) == 2
     zb = best["variables"]["z500"]
     assert len(zb["crpss_climatology_per_lead"]) == 2 and "rmse_ss_persistence" in zb
     assert (exp / "eval/scorecard.png").stat().st_size > 10_000

@@ -6,8 +6,9 @@ apart from the schema because it says where things go, not what a setting may be
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipeline import checkpoints
 from pipeline.config.base import ConfigError
@@ -80,6 +81,20 @@ class ResultsLayout:
     def eval_best(self, students: bool = False) -> Path:
         """``best.json``: the point chosen on validation, with its test scores."""
         return self.eval_out(students) / "best.json"
+
+    def read_best(self, key: str, setting: str, default: Any = None) -> Any:
+        """``key`` of ``eval/best.json`` (the point chosen on validation), the one reader of that file; ``setting``
+        (``sample.checkpoint``, ...) is named in the error where the sweep has not run; ``default`` for a key that
+        a best.json from an older version lacks."""
+        path = self.eval_best()
+        if not path.exists():
+            msg = f"{setting} = 'best' needs {path} (run the evaluation sweep first) or give a value"
+            raise ConfigError(msg)
+        best = json.loads(path.read_text())
+        if key not in best and default is None:
+            msg = f"{path} has no {key!r}: rerun collect-eval"
+            raise ConfigError(msg)
+        return best.get(key, default)
 
     @property
     def samples_dir(self) -> Path:

@@ -49,6 +49,7 @@ def test_unknown_names_and_parameters_are_refused() -> None:
         generate(overrides={"nonsense": 1})
 
 
+@pytest.mark.slow
 def test_file_is_cf_and_cached_once(cached: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mtime = cached.stat().st_mtime_ns
     monkeypatch.setenv("PIPELINE_DATA_CACHE", str(cached.parent))
@@ -71,6 +72,7 @@ def test_file_is_cf_and_cached_once(cached: Path, monkeypatch: pytest.MonkeyPatc
     assert np.isfinite(ds["q"].values).all()
 
 
+@pytest.mark.slow
 def test_field_has_usable_day_to_day_dynamics(cached: Path) -> None:
     """Frame-to-frame autocorrelation well below 1 (not frozen) and well above 0 (not noise)."""
     q = open_source([cached])["q"].values.astype(np.float64)
@@ -82,6 +84,7 @@ def test_field_has_usable_day_to_day_dynamics(cached: Path) -> None:
     assert 0.8 < q[:half].std() / q[half:].std() < 1.25  # spun up: statistically steady
 
 
+@pytest.mark.slow
 def test_prepare_accepts_the_experiment(cached: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIPELINE_DATA_CACHE", str(cached.parent))
     cfg = load_config([REPO / "config" / "config.yaml", EXPERIMENT, {"results_dir": str(tmp_path)}])
