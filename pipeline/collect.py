@@ -28,7 +28,7 @@ from pipeline.atomic import write_text_atomic
 from pipeline.config import Config
 from pipeline.data.stats import read_stats
 from pipeline.evaluate import point_path, read_references, references_path, sweep_points
-from pipeline.scoring import SCALAR_METRICS, SKILL, clip_statistics, summarise
+from pipeline.scoring import REFERENCE_PARAMS, SCALAR_METRICS, SKILL, clip_statistics, summarise
 from pipeline.tracking import RunTarget, StageRun, stage_run
 
 __all__ = ["collect", "read_selection", "select"]
@@ -102,11 +102,7 @@ def _forecasts(cfg: Config, refs: dict[str, Any], points: list[tuple[str, str, i
             "split": split,
             "kind": "reference",
             "checkpoint": name,
-            "checkpoint_step": 0,
-            "sampler": "reference",
-            "steps": 0,
-            "guidance_weight": 0.0,
-            "cfg_scale": 1.0,
+            **REFERENCE_PARAMS,
             "samples_per_s": float("nan"),
             "mlflow_run_id": r.get("mlflow_run_id"),
         }

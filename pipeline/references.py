@@ -30,7 +30,17 @@ from pipeline.config import Config
 from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES
 from pipeline.data.times import climatology_candidates
-from pipeline.scoring import REFERENCES, SKILL, EvalClips, energy, load_eval_clips, log_scores, score, summarise
+from pipeline.scoring import (
+    REFERENCE_PARAMS,
+    REFERENCES,
+    SKILL,
+    EvalClips,
+    energy,
+    load_eval_clips,
+    log_scores,
+    score,
+    summarise,
+)
 from pipeline.tracking import RunTarget, stage_run
 
 __all__ = [
@@ -178,11 +188,7 @@ def references_on(cfg: Config, split: str) -> Path:
         size = window.members if name == "climatology-ensemble" else 1
         params = {
             "checkpoint": name,
-            "checkpoint_step": 0,
-            "sampler": "reference",
-            "steps": 0,
-            "guidance_weight": 0.0,
-            "cfg_scale": 1.0,
+            **REFERENCE_PARAMS,
             "ensemble": size,
             "test_clips": len(test.clips),
             "context_frames": test.context,

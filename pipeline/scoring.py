@@ -27,6 +27,7 @@ from pipeline.tracking import StageRun
 
 __all__ = [
     "REFERENCES",
+    "REFERENCE_PARAMS",
     "SCALAR_METRICS",
     "SKILL",
     "SWEEP_PARAMS",
@@ -72,6 +73,9 @@ SWEEP_PARAMS = (
 
 # The reference forecasts, computed once per experiment by the references stage.
 REFERENCES = ("climatology-ensemble", "climatology-mean", "persistence")
+# A reference's sweep params (its name goes in ``checkpoint``): the same names as a point's, so MLflow's compare
+# view and the table line the references up beside the points.
+REFERENCE_PARAMS = {"checkpoint_step": 0, "sampler": "reference", "steps": 0, "guidance_weight": 0.0, "cfg_scale": 1.0}
 
 # Skill scores: name -> (score, reference). The probabilistic climatology is the reference for the CRPS,
 # its mean (the best constant forecast for the squared error) for the RMSE.

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,7 +31,14 @@ import xarray as xr
 
 from pipeline.data.coords import DataError
 
-__all__ = ["bilinear_weights", "check_footprint", "conservative_weights", "overlap_weights", "regrid_curvilinear"]
+__all__ = [
+    "apply_to_grid",
+    "bilinear_weights",
+    "check_footprint",
+    "conservative_weights",
+    "overlap_weights",
+    "regrid_curvilinear",
+]
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +208,34 @@ def _apply(block: np.ndarray, w: sp.csr_matrix, need: np.ndarray, shape: tuple[i
     return out.T.reshape(*lead, *shape)
 
 
+def apply_to_grid(
+    da: xr.DataArray,
+    weights: tuple[sp.csr_matrix, np.ndarray],
+    shape: tuple[int, int],
+    core: list[str],
+    block: Callable[..., np.ndarray],
+) -> xr.DataArray:
+    """``da`` regridded lazily by the sparse ``weights`` (matrix, coverage each target cell needs) from its ``core``
+    dims to a (latitude, longitude) grid of ``shape``: ``block`` (:func:`_apply` or a wrapper of it) maps each
+    dask block; the source's coordinates are dropped, its attributes kept."""
+    w, need = weights
+    src = da.drop_vars(["latitude", "longitude", "cell_corners"], errors="ignore")
+    if src.chunks is not None:
+        src = src.chunk(dict.fromkeys(core, -1))
+    r = xr.apply_ufunc(
+        block,
+        src,
+        input_core_dims=[core],
+        output_core_dims=[["latitude", "longitude"]],
+        dask="parallelized",
+        kwargs={"w": w, "need": need, "shape": shape},
+        output_dtypes=[src.dtype if src.dtype.kind == "f" else np.float64],
+        dask_gufunc_kwargs={"output_sizes": dict(zip(("latitude", "longitude"), shape, strict=True))},
+    )
+    r.attrs = dict(da.attrs)
+    return r
+
+
 def regrid_curvilinear(
     ds: xr.Dataset, target: xr.Dataset, methods: Mapping[str, str], nan_threshold: float = 0.5
 ) -> xr.Dataset:
@@ -221,21 +256,6 @@ def regrid_curvilinear(
                 msg = f"regrid method for {name!r} must be 'conservative' or 'bilinear', got {method!r}"
                 raise DataError(msg)
             weights[method] = (w, need)
-        w, need = weights[method]
-        da = ds[name].drop_vars(["latitude", "longitude", "cell_corners"], errors="ignore")
-        if da.chunks is not None:
-            da = da.chunk({"y": -1, "x": -1})
-        r = xr.apply_ufunc(
-            _apply,
-            da,
-            input_core_dims=[["y", "x"]],
-            output_core_dims=[["latitude", "longitude"]],
-            dask="parallelized",
-            kwargs={"w": w, "need": need, "shape": shape},
-            output_dtypes=[da.dtype if da.dtype.kind == "f" else np.float64],
-            dask_gufunc_kwargs={"output_sizes": dict(zip(("latitude", "longitude"), shape, strict=True))},
-        )
-        r.attrs = dict(ds[name].attrs)
-        out[name] = r
+        out[name] = apply_to_grid(ds[name], weights[method], shape, ["y", "x"], _apply)
     result = xr.Dataset(out, attrs=ds.attrs)
     return result.assign_coords(latitude=target["latitude"], longitude=target["longitude"])

@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import xarray as xr
 
 from pipeline.data.coords import Axes, DataError, _check_latitude_range, _finish
-from pipeline.data.curvilinear import _apply, _target_edges, overlap_weights
+from pipeline.data.curvilinear import _apply, _target_edges, apply_to_grid, overlap_weights
 
 __all__ = [
     "EDGE_POINTS",
@@ -272,21 +272,6 @@ def regrid_unstructured(
     for name, method in methods.items():
         if method not in weights:
             weights[method] = _weights(ds, target, method, nan_threshold, name, source)
-        w, need = weights[method]
-        da = ds[name].drop_vars(["latitude", "longitude", "cell_corners"], errors="ignore")
-        if da.chunks is not None:
-            da = da.chunk({"cell": -1})
-        r = xr.apply_ufunc(
-            _apply_cells,
-            da,
-            input_core_dims=[["cell"]],
-            output_core_dims=[["latitude", "longitude"]],
-            dask="parallelized",
-            kwargs={"w": w, "need": need, "shape": shape},
-            output_dtypes=[da.dtype if da.dtype.kind == "f" else np.float64],
-            dask_gufunc_kwargs={"output_sizes": dict(zip(("latitude", "longitude"), shape, strict=True))},
-        )
-        r.attrs = dict(ds[name].attrs)
-        out[name] = r
+        out[name] = apply_to_grid(ds[name], weights[method], shape, ["cell"], _apply_cells)
     result = xr.Dataset(out, attrs=ds.attrs)
     return result.assign_coords(latitude=target["latitude"], longitude=target["longitude"])
