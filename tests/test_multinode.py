@@ -289,8 +289,8 @@ def _squeue(job: str, env: dict) -> dict[str, tuple[str, str, int]]:
 
 @pytest.mark.timeout(900)
 def test_evaluation_array_and_sampling_spread_over_both_nodes(work: Path, slurm: dict, runs: dict) -> None:
-    """`python -m pipeline evaluate` on SLURM (the one-node run's last checkpoint): the sweep's 3 points as one
-    sbatch --array, 2 at a time; each task asks for a whole node's CPUs, so the two running at once must be on
+    """`python -m pipeline evaluate` on SLURM (the one-node run's last checkpoint): the sweep's 3 points on
+    validation as one sbatch --array, 2 at a time, then the chosen ones on test as a second; each task asks for a whole node's CPUs, so the two running at once must be on
     n1 and n2. Then nothing left to do. Then `sample` with `processes: 2` and `launch.nodes: 2`: one job of
     2 nodes x 1 task (a GPU each), its ranks gathering the samples over the bridge (gloo)."""
     last = f"step-{STEPS:08d}"
@@ -323,8 +323,12 @@ def test_evaluation_array_and_sampling_spread_over_both_nodes(work: Path, slurm:
     assert len(tasks) == 3 and {state for state, _, _ in tasks.values()} == {"COMPLETED"}, tasks
     assert {nodes for _, nodes, _ in tasks.values()} == {"n1", "n2"}, tasks
     for sampler in ("ddim", "dpmpp_2m", "ancestral"):
-        point = json.loads((exp / "eval" / last / f"{sampler}-3.json").read_text())
+        point = json.loads((exp / "eval" / "val" / last / f"{sampler}-3.json").read_text())
         assert point["results"][0]["variables"]["z500"]["crps"] > 0
+    # then the choice on validation, and the chosen points (each sampler's best: all three) as a second array
+    assert re.search(r"evaluate: 3 point\(s\) to run on test", r.stderr), r.stderr[-3000:]
+    assert len(re.findall(r"submitted SLURM job array \d+: 3 task\(s\)", r.stderr)) == 2, r.stderr[-3000:]
+    assert all((exp / "eval" / "test" / last / f"{s}-3.json").exists() for s in ("ddim", "dpmpp_2m", "ancestral"))
     r = pipeline_cli("evaluate", "-c", cfg, cwd=work, env=slurm)
     assert r.returncode == 0 and "evaluate: 0 sweep point(s)" in r.stderr, r.stderr[-2000:]
 
