@@ -263,21 +263,23 @@ def _on_split(
     refs = read_references(cfg, split)
     forecasts = _forecasts(cfg, refs, points, split)
     n = len(refs["clip_starts"])
-    keep_all = keep is None
-    idx, how = _resampling(
-        cfg, [f for f in forecasts if keep_all or f[0]["kind"] == "reference" or _key(f[0]) in keep], n
-    )
+    kept = [f for f in forecasts if keep is None or f[0]["kind"] == "reference" or _key(f[0]) in keep]
+    idx, how = _resampling(cfg, kept, n)
     log.info("bootstrap on the %d %s clips: %s", n, _SPLIT_WORDS[split], how)
-    kept, summaries = [], []
-    for info, variables in forecasts:
-        refs_v = {v: {name: r["variables"][v]["per_clip"] for name, r in refs["references"].items()} for v in variables}
-        summ = {v: summarise(r["per_clip"], refs_v[v], idx, e.confidence) for v, r in variables.items()}
+    summaries, kept_ids = [], {id(f) for f in kept}
+    for f in forecasts:
+        info, variables = f
+        summ = {v: summarise(r["per_clip"], _ref_clips(refs, v), idx, e.confidence) for v, r in variables.items()}
         if log_skill and info["kind"] == "checkpoint":
             _log_skill(cfg, info["mlflow_run_id"], summ)
-        if keep is None or info["kind"] == "reference" or _key(info) in keep:
-            kept.append((info, variables))
+        if id(f) in kept_ids:
             summaries.append(summ)
     return _Split(split, refs, kept, summaries, _scores(cfg, kept, idx, n), how, idx)
+
+
+def _ref_clips(refs: dict[str, Any], variable: str) -> dict[str, Any]:
+    """Per-clip scores of every reference for one variable."""
+    return {name: r["variables"][variable]["per_clip"] for name, r in refs["references"].items()}
 
 
 @dataclass

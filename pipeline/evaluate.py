@@ -83,11 +83,6 @@ def read_references(cfg: Config, split: str = "val") -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _ref_clips(refs: dict[str, Any], variable: str) -> dict[str, Any]:
-    """Per-clip scores of every reference for one variable."""
-    return {name: r["variables"][variable]["per_clip"] for name, r in refs["references"].items()}
-
-
 def _device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
