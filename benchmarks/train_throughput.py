@@ -2,7 +2,8 @@
 
 1. the clip loader (clips/s, with 0 and 2 worker processes) vs what a training step consumes;
 2. DeepSpeed step time vs a plain torch loop on the same model and batch (overhead ratio);
-3. peak resident memory.
+3. the model's FLOPs per training clip (pipeline.flops: forward x 3) and the TFLOP/s each loop achieves;
+4. peak resident memory.
 
     python benchmarks/train_throughput.py --config config/config.yaml [--steps 30]
 
@@ -22,12 +23,12 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import distributed
+from pipeline import distributed, flops
 from pipeline.checkpoints import build_diffusion
 from pipeline.config import load_config
 from pipeline.data.clips import ClipDataset, ClipSampler
 from pipeline.launch import distributed_env
-from pipeline.train import LossModule, deepspeed_config
+from pipeline.train import LossModule, deepspeed_config, model_config
 
 
 def loader_rate(ds: ClipDataset, batch: int, workers: int, n_batches: int) -> float:
@@ -61,16 +62,7 @@ def main() -> None:
     for workers in (0, 2):
         print(f"loader, {workers} workers: {loader_rate(ds, t.micro_batch, workers, 200):8.0f} clips/s")
 
-    model_cfg = {
-        "channels": len(ds.variables),
-        "base_channels": cfg.model.base_channels,
-        "channel_mults": cfg.model.channel_mults,
-        "num_res_blocks": cfg.model.num_res_blocks,
-        "attention_levels": cfg.model.attention_levels,
-        "heads": cfg.model.heads,
-        "periodic_lon": cfg.data.grid.is_global_lon,
-        "day_of_year": cfg.model.day_of_year,
-    }
+    model_cfg = model_config(cfg, len(ds.variables))
     batch = next(iter(DataLoader(ds, batch_size=t.micro_batch)))
     tt = torch.rand(t.micro_batch)
     eps = torch.randn(batch["x"].shape)
@@ -113,9 +105,14 @@ def main() -> None:
             fn()
         times[name] = (time.perf_counter() - t0) / args.steps
     n_params = sum(p.numel() for p in plain.parameters())
+    one = {k: v[:1] for k, v in cond.items()}
+    per_clip = flops.forward_flops(plain.diffusion.net, batch["x"][:1], torch.zeros(1), one) * flops.TRAIN_FACTOR
     print(f"model: {n_params:,} parameters, micro batch {t.micro_batch}, fp32, {torch.get_num_threads()} threads")
+    print(f"model FLOPs per training clip: {per_clip / 1e9:.2f} GFLOP (forward x {flops.TRAIN_FACTOR})")
     for name, sec in times.items():
-        print(f"{name:<18} {sec * 1000:8.1f} ms/step  {t.micro_batch / sec:7.1f} clips/s consumed")
+        rate = t.micro_batch / sec
+        achieved = flops.mfu(per_clip, rate, 1, None)["tflops_per_s"]
+        print(f"{name:<18} {sec * 1000:8.1f} ms/step  {rate:7.1f} clips/s consumed  {achieved * 1e3:7.1f} GFLOP/s")
     ratio = times[f"DeepSpeed ZeRO-{t.zero_stage}"] / times["plain torch"]
     print(f"DeepSpeed overhead ratio: {ratio:.3f}")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

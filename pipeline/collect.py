@@ -88,6 +88,7 @@ def _point_forecasts(cfg: Config, refs: dict[str, Any], point: tuple[str, str, i
             "guidance_weight": w,
             "cfg_scale": s,
             "samples_per_s": r["samples_per_s"],
+            "climate_score": r["climate"]["score"] if "climate" in r else float("nan"),
             "mlflow_run_id": r.get("mlflow_run_id"),
         }
         out.append((info, r["variables"]))
@@ -104,6 +105,7 @@ def _forecasts(cfg: Config, refs: dict[str, Any], points: list[tuple[str, str, i
             "checkpoint": name,
             **REFERENCE_PARAMS,
             "samples_per_s": float("nan"),
+            "climate_score": float("nan"),
             "mlflow_run_id": r.get("mlflow_run_id"),
         }
         out.append((info, r["variables"]))
@@ -301,6 +303,43 @@ def _choose(scores: _Scores) -> int:
     return min(pool, key=lambda i: scores.est[i])
 
 
+def _dominated(i: int, j: int, skill: list[float], clim: dict[int, float]) -> bool:
+    """Point ``i`` is dominated by ``j``: no worse in skill and climate score, better in one."""
+    no_worse = skill[j] <= skill[i] and clim[j] <= clim[i]
+    return no_worse and (skill[j] < skill[i] or clim[j] < clim[i])
+
+
+def _picks(scores: _Scores) -> dict[str, Any]:
+    """The point each criterion chooses on these clips: ``skill`` (:func:`_choose`), ``climate`` (the lowest climate
+    score, :mod:`pipeline.climate`; ties by skill), ``both`` (on the Pareto front of the primary metric and the climate
+    score, the point with the lowest sum of its two ranks; ties by skill), and the ``front``. Without climate figures
+    only ``skill``."""
+    est = scores.est
+    clim = {i: float(scores.forecasts[i][0].get("climate_score", float("nan"))) for i in scores.points}
+    judged = [i for i in scores.points if not np.isnan(clim[i])]
+    out: dict[str, Any] = {"skill": _choose(scores), "climate": None, "both": None, "front": []}
+    if not judged:
+        return out
+    front = [i for i in judged if not any(_dominated(i, j, est, clim) for j in judged)]
+    rank_s = {i: r for r, i in enumerate(sorted(judged, key=lambda i: est[i]))}
+    rank_c = {i: r for r, i in enumerate(sorted(judged, key=lambda i: (clim[i], est[i])))}
+    out["climate"] = min(judged, key=lambda i: (clim[i], est[i]))
+    out["both"] = min(front, key=lambda i: (rank_s[i] + rank_c[i], est[i]))
+    out["front"] = sorted(front, key=lambda i: est[i])
+    return out
+
+
+def _pick(scores: _Scores, picks: dict[str, Any], select_by: str) -> int:
+    """The point ``evaluate.select_by`` chooses, or an error where the climate figures it needs are missing."""
+    if picks[select_by] is None:
+        msg = (
+            f"evaluate.select_by = {select_by!r}, but no sweep point's validation file holds climate figures "
+            "(evaluate.climate.members is 0 or the files predate them: rerun the sweep with --force)"
+        )
+        raise ValueError(msg)
+    return int(picks[select_by])
+
+
 def _judge(scores: _Scores, b: int) -> _Best:
     """Point ``b`` among the others on these clips: whether each point beats climatology, the points ``b`` is not
     significantly better than (the paired difference's interval reaches 0), its skill against the references."""
@@ -322,26 +361,38 @@ def _verdict(name: str, s: tuple[float, list[float]], against: str, words: str, 
     return f"{word} {name} ({words} against {against} {s[0]:.3f}, {pct} interval [{lo:.3f}, {hi:.3f}])"
 
 
-def _test_set(scores: _Scores, best: _Best, limit: int) -> list[dict[str, Any]]:
-    """The forecasts the choice sends to the test clips, in this order until ``limit``: the chosen one, the best of
-    each other sampler (the scorecard's other panels), then the runners-up by their validation score."""
+def _test_set(scores: _Scores, best: _Best, limit: int, picks: dict[str, Any]) -> list[dict[str, Any]]:
+    """The forecasts the choice sends to the test clips, in this order until ``limit``: the chosen one, the other
+    criteria's choices (so every verdict is reported on test), the best of each other sampler (the scorecard's other
+    panels), then the runners-up by their validation score."""
     forecasts, b = scores.forecasts, best.index
     by_sampler = {}
     for i in sorted(scores.points, key=lambda i: scores.est[i]):
         by_sampler.setdefault(forecasts[i][0]["sampler"], i)
     runners = {_key(r) for r in best.runners}
     others = sorted((i for i in scores.points if _key(forecasts[i][0]) in runners), key=lambda i: scores.est[i])
-    order = list(dict.fromkeys([b, *by_sampler.values(), *others]))[:limit]
+    criteria = [picks[c] for c in ("skill", "climate", "both") if picks[c] is not None]
+    order = list(dict.fromkeys([b, *criteria, *by_sampler.values(), *others]))[:limit]
     return [{k: forecasts[i][0][k] for k in _KEYS} for i in order]
 
 
-def _selection(cfg: Config, val: _Split, best: _Best) -> dict[str, Any]:
-    """``selection.json``: the point chosen on validation, its validation score and skill, the runners-up, every
-    point's validation score, and the forecasts (and their point files) to score on the test clips."""
+def _entry(scores: _Scores, i: int) -> dict[str, Any]:
+    """A forecast's identity with its score and climate score on these clips."""
+    info = scores.forecasts[i][0]
+    return {**{k: info[k] for k in _KEYS}, "score": scores.est[i], "climate_score": info.get("climate_score")}
+
+
+def _selection(cfg: Config, val: _Split, best: _Best, picks: dict[str, Any]) -> dict[str, Any]:
+    """``selection.json``: the point chosen on validation (by ``evaluate.select_by``), its validation score and
+    skill, the runners-up, every criterion's choice and the Pareto front, every point's validation scores, and the
+    forecasts (and their point files) to score on the test clips."""
     scores, b = val.scores, best.index
-    test = _test_set(scores, best, cfg.evaluate.test_points)
+    test = _test_set(scores, best, cfg.evaluate.test_points, picks)
     return {
         "split": "val",
+        "select_by": cfg.evaluate.select_by,
+        "by_criterion": {c: _entry(scores, picks[c]) for c in ("skill", "climate", "both") if picks[c] is not None},
+        "pareto_front": [_entry(scores, i) for i in picks["front"]],
         "primary_metric": scores.primary,
         "val_clips": scores.clips,
         "clip_starts": val.refs["clip_starts"],
@@ -352,10 +403,7 @@ def _selection(cfg: Config, val: _Split, best: _Best) -> dict[str, Any]:
         "beats_climatology": best.clim[1][0] > 0,
         "any_point_beats_climatology": any(best.beats.values()),
         "runners_up": best.runners,
-        "ranking": [
-            {**{k: scores.forecasts[i][0][k] for k in _KEYS}, "score": scores.est[i]}
-            for i in sorted(scores.points, key=lambda i: scores.est[i])
-        ],
+        "ranking": [_entry(scores, i) for i in sorted(scores.points, key=lambda i: scores.est[i])],
         "test_forecasts": test,
         "test_points": [list(p) for p in dict.fromkeys((f["checkpoint"], f["sampler"], f["steps"]) for f in test)],
         "confidence": cfg.evaluate.confidence,
@@ -377,8 +425,9 @@ def select(cfg: Config, run: StageRun, students: bool = False) -> Path:
     """Choose the sweep's best point on the validation clips (never a test score): ``selection.json``, under
     ``eval/`` (with ``students`` under ``eval/distilled/``, over the sweep and the distilled students)."""
     val = _on_split(cfg, "val", sweep_points(cfg, students), log_skill=True)
-    best = _judge(val.scores, _choose(val.scores))
-    sel = _selection(cfg, val, best)
+    picks = _picks(val.scores)
+    best = _judge(val.scores, _pick(val.scores, picks, cfg.evaluate.select_by))
+    sel = _selection(cfg, val, best, picks)
     out = cfg.eval_selection(students)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, json.dumps(sel, indent=2))
@@ -386,7 +435,8 @@ def select(cfg: Config, run: StageRun, students: bool = False) -> Path:
     run.log_metrics({f"chosen_val_{sel['primary_metric']}_score": sel["score"], "points": len(val.scores.points)})
     run.set_tags({f"chosen_{k}": v for k, v in sel["chosen"].items()} | {"split": "val"})
     log.info(
-        "chosen on %d validation clips: %s; %d forecast(s) go to the test clips",
+        "chosen by %s on %d validation clips: %s; %d forecast(s) go to the test clips",
+        sel["select_by"],
         sel["val_clips"],
         _label({"kind": "checkpoint", **sel["chosen"]}),
         len(sel["test_forecasts"]),
@@ -401,10 +451,11 @@ def _statement(test: _Split, best: _Best, sel: dict[str, Any], block: int) -> tu
     primary, n, points = scores.primary, scores.clips, scores.points
     words, pct = _SKILL_WORDS[primary], f"{scores.confidence:.0%}"
     v_lo, v_hi = sel["skill"]["climatology"][1]
+    by = {"skill": primary, "climate": "climate score", "both": f"{primary} and climate score (Pareto front)"}
     chosen = (
         f"{_label(scores.forecasts[best.index][0])} was chosen as the best of {len(sel['ranking'])} sweep point(s) "
-        f"by {primary} on {sel['val_clips']} validation clips ({words} against {_CLIMATOLOGY[primary]} there "
-        f"{sel['skill']['climatology'][0]:.3f} [{v_lo:.3f}, {v_hi:.3f}])"
+        f"by {by[sel.get('select_by', 'skill')]} on {sel['val_clips']} validation clips ({words} against "
+        f"{_CLIMATOLOGY[primary]} there {sel['skill']['climatology'][0]:.3f} [{v_lo:.3f}, {v_hi:.3f}])"
     )
     others = len(points) - 1
     if not best.runners:
@@ -437,6 +488,7 @@ def _best_json(
     test runners-up, the bootstrap's settings, its per-variable test summaries and the references'; the choice."""
     e, scores, b = cfg.evaluate, test.scores, best.index
     info_b, words, primary = scores.forecasts[b][0], _SKILL_WORDS[scores.primary], scores.primary
+    chosen = _result(cfg, info_b)
     clim, pers = best.clim, best.pers
     return {
         **{k: info_b[k] for k in ("checkpoint", "sampler")},
@@ -467,7 +519,11 @@ def _best_json(
         "test_clips": scores.clips,
         "val_clips": sel["val_clips"],
         "selection": {k: sel[k] for k in ("score", "score_interval", "skill", "beats_climatology", "runners_up")},
-        "multivariate": _multivariate(cfg, test, b),
+        "multivariate": _multivariate(chosen, test, e.confidence),
+        "select_by": sel.get("select_by", "skill"),
+        "climate": _climate_summary(chosen.get("climate")),
+        "by_criterion": _by_criterion(test, sel),
+        "pareto_front": sel.get("pareto_front", []),
         "variables": test.summaries[b],
         "references": {
             name: {
@@ -479,12 +535,16 @@ def _best_json(
     }
 
 
-def _multivariate(cfg: Config, test: _Split, b: int) -> dict[str, Any] | None:
+def _result(cfg: Config, info: dict[str, Any]) -> dict[str, Any]:
+    """A forecast's result (one guidance weight and scale) in its point file on its split."""
+    res = json.loads(point_path(cfg, info["checkpoint"], info["sampler"], info["steps"], info["split"]).read_text())
+    (r,) = [r for r in res["results"] if (r["guidance_weight"], r.get("cfg_scale", 1.0)) == _key(info)[3:]]
+    return r
+
+
+def _multivariate(r: dict[str, Any], test: _Split, conf: float) -> dict[str, Any] | None:
     """The chosen forecast's energy score over all variables (normalised units) on the test clips with its
     interval, and its skill against each reference on the same resampled clips; None for files without it."""
-    info, conf = test.forecasts[b][0], cfg.evaluate.confidence
-    res = json.loads(point_path(cfg, info["checkpoint"], info["sampler"], info["steps"], "test").read_text())
-    (r,) = [r for r in res["results"] if (r["guidance_weight"], r.get("cfg_scale", 1.0)) == _key(info)[3:]]
     refs = test.refs["references"]
     if "multivariate" not in r or any("multivariate" not in x for x in refs.values()):
         return None
@@ -504,6 +564,79 @@ def _multivariate(cfg: Config, test: _Split, b: int) -> dict[str, Any] | None:
     return out
 
 
+_HEADLINE = ("mean_bias_rms", "std_ratio", "w1_rel", "eof_pattern_correlation", "eof_explained_variance")
+
+
+def _climate_summary(c: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A forecast's climate figures for best.json: its score, stability, per variable and set the ratios and the
+    headline figures beside the training period's (the yardstick), stability and drift; None without them."""
+    if c is None:
+        return None
+    out = {k: c[k] for k in ("score", "stable", "members", "frames", "given_frames", "unconditional", "period_frames")}
+    out["variables"] = {
+        v: {
+            **{
+                s: {
+                    "ratios": res[s]["ratios"],
+                    "figures": {k: res[s]["figures"][k] for k in _HEADLINE},
+                    "yardstick": {k: res[s]["yardstick"][k] for k in _HEADLINE},
+                }
+                for s in ("rollouts", "unconditional")
+            },
+            "stability": res["stability"],
+            "drift": res["drift"],
+        }
+        for v, res in c["variables"].items()
+    }
+    return out
+
+
+def _by_criterion(test: _Split, sel: dict[str, Any]) -> dict[str, Any]:
+    """The point each criterion chose on validation, with its validation scores and, where the choice sent it to
+    the test clips, its test score and climate score."""
+    pos = {_key(test.forecasts[i][0]): i for i in test.scores.points}
+    out = {}
+    for c, entry in sel.get("by_criterion", {}).items():
+        i = pos.get(_key(entry))
+        out[c] = {k: entry[k] for k in _KEYS} | {
+            "val_score": entry["score"],
+            "val_climate_score": entry["climate_score"],
+            "test_score": test.scores.est[i] if i is not None else None,
+            "test_climate_score": test.forecasts[i][0]["climate_score"] if i is not None else None,
+        }
+    return out
+
+
+def _climate_statement(best_info: dict[str, Any]) -> str:
+    """The climate verdict in words: the chosen point's climate score on test, its worst figures, stability, and
+    the point each criterion chose on validation."""
+    c = best_info["climate"]
+    if c is None:
+        return ""
+    ratios = [
+        (f"{s} {k} ({v})", x)
+        for v, res in c["variables"].items()
+        for s in ("rollouts", "unconditional")
+        for k, x in res[s]["ratios"].items()
+        if not np.isnan(x)
+    ]
+    worst = sorted(ratios, key=lambda t: -t[1])[:3]
+    above = sum(x > 2 for _, x in ratios)
+    text = (
+        f" As a climate model on the test period ({c['members']} free rollouts of {c['frames']} generated frames, "
+        f"{c['unconditional']} unconditional clips) its climate score is {c['score']:.2f}: the geometric mean of "
+        f"{len(ratios)} figures' ratios to the training period's (1 = as close as two real periods are); {above} "
+        f"figure(s) more than twice as far, the furthest {', '.join(f'{n} {x:.2f}' for n, x in worst)}."
+    )
+    if not c["stable"]:
+        text += " Some rollouts did not stay finite (unstable)."
+    crit = best_info["by_criterion"]
+    if crit:
+        named = "; ".join(f"by {k}: {_label(v | {'kind': 'checkpoint'})}" for k, v in crit.items())
+        text += f" On validation the choice {named}."
+    return text
+
+
 def _scorecard_panels(test: _Split, best: _Best, sel: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The scorecard's panels, test numbers: the chosen point, then each other sampler's best point on validation
     (the test set holds them: :func:`_test_set`)."""
@@ -516,6 +649,10 @@ def _scorecard_panels(test: _Split, best: _Best, sel: dict[str, Any]) -> list[tu
     firsts.pop(forecasts[b][0]["sampler"], None)
     panels += [(_label(forecasts[i][0]), test.summaries[i]) for i in firsts.values()]
     return panels
+
+
+def _finite_climate(best_info: dict[str, Any]) -> bool:
+    return best_info["climate"] is not None and bool(np.isfinite(best_info["climate"]["score"]))
 
 
 def _track_collect(
@@ -539,6 +676,7 @@ def _track_collect(
             "best_skill_persistence": pers["value"],
             "best_skill_persistence_lo": pers["interval"][0],
             "best_skill_persistence_hi": pers["interval"][1],
+            **({"best_climate_score": best_info["climate"]["score"]} if _finite_climate(best_info) else {}),
         }
     )
     run.set_tags(
@@ -551,6 +689,8 @@ def _track_collect(
             "beats_persistence": best_info["beats_persistence"],
             "chosen_on": "validation",
             "reported_on": "test",
+            "select_by": best_info["select_by"],
+            **{f"best_by_{c}": _label(v | {"kind": "checkpoint"}) for c, v in best_info["by_criterion"].items()},
         }
     )
     run.describe_parent(
@@ -575,7 +715,7 @@ def collect(cfg: Config, run: StageRun, students: bool = False) -> Path:
     (validation: the sweep), scorecard (test) and ``best.json`` (test scores and intervals, the choice beside them).
     With ``students`` the same over the sweep and the distilled students' points, under ``eval/distilled/``
     (``eval/best.json``, which distill and sample read, stays the teachers')."""
-    from pipeline.plots import scorecard, sweep_summary
+    from pipeline.plots import climate_panel, scorecard, sweep_summary
 
     e = cfg.evaluate
     sel = read_selection(cfg, students)
@@ -590,12 +730,17 @@ def collect(cfg: Config, run: StageRun, students: bool = False) -> Path:
     best = _judge(test.scores, next(i for i in test.scores.points if _key(test.forecasts[i][0]) == chosen))
     statement, dependence = _statement(test, best, sel, e.bootstrap_block)
     best_info = _best_json(cfg, test, best, sel, statement, dependence)
+    best_info["verdicts"] = {"skill": statement, "climate": _climate_statement(best_info).strip()}
+    best_info["statement"] = statement + _climate_statement(best_info)
     out = cfg.eval_out(students)
     table = _write_table(out, [val, test])
     write_text_atomic(cfg.eval_best(students), json.dumps(best_info, indent=2))
     card = scorecard(_scorecard_panels(test, best, sel), e.confidence, out / "scorecard.png")
     plot = sweep_summary(table[table["split"] == "val"], test.scores.primary, out / "summary.png", "validation clips")
     files = [out / "summary.csv", out / "summary.parquet", cfg.eval_best(students), plot, card]
+    if best_info["climate"] is not None:
+        title = f"{_label(test.forecasts[best.index][0])}\nclimate figures on test: ratio to the training period's"
+        files.append(climate_panel(best_info["climate"]["variables"], title, out / "climate.png"))
     _track_collect(cfg, run, files, best_info, len(val.scores.points), students)
     log.info("best: %s", statement)
     return cfg.eval_best(students)

@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import seeding
+from pipeline import climate, seeding
 from pipeline.atomic import write_text_atomic
 from pipeline.checkpoints import load_inference
 from pipeline.config import Config
 from pipeline.diffusion import ClassifierFreeGuidance, ReconstructionGuidance
 from pipeline.diffusion.guidance import frame_mask
 from pipeline.diffusion.samplers import get_sampler
+from pipeline.point_climate import ClimateData, assess_point, load_climate_data
 from pipeline.scoring import (
     SCALAR_METRICS,
     SWEEP_PARAMS,
@@ -142,6 +143,7 @@ class _Point:
     test: EvalClips  # the clips of the point's split (validation or test)
     device: torch.device
     common: dict[str, Any]
+    climate: ClimateData | None = None  # the stores the climate figures read (None: evaluate.climate.members 0)
 
     @property
     def name(self) -> str:
@@ -188,6 +190,13 @@ def _guided_run(cfg: Config, point: _Point, weight: float, scale: float = 1.0) -
         log_scores(run, {**common, "guidance_weight": weight, "cfg_scale": scale}, variables)
         run.log_metrics({"samples_per_s": result["samples_per_s"], "seconds": result["seconds"]})
         run.log_metrics({"energy_score": multivariate["energy_score"]})
+        if point.climate is not None:  # the point as a climate model: free rollouts and clips over the period
+            result["climate"] = assess_point(
+                cfg, point.model, point.climate, point.sampler, point.steps, weight, scale, point.day_of_year,
+                test.frames, point.device,
+            )  # fmt: skip
+            run.log_metrics(climate.flat_metrics(result["climate"]))
+            result["seconds"] = time.perf_counter() - t0
         run.set_tags({"checkpoint_file": str(cfg.inference_file(point.checkpoint))})
         run.log_dict({**common, **result}, "result.json")
     log.info(
@@ -244,6 +253,8 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int, split
     _check_cfg_scales(e.cfg_scales, meta, checkpoint)
     day_of_year = bool(meta["model_config"].get("day_of_year"))
     point = _Point(checkpoint, sampler, steps, model, day_of_year, test, device, common)
+    if e.climate.members:
+        point.climate = load_climate_data(cfg, test.names, test.frames, split)
     results = [_guided_run(cfg, point, w, scale=s) for w in e.guidance_weights for s in e.cfg_scales]
     out = point_path(cfg, checkpoint, sampler, steps, split)
     out.parent.mkdir(parents=True, exist_ok=True)

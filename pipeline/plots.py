@@ -21,6 +21,7 @@ from matplotlib.animation import FFMpegWriter, FuncAnimation, PillowWriter
 
 __all__ = [
     "animate_rollout",
+    "climate_panel",
     "first_last_maps",
     "map_axes",
     "projection",
@@ -131,7 +132,7 @@ def sweep_summary(table, metric: str, path: Path, clips: str = "") -> Path:
 _CARD_ROWS = (("CRPS", "crpss_climatology"), ("RMSE", "rmse_ss_climatology"))
 
 
-def scorecard(panels: list[tuple[str, dict]], confidence: float, path: Path) -> Path:
+def scorecard(panels: list[tuple[str, dict]], confidence: float, path: Path, clips: str = "test clips") -> Path:
     """WeatherBench-2-style scorecard: one panel per forecast (title, {variable: summary}); rows variable x
     metric, columns lead frame, colour = skill against climatology (CRPSS against the climatological
     ensemble, RMSE skill score against the climatological mean; blue better, red worse, white = as good),
@@ -164,7 +165,36 @@ def scorecard(panels: list[tuple[str, dict]], confidence: float, path: Path) -> 
         ax.set_xlabel("lead frame", fontsize=8)
         ax.set_title(title, fontsize=8)
     fig.colorbar(im, ax=list(axes[0]), label="skill vs climatology\n(CRPSS, RMSE skill score)", shrink=0.9)
-    fig.supxlabel(f"hatched: the {confidence:.0%} bootstrap interval includes 0", fontsize=8)
+    fig.supxlabel(f"{clips}; hatched: the {confidence:.0%} bootstrap interval includes 0", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def climate_panel(variables: dict[str, dict], title: str, path: Path) -> Path:
+    """The scorecard's climate panel: rows set x figure (the rollouts', then the unconditional clips'), columns
+    variable, colour = the figure's ratio to the training period's (log scale: white = 1, as close as two real
+    periods; red further, blue closer), annotated; grey where a figure has no ratio."""
+    from matplotlib.colors import LogNorm
+
+    names = list(variables)
+    rows = [(s, k) for s in ("rollouts", "unconditional") for k in variables[names[0]][s]["ratios"]]
+    val = np.array([[variables[v][s]["ratios"].get(k, np.nan) for v in names] for s, k in rows], dtype=float)
+    finite = val[np.isfinite(val) & (val > 0)]
+    lim = float(np.clip(np.nanmax(np.abs(np.log10(finite))) if finite.size else 1.0, 0.3, 3.0))
+    fig, ax = plt.subplots(figsize=(5.0 + 1.1 * len(names), 1.4 + 0.3 * len(rows)), layout="constrained")
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.85")
+    shown = np.where(np.isfinite(val) & (val > 0), val, np.nan)
+    im = ax.imshow(shown, cmap=cmap, norm=LogNorm(10**-lim, 10**lim), aspect="auto")
+    for r in range(len(rows)):
+        for c in range(len(names)):
+            text = "inf" if np.isinf(val[r, c]) else ("n/a" if np.isnan(val[r, c]) else f"{val[r, c]:.2g}")
+            ax.text(c, r, text, ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(rows)), [f"{'clips' if s == 'unconditional' else s}: {k}" for s, k in rows], fontsize=8)
+    ax.set_title(title, fontsize=8)
+    fig.colorbar(im, ax=ax, label="error / training period's error\n(1 = as close as two real periods)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -46,6 +46,7 @@ __all__ = [
     "drift",
     "drift_yardstick",
     "flat_metrics",
+    "quantile_name",
     "same_size",
     "sequences",
     "verdict",
@@ -94,10 +95,17 @@ def _moments(seq: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
     return stacked.mean("field"), stacked.std("field")
 
 
-def compare(candidate: xr.DataArray, test: xr.DataArray, lags: list[int]) -> dict:
+def quantile_name(q: float) -> str:
+    """``p1`` for 0.01, ``p0.1`` for 0.001, ``p99.9`` for 0.999."""
+    return f"p{q * 100:g}"
+
+
+def compare(
+    candidate: xr.DataArray, test: xr.DataArray, lags: list[int], quantiles: tuple[float, ...] = QUANTILES
+) -> dict:
     """The figures of one set of (case, frame, lat, lon) sequences against the test period, given as
     (case, frame, lat, lon) too (see :func:`sequences`). Scalars and lists for JSON, plus the bias maps
-    under ``maps`` (xarray, for the figure)."""
+    under ``maps`` (xarray, for the figure); the values' ``quantiles`` as ``p1`` ... beside ``test_p1`` ..."""
     cv, cw = _values(candidate)
     tv, tw = _values(test)
     if cv.size == 0 or tv.size == 0:
@@ -105,8 +113,8 @@ def compare(candidate: xr.DataArray, test: xr.DataArray, lags: list[int]) -> dic
         raise ValueError(msg)
     test_std = float(np.sqrt(np.cov(tv, aweights=tw)))
     w1 = float(wasserstein_distance(cv, tv, cw, tw))
-    cq = np.quantile(cv, QUANTILES, weights=cw, method="inverted_cdf")
-    tq = np.quantile(tv, QUANTILES, weights=tw, method="inverted_cdf")
+    cq = np.quantile(cv, quantiles, weights=cw, method="inverted_cdf")
+    tq = np.quantile(tv, quantiles, weights=tw, method="inverted_cdf")
     c_mean, c_std = _moments(candidate)
     t_mean, t_std = _moments(test)
     mean_bias, std_bias = c_mean - t_mean, c_std - t_std
@@ -114,14 +122,15 @@ def compare(candidate: xr.DataArray, test: xr.DataArray, lags: list[int]) -> dic
         "fields": int(candidate.sizes["case"] * candidate.sizes["frame"]),
         "w1": w1,
         "w1_rel": w1 / test_std if test_std > 0 else float("nan"),
+        "test_std": test_std,
         "mean_bias_rms": _rms(mean_bias),
         "std_bias_rms": _rms(std_bias),
         "std_ratio": float(metrics.area_mean(c_std) / metrics.area_mean(t_std)),
         "autocorrelation": metrics.autocorrelation(candidate, "frame", lags, c_mean),
         "maps": {"mean_bias": mean_bias, "std_bias": std_bias},
     }
-    out |= {f"p{round(q * 100)}": float(v) for q, v in zip(QUANTILES, cq, strict=True)}
-    out |= {f"test_p{round(q * 100)}": float(v) for q, v in zip(QUANTILES, tq, strict=True)}
+    out |= {quantile_name(q): float(v) for q, v in zip(quantiles, cq, strict=True)}
+    out |= {f"test_{quantile_name(q)}": float(v) for q, v in zip(quantiles, tq, strict=True)}
     if not (bool(candidate.isnull().any()) or bool(test.isnull().any())):
         out["spectral_ratio"] = metrics.spectral_ratio(candidate, test)
     return out

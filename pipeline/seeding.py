@@ -8,7 +8,7 @@ stages have always used: changing one changes every result seeded by it.
 
 from __future__ import annotations
 
-__all__ = ["derive", "evaluation", "realism", "references", "sampling"]
+__all__ = ["climate", "derive", "evaluation", "realism", "references", "sampling"]
 
 _BASE = 1_000_003  # a prime: the parts of a seed stay apart
 _MOD = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
@@ -43,3 +43,9 @@ def references(seed: int) -> list[int]:
 def realism(seed: int) -> list[int]:
     """numpy's seed sequence of the real sets drawn for the realism figures' same-size yardsticks."""
     return [seed, 13]
+
+
+def climate(seed: int, kind: int, index: int) -> int:
+    """Rollout or clip ``index`` of a sweep point's climate figures (``kind`` 0: unconditional, 1: rollouts): the
+    same noise for every checkpoint, sampler and guidance setting, like :func:`evaluation`."""
+    return derive(seed, 17, kind, index)

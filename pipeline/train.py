@@ -27,13 +27,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from pipeline import checkpoints, distributed, seeding
+from pipeline import checkpoints, distributed, flops, seeding
 from pipeline.atomic import copy_atomic
 from pipeline.checkpoints import build_diffusion
 from pipeline.config import Config
 from pipeline.data.clips import ClipDataset, ClipSampler
+from pipeline.data.io import open_store
 from pipeline.diffusion import VDiffusion
-from pipeline.diffusion.guidance import drop_condition
+from pipeline.diffusion.guidance import context_condition, drop_condition
 from pipeline.distributed import Runtime
 from pipeline.tracking import RunTarget, StageRun, stage_run
 
@@ -181,6 +182,7 @@ def model_config(cfg: Config, channels: int) -> dict[str, Any]:
         "periodic_lon": m.periodic_lon if m.periodic_lon is not None else cfg.data.grid.is_global_lon,
         "lat_padding": m.lat_padding,
         "day_of_year": m.day_of_year,
+        "context_frames": cfg.train.context_probability > 0,  # the given frames are an input (trained-in)
         "max_frames": max(64, cfg.train.clip_frames),
         "gradient_checkpointing": m.gradient_checkpointing,
     }
@@ -264,6 +266,8 @@ class Loop:
     inference: Callable[[TrainState], dict[str, Any]]
     step_offset: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    flops_per_clip: float = 0.0  # model FLOPs of one training clip (forward + backward), 0 = not counted
+    peak_tflops: float | None = None  # the device's peak, for the MFU (None: unknown device, or the CPU)
 
 
 def _micro_steps(cfg: Config, rt: Runtime, state: TrainState, it: Iterator, loop: Loop) -> tuple[float, int, float]:
@@ -279,8 +283,13 @@ def _micro_steps(cfg: Config, rt: Runtime, state: TrainState, it: Iterator, loop
         tt = loop.sample_t(x.shape[0], g)
         eps = torch.randn(x.shape, generator=g).to(rt.device, rt.dtype)
         cond = drop_condition({"doy": batch["doy"].to(rt.device)}, t.cond_drop, g) if cfg.model.day_of_year else None
+        mask = batch["mask"].to(rt.device)
+        if t.context_probability > 0:  # some clips' first frames given clean, left out of the loss
+            kmax = t.context_max_frames or cfg.evaluate.context_frames
+            cond, keep = context_condition(cond, x, t.context_probability, kmax, g)
+            mask = mask * keep
         torch.manual_seed(seeding.derive(cfg.seed, rt.rank, step, micro, 1))  # dropout
-        loss = state.engine(x, cond, batch["mask"].to(rt.device), tt.to(rt.device), eps)
+        loss = state.engine(x, cond, mask, tt.to(rt.device), eps)
         state.engine.backward(loss)
         state.engine.step()
         step_loss += float(loss) / t.grad_accum
@@ -315,6 +324,8 @@ def _log_window(rt: Runtime, state: TrainState, win: _Window, loop: Loop, run: S
     }
     if rt.cuda:
         metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(rt.device) / 1e9
+    if loop.flops_per_clip:
+        metrics |= flops.mfu(loop.flops_per_clip, metrics["samples_per_s"], rt.world, loop.peak_tflops)
     if rt.rank == 0:
         run.log_metrics(metrics, step=loop.step_offset + state.step)
         with loop.log_file.open("a") as f:
@@ -447,6 +458,22 @@ def inference_blob(
     }
 
 
+def count_flops(cfg: Config, rt: Runtime, diffusion: VDiffusion, model_cfg: dict[str, Any]) -> float:
+    """Model FLOPs of one training clip: the network's forward pass on one clip of the training shape (with the
+    conditions it is trained with), times :data:`pipeline.flops.TRAIN_FACTOR`."""
+    store = open_store(cfg.normalised_path)
+    t = cfg.train.clip_frames
+    shape = (1, model_cfg["channels"], t, store.sizes["latitude"], store.sizes["longitude"])
+    z = torch.zeros(shape, device=rt.device, dtype=rt.dtype)
+    cond: dict[str, Any] = {}
+    if model_cfg["day_of_year"]:
+        cond["doy"] = torch.ones(1, t, device=rt.device)
+    if model_cfg.get("context_frames"):
+        cond |= {"context": z, "context_mask": torch.ones(1, 1, t, 1, 1, device=rt.device, dtype=rt.dtype)}
+    logsnr = torch.zeros(1, device=rt.device, dtype=rt.dtype)
+    return float(flops.forward_flops(diffusion.net, z, logsnr, cond or None) * flops.TRAIN_FACTOR)
+
+
 def run_training(cfg: Config) -> dict[str, Any]:
     """Train in this process (one rank of the job). Returns a summary (rank 0: final losses)."""
     import torch.distributed as dist
@@ -467,11 +494,15 @@ def run_training(cfg: Config) -> dict[str, Any]:
         sample_t=lambda n, g: diffusion.sample_t(n, generator=g, low_discrepancy=t.low_discrepancy),
         validate=validation_metrics(cfg, rt, clips),
         inference=lambda s: inference_blob(cfg, s, model_cfg, clips.variables),
+        flops_per_clip=count_flops(cfg, rt, diffusion, model_cfg),
+        peak_tflops=flops.peak_tflops(torch.cuda.get_device_name(rt.device), t.peak_tflops) if rt.cuda else None,
     )
     with stage_run(RunTarget.of(cfg), "train", rank=rt.rank, run_id=state.run_id) as run:
         state.run_id = run.run_id
         if rt.rank == 0 and state.step == 0:
             _log_start(cfg, rt, state, model_cfg, clips, run)
+            run.log_params({"flops_per_clip": loop.flops_per_clip, "peak_tflops": loop.peak_tflops})
+            log.info("model FLOPs per training clip: %.3g (forward x %d)", loop.flops_per_clip, flops.TRAIN_FACTOR)
         training_loop(cfg, rt, state, clips, loop, run)
         if rt.rank == 0:
             final = checkpoints.inference_path(ckpt_dir, checkpoints.tag(state.step))

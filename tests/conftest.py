@@ -173,10 +173,26 @@ def assert_same_data(a: Path, b: Path) -> None:
     assert sa == sb  # float for float: the statistics merge the same moments in the same order
 
 
-def slurm_training_workdir(tmp: Path, env: dict, train: dict, launch: dict) -> Path:
+@pytest.fixture(scope="session")
+def slurm_data(tmp_path_factory) -> Path:
+    """The bundled data prepared and normalised once for all SLURM training tests (the default data settings,
+    which their train and launch settings leave alone); returns the data folder."""
+    import yaml
+
+    tmp = tmp_path_factory.mktemp("slurm_data")
+    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    c["results_dir"] = str(tmp / "results")
+    (tmp / "base.yaml").write_text(yaml.safe_dump(c))
+    for stage in ("prepare", "normalise"):
+        r = pipeline_cli(stage, "-c", "base.yaml", cwd=tmp, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    return tmp / "results" / c["experiment"] / "data"
+
+
+def slurm_training_workdir(tmp: Path, env: dict, train: dict, launch: dict, data: Path) -> Path:
     """For the SLURM training tests: ``tmp/base.yaml`` (the default config with a tiny model, small clips and
-    the given ``train`` and ``launch`` settings, on SLURM) and the bundled data prepared and normalised once
-    under ``tmp/results/eofs-z500``."""
+    the given ``train`` and ``launch`` settings, on SLURM) and the prepared and normalised ``data`` (the session's
+    ``slurm_data``) copied under ``tmp/results/eofs-z500``."""
     import yaml
 
     c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -186,9 +202,7 @@ def slurm_training_workdir(tmp: Path, env: dict, train: dict, launch: dict) -> P
     c["train"].update({**small, **train})
     c["launch"].update({"executor": "slurm", "cpus_per_task": 1, "mem_gb": 4, "timeout_min": 20, **launch})
     (tmp / "base.yaml").write_text(yaml.safe_dump(c))
-    for stage in ("prepare", "normalise"):
-        r = pipeline_cli(stage, "-c", "base.yaml", cwd=tmp, env=env, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
+    shutil.copytree(data, tmp / "results" / c["experiment"] / "data")
     return tmp
 
 
@@ -316,9 +330,50 @@ def check_seed_systems(work: Path) -> None:
     assert distilled_best["chosen_on"] == "val" and distilled_best["reported_on"] == "test"
 
 
+# pytest-xdist (`-n 2 --dist loadgroup` in pyproject's addopts) runs whole groups on one worker: each module is a
+# group (its module fixtures are built once), and the SLURM tests and every user of the session's CI workflow are
+# one group, "cluster" (one cluster and job queue; the workflow runs once, the SLURM sweep starts from its results),
+# which runs beside the others while it waits on the cluster. The groups come from the module's file name: xdist 3.8
+# renames a node id to mark its `xdist_group`, which pytest 9.2 ignores (node ids are no longer assignable), so the
+# marks alone grouped nothing.
+CLUSTER_MODULES = {
+    "test_slurm.py",
+    "test_slurm_sweep.py",
+    "test_multinode.py",
+    "test_workflow.py",
+    "test_sweep.py",
+    "test_browser.py",
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """--dist loadgroup: one work unit per module, the CLUSTER_MODULES in one, handed out first (the longest)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "cluster" if module.rsplit("/", 1)[-1] in CLUSTER_MODULES else module
+
+        def _assign_work_unit(self, node) -> None:
+            if "cluster" in self.workqueue:
+                self.workqueue.move_to_end("cluster", last=False)
+            super()._assign_work_unit(node)
+
+    return ModuleGroups(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The contributor's tier, ``pytest -m "not slow"`` (under 5 minutes on 2 cores), leaves out every test marked
-    slow and every end-to-end run (markers workflow, slurm, browser: slow by nature)."""
+    slow and every end-to-end run (markers workflow, slurm, browser: slow by nature). A SLURM test or a user of the
+    CI workflow outside CLUSTER_MODULES is an error: it would start a second cluster or workflow beside the first."""
     for item in items:
         if any(item.get_closest_marker(m) for m in ("workflow", "slurm", "browser")):
             item.add_marker(pytest.mark.slow)
+        cluster = item.get_closest_marker("slurm") or "ci_workflow" in getattr(item, "fixturenames", ())
+        if cluster and item.path.name not in CLUSTER_MODULES:
+            msg = f"{item.nodeid} uses the SLURM cluster or the CI workflow: add {item.path.name} to CLUSTER_MODULES"
+            raise pytest.UsageError(msg)

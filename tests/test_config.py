@@ -62,3 +62,24 @@ def test_the_students_sampler_is_refused_for_a_teacher() -> None:
     (sample,) = _errors({"sample": {"sampler": "distilled", "checkpoint": "best"}})
     assert "sample.sampler = 'distilled'" in sample and "student-NNNN" in sample
     assert load_config([BASE, {"sample": {"sampler": "distilled", "checkpoint": "student-0004"}}]).sample.sampler
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ({"evaluate": {"select_by": "climate", "climate": {"members": 0}}}, "evaluate.climate.members = 0"),
+        ({"evaluate": {"climate": {"frames": 2}}}, "evaluate.climate.frames = 2"),
+        ({"train": {"context_probability": 0.5, "context_max_frames": 4}}, "train.context_max_frames = 4"),
+        ({"train": {"context_probability": 0.5, "context_max_frames": 1}}, "evaluate.context_frames = 2"),
+    ],
+)
+def test_climate_choice_and_trained_context_are_checked(override: dict, words: str) -> None:
+    (line,) = _errors(override)
+    assert words in line, line
+
+
+def test_climate_members_must_give_a_spread() -> None:
+    (line,) = _errors({"evaluate": {"climate": {"members": 1}}})
+    assert line.startswith("- evaluate.climate.members = 1") and ">= 2" in line, line
+    cfg = load_config([BASE, {"evaluate": {"select_by": "both"}, "train": {"context_probability": 0.5}}])
+    assert cfg.evaluate.climate.members == 4 and cfg.train.context_max_frames is None

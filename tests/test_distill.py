@@ -166,7 +166,12 @@ TINY = {
     },
     "launch": {"tasks_per_node": 1, "cpus_per_task": 1},
     "tracking": {"system_metrics": None},
-    "evaluate": {"test_clips": 2, "ensemble": 2, "guidance_weights": [0.0]},
+    "evaluate": {
+        "test_clips": 2,
+        "ensemble": 2,
+        "guidance_weights": [0.0],
+        "climate": {"members": 2, "frames": 4, "unconditional": 2},
+    },
     "distill": {
         "enabled": True,
         "checkpoint": "last",

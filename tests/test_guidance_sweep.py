@@ -259,6 +259,7 @@ def test_trained_with_dropout_and_swept_over_scales_end_to_end(tmp_path: Path) -
     c["launch"] |= {"executor": "local", "tasks_per_node": 1, "cpus_per_task": 1}
     c["evaluate"] |= {"checkpoints": "last", "ensemble": 2, "test_clips": 2, "cfg_scales": [1.0, 2.0]}
     c["evaluate"] |= {"guidance_weights": [1.0], "langevin_steps": 2}
+    c["evaluate"] |= {"climate": {"members": 2, "frames": 4, "unconditional": 2}}  # the climate figures, small
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(c))
     for stage in ("prepare", "normalise", "train"):

@@ -38,9 +38,9 @@ CKPT = 6  # checkpoint_every
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory, slurm) -> Path:
+def work(tmp_path_factory, slurm, slurm_data) -> Path:
     train = {"steps": STEPS, "val_every": STEPS, "val_clips": 2, "checkpoint_every": CKPT}
-    return slurm_training_workdir(tmp_path_factory.mktemp("multinode"), slurm, train, {})
+    return slurm_training_workdir(tmp_path_factory.mktemp("multinode"), slurm, train, {}, slurm_data)
 
 
 def _stamp(line: str) -> datetime:
@@ -307,6 +307,7 @@ def test_evaluation_array_and_sampling_spread_over_both_nodes(work: Path, slurm:
             "ensemble": 2,
             "array_parallelism": 2,
             "timeout_min": 10,
+            "climate": {"members": 2, "frames": 4, "unconditional": 2},
         },
     )
     assert runs["1x2"]["exp"] == exp

@@ -206,9 +206,36 @@ def _entry(crps: np.ndarray, se: np.ndarray) -> dict:
     return r | {"per_clip": {"crps": crps.tolist(), "se": se.tolist()}}
 
 
-def _synthetic_split(cfg, split: str, model_factor: tuple[float, float], seed: int) -> None:
+def _climate_block(score: float) -> dict:
+    """A point's climate figures as evaluate writes them (pipeline.point_climate), every ratio = ``score``."""
+    ratios = {"mean_bias_rms": score, "std_ratio": score}
+    figures = {
+        "mean_bias_rms": 10.0 * score,
+        "std_ratio": 1.0,
+        "w1_rel": 0.1,
+        "eof_pattern_correlation": [0.9],
+        "eof_explained_variance": [0.5],
+    }
+    one = {"ratios": ratios, "figures": figures, "yardstick": figures | {"mean_bias_rms": 10.0}}
+    stability = {"finite_fraction": 1.0, "inside_range_fraction": 1.0, "real_range": [0, 1], "stable": True}
+    return {
+        "score": score,
+        "stable": True,
+        "members": 2,
+        "frames": 10,
+        "given_frames": 2,
+        "unconditional": 4,
+        "period_frames": 12,
+        "variables": {"z500": {"rollouts": one, "unconditional": one, "stability": stability, "drift": {}}},
+    }
+
+
+def _synthetic_split(
+    cfg, split: str, model_factor: tuple[float, float], seed: int, climate: tuple[float, float] | None = None
+) -> None:
     """One split's references and points (ddim-10, ddim-25) on 40 clips x 2 leads; each point's CRPS and squared
-    error are the climatological ensemble's times a factor, with noise."""
+    error are the climatological ensemble's times a factor, with noise; with ``climate``, each point's climate
+    score."""
     from pipeline.evaluate import point_path, references_path
 
     rng = np.random.default_rng(seed)
@@ -239,14 +266,24 @@ def _synthetic_split(cfg, split: str, model_factor: tuple[float, float], seed: i
         path = point_path(cfg, "step-00000300", "ddim", steps, split)
         path.parent.mkdir(parents=True, exist_ok=True)
         result = {"guidance_weight": 2.0, "samples_per_s": 1.0, "variables": variables}
+        if climate is not None:
+            result["climate"] = _climate_block(climate[(10, 25).index(steps)])
         path.write_text(
             json.dumps({"checkpoint_step": 300, "clip_frames": 4, "clip_starts": starts, "results": [result]})
         )
 
 
-def _synthetic_sweep(tmp_path: Path, model_factor: tuple[float, float], test_factor: tuple[float, float] | None = None):
+def _synthetic_sweep(
+    tmp_path: Path,
+    model_factor: tuple[float, float],
+    test_factor: tuple[float, float] | None = None,
+    climate: tuple[float, float] | None = None,
+    test_climate: tuple[float, float] | None = None,
+    select_by: str = "skill",
+):
     """A sweep of two points (ddim-10, ddim-25), scored on validation with ``model_factor`` and on test with
-    ``test_factor`` (the same by default): chosen on validation (select), reported on test (collect)."""
+    ``test_factor`` (the same by default), with climate scores ``climate`` / ``test_climate``: chosen on validation
+    by ``select_by`` (select), reported on test (collect)."""
     from pipeline.collect import collect, select
     from pipeline.config import load_config
     from pipeline.tracking import StageRun
@@ -259,14 +296,14 @@ def _synthetic_sweep(tmp_path: Path, model_factor: tuple[float, float], test_fac
                 "experiment": "synthetic",
                 "results_dir": str(tmp_path),
                 "train": {"steps": 300, "checkpoint_every": 300},
-                "evaluate": {"checkpoints": "last", "samplers": ["ddim"], "steps": [10, 25]},
+                "evaluate": {"checkpoints": "last", "samplers": ["ddim"], "steps": [10, 25], "select_by": select_by},
             },
         ]
     )
     (cfg.data_dir).mkdir(parents=True)
     (cfg.stats_path).write_text(json.dumps({"variables": {"z500": {"mean": 5500.0, "std": 250.0, "units": "m"}}}))
-    _synthetic_split(cfg, "val", model_factor, seed=1)
-    _synthetic_split(cfg, "test", test_factor or model_factor, seed=0)
+    _synthetic_split(cfg, "val", model_factor, seed=1, climate=climate)
+    _synthetic_split(cfg, "test", test_factor or model_factor, seed=0, climate=test_climate or climate)
     select(cfg, StageRun(None, None, None))
     collect(cfg, StageRun(None, None, None))
     return cfg, json.loads((cfg.eval_dir / "best.json").read_text())
@@ -334,3 +371,38 @@ def test_the_choice_never_reads_a_test_score(tmp_path: Path) -> None:
     (poisoned.eval_dir / "test" / "references.json").write_text("not json")
     select(poisoned, StageRun(None, None, None))
     assert json.loads((poisoned.eval_dir / "selection.json").read_text())["chosen"]["steps"] == 25
+
+
+@pytest.mark.parametrize(("select_by", "chosen"), [("skill", 25), ("climate", 10), ("both", 25)])
+def test_choosing_by_climate_or_both_and_reporting_both_verdicts(tmp_path: Path, select_by: str, chosen: int) -> None:
+    """ddim-25 has the better CRPS and ddim-10 the better climate score on validation: each criterion chooses its own
+    point, both are on the Pareto front (a tie in rank sums goes to skill), and best.json reports both verdicts on
+    test, whichever chose; the climate panel is drawn. Poisoned test climate scores change nothing chosen."""
+    cfg, best = _synthetic_sweep(tmp_path / "clean", (1.2, 0.7), climate=(1.1, 4.0), select_by=select_by)
+    assert best["steps"] == chosen and best["select_by"] == select_by
+    crit = best["by_criterion"]
+    assert crit["skill"]["steps"] == 25 and crit["climate"]["steps"] == 10 and crit["both"]["steps"] == 25
+    assert crit["climate"]["test_climate_score"] == pytest.approx(1.1) and crit["skill"]["test_score"] is not None
+    assert sorted(p["steps"] for p in best["pareto_front"]) == [10, 25]
+    assert best["climate"]["score"] == pytest.approx(1.1 if chosen == 10 else 4.0)
+    assert best["verdicts"]["climate"].startswith("As a climate model on the test period")
+    assert (
+        "by skill: step-00000300 ddim-25" in best["statement"]
+        and "by climate: step-00000300 ddim-10" in best["statement"]
+    )
+    assert (cfg.eval_dir / "climate.png").stat().st_size > 10_000
+    import pandas as pd
+
+    table = pd.read_csv(cfg.eval_dir / "summary.csv")
+    assert set(table.loc[table["kind"] == "checkpoint", "climate_score"]) == {1.1, 4.0}
+    poisoned, _ = _synthetic_sweep(
+        tmp_path / "poisoned", (1.2, 0.7), climate=(1.1, 4.0), test_climate=(50.0, 0.01), select_by=select_by
+    )
+    assert (poisoned.eval_dir / "selection.json").read_text() == (cfg.eval_dir / "selection.json").read_text().replace(
+        str(tmp_path / "clean"), str(tmp_path / "poisoned")
+    )
+
+
+def test_choosing_by_climate_needs_climate_figures(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"select_by = 'climate'.*evaluate.climate.members"):
+        _synthetic_sweep(tmp_path, (1.2, 0.7), select_by="climate")

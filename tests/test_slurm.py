@@ -45,9 +45,9 @@ STEPS = 80
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory, slurm) -> Path:
+def work(tmp_path_factory, slurm, slurm_data) -> Path:
     train = {"steps": STEPS, "val_every": 20, "checkpoint_every": 10}
-    return slurm_training_workdir(tmp_path_factory.mktemp("slurm"), slurm, train, {"tasks_per_node": 2})
+    return slurm_training_workdir(tmp_path_factory.mktemp("slurm"), slurm, train, {"tasks_per_node": 2}, slurm_data)
 
 
 def _train(work: Path, cfg: str, env: dict) -> subprocess.CompletedProcess:
@@ -230,7 +230,8 @@ def test_snakemake_profile_slurm_runs_the_readme_trial(
     account: the job ids per rule come from Snakemake's log, their states from squeue (MinJobAge keeps finished jobs
     listed), not from sacct. No warning about sacct or a missing account. The second data part's job is cancelled
     while it runs: Snakemake reruns that part alone, and the stores and statistics from the two parts equal a
-    one-part build (issue 12). Killed hard after 25 min."""
+    one-part build (issue 12). Then one more distillation round reruns only what the new student needs (issue 14;
+    this trial is the suite's one run of config/experiments/seed-systems.yaml). Killed hard after 25 min."""
     import snakemake_executor_plugin_slurm  # noqa: F401  (a test dependency: fail, not skip, without it)
 
     assert _readme_trial() == list(README_TRIAL)
@@ -315,3 +316,27 @@ def test_snakemake_profile_slurm_runs_the_readme_trial(
     planned = {rule for rule, _ in _rule_jobs(out)[0].values()}
     assert downstream <= planned, (planned, out[-3000:])
     assert not planned & (remote - downstream), (planned, out[-3000:])  # not the data rules, nor the references
+
+    # one more distillation round (distill.final_steps 4 -> 2), with local jobs (`snakemake --cores 2`, no profile;
+    # the round itself is still submitted to the cluster): the 8 -> 4 student is kept, only the new one is scored
+    kept = [exp / "distill" / "round-0004" / "student.pt", exp / "eval" / "val" / "student-0004" / "distilled-4.json"]
+    times = [p.stat().st_mtime_ns for p in kept]
+    r = subprocess.run(
+        f"snakemake --cores 2{CI_SIZE} 'distill={{final_steps: 2}}'",
+        shell=True,
+        cwd=tmp_path,
+        env=slurm,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
+    jobs = re.findall(
+        r"(?:rule|checkpoint) (evaluate_student|distill_model|select_distilled|collect_distilled):", r.stderr
+    )
+    # the new student on validation, the choice, (the new student on test if it is chosen), the report
+    assert jobs[:3] == ["distill_model", "evaluate_student", "select_distilled"], r.stderr[-4000:]
+    assert jobs[3:] in (["collect_distilled"], ["evaluate_student", "collect_distilled"]), r.stderr[-4000:]
+    assert [p.stat().st_mtime_ns for p in kept] == times
+    summary = (exp / "eval" / "distilled" / "summary.csv").read_text()
+    assert "student-0004" in summary and "student-0002" in summary

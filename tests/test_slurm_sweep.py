@@ -4,8 +4,9 @@ With the executor plugin's array mode (`slurm-array-jobs`, plugin 2.8.0), points
 batch than the rule's other ready points (fewer free `jobs:` slots than points) were held back, kept their slots and
 were never submitted (snakemake-executor-plugin-slurm issue #473): the sweep stopped with an empty queue, and
 SIGTERM, which waits for the running jobs, waited for those forever. The shipped profile submits each point as its own job; here the
-profile's `jobs:` is cut to 2 so that a 6-point sweep is wider than it. Data, training and the reference scores are
-made once, locally; the SLURM runs have only the sweep to do."""
+profile's `jobs:` is cut to 2 so that a 6-point sweep is wider than it. Data and training are the session's CI
+workflow's (conftest `ci_workflow`, copied), the reference scores are made once, locally; the SLURM runs have only
+the sweep to do."""
 
 from __future__ import annotations
 
@@ -47,13 +48,18 @@ TARGET = f"{EXP}/eval/summary.csv"
 
 
 @pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory, slurm: dict) -> Path:
-    """A copy of the workflow and of the shipped profile with `jobs:` cut to JOBS (nothing else changed); the data,
-    the training and the reference scores made there with `snakemake --cores 2` (no SLURM)."""
+def sweep_dir(tmp_path_factory, slurm: dict, ci_workflow: Path) -> Path:
+    """A copy of the workflow and of the shipped profile with `jobs:` cut to JOBS (nothing else changed); the data
+    and the training copied from the session's CI workflow (the same settings: the sweep's only change evaluation),
+    the reference scores made there with `snakemake --cores 2` (no SLURM)."""
     work = tmp_path_factory.mktemp("slurm_sweep")
     for name in ("Snakefile", "workflow", "config", "envs", "slurm"):
         src = REPO / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+    # its evaluation and samples left behind: the sweep's points, choice and summary are this test's to make
+    skip = shutil.ignore_patterns("submitit", "eval", "samples")
+    shutil.copytree(ci_workflow / "results", work / "results", ignore=skip)  # file times kept: nothing to rerun
+    shutil.copytree(ci_workflow / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
     profile = work / "slurm" / "config.yaml"
     text, n = re.subn(r"^jobs: *\d+", f"jobs: {JOBS}", profile.read_text(), count=1, flags=re.M)
     assert n == 1, "the shipped profile sets no `jobs:`"
@@ -64,6 +70,7 @@ def sweep_dir(tmp_path_factory, slurm: dict) -> Path:
         ["snakemake", "--cores", "2", *CONFIG, "--", *targets], cwd=work, env=slurm, capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "rule train_model:" not in r.stderr, r.stderr[-3000:]  # the CI workflow's training was reused
     r = subprocess.run(
         ["snakemake", "-n", "--profile", "slurm", *CONFIG, "--", TARGET],
         cwd=work,

@@ -128,6 +128,10 @@ def test_two_processes_train_and_loss_goes_down(data_root: Path, stage: int) -> 
         ]
     logs = " ".join(p.read_text() for p in (exp / "submitit").glob("*_log.err"))
     assert "task rank 0/2" in logs and "task rank 1/2" in logs  # two data-parallel processes
+    # the model's FLOPs are counted and the throughput in TFLOP/s logged (no MFU on the CPU: no known peak)
+    row = json.loads((exp / "train_log.jsonl").read_text().splitlines()[-1])
+    assert row["tflops_per_s"] > 0 and row["tflops_per_s_per_device"] == pytest.approx(row["tflops_per_s"] / 2)
+    assert "mfu" not in row
 
 
 @pytest.mark.slow

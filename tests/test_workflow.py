@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, SEED_SYSTEMS, check_seed_systems
+from tests.conftest import REPO
 
 SNAKEMAKE = shutil.which("snakemake")
 assert SNAKEMAKE is not None, "snakemake is a dependency of the project: pip install -e '.[test]'"
@@ -18,11 +18,6 @@ assert SNAKEMAKE is not None, "snakemake is a dependency of the project: pip ins
 
 def _run(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def _rules(log: str) -> set[str]:
-    """The rules (and checkpoints) of the jobs in a Snakemake log."""
-    return set(re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):$", log, flags=re.MULTILINE))
 
 
 def test_snakefmt_check() -> None:
@@ -111,37 +106,6 @@ def test_workflow_runs_then_nothing_to_do_then_reruns_on_changed_setting(ci_work
     html = (workdir / "report.html").read_text(errors="replace")
     for name in ("scorecard.png", "summary.png", "z500_realism.png", "z500_rollout.gif", "Evaluation", "Samples"):
         assert name in html, name
-
-
-@pytest.mark.workflow
-@pytest.mark.timeout(1500)
-def test_the_seed_systems_run_through_the_workflow(workdir: Path) -> None:
-    """config/experiments/seed-systems.yaml on the CI experiment (its sweep cut to the last checkpoint at one
-    step count, as the cluster trial cuts it), end to end with local jobs: a learned schedule, conditioning
-    dropout and guidance scales, a Langevin corrector and a distill stage whose student is swept (issue 14;
-    test_slurm runs the same under `snakemake --profile slurm`). Then nothing is left to do."""
-    cut = ["--config", "evaluate={checkpoints: last, steps: [5]}"]
-    r = _run([SNAKEMAKE, "--cores", "2", *SEED_SYSTEMS, *cut], workdir, timeout=1400)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
-    assert {"distill_model", "evaluate_student", "collect_distilled"} <= _rules(r.stderr)
-    check_seed_systems(workdir)
-    r = _run([SNAKEMAKE, "-n", *SEED_SYSTEMS, *cut], workdir)
-    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:] + r.stderr[-3000:]
-    # one more round (distill.final_steps 4 -> 2): the 8 -> 4 student is kept, and only the new student is scored
-    exp = workdir / "results" / "eofs-z500-ci"
-    kept = [exp / "distill" / "round-0004" / "student.pt", exp / "eval" / "val" / "student-0004" / "distilled-4.json"]
-    times = [p.stat().st_mtime_ns for p in kept]
-    r = _run([SNAKEMAKE, "--cores", "2", *SEED_SYSTEMS, *cut, "distill={final_steps: 2}"], workdir, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
-    jobs = re.findall(
-        r"(?:rule|checkpoint) (evaluate_student|distill_model|select_distilled|collect_distilled):", r.stderr
-    )
-    # the new student on validation, the choice, (the new student on test if it is chosen), the report
-    assert jobs[:3] == ["distill_model", "evaluate_student", "select_distilled"], r.stderr[-4000:]
-    assert jobs[3:] in (["collect_distilled"], ["evaluate_student", "collect_distilled"]), r.stderr[-4000:]
-    assert [p.stat().st_mtime_ns for p in kept] == times
-    summary = (exp / "eval" / "distilled" / "summary.csv").read_text()
-    assert "student-0004" in summary and "student-0002" in summary
 
 
 def test_bad_config_fails_at_parse_time(workdir: Path) -> None:

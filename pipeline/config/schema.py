@@ -387,6 +387,22 @@ class TrainConfig(_Section):
         "trained unconditionally (day of year and any other condition dropped), drawn per clip from the step's "
         "seed; 0 = never (then evaluate.cfg_scales and sample.cfg_scale must be 1).",
     )
+    context_probability: Annotated[float, _bounded(lambda v: 0 <= v < 1, "in [0, 1)")] = Field(
+        0.0,
+        description="Conditioning trained in: the probability that a training clip has its first k frames given "
+        "clean (k uniform in 1..context_max_frames) as an input of the network and left out of the loss, so that "
+        "extending a clip (the sweep, the climate rollouts, sample's rollouts) conditions on the given frames "
+        "directly, with reconstruction guidance on top (guidance weight 0: the trained conditioning alone). 0 = off "
+        "(the seed's recipe: the model is trained unconditionally and extends by guidance only).",
+    )
+    context_max_frames: AtLeastOne | None = Field(
+        None, description="With context_probability > 0: the most frames given; null = evaluate.context_frames."
+    )
+    peak_tflops: Positive | None = Field(
+        None,
+        description="The GPU's peak TFLOP/s for the MFU (model FLOPs utilisation) logged with the throughput; "
+        "null = the dense bf16 datasheet figure for the GPU's name (pipeline/flops.py), none on the CPU.",
+    )
 
 
 class LaunchConfig(_Section):
@@ -414,6 +430,32 @@ class LaunchConfig(_Section):
     signal_delay_s: AtLeastZero = Field(
         120, description="Seconds before the time limit at which SLURM signals the job to checkpoint and requeue."
     )
+
+
+class ClimateConfig(_Section):
+    members: int = Field(
+        4,
+        description="Free-running rollouts per sweep point (and guidance weight and scale) over the scored period, "
+        "from its first context_frames real frames; 0 = no climate figures (select_by must then be skill).",
+    )
+    frames: AtLeastOne | None = Field(
+        None,
+        description="Frames per rollout, the given ones included; null = the scored period's length (validation "
+        "when choosing, test when reporting), so the rollout covers it.",
+    )
+    unconditional: AtLeastOne = Field(
+        8, description="Unconditional clips per sweep point, dated at the period's start (against its season)."
+    )
+    eof_modes: AtLeastOne = Field(3, description="Leading EOFs compared (pattern correlation, explained variance).")
+    batch_size: AtLeastOne = Field(8, description="Rollouts (or clips) sampled at once.")
+
+    @field_validator("members")
+    @classmethod
+    def _members(cls, v: int) -> int:
+        if v < 0 or v == 1:
+            msg = f"must be 0 (off) or >= 2 (a spread over members), got {v}"
+            raise ValueError(msg)
+        return v
 
 
 class EvaluateConfig(_Section):
@@ -482,6 +524,17 @@ class EvaluateConfig(_Section):
     )
     primary_metric: Literal["crps", "rmse"] = Field(
         "crps", description="Metric (mean over variables) that picks the best checkpoint."
+    )
+    select_by: Literal["skill", "climate", "both"] = Field(
+        "skill",
+        description="What chooses the best point on validation: 'skill' (primary_metric of the short extensions), "
+        "'climate' (the climate score of its free rollouts and unconditional clips, pipeline.climate) or 'both' "
+        "(the Pareto front of the two; the front's point with the best sum of ranks).",
+    )
+    climate: ClimateConfig = Field(
+        default_factory=ClimateConfig,
+        description="Climate fidelity of every sweep point: free rollouts and unconditional clips judged against "
+        "the scored period beside the training period (pipeline.climate).",
     )
     array_parallelism: AtLeastOne = Field(
         4,
@@ -715,6 +768,45 @@ class Config(ResultsLayout, _Section):
             msg = (
                 f"sample.sampler = {s.sampler!r} with sample.checkpoint = {s.checkpoint!r}: the distilled sampler "
                 "runs a distill stage's student (expected sample.checkpoint: student-NNNN, or another sampler)"
+            )
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _context_frames(self) -> Config:
+        """Trained-in conditioning must leave frames to generate and cover the frames the evaluation gives."""
+        t, e = self.train, self.evaluate
+        if t.context_probability == 0:
+            return self
+        k = t.context_max_frames or e.context_frames
+        if k >= t.clip_frames:
+            msg = (
+                f"train.context_max_frames = {k}: a clip of train.clip_frames = {t.clip_frames} needs a frame left to "
+                "generate (expected at most clip_frames - 1)"
+            )
+            raise ValueError(msg)
+        if e.context_frames > k:
+            msg = (
+                f"evaluate.context_frames = {e.context_frames} gives more frames than the model is trained to take "
+                f"(train.context_max_frames = {k}; expected train.context_max_frames >= evaluate.context_frames)"
+            )
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _climate_choice(self) -> Config:
+        """Choosing by climate needs the climate figures, and a rollout needs frames beyond the given ones."""
+        e = self.evaluate
+        if e.select_by != "skill" and e.climate.members == 0:
+            msg = (
+                f"evaluate.select_by = {e.select_by!r} chooses by the climate figures, but evaluate.climate.members = "
+                "0 switches them off (expected evaluate.climate.members >= 2, or evaluate.select_by: skill)"
+            )
+            raise ValueError(msg)
+        if e.climate.frames is not None and e.climate.frames <= e.context_frames:
+            msg = (
+                f"evaluate.climate.frames = {e.climate.frames}: a rollout needs more frames than the "
+                f"{e.context_frames} given (evaluate.context_frames)"
             )
             raise ValueError(msg)
         return self

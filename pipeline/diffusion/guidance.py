@@ -11,6 +11,10 @@
   forward sample ``q(z_t | x_a)``.
 - :func:`extend`: an autoregressive rollout, N frames at a time, each window overlapping the last
   M generated (or given) frames.
+- :func:`context_condition`: conditioning trained in (as cBottle and ArchesWeatherGen train their video and
+  forecast models): some clips' first frames are given clean to the network as an input and left out of the loss,
+  so a model trained so (:func:`takes_context`) is given the known frames whenever it extends a clip; reconstruction
+  guidance then acts on top of it (weight 0: the trained conditioning alone).
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ __all__ = [
     "ClassifierFreeGuidance",
     "ReconstructionGuidance",
     "Replacement",
+    "context_condition",
     "drop_condition",
     "extend",
     "frame_mask",
+    "takes_context",
 ]
 
 
@@ -71,6 +77,35 @@ def drop_condition(cond: dict[str, Any] | None, p: float, generator: torch.Gener
     first = next(v for v in cond.values() if isinstance(v, Tensor))
     drop = torch.rand(first.shape[0], generator=generator, device=generator.device) < p
     return {**cond, "drop": drop.to(first.device)}
+
+
+def context_condition(
+    cond: dict[str, Any] | None, x: Tensor, p: float, max_frames: int, generator: torch.Generator
+) -> tuple[dict[str, Any], Tensor]:
+    """Trained-in conditioning: with probability ``p`` an item of the batch has its first ``k`` frames given clean
+    (``k`` uniform in 1..``max_frames``), as ``cond["context"]`` (the clip) and ``cond["context_mask"]`` (B, 1, T,
+    1, 1). Returns the condition and the loss mask's factor, 0 on the given frames: the network learns to generate
+    the rest from them, and, for the items without, to generate whole clips. Prefix masks, because extending a clip
+    or a rollout gives its first frames; ``p = 0`` would draw nothing (the caller skips it)."""
+    b, t = x.shape[0], x.shape[2]
+    if not 0 < max_frames < t:
+        msg = f"context frames: at most {max_frames} given of {t} must leave a frame to generate"
+        raise ValueError(msg)
+    has = torch.rand(b, generator=generator, device=generator.device) < p
+    k = torch.randint(1, max_frames + 1, (b,), generator=generator, device=generator.device)
+    given = (torch.arange(t, device=k.device)[None] < k[:, None]) & has[:, None]
+    m = given.to(device=x.device, dtype=x.dtype).reshape(b, 1, t, 1, 1)
+    return {**(cond or {}), "context": x, "context_mask": m}, 1 - m
+
+
+def takes_context(model: Any) -> bool:
+    """Whether a denoiser (possibly wrapped in guidance) has a network trained with context frames as input."""
+    while model is not None:
+        net = getattr(model, "net", None)
+        if net is not None and getattr(getattr(net, "cfg", None), "context_frames", False):
+            return True
+        model = getattr(model, "model", None)
+    return False
 
 
 class ClassifierFreeGuidance:
@@ -121,12 +156,19 @@ class ReconstructionGuidance:
         self.mask = mask
         self.weight = float(weight)
         self.replace_known = replace_known
+        self.context = takes_context(model)  # a model trained with context frames is given the known ones
+
+    def _cond(self, cond: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not self.context:
+            return cond
+        return {**(cond or {}), "context": self.known, "context_mask": self.mask}
 
     @property
     def schedule(self) -> Schedule:
         return self.model.schedule
 
     def predict(self, z: Tensor, logsnr: Tensor, cond: dict[str, Any] | None = None) -> Prediction:
+        cond = self._cond(cond)
         if self.weight == 0.0:
             with torch.no_grad():
                 pred = self.model.predict(z, logsnr, cond)
