@@ -200,9 +200,21 @@ def _drift_ratios(d: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _set(cand: xr.DataArray, real: xr.DataArray, yard: xr.DataArray, lags: list[int], modes: int) -> dict[str, Any]:
-    """One generated set and its yardstick (the training period in its place) against the real period."""
+def _set(
+    cand: xr.DataArray,
+    real: xr.DataArray,
+    yard: xr.DataArray,
+    lags: list[int],
+    modes: int,
+    cycles: tuple[dict, dict, dict] | None = None,
+) -> dict[str, Any]:
+    """One generated set and its yardstick (the training period in its place) against the real period; with
+    ``cycles`` (the set's, the period's and the training period's seasonal cycle) also the seasonal figures."""
     fig, yfig = _figures(cand, real, lags, modes), _figures(yard, real, lags, modes)
+    if cycles is not None:
+        gen, period, train = cycles
+        fig |= {"seasonal": gen, "real_seasonal": period}
+        yfig |= {"seasonal": train, "real_seasonal": period}
     err, yerr = errors(fig), errors(yfig)
     return {"figures": fig, "yardstick": yfig, "errors": err, "yardstick_errors": yerr, "ratios": ratios(err, yerr)}
 
@@ -228,29 +240,23 @@ def assess(
         period = sequences(series.isel(time=periods["period"]))
         train = sequences(series.isel(time=periods["train"]))
         roll = rollouts[v].rename({"member": "case"}).drop_vars("time", errors="ignore")
-        res = {"rollouts": _set(roll, period, train, lags, modes)}
+        cycles = (
+            seasonal_cycle(metrics.area_mean(roll).values, rollouts["time"].values),
+            *(
+                seasonal_cycle(metrics.area_mean(series.isel(time=periods[k])).values, times[periods[k]])
+                for k in ("period", "train")
+            ),
+        )
+        res = {"rollouts": _set(roll, period, train, lags, modes, cycles if all(cycles) else None)}
         unc = unconditional[v].rename({"sample": "case"}).drop_vars("time", errors="ignore")
         season = sequences(series.isel(time=periods["season"]))
         unc_lags = [k for k in lags if k < unc.sizes["frame"]] or [1]
         train_season = sequences(series.isel(time=periods["train_season"]))
         res["unconditional"] = _set(unc, season, train_season, unc_lags, modes)
-        r = res["rollouts"]
-        gen_cycle = seasonal_cycle(metrics.area_mean(roll).values, rollouts["time"].values)
-        real_cycle = seasonal_cycle(
-            metrics.area_mean(series.isel(time=periods["period"])).values, times[periods["period"]]
-        )
-        train_cycle = seasonal_cycle(
-            metrics.area_mean(series.isel(time=periods["train"])).values, times[periods["train"]]
-        )
-        if gen_cycle and real_cycle and train_cycle:
-            r["figures"] |= {"seasonal": gen_cycle, "real_seasonal": real_cycle}
-            r["yardstick"] |= {"seasonal": train_cycle, "real_seasonal": real_cycle}
-            r["errors"], r["yardstick_errors"] = errors(r["figures"]), errors(r["yardstick"])
-            r["ratios"] = ratios(r["errors"], r["yardstick_errors"])
         res["stability"] = stability(rollouts[v], series.isel(time=periods["train"]))
         drift = drift_yardstick(rollouts[v].drop_vars("time", errors="ignore"), series, lead="frame")
         res["drift"] = drift
-        r["ratios"] |= _drift_ratios(drift)
+        res["rollouts"]["ratios"] |= _drift_ratios(drift)
         out[str(v)] = res
     return {
         "variables": out,
