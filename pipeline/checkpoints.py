@@ -164,7 +164,9 @@ def build_diffusion(model_cfg: dict[str, Any], diffusion_cfg: dict[str, Any]) ->
         net.add_module("noise_schedule", sched)
     else:
         sched = CosineSchedule(lo, hi, shift)
-    return VDiffusion(net, sched, weighting=diffusion_cfg.get("weighting", "v"))
+    return VDiffusion(
+        net, sched, weighting=diffusion_cfg.get("weighting", "v"), min_snr_gamma=diffusion_cfg.get("min_snr_gamma", 5.0)
+    )
 
 
 def load_inference(

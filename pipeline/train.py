@@ -206,7 +206,12 @@ class TrainState:
         """The averaged model, as its inference file rebuilds it: a learned schedule travels in the network
         (``net.noise_schedule``, see :func:`checkpoints.build_diffusion`), so the EMA's copy is the averaged one."""
         d = self.diffusion
-        return VDiffusion(self.ema.net, getattr(self.ema.net, "noise_schedule", d.schedule), d.weighting)
+        return VDiffusion(
+            self.ema.net,
+            getattr(self.ema.net, "noise_schedule", d.schedule),
+            d.weighting,
+            min_snr_gamma=d.min_snr_gamma,
+        )
 
 
 def build_engine(cfg: Config, rt: Runtime, module: nn.Module, ema: EMA, ckpt_dir: Path) -> TrainState:
@@ -221,6 +226,9 @@ def build_engine(cfg: Config, rt: Runtime, module: nn.Module, ema: EMA, ckpt_dir
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.steps, t.min_lr_ratio)
     )
     ds_config = deepspeed_config(cfg, rt.world, rt.bf16)
+    if t.compile:
+        # In place (nn.Module.compile): parameter names, checkpoints and the EMA (an eager copy made before) unchanged.
+        module.diffusion.net.compile()
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     ema.net.to(rt.device)
     state = TrainState(engine, ema, ds_config)

@@ -323,9 +323,11 @@ class DiffusionConfig(_Section):
     logsnr_min: float = Field(-20.0, description="logsnr at t = 1 (seed: -30).")
     logsnr_max: float = Field(20.0, description="logsnr at t = 0 (seed: 30).")
     shift: float = Field(0.0, description="Shifted cosine schedule: 2 log(base / resolution); 0 = the seed's schedule.")
-    weighting: Literal["v", "eps", "elbo", "sigmoid"] = Field(
-        "v", description="Loss weighting; 'v' is the seed's v-MSE."
+    weighting: Literal["v", "eps", "elbo", "sigmoid", "min_snr"] = Field(
+        "v",
+        description="Loss weighting; 'v' is the seed's v-MSE, 'min_snr' Hang et al.'s min(SNR, gamma) on the x-error.",
     )
+    min_snr_gamma: float = Field(5.0, gt=0, description="gamma of weighting: min_snr (Hang et al.: 5).")
     schedule: Literal["cosine", "learned"] = Field(
         "cosine",
         description="Noise schedule: the truncated (shifted) alpha-cosine, or VDM's learned monotone network "
@@ -373,6 +375,11 @@ class TrainConfig(_Section):
     )
     zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage (0, 1, 2).")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on GPUs, fp32 on the CPU.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the network for training (nn.Module.compile: same parameters and checkpoints; "
+        "the first steps pay the compilation, a C++ compiler is needed on the CPU); the EMA and evaluation stay eager.",
+    )
     low_discrepancy: bool = Field(True, description="Stratified t across the batch (VDM); lower-variance loss.")
     log_every: AtLeastOne = Field(10, description="Steps between metric logs.")
     val_every: AtLeastOne = Field(100, description="Steps between validation losses (raw and EMA weights).")

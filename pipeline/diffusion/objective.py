@@ -33,7 +33,7 @@ __all__ = [
     "z_from_x_eps",
 ]
 
-Weighting = Literal["v", "eps", "elbo", "sigmoid"]
+Weighting = Literal["v", "eps", "elbo", "sigmoid", "min_snr"]
 
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -85,7 +85,12 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return (values * m).sum(dim=dims) / m.sum(dim=dims).clamp_min(1.0)
 
 
-def loss_weight(logsnr: Tensor, dlogsnr_dt: Tensor, weighting: Weighting, bias: float = 0.0) -> Tensor:
+MIN_SNR_GAMMA = 5.0  # Hang et al.'s default
+
+
+def loss_weight(
+    logsnr: Tensor, dlogsnr_dt: Tensor, weighting: Weighting, bias: float = 0.0, gamma: float = MIN_SNR_GAMMA
+) -> Tensor:
     """Factor turning the squared v-error into a weighted loss (seed eqs. 2.35-2.36).
 
     With ``eps_hat - eps = alpha (v_hat - v)`` the squared v-error equals the squared
@@ -96,6 +101,10 @@ def loss_weight(logsnr: Tensor, dlogsnr_dt: Tensor, weighting: Weighting, bias: 
     - ``"elbo"``: ``-1/2 dlogsnr/dt * alpha^2``, i.e. ``w(lambda) = 1`` importance-weighted by
       ``1/p(lambda)`` (eq. 2.36): the continuous-time ELBO up to a constant.
     - ``"sigmoid"``: ``-1/2 dlogsnr/dt * sigmoid(bias - logsnr) * alpha^2`` (Kingma & Gao).
+    - ``"min_snr"``: ``min(SNR, gamma) / (SNR + 1)`` (Hang et al. 2023, min-SNR-gamma): the x-error weighted by
+      ``min(SNR, gamma)``, since ``||x - x_hat||^2 = sigma^2 ||v - v_hat||^2 = ||v - v_hat||^2 / (SNR + 1)``: the
+      ``eps`` weighting ``alpha^2 = SNR/(SNR+1)`` below ``SNR = gamma``, cut to ``gamma/(SNR+1)`` above, where
+      nearly clean inputs would otherwise pull the gradient toward themselves.
     """
     alpha, _ = alpha_sigma(logsnr)
     a2 = alpha.to(torch.float64) ** 2
@@ -107,8 +116,11 @@ def loss_weight(logsnr: Tensor, dlogsnr_dt: Tensor, weighting: Weighting, bias: 
         w = -0.5 * dlogsnr_dt.to(torch.float64) * a2
     elif weighting == "sigmoid":
         w = -0.5 * dlogsnr_dt.to(torch.float64) * torch.sigmoid(bias - logsnr.to(torch.float64)) * a2
+    elif weighting == "min_snr":
+        snr = torch.exp(logsnr.to(torch.float64))
+        w = torch.clamp(snr, max=gamma) / (snr + 1.0)
     else:
-        msg = f"loss weighting {weighting!r} is not one of 'v', 'eps', 'elbo', 'sigmoid'"
+        msg = f"loss weighting {weighting!r} is not one of 'v', 'eps', 'elbo', 'sigmoid', 'min_snr'"
         raise ValueError(msg)
     return w.to(logsnr.dtype)
 
@@ -180,6 +192,7 @@ class VDiffusion(nn.Module):
         schedule: maps t in [0, 1] to logsnr.
         weighting: see :func:`loss_weight`.
         sigmoid_bias: bias of the sigmoid weighting.
+        min_snr_gamma: gamma of the min-SNR weighting.
     """
 
     def __init__(
@@ -188,12 +201,17 @@ class VDiffusion(nn.Module):
         schedule: Schedule,
         weighting: Weighting = "v",
         sigmoid_bias: float = 0.0,
+        min_snr_gamma: float = MIN_SNR_GAMMA,
     ):
         super().__init__()
         self.net = net
         self.schedule = schedule
         self.weighting = weighting
         self.sigmoid_bias = sigmoid_bias
+        self.min_snr_gamma = min_snr_gamma
+        if not min_snr_gamma > 0:
+            msg = f"min_snr_gamma must be positive, got {min_snr_gamma}"
+            raise ValueError(msg)
         loss_weight(torch.zeros(1), torch.ones(1), weighting)  # fail early on a bad name
         if getattr(schedule, "learn_endpoints", False) and weighting != "elbo":
             msg = f"learned endpoints follow the variational bound, which only weighting 'elbo' estimates, not {weighting!r}"
@@ -250,7 +268,7 @@ class VDiffusion(nn.Module):
         per = self._squared_v_error(x, cond, eps, logsnr, mask)
         needs_slope = self.weighting in ("elbo", "sigmoid")
         slope = self.schedule.dlogsnr_dt(t).float() if needs_slope else torch.ones_like(t)
-        return per * loss_weight(logsnr.float(), slope, self.weighting, self.sigmoid_bias)
+        return per * loss_weight(logsnr.float(), slope, self.weighting, self.sigmoid_bias, self.min_snr_gamma)
 
     def _squared_v_error(
         self, x: Tensor, cond: dict[str, Any] | None, eps: Tensor, logsnr: Tensor, mask: Tensor | None
@@ -303,7 +321,7 @@ class VDiffusion(nn.Module):
         per = self._squared_v_error(x, cond, eps, logsnr, mask)
         # Importance weighting against the cosine reference: E_t[loss] is the reference's, whatever eta.
         ref = self.schedule.reference.slope_at(logsnr)
-        w = loss_weight(logsnr, ref, self.weighting, self.sigmoid_bias) * (slope / ref)
+        w = loss_weight(logsnr, ref, self.weighting, self.sigmoid_bias, self.min_snr_gamma) * (slope / ref)
         loss = per * w.float()
         if variance is not None:
             variance.set_loss(loss)

@@ -183,6 +183,8 @@ def test_the_shipped_configs_pass_and_log_their_sizes(tmp_path: Path, caplog) ->
         cfg = load_config([REPO / "config" / "config.yaml", *extra, over])
         if any(p.startswith("simulated:") for p in cfg.data.source.paths):
             continue  # simulated data is made on first use (minutes); its grid is 32 x 32
+        if any(p.startswith("/path/to/") for p in cfg.data.source.paths):
+            continue  # a template for the user's own files (gpu-era5.yaml): its settings validated, no data to check
         check_data(cfg)
     assert re.search(
         r"data\.grid: target grid 14 x 24 \(336 cells\) at 5 deg; a part's job: .* per time chunk of a variable "

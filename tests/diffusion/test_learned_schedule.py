@@ -151,7 +151,7 @@ def _quadrature_in_logsnr(weighting: str, x: Tensor, eps: Tensor, lo: float, hi:
     return float(torch.trapezoid(f, lam))
 
 
-@pytest.mark.parametrize("weighting", ["v", "eps", "elbo", "sigmoid"])
+@pytest.mark.parametrize("weighting", ["v", "eps", "elbo", "sigmoid", "min_snr"])
 def test_expected_loss_does_not_depend_on_the_interior(weighting: str) -> None:
     """Change of variables: E_t of the learned schedule's loss equals the cosine reference's integral, for
     two different interiors."""

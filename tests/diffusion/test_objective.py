@@ -83,3 +83,29 @@ def test_low_discrepancy_times_are_stratified() -> None:
 def test_unknown_weighting_fails_at_construction() -> None:
     with pytest.raises(ValueError, match="weighting"):
         VDiffusion(_Const(0.0), CosineSchedule(), weighting="bogus")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("gamma", [1.0, 5.0])
+def test_min_snr_weighting_is_min_snr_gamma_on_the_x_error(gamma: float) -> None:
+    # Hang et al.: min(SNR, gamma) ||x - x_hat||^2; with x_hat from v_hat, ||x - x_hat||^2 = sigma^2 ||v - v_hat||^2
+    g = torch.Generator().manual_seed(2)
+    sched = CosineSchedule()
+    t = torch.linspace(0.02, 0.98, 9, dtype=torch.float64)
+    lam = sched(t)
+    a, s = alpha_sigma(lam)
+    x = torch.randn(9, 1, 2, 3, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    z = z_from_x_eps(x, eps, a, s)
+    v_hat = torch.zeros_like(x)
+    x_err = ((x - x_from_v(z, v_hat, a, s)) ** 2).mean(dim=(1, 2, 3, 4))
+    v_err = ((v_from_x_eps(x, eps, a, s) - v_hat) ** 2).mean(dim=(1, 2, 3, 4))
+    w = loss_weight(lam, sched.dlogsnr_dt(t), "min_snr", gamma=gamma)
+    assert torch.allclose(w * v_err, torch.clamp(torch.exp(lam), max=gamma) * x_err, rtol=1e-9)
+    # below gamma it is the eps weighting, above it falls as gamma / (SNR + 1)
+    low = torch.exp(lam) < gamma
+    assert torch.allclose(w[low], loss_weight(lam, sched.dlogsnr_dt(t), "eps")[low])
+    assert bool((w[~low] < 1).all()) and bool(low.any()) and bool((~low).any())
+    m = VDiffusion(_Const(0.0), sched, weighting="min_snr", min_snr_gamma=gamma)
+    assert torch.allclose(m.loss(x.float(), t=t.float(), eps=eps.float()), (w * v_err).float(), rtol=1e-4)
+    with pytest.raises(ValueError, match="min_snr_gamma"):
+        VDiffusion(_Const(0.0), sched, weighting="min_snr", min_snr_gamma=0.0)
