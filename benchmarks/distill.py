@@ -34,7 +34,7 @@ from pipeline.scoring import load_eval_clips, score, summarise
 def run_forecast(cfg, path: Path, sampler: str, steps: int, device: torch.device) -> dict:
     e = cfg.evaluate
     model, meta = checkpoints.load_inference(path, device)
-    test = load_eval_clips(cfg, int(meta["clip_frames"]), meta["variables"])
+    test = load_eval_clips(cfg, meta.clip_frames, meta.variables)
     t0 = time.perf_counter()
     with torch.no_grad():
         ens = generate_extensions(
@@ -43,7 +43,7 @@ def run_forecast(cfg, path: Path, sampler: str, steps: int, device: torch.device
             Completion(e.context_frames, e.ensemble, sampler, steps, e.guidance_weights[0]),
             cfg.seed,
             device,
-            bool(meta["model_config"].get("day_of_year")),
+            meta.day_of_year,
         )
     seconds = time.perf_counter() - t0
     variables = score(test.physical(ens), test.truth, e.context_frames)

@@ -38,15 +38,15 @@ def main() -> None:
     cfg = load_config(args.config or ["config/config.yaml"])
     e = cfg.evaluate
     model, meta = load_inference(cfg.final_checkpoint)
-    ds = ClipDataset(cfg.normalised_path, "test", meta["clip_frames"], 1, variables=meta["variables"])
+    ds = ClipDataset(cfg.normalised_path, "test", meta.clip_frames, 1, variables=meta.variables)
     clips = [ds[int(i)] for i in pick_test_clips(len(ds), e.test_clips, e.test_stride)]  # the sweep's clips
     store = open_store(cfg.normalised_path)
     lat, lon = store["latitude"].values, store["longitude"].values
     stats = read_stats(cfg.stats_path)
-    names = meta["variables"]
+    names = meta.variables
     truth = denormalise(clip_dataset(np.stack([c["x"].numpy() for c in clips]), names, lat, lon, False), stats)
     print(
-        f"checkpoint step {meta['step']}, {len(clips)} test clips x {e.ensemble} members, "
+        f"checkpoint step {meta.step}, {len(clips)} test clips x {e.ensemble} members, "
         f"{e.context_frames} given frames, guidance w_r = {e.guidance_weights[0]}, {torch.get_num_threads()} threads"
     )
     v = names[0]
@@ -60,7 +60,7 @@ def main() -> None:
                 Completion(e.context_frames, e.ensemble, sampler, steps, e.guidance_weights[0]),
                 cfg.seed,
                 torch.device("cpu"),
-                bool(meta["model_config"].get("day_of_year")),
+                meta.day_of_year,
             )
             rate = len(clips) * e.ensemble / (time.perf_counter() - t0)
             r = score(denormalise(clip_dataset(ens, names, lat, lon, True), stats), truth, e.context_frames)[v]

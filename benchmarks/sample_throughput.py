@@ -35,13 +35,13 @@ def main() -> None:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     tag = cfg.kept_checkpoints()[-1]
     model, meta = load_inference(cfg.inference_file(tag), device)
-    c, f = len(meta["variables"]), int(meta["clip_frames"])
+    c, f = len(meta.variables), meta.clip_frames
     store = open_store(cfg.normalised_path)
     h, w = store.sizes["latitude"], store.sizes["longitude"]
     sampler = get_sampler(
         cfg.sample.sampler, langevin_snr=cfg.sample.langevin_snr, langevin_steps=cfg.sample.langevin_steps
     )
-    use_doy = bool(meta["model_config"].get("day_of_year"))
+    use_doy = meta.day_of_year
     print(
         f"checkpoint {tag}, clip {c} x {f} x {h} x {w}, sampler {cfg.sample.sampler} {args.steps} steps, "
         f"device {device}, {torch.get_num_threads()} threads"

@@ -15,9 +15,11 @@ points are known before training ends) and to prune the ones on disk.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # torch is imported where a file is read or written: the conf
 
 __all__ = [
     "STUDENT_SAMPLER",
+    "Inference",
     "build_diffusion",
     "distill_rounds",
     "inference_path",
@@ -169,13 +172,67 @@ def build_diffusion(model_cfg: dict[str, Any], diffusion_cfg: dict[str, Any]) ->
     )
 
 
-def load_inference(
-    path: str | os.PathLike[str], device: str | torch.device = "cpu"
-) -> tuple[VDiffusion, dict[str, Any]]:
-    """Load an inference file (no DeepSpeed): the EMA network in eval mode and the metadata."""
+@dataclass(frozen=True)
+class Inference:
+    """What an inference file holds besides the EMA weights: written by training and distillation
+    (:meth:`blob`), read by evaluation, sampling, distillation and the benchmarks (:func:`load_inference`)."""
+
+    model_config: dict[str, Any]  # UNetConfig fields (pipeline.train.model_config)
+    diffusion: dict[str, Any]  # the diffusion section of the training config (schedule, weighting)
+    variables: list[str]  # channel order
+    stats_path: str  # the normalisation statistics the model was trained on
+    step: int  # optimizer steps (of the round, for a distilled student)
+    clip_frames: int
+    config: str = ""  # the whole training config as JSON ("" where a file has none)
+    extra: dict[str, Any] = field(default_factory=dict)  # distillation: distilled_steps, teacher
+
+    @property
+    def day_of_year(self) -> bool:
+        """The network is conditioned on each frame's day of year."""
+        return bool(self.model_config.get("day_of_year"))
+
+    @property
+    def distilled_steps(self) -> int | None:
+        return self.extra.get("distilled_steps")
+
+    def training_setting(self, section: str, key: str, default: Any) -> Any:
+        """A setting of the config the model was trained under (``default`` where the file has no config)."""
+        return json.loads(self.config).get(section, {}).get(key, default) if self.config else default
+
+    def blob(self, ema: dict[str, Any]) -> dict[str, Any]:
+        """The file's content: the EMA state dict and these fields (plain types: ``weights_only`` loads it)."""
+        fields = asdict(self)
+        return {"ema": ema, **{k: v for k, v in fields.items() if k != "extra"}, **fields["extra"]}
+
+    @classmethod
+    def from_blob(cls, blob: dict[str, Any]) -> Inference:
+        known = {"model_config", "diffusion", "variables", "stats_path", "step", "clip_frames", "config"}
+        missing = sorted(known - {"config"} - set(blob))
+        if missing:
+            msg = f"not an inference file of this pipeline: no {missing} (expected what pipeline.train writes)"
+            raise ValueError(msg)
+        extra = {k: v for k, v in blob.items() if k not in known and k != "ema"}
+        return cls(
+            model_config=dict(blob["model_config"]),
+            diffusion=dict(blob["diffusion"]),
+            variables=list(blob["variables"]),
+            stats_path=str(blob["stats_path"]),
+            step=int(blob["step"]),
+            clip_frames=int(blob["clip_frames"]),
+            config=str(blob.get("config", "")),
+            extra=extra,
+        )
+
+
+def load_inference(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[VDiffusion, Inference]:
+    """Load an inference file (no DeepSpeed): the EMA network in eval mode and what it was trained as."""
     import torch
 
     blob = torch.load(path, map_location=device, weights_only=True)
-    model = build_diffusion(blob["model_config"], blob["diffusion"])
+    try:
+        meta = Inference.from_blob(blob)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    model = build_diffusion(meta.model_config, meta.diffusion)
     model.net.load_state_dict(blob["ema"])
-    return model.to(device).eval(), blob
+    return model.to(device).eval(), meta

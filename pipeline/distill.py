@@ -206,8 +206,8 @@ def distill_round(
     import torch.distributed as dist
 
     teacher, meta = load_inference(teacher_path, rt.device)
-    if list(meta["variables"]) != list(clips.variables):
-        msg = f"distill: the teacher {teacher_path} was trained on {meta['variables']}, the data has {clips.variables}"
+    if meta.variables != list(clips.variables):
+        msg = f"distill: the teacher {teacher_path} was trained on {meta.variables}, the data has {clips.variables}"
         raise ValueError(msg)
     student, _ = load_inference(teacher_path, "cpu")  # the student starts from the teacher's weights
     student.train()
@@ -220,14 +220,14 @@ def distill_round(
     state = build_engine(cfg, rt, module, ema, ckpt_dir)
     state.run_id = run.run_id
     low = cfg.train.low_discrepancy
-    extra = {"diffusion": meta["diffusion"], "distilled_steps": steps, "teacher": str(teacher_path)}
+    extra = {"diffusion": meta.diffusion, "distilled_steps": steps, "teacher": str(teacher_path)}
     loop = Loop(
         desc=f"distill {2 * steps}->{steps}",
         ckpt_dir=ckpt_dir,
         log_file=ckpt_dir / "log.jsonl",
         sample_t=lambda n, g: student_times(student.sample_t(n, generator=g, low_discrepancy=low), steps),
         validate=_validation(cfg, rt, clips, steps),
-        inference=lambda s: inference_blob(cfg, s, meta["model_config"], clips.variables, **extra),
+        inference=lambda s: inference_blob(cfg, s, meta.model_config, clips.variables, **extra),
         step_offset=offset,
     )
     training_loop(cfg, rt, state, clips, loop, run)

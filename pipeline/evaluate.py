@@ -28,7 +28,7 @@ import torch
 
 from pipeline import climate, seeding
 from pipeline.atomic import write_text_atomic
-from pipeline.checkpoints import load_inference
+from pipeline.checkpoints import Inference, load_inference
 from pipeline.config import Config
 from pipeline.diffusion import ClassifierFreeGuidance, ReconstructionGuidance
 from pipeline.diffusion.guidance import frame_mask
@@ -212,12 +212,12 @@ def _guided_run(cfg: Config, point: _Point, weight: float, scale: float = 1.0) -
     return result
 
 
-def _check_cfg_scales(scales: list[float], meta: dict[str, Any], checkpoint: str) -> None:
+def _check_cfg_scales(scales: list[float], meta: Inference, checkpoint: str) -> None:
     """A classifier-free guidance scale other than 1 needs a checkpoint trained with conditioning dropout (the
     config check covers the config; this covers a checkpoint trained under another one)."""
-    if not meta.get("config"):  # no record of the training settings
+    if not meta.config:  # no record of the training settings
         return
-    drop = float(json.loads(meta["config"]).get("train", {}).get("cond_drop", 0.0))
+    drop = float(meta.training_setting("train", "cond_drop", 0.0))
     if drop == 0 and any(s != 1.0 for s in scales):
         msg = (
             f"evaluate.cfg_scales = {scales}: checkpoint {checkpoint} was trained with train.cond_drop = {drop}, "
@@ -237,11 +237,11 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int, split
     e = cfg.evaluate
     device = _device()
     model, meta = load_inference(cfg.inference_file(checkpoint), device)
-    test = load_eval_clips(cfg, int(meta["clip_frames"]), meta["variables"], split=split)
+    test = load_eval_clips(cfg, meta.clip_frames, meta.variables, split=split)
     common = {
         "split": split,
         "checkpoint": checkpoint,
-        "checkpoint_step": int(meta["step"]),
+        "checkpoint_step": meta.step,
         "sampler": sampler,
         "steps": steps,
         "ensemble": e.ensemble,
@@ -251,7 +251,7 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int, split
         "clip_starts": test.labels,
     }
     _check_cfg_scales(e.cfg_scales, meta, checkpoint)
-    day_of_year = bool(meta["model_config"].get("day_of_year"))
+    day_of_year = meta.day_of_year
     point = _Point(checkpoint, sampler, steps, model, day_of_year, test, device, common)
     if e.climate.members:
         point.climate = load_climate_data(cfg, test.names, test.frames, split)

@@ -34,7 +34,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from pipeline import __version__, distributed, seeding
-from pipeline.checkpoints import load_inference
+from pipeline.checkpoints import Inference, load_inference
 from pipeline.config import Config
 from pipeline.data.io import atomic_path, open_store, write_zarr
 from pipeline.data.stats import denormalise, read_stats
@@ -147,7 +147,7 @@ class _Setup:
     cfg_scale: float
     device: torch.device
     model: Any
-    meta: dict[str, Any]
+    meta: Inference
     sampler: Callable[..., torch.Tensor]
     store: xr.Dataset  # normalised
     regridded: xr.Dataset  # physical: its variables' and coordinates' CF attributes
@@ -156,15 +156,15 @@ class _Setup:
 
     @property
     def names(self) -> list[str]:
-        return list(self.meta["variables"])
+        return list(self.meta.variables)
 
     @property
     def frames(self) -> int:
-        return int(self.meta["clip_frames"])
+        return self.meta.clip_frames
 
     @property
     def use_doy(self) -> bool:
-        return bool(self.meta["model_config"].get("day_of_year"))
+        return self.meta.day_of_year
 
 
 @dataclass
@@ -218,7 +218,7 @@ def _setup(cfg: Config) -> _Setup:
         store=store,
         regridded=regridded,
         stats=stats,
-        var_attrs={n: {k: v for k, v in regridded[n].attrs.items()} for n in meta["variables"]},
+        var_attrs={n: {k: v for k, v in regridded[n].attrs.items()} for n in meta.variables},
     )
 
 
@@ -344,7 +344,7 @@ def _annotate(cfg: Config, su: _Setup, samples: _Samples, world: int) -> None:
             {
                 "Conventions": "CF-1.8",
                 "title": f"{cfg.experiment}: samples of the video diffusion model",
-                "source": f"pipeline {__version__}, checkpoint {su.tag} (step {su.meta['step']})",
+                "source": f"pipeline {__version__}, checkpoint {su.tag} (step {su.meta.step})",
                 "sampler": s.sampler,
                 "sampling_steps": s.steps,
                 "seed": cfg.seed,
@@ -431,7 +431,7 @@ def _track(
         {
             "sample": s.model_dump(),
             "checkpoint": su.tag,
-            "checkpoint_step": su.meta["step"],
+            "checkpoint_step": su.meta.step,
             "guidance_weight": su.guidance,
             "cfg_scale": su.cfg_scale,
         }

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from pipeline import checkpoints, distributed, flops, seeding
 from pipeline.atomic import copy_atomic
-from pipeline.checkpoints import build_diffusion
+from pipeline.checkpoints import Inference, build_diffusion
 from pipeline.config import Config
 from pipeline.data.clips import ClipDataset, ClipSampler
 from pipeline.data.io import open_store
@@ -452,18 +452,20 @@ def validation_metrics(cfg: Config, rt: Runtime, clips: Clips) -> Callable[[Trai
 def inference_blob(
     cfg: Config, state: TrainState, model_cfg: dict[str, Any], variables: list[str], **extra: Any
 ) -> dict[str, Any]:
-    """The inference file's content (see :mod:`pipeline.checkpoints`): EMA weights and what rebuilds the model."""
-    return {
-        "ema": {k: v.detach().cpu() for k, v in state.ema.net.state_dict().items()},
-        "model_config": model_cfg,
-        "diffusion": cfg.diffusion.model_dump(),
-        "variables": variables,
-        "stats_path": str(cfg.stats_path.resolve()),
-        "step": state.step,
-        "clip_frames": cfg.train.clip_frames,
-        "config": json.dumps(cfg.model_dump(mode="json")),
-        **extra,
-    }
+    """The inference file's content (:class:`pipeline.checkpoints.Inference`): EMA weights and what rebuilds the
+    model; ``extra`` (distillation: ``distilled_steps``, ``teacher``, the teacher's ``diffusion``) overrides."""
+    diffusion = extra.pop("diffusion", cfg.diffusion.model_dump())
+    meta = Inference(
+        model_config=model_cfg,
+        diffusion=diffusion,
+        variables=list(variables),
+        stats_path=str(cfg.stats_path.resolve()),
+        step=state.step,
+        clip_frames=cfg.train.clip_frames,
+        config=json.dumps(cfg.model_dump(mode="json")),
+        extra=extra,
+    )
+    return meta.blob({k: v.detach().cpu() for k, v in state.ema.net.state_dict().items()})
 
 
 def count_flops(cfg: Config, rt: Runtime, diffusion: VDiffusion, model_cfg: dict[str, Any]) -> float:

@@ -38,3 +38,45 @@ def test_names_and_paths() -> None:
     assert checkpoints.tag(300) == "step-00000300" and checkpoints.step_of("step-00000300") == 300
     assert checkpoints.inference_path(Path("c"), "step-00000300") == Path("c/inference/step-00000300.pt")
     assert checkpoints.kept_steps([10, 20, 30, 40], keep_last=1, keep_every=20) == [20, 40]
+
+
+def test_the_inference_file_is_written_and_read_as_one_typed_object(tmp_path) -> None:
+    import torch
+
+    from pipeline.checkpoints import Inference, build_diffusion, load_inference
+
+    model_cfg = {
+        "channels": 1,
+        "base_channels": 4,
+        "channel_mults": [1],
+        "attention_levels": [],
+        "heads": 1,
+        "day_of_year": True,
+    }
+    diffusion = {"logsnr_min": -20.0, "logsnr_max": 20.0, "weighting": "v"}
+    net = build_diffusion(model_cfg, diffusion).net
+    meta = Inference(
+        model_cfg,
+        diffusion,
+        ["z500"],
+        "/x/stats.json",
+        40,
+        4,
+        config='{"train": {"cond_drop": 0.2}}',
+        extra={"distilled_steps": 4, "teacher": "/x/final.pt"},
+    )
+    blob = meta.blob(net.state_dict())
+    assert blob["distilled_steps"] == 4 and "extra" not in blob  # the file's keys stay flat (older readers, torch)
+    path = tmp_path / "m.pt"
+    torch.save(blob, path)
+    model, back = load_inference(path)
+    assert back == meta and back.day_of_year and back.distilled_steps == 4
+    assert back.training_setting("train", "cond_drop", 0.0) == 0.2
+    assert back.training_setting("train", "context_probability", 0.0) == 0.0
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.net.state_dict().values(), net.state_dict().values(), strict=True)
+    )
+    del blob["clip_frames"]
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match=r"m\.pt: not an inference file of this pipeline: no \['clip_frames'\]"):
+        load_inference(path)

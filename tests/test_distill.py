@@ -254,8 +254,8 @@ def test_distill_rounds_resume_after_a_kill_and_log_to_mlflow(trained: Path) -> 
     teacher, teacher_meta = checkpoints.load_inference(cfg.final_checkpoint)
     for n in (2, 1):
         model, meta = checkpoints.load_inference(checkpoints.student_path(d, n))
-        assert meta["distilled_steps"] == n and meta["step"] == cfg.distill.steps_per_round
-        assert meta["model_config"] == teacher_meta["model_config"]
+        assert meta.distilled_steps == n and meta.step == cfg.distill.steps_per_round
+        assert meta.model_config == teacher_meta.model_config
         pairs = zip(model.net.state_dict().values(), teacher.net.state_dict().values(), strict=True)
         assert any(not torch.equal(a, b) for a, b in pairs)
     # a third call finds everything done and launches nothing

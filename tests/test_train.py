@@ -192,7 +192,7 @@ def test_kill_and_resume_equals_uninterrupted(data_root: Path) -> None:
 def test_inference_file_equals_engine_ema(data_root: Path) -> None:
     exp = _trained(data_root, "uninterrupted")
     model, meta = load_inference(exp / "checkpoints" / "final.pt")
-    assert meta["step"] == 8 and meta["variables"] == ["z500"]
+    assert meta.step == 8 and meta.variables == ["z500"]
     states = torch.load(exp / "checkpoints" / "step-00000008" / "mp_rank_00_model_states.pt", weights_only=False)
     engine_ema = states["ema"]
     for k, v in model.net.state_dict().items():

@@ -52,7 +52,7 @@ def test_learned_schedule_trains_under_deepspeed_and_reaches_the_inference_file(
     exp = tmp_path / "results" / "learned"
     model, meta = load_inference(exp / "checkpoints" / "final.pt")
     sched = model.schedule
-    assert isinstance(sched, LearnedSchedule) and meta["diffusion"]["schedule"] == "learned"
+    assert isinstance(sched, LearnedSchedule) and meta.diffusion["schedule"] == "learned"
     lam = sched(T)
     assert bool((lam[1:] < lam[:-1]).all())
     assert lam[0].item() == pytest.approx(sched.logsnr_max, abs=1e-5)
@@ -61,7 +61,7 @@ def test_learned_schedule_trains_under_deepspeed_and_reaches_the_inference_file(
     # the initial schedule, as training built it
     cfg = load_config([cfg_path])
     torch.manual_seed(cfg.seed)
-    init = build_diffusion(meta["model_config"], meta["diffusion"]).schedule
+    init = build_diffusion(meta.model_config, meta.diffusion).schedule
     assert (init.logsnr_min, init.logsnr_max) == (-20.0, 20.0)
     assert (sched.logsnr_min, sched.logsnr_max) != (-20.0, 20.0)  # the endpoints were trained
     assert not torch.allclose(sched(T), init(T).detach(), atol=1e-6)  # and the interior
