@@ -286,12 +286,14 @@ def _micro_steps(cfg: Config, rt: Runtime, state: TrainState, it: Iterator, loop
         w0 = time.perf_counter()
         batch = next(it)
         wait += time.perf_counter() - w0
+        # Every random draw of a micro batch comes from (seed, rank, step, micro) and not from a running generator:
+        # a run resumed at step k draws what the uninterrupted run drew there (test_kill_and_resume_equals_...).
         g = torch.Generator().manual_seed(seeding.derive(cfg.seed, rt.rank, step, micro))
         x = batch["x"].to(rt.device, rt.dtype)
         tt = loop.sample_t(x.shape[0], g)
         eps = torch.randn(x.shape, generator=g).to(rt.device, rt.dtype)
         cond = drop_condition({"doy": batch["doy"].to(rt.device)}, t.cond_drop, g) if cfg.model.day_of_year else None
-        mask = batch["mask"].to(rt.device)
+        mask = batch["mask"].to(rt.device)  # 0 where the data are missing (land in ocean fields): no loss there
         if t.context_probability > 0:  # some clips' first frames given clean, left out of the loss
             kmax = t.context_max_frames or cfg.evaluate.context_frames
             cond, keep = context_condition(cond, x, t.context_probability, kmax, g)
@@ -299,6 +301,8 @@ def _micro_steps(cfg: Config, rt: Runtime, state: TrainState, it: Iterator, loop
         torch.manual_seed(seeding.derive(cfg.seed, rt.rank, step, micro, 1))  # dropout
         loss = state.engine(x, cond, mask, tt.to(rt.device), eps)
         state.engine.backward(loss)
+        # DeepSpeed counts micro batches: step() only applies the update (clipping, lr schedule) at the last one of
+        # grad_accum, and scales each micro batch's gradient by 1/grad_accum itself, so the loss is not divided here.
         state.engine.step()
         step_loss += float(loss) / t.grad_accum
         seen += x.shape[0]
@@ -370,6 +374,8 @@ def training_loop(cfg: Config, rt: Runtime, state: TrainState, clips: Clips, loo
         state.engine.train()
         loss, seen, wait = _micro_steps(cfg, rt, state, it, loop)
         state.step += 1
+        # The EMA follows every optimizer step on every rank (ZeRO <= 2 keeps whole parameters everywhere), so any
+        # rank could write the inference file; rank 0 does. Its warm-up keeps early averages from the random init.
         state.ema.update(state.diffusion.net, state.step)
         win.losses.append(loss)
         win.seen += seen
@@ -386,6 +392,8 @@ def training_loop(cfg: Config, rt: Runtime, state: TrainState, clips: Clips, loo
             val = loop.validate(state)
             run.log_metrics(val, step=loop.step_offset + state.step)
             loop.history.append({"step": state.step, **val})
+        # Checkpoints last in the step, after the logs and validation of the same step: a run killed while writing
+        # resumes from the previous checkpoint and repeats those logs under the same steps (MLflow keeps both).
         if state.step % t.checkpoint_every == 0 or state.step == t.steps:
             save_checkpoint(rt, state, loop, t.keep_last, t.keep_every)
     if progress is not None:

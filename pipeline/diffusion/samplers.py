@@ -72,6 +72,8 @@ def _noise(z: Tensor, generator: Generators) -> Tensor:
 
 def _c(logsnr_t: Tensor, logsnr_s: Tensor) -> Tensor:
     """``c = 1 - SNR_t / SNR_s = sigma_{t|s}^2 / sigma_t^2`` via ``-expm1`` (VDM)."""
+    # With many steps the two levels are close and 1 - exp(small) in floating point would keep only the
+    # rounding error of exp; expm1 keeps c's digits, and float64 keeps 1 - c exact enough at the last steps.
     return -torch.expm1(logsnr_t.to(torch.float64) - logsnr_s.to(torch.float64))
 
 
@@ -87,6 +89,8 @@ def ancestral_step(z: Tensor, x_hat: Tensor, logsnr_t: Tensor, logsnr_s: Tensor,
     alpha_t, _ = alpha_sigma(logsnr_t.to(torch.float64))
     alpha_s, sigma_s = alpha_sigma(logsnr_s.to(torch.float64))
     c = _c(logsnr_t, logsnr_s)
+    # The coefficients are computed in float64 (per batch item) and only then meet z: at t = 1, alpha_t is
+    # 4.5e-5 (logsnr -20) and (1 - c) / alpha_t would lose the signal's scale in float32.
     mean = expand(alpha_s * (1 - c) / alpha_t, z) * z + expand(alpha_s * c, z) * x_hat
     if noise is None:
         return mean
@@ -127,6 +131,8 @@ def dpmpp_2m_step(
     alpha_s, sigma_s = alpha_sigma(logsnr_s.to(torch.float64))
     h = 0.5 * (logsnr_s.to(torch.float64) - logsnr_t.to(torch.float64))
     d = x_hat
+    # The second-order correction extrapolates the data prediction linearly in lambda from the previous step's;
+    # the first step has none and is DDIM (first order), as in Lu et al.'s Algorithm 2.
     if x_prev is not None and logsnr_prev is not None:
         r = 0.5 * (logsnr_t.to(torch.float64) - logsnr_prev.to(torch.float64)) / h
         d = expand(1 + 1 / (2 * r), x_hat) * x_hat - expand(1 / (2 * r), x_hat) * x_prev
