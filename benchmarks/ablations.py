@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,8 +57,9 @@ def run(spec: dict[str, Any], name: str, cores: int, results: Path) -> Path:
     path = results / "ablations" / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(o, sort_keys=False))
-    target = results / o["experiment"] / "eval" / "selection.json"
-    cmd = ["snakemake", "--cores", str(cores), "--configfile", *spec["configs"], str(path), "--", str(target)]
+    # Snakemake names a target as its rules do: relative to the working directory (the repository)
+    target = os.path.relpath(results / o["experiment"] / "eval" / "selection.json", ROOT)
+    cmd = ["snakemake", "--cores", str(cores), "--configfile", *spec["configs"], str(path), "--", target]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     return target

@@ -35,6 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pipeline import flops  # noqa: E402
 from pipeline.checkpoints import build_diffusion  # noqa: E402
@@ -195,13 +196,13 @@ def sample_rate(d: torch.nn.Module, clip: tuple[int, ...], b: int, steps: int, d
 def loader_rate(clip: tuple[int, ...], workers: int, batch: int, batches: int, chunk: int) -> dict[str, float]:
     """Clips/s and MB/s of ClipDataset through a DataLoader (shuffled, as training reads) from a synthetic store."""
     import pandas as pd
+    import train_throughput
     import xarray as xr
-    from torch.utils.data import DataLoader
 
-    from pipeline.data.clips import ClipDataset, ClipSampler
+    from pipeline.data.clips import ClipDataset
 
     c, f, h, w = clip
-    n = max(4 * f, batch * batches * 2 // 1 + f)
+    n = max(4 * f, 2 * batch * batches + f)
     with tempfile.TemporaryDirectory() as tmp:
         time_ = pd.date_range("2000-01-01", periods=n, freq="D")
         rng = np.random.default_rng(0)
@@ -216,22 +217,7 @@ def loader_rate(clip: tuple[int, ...], workers: int, batch: int, batches: int, c
         store = Path(tmp) / "clips.zarr"
         enc = {k: {"chunks": (chunk, h, w)} for k in data}
         ds.to_zarr(store, zarr_format=3, encoding=enc, consolidated=False)
-        clips = ClipDataset(store, "train", f)
-        loader = DataLoader(
-            clips,
-            batch_size=batch,
-            sampler=ClipSampler(len(clips), 0),
-            num_workers=workers,
-            prefetch_factor=4 if workers else None,
-            persistent_workers=workers > 0,
-        )
-        it = iter(loader)
-        next(it)
-        t0 = time.perf_counter()
-        for _ in range(batches):
-            next(it)
-        rate = batches * batch / (time.perf_counter() - t0)
-        del it, loader
+        rate = train_throughput.loader_rate(ClipDataset(store, "train", f), batch, workers, batches)
     return {"clips_per_s": rate, "mb_per_s": rate * c * f * h * w * 4 / 1e6}
 
 

@@ -1,9 +1,7 @@
 """Learning curves of an experiment whose sweep scored every kept checkpoint (issue 27 item 1).
 
-    snakemake --cores 2 --configfile config/experiments/qg-turbulence.yaml config/experiments/qg-context.yaml \
-        config/experiments/qg-curve.yaml
+    snakemake --cores 2 --configfile config/experiments/qg-turbulence.yaml     # keeps and scores every 300th step
     python benchmarks/learning_curve.py --config config/config.yaml --config config/experiments/qg-turbulence.yaml \
-        --config config/experiments/qg-context.yaml --config config/experiments/qg-curve.yaml \
         [--out docs/images/learning_curve.png] [--json learning_curve.json]
 
 Reads what the workflow wrote (nothing is generated here): the training loss (``train_log.jsonl``), each checkpoint's
