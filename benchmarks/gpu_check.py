@@ -73,7 +73,10 @@ def size(model_cfg: dict[str, Any], diffusion_cfg: dict[str, Any], clip: tuple[i
         d = build_diffusion(model_cfg, diffusion_cfg)
         z = torch.empty(1, *clip)
         logsnr = torch.zeros(1)
-        cond = {"doy": torch.zeros(1, clip[1])} if model_cfg.get("day_of_year") else None
+        cond: dict[str, Any] = {"doy": torch.zeros(1, clip[1])} if model_cfg.get("day_of_year") else {}
+        if model_cfg.get("context_frames"):  # trained-in conditioning: the given frames are an input
+            cond |= {"context": z, "context_mask": torch.ones(1, 1, clip[1], 1, 1)}
+        cond = cond or None
         fwd = flops.forward_flops(d.net, z, logsnr, cond)
         saved = 0
 
