@@ -31,11 +31,11 @@ from pipeline.launch import distributed_env
 from pipeline.train import LossModule, deepspeed_config, model_config
 
 
-def loader_rate(ds: ClipDataset, batch: int, workers: int, n_batches: int) -> float:
+def loader_rate(ds: ClipDataset, batch: int, workers: int, n_batches: int, block: int = 1) -> float:
     loader = DataLoader(
         ds,
         batch_size=batch,
-        sampler=ClipSampler(len(ds), 0),
+        sampler=ClipSampler(len(ds), 0, block=block),
         num_workers=workers,
         prefetch_factor=4 if workers else None,
         persistent_workers=workers > 0,

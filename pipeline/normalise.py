@@ -84,7 +84,7 @@ def init_normalise(cfg: Config) -> Path:
         "source": str(cfg.regridded_path),
     }
     build = Build(cfg.normalised_path)
-    init_store(build, norm, cfg.data.time_chunk, cfg.data.parts, {"stats": stats, "stats_extra": extra})
+    init_store(build, norm, cfg.data.time_chunk, cfg.data.parts, {"stats": stats, "stats_extra": extra}, cfg.data.codec)
     log.info("normalise: statistics %s; initialised %s", stats, build.store)
     return build.plan_path
 

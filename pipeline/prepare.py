@@ -220,7 +220,7 @@ def init_prepare(cfg: Config) -> Path:
     )
     build = Build(cfg.regridded_path)
     info = {"data_config_hash": cfg.data.content_hash(), "source_hashes": [p["quick_sha256"] for p in provenance]}
-    plan = init_store(build, out, cfg.data.time_chunk, cfg.data.parts, info)
+    plan = init_store(build, out, cfg.data.time_chunk, cfg.data.parts, info, cfg.data.codec)
     log.info(
         "prepare: initialised %s (%d steps, %d part(s): %s)",
         build.store,

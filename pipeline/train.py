@@ -245,7 +245,8 @@ def build_engine(cfg: Config, rt: Runtime, module: nn.Module, ema: EMA, ckpt_dir
 def clip_loader(cfg: Config, rt: Runtime, clips: Clips, step: int) -> DataLoader:
     """This rank's deterministic clip order, from the first clip of ``step`` on."""
     t = cfg.train
-    sampler = ClipSampler(len(clips.train), cfg.seed, rt.rank, rt.world, start=step * t.grad_accum * t.micro_batch)
+    start = step * t.grad_accum * t.micro_batch
+    sampler = ClipSampler(len(clips.train), cfg.seed, rt.rank, rt.world, start=start, block=t.shuffle_block)
     return DataLoader(
         clips.train,
         batch_size=t.micro_batch,

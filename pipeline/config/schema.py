@@ -268,6 +268,12 @@ class DataConfig(_Section):
     grid: GridConfig = Field(default_factory=GridConfig, description="The target regular lat-lon grid.")
     split: SplitConfig = Field(description="Time periods for training, validation and test.")
     time_chunk: AtLeastOne = Field(8, description="Time steps per zarr chunk: about one training clip.")
+    codec: Literal["zstd", "lz4", "none"] = Field(
+        "zstd",
+        description="Compression of the stores' data (zarr v3 codecs, recorded in each array's metadata): zstd "
+        "(level 0, zarr's default), lz4 (Blosc, faster to decode) or none (largest, fastest to read; normalised "
+        "float fields compress by about 10%). benchmarks/loader.py measures the loader with each.",
+    )
     parts: AtLeastOne = Field(
         1,
         description="Time parts that prepare and normalise are split into, each its own job writing its chunks of "
@@ -388,6 +394,12 @@ class TrainConfig(_Section):
     keep_last: AtLeastOne = Field(2, description="Checkpoints kept: the last N ...")
     keep_every: AtLeastZero = Field(0, description="... plus every one whose step is a multiple of this (0 = none).")
     num_workers: AtLeastZero = Field(1, description="Data loader worker processes per training process.")
+    shuffle_block: AtLeastOne = Field(
+        1,
+        description="Clips shuffled in blocks of this many consecutive clips (and within each block), so that a "
+        "loader worker's chunk cache hits; 1 = every clip shuffled independently. Larger blocks feed a GPU faster "
+        "(benchmarks/loader.py) at the price of correlated clips in a batch (more gradient noise).",
+    )
     cond_drop: Annotated[float, _bounded(lambda v: 0 <= v < 1, "in [0, 1)")] = Field(
         0.0,
         description="Conditioning dropout for classifier-free guidance: the probability that a training clip is "

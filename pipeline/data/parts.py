@@ -92,14 +92,16 @@ def part_ranges(n_time: int, time_chunk: int, parts: int) -> list[tuple[int, int
     return [(edges[k], edges[k + 1]) for k in range(parts)]
 
 
-def init_store(build: Build, template: xr.Dataset, time_chunk: int, parts: int, info: dict[str, Any]) -> dict:
-    """Start a build afresh: the store's metadata and coordinates from ``template`` (lazy: no data is
-    computed), then the plan (``info`` kept in it for the parts and finalise). Returns the plan."""
+def init_store(
+    build: Build, template: xr.Dataset, time_chunk: int, parts: int, info: dict[str, Any], codec: str = "zstd"
+) -> dict:
+    """Start a build afresh: the store's metadata (``codec``: ``data.codec``) and coordinates from ``template``
+    (lazy: no data is computed), then the plan (``info`` kept in it for the parts and finalise). Returns the plan."""
     clean_leftovers(build.final)
     if build.root.exists():
         shutil.rmtree(build.root)  # an earlier build's store and markers: none of them belongs to this plan
     build.root.mkdir(parents=True)
-    ds = zarr_ready(template, time_chunk)
+    ds = zarr_ready(template, time_chunk, codec=codec)
     ds.to_zarr(build.store, mode="w", zarr_format=3, consolidated=False, compute=False)
     t = time_seconds(ds["time"].values)
     ranges = part_ranges(t.size, time_chunk, parts)
