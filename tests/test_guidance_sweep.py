@@ -185,13 +185,16 @@ def test_collect_refuses_a_point_without_a_result_at_a_scale(tmp_path: Path) -> 
 
 
 def test_a_checkpoint_trained_without_dropout_is_refused_at_evaluation() -> None:
+    from pipeline.checkpoints import Inference
     from pipeline.evaluate import _check_cfg_scales
 
-    trained = {"config": json.dumps({"train": {"cond_drop": 0.0}})}
+    def trained(drop: float) -> Inference:
+        return Inference({}, {}, ["z500"], "stats.json", 300, 4, config=json.dumps({"train": {"cond_drop": drop}}))
+
     with pytest.raises(ValueError, match=r"evaluate.cfg_scales = \[1.0, 2.0\]: .* train.cond_drop = 0.0"):
-        _check_cfg_scales([1.0, 2.0], trained, "step-00000300")
-    _check_cfg_scales([1.0], trained, "step-00000300")  # no guidance: fine
-    _check_cfg_scales([1.0, 2.0], {"config": json.dumps({"train": {"cond_drop": 0.1}})}, "step-00000300")
+        _check_cfg_scales([1.0, 2.0], trained(0.0), "step-00000300")
+    _check_cfg_scales([1.0], trained(0.0), "step-00000300")  # no guidance: fine
+    _check_cfg_scales([1.0, 2.0], trained(0.1), "step-00000300")
 
 
 def test_evaluation_path_with_guidance_scales_and_a_corrector() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from pipeline.checkpoints import build_diffusion, load_inference, save_atomic
+from pipeline.checkpoints import Inference, build_diffusion, load_inference, save_atomic
 from pipeline.config import DiffusionConfig
 from pipeline.diffusion import CosineSchedule, LearnedSchedule, VDiffusion
 from pipeline.diffusion.samplers import sample_ddim, time_grid
@@ -183,7 +183,7 @@ def test_inference_file_round_trip_and_samplers_use_the_learned_schedule(tmp_pat
     with torch.no_grad():
         model.schedule.ends.copy_(torch.tensor([-17.5, 13.25]))
     path = tmp_path / "f.pt"
-    save_atomic({"ema": model.net.state_dict(), "model_config": _tiny_model_cfg(), "diffusion": dcfg}, path)
+    save_atomic(_file(model, dcfg), path)
     loaded, _ = load_inference(path)
     assert isinstance(loaded.schedule, LearnedSchedule) and loaded.schedule.learn_endpoints
     assert torch.equal(loaded.schedule(T), model.schedule(T).detach())
@@ -199,11 +199,16 @@ def test_inference_file_round_trip_and_samplers_use_the_learned_schedule(tmp_pat
     assert not torch.allclose(got, cosine[1:], atol=1e-2)
 
 
+def _file(model: VDiffusion, diffusion: dict) -> dict:
+    """An inference file's content as training writes it."""
+    return Inference(_tiny_model_cfg(), diffusion, ["x"], "stats.json", 1, 2).blob(model.net.state_dict())
+
+
 def test_old_inference_files_load_as_cosine(tmp_path: Path) -> None:
     old = {"logsnr_min": -20.0, "logsnr_max": 20.0, "shift": 0.0, "weighting": "v"}  # no schedule key
     model = build_diffusion(_tiny_model_cfg(), old)
     path = tmp_path / "old.pt"
-    save_atomic({"ema": model.net.state_dict(), "model_config": _tiny_model_cfg(), "diffusion": old}, path)
+    save_atomic(_file(model, old), path)
     loaded, _ = load_inference(path)
     assert type(loaded.schedule) is CosineSchedule
     assert not hasattr(loaded.net, "noise_schedule")
