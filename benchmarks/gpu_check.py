@@ -42,7 +42,7 @@ from pipeline.checkpoints import build_diffusion  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.diffusion.objective import randn  # noqa: E402
 from pipeline.diffusion.samplers import get_sampler  # noqa: E402
-from pipeline.train import model_config  # noqa: E402
+from pipeline.train import example_inputs, model_config  # noqa: E402
 
 GPU_CONFIG = ["config/config.yaml", "config/experiments/gpu-era5.yaml"]
 TOY = {
@@ -71,12 +71,7 @@ def size(model_cfg: dict[str, Any], diffusion_cfg: dict[str, Any], clip: tuple[i
     all on the meta device: nothing is allocated."""
     with torch.device("meta"):
         d = build_diffusion(model_cfg, diffusion_cfg)
-        z = torch.empty(1, *clip)
-        logsnr = torch.zeros(1)
-        cond: dict[str, Any] = {"doy": torch.zeros(1, clip[1])} if model_cfg.get("day_of_year") else {}
-        if model_cfg.get("context_frames"):  # trained-in conditioning: the given frames are an input
-            cond |= {"context": z, "context_mask": torch.ones(1, 1, clip[1], 1, 1)}
-        cond = cond or None
+        z, logsnr, cond = example_inputs(model_cfg, (1, *clip), "meta", torch.float32)
         fwd = flops.forward_flops(d.net, z, logsnr, cond)
         saved = 0
 

@@ -158,6 +158,7 @@ def build_diffusion(model_cfg: dict[str, Any], diffusion_cfg: dict[str, Any]) ->
     ``load_inference``; the network never calls it.
     """
     from pipeline.diffusion import CosineSchedule, LearnedSchedule, UNet, UNetConfig, VDiffusion
+    from pipeline.diffusion.objective import MIN_SNR_GAMMA
 
     net = UNet(UNetConfig(**model_cfg))
     lo, hi, shift = diffusion_cfg["logsnr_min"], diffusion_cfg["logsnr_max"], diffusion_cfg.get("shift", 0.0)
@@ -168,7 +169,10 @@ def build_diffusion(model_cfg: dict[str, Any], diffusion_cfg: dict[str, Any]) ->
     else:
         sched = CosineSchedule(lo, hi, shift)
     return VDiffusion(
-        net, sched, weighting=diffusion_cfg.get("weighting", "v"), min_snr_gamma=diffusion_cfg.get("min_snr_gamma", 5.0)
+        net,
+        sched,
+        weighting=diffusion_cfg.get("weighting", "v"),
+        min_snr_gamma=diffusion_cfg.get("min_snr_gamma", MIN_SNR_GAMMA),
     )
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "build_engine",
     "clip_loader",
     "deepspeed_config",
+    "example_inputs",
     "inference_blob",
     "init_runtime",
     "load_clips",
@@ -459,14 +460,19 @@ def validation_metrics(cfg: Config, rt: Runtime, clips: Clips) -> Callable[[Trai
 
 
 def inference_blob(
-    cfg: Config, state: TrainState, model_cfg: dict[str, Any], variables: list[str], **extra: Any
+    cfg: Config,
+    state: TrainState,
+    model_cfg: dict[str, Any],
+    variables: list[str],
+    diffusion: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """The inference file's content (:class:`pipeline.checkpoints.Inference`): EMA weights and what rebuilds the
-    model; ``extra`` (distillation: ``distilled_steps``, ``teacher``, the teacher's ``diffusion``) overrides."""
-    diffusion = extra.pop("diffusion", cfg.diffusion.model_dump())
+    model; ``diffusion`` (a distilled student: its teacher's) defaults to the config's, ``extra`` (distillation:
+    ``distilled_steps``, ``teacher``) is kept beside."""
     meta = Inference(
         model_config=model_cfg,
-        diffusion=diffusion,
+        diffusion=diffusion if diffusion is not None else cfg.diffusion.model_dump(),
         variables=list(variables),
         stats_path=str(cfg.stats_path.resolve()),
         step=state.step,
@@ -477,20 +483,28 @@ def inference_blob(
     return meta.blob({k: v.detach().cpu() for k, v in state.ema.net.state_dict().items()})
 
 
+def example_inputs(
+    model_cfg: dict[str, Any], shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype
+) -> tuple[Tensor, Tensor, dict[str, Any] | None]:
+    """``(z, logsnr, cond)`` of one clip of ``shape`` (1, C, T, H, W) with the conditions the network is trained
+    with (day of year, trained-in context frames): what the FLOP count and the GPU check pass the network."""
+    t = shape[2]
+    z = torch.zeros(shape, device=device, dtype=dtype)
+    cond: dict[str, Any] = {}
+    if model_cfg.get("day_of_year"):
+        cond["doy"] = torch.ones(1, t, device=device)
+    if model_cfg.get("context_frames"):
+        cond |= {"context": z, "context_mask": torch.ones(1, 1, t, 1, 1, device=device, dtype=dtype)}
+    return z, torch.zeros(1, device=device, dtype=dtype), cond or None
+
+
 def count_flops(cfg: Config, rt: Runtime, diffusion: VDiffusion, model_cfg: dict[str, Any]) -> float:
     """Model FLOPs of one training clip: the network's forward pass on one clip of the training shape (with the
     conditions it is trained with), times :data:`pipeline.flops.TRAIN_FACTOR`."""
     store = open_store(cfg.normalised_path)
-    t = cfg.train.clip_frames
-    shape = (1, model_cfg["channels"], t, store.sizes["latitude"], store.sizes["longitude"])
-    z = torch.zeros(shape, device=rt.device, dtype=rt.dtype)
-    cond: dict[str, Any] = {}
-    if model_cfg["day_of_year"]:
-        cond["doy"] = torch.ones(1, t, device=rt.device)
-    if model_cfg.get("context_frames"):
-        cond |= {"context": z, "context_mask": torch.ones(1, 1, t, 1, 1, device=rt.device, dtype=rt.dtype)}
-    logsnr = torch.zeros(1, device=rt.device, dtype=rt.dtype)
-    return float(flops.forward_flops(diffusion.net, z, logsnr, cond or None) * flops.TRAIN_FACTOR)
+    shape = (1, model_cfg["channels"], cfg.train.clip_frames, store.sizes["latitude"], store.sizes["longitude"])
+    z, logsnr, cond = example_inputs(model_cfg, shape, rt.device, rt.dtype)
+    return float(flops.forward_flops(diffusion.net, z, logsnr, cond) * flops.TRAIN_FACTOR)
 
 
 def run_training(cfg: Config) -> dict[str, Any]:

@@ -172,16 +172,16 @@ class ClipSampler(Sampler[int]):
         self.per_rank = n // world
 
     def _epoch(self, e: int) -> np.ndarray:
-        if self.shuffle and self.block > 1:
-            g = torch.Generator().manual_seed(seeding.derive(self.seed, e))
-            blocks = [np.arange(b, min(b + self.block, self.n)) for b in range(0, self.n, self.block)]
-            order = torch.randperm(len(blocks), generator=g).numpy()
-            perm = np.concatenate([blocks[b][torch.randperm(blocks[b].size, generator=g).numpy()] for b in order])
-        elif self.shuffle:  # the original stream, bit for bit (resumed runs depend on it)
-            g = torch.Generator().manual_seed(seeding.derive(self.seed, e))
-            perm = torch.randperm(self.n, generator=g).numpy()
-        else:
+        if not self.shuffle:
             perm = np.arange(self.n)
+        else:
+            g = torch.Generator().manual_seed(seeding.derive(self.seed, e))
+            if self.block == 1:  # the original stream, bit for bit (resumed runs depend on it)
+                perm = torch.randperm(self.n, generator=g).numpy()
+            else:
+                blocks = [np.arange(b, min(b + self.block, self.n)) for b in range(0, self.n, self.block)]
+                order = torch.randperm(len(blocks), generator=g).numpy()
+                perm = np.concatenate([blocks[b][torch.randperm(blocks[b].size, generator=g).numpy()] for b in order])
         return perm[: self.per_rank * self.world][self.rank :: self.world]
 
     def __iter__(self) -> Iterator[int]:
