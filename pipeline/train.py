@@ -13,12 +13,13 @@ without DeepSpeed (``torch.load(weights_only=True)``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,12 @@ def deepspeed_config(cfg: Config, world_size: int, bf16: bool) -> dict[str, Any]
         "train_micro_batch_size_per_gpu": t.micro_batch,
         "gradient_accumulation_steps": t.grad_accum,
         "gradient_clipping": t.clip_grad,
-        "zero_optimization": {"stage": t.zero_stage},
+        "zero_optimization": {"stage": t.zero_stage}
+        | (
+            {"stage3_param_persistence_threshold": t.zero3_persist_below}
+            if t.zero_stage == 3 and t.zero3_persist_below is not None
+            else {}
+        ),
         "bf16": {"enabled": bf16},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -93,8 +99,9 @@ def deepspeed_config(cfg: Config, world_size: int, bf16: bool) -> dict[str, Any]
 class EMA:
     """Exponential moving average of a network's weights, kept in fp32 (on every rank).
 
-    ZeRO stages 0-2 keep full parameters on every rank, so each rank updates an identical copy.
-    Decay warms up as ``min(decay, (1 + step) / (10 + step))``.
+    ZeRO stages 0-2 keep full parameters on every rank, so each rank updates an identical copy; under ZeRO-3 each
+    rank holds a shard of the live weights, and every rank gathers them for the update (as for a forward pass), so
+    the copies stay identical. Decay warms up as ``min(decay, (1 + step) / (10 + step))``.
     """
 
     def __init__(self, net: nn.Module, decay: float):
@@ -104,10 +111,32 @@ class EMA:
     @torch.no_grad()
     def update(self, net: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for pe, p in zip(self.net.parameters(), net.parameters(), strict=True):
-            pe.mul_(d).add_(p.detach().float(), alpha=1 - d)
+        params = list(net.parameters())
+        with gathered(params):
+            for pe, p in zip(self.net.parameters(), params, strict=True):
+                pe.mul_(d).add_(p.detach().float(), alpha=1 - d)
         for be, b in zip(self.net.buffers(), net.buffers(), strict=True):
             be.copy_(b)
+
+
+def sharded(params: Iterable[nn.Parameter]) -> bool:
+    """Whether any of ``params`` is a ZeRO-3 shard (DeepSpeed marks them with ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in params)
+
+
+def gathered(params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
+    """The whole ``params`` inside the context (ZeRO-3: gathered from every rank, which must all enter it; read-only),
+    a no-op for whole parameters."""
+    if not sharded(params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params)
+
+
+def parameter_count(net: nn.Module) -> int:
+    """Elements of ``net``'s parameters, whole (a ZeRO-3 shard counts its whole parameter)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in net.parameters())
 
 
 class LossModule(nn.Module):
@@ -264,8 +293,8 @@ class Loop:
     """What differs between the stages that share :func:`training_loop` (``train``, ``distill``).
 
     ``sample_t(batch, generator)`` draws the diffusion times of a micro batch; ``validate(state)`` returns the
-    validation metrics (rank 0 only); ``inference(state)`` the inference file's content; ``step_offset`` is added
-    to the step of every MLflow metric (distillation rounds follow one another in one run).
+    validation metrics (called on every rank); ``inference(state)`` the inference file's content; ``step_offset`` is
+    added to the step of every MLflow metric (distillation rounds follow one another in one run).
     """
 
     desc: str
@@ -390,10 +419,13 @@ def training_loop(cfg: Config, rt: Runtime, state: TrainState, clips: Clips, loo
                 progress.set_postfix(loss=f"{metrics['loss']:.4f}")
             loop.history.append({"step": state.step, **metrics})
             win = _Window()
-        if rt.rank == 0 and (state.step % t.val_every == 0 or state.step == t.steps):
+        if state.step % t.val_every == 0 or state.step == t.steps:
+            # Every rank validates (the same clips, the same result): under ZeRO-3 the live network's forward pass
+            # gathers its weights from all ranks; otherwise the other ranks would wait at the next collective anyway.
             val = loop.validate(state)
-            run.log_metrics(val, step=loop.step_offset + state.step)
-            loop.history.append({"step": state.step, **val})
+            if rt.rank == 0:
+                run.log_metrics(val, step=loop.step_offset + state.step)
+                loop.history.append({"step": state.step, **val})
         # Checkpoints last in the step, after the logs and validation of the same step: a run killed while writing
         # resumes from the previous checkpoint and repeats those logs under the same steps (MLflow keeps both).
         if state.step % t.checkpoint_every == 0 or state.step == t.steps:
@@ -405,7 +437,7 @@ def training_loop(cfg: Config, rt: Runtime, state: TrainState, clips: Clips, loo
 def _log_start(cfg: Config, rt: Runtime, state: TrainState, model_cfg: dict, clips: Clips, run: StageRun) -> None:
     """The run's parameters, DeepSpeed config and tags, once at step 0 (rank 0)."""
     t = cfg.train
-    n_params = sum(p.numel() for p in state.diffusion.parameters())
+    n_params = parameter_count(state.diffusion)
     ds = state.ds_config
     precision = "bf16" if rt.bf16 else "fp32"
     run.log_params(
@@ -519,6 +551,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
     diffusion = build_diffusion(model_cfg, cfg.diffusion.model_dump())
     ema = EMA(diffusion.net, t.ema_decay)
     ckpt_dir = cfg.checkpoint_dir.resolve()
+    flops_per_clip = count_flops(cfg, rt, diffusion, model_cfg)  # before ZeRO-3 could shard the weights
     state = build_engine(cfg, rt, LossModule(diffusion), ema, ckpt_dir)
     loop = Loop(
         desc="train",
@@ -527,7 +560,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
         sample_t=lambda n, g: diffusion.sample_t(n, generator=g, low_discrepancy=t.low_discrepancy),
         validate=validation_metrics(cfg, rt, clips),
         inference=lambda s: inference_blob(cfg, s, model_cfg, clips.variables),
-        flops_per_clip=count_flops(cfg, rt, diffusion, model_cfg),
+        flops_per_clip=flops_per_clip,
         peak_tflops=flops.peak_tflops(torch.cuda.get_device_name(rt.device), t.peak_tflops) if rt.cuda else None,
     )
     with stage_run(RunTarget.of(cfg), "train", rank=rt.rank, run_id=state.run_id) as run:

@@ -379,7 +379,17 @@ class TrainConfig(_Section):
     ema_decay: Annotated[float, _bounded(lambda v: 0 <= v < 1, "in [0, 1)")] = Field(
         0.999, description="Decay of the exponential moving average of the weights."
     )
-    zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage (0, 1, 2).")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2,
+        description="DeepSpeed ZeRO stage: 0-2 keep whole weights on every rank (2 shards the optimizer state and "
+        "gradients), 3 shards the weights too, for models that do not fit one GPU (each EMA update then gathers "
+        "the weights, as a forward pass does).",
+    )
+    zero3_persist_below: AtLeastZero | None = Field(
+        None,
+        description="ZeRO-3 only: parameters with fewer elements than this stay whole on every rank (DeepSpeed's "
+        "stage3_param_persistence_threshold); null = DeepSpeed's default (100,000); 0 shards every parameter.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on GPUs, fp32 on the CPU.")
     compile: bool = Field(
         False,
