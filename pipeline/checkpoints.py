@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # torch is imported where a file is read or written: the conf
     import torch
 
     from pipeline.diffusion import VDiffusion
+    from pipeline.distributed import Precision
 
 __all__ = [
     "STUDENT_SAMPLER",
@@ -228,9 +229,15 @@ class Inference:
         )
 
 
-def load_inference(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[VDiffusion, Inference]:
-    """Load an inference file (no DeepSpeed): the EMA network in eval mode and what it was trained as."""
+def load_inference(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", precision: Precision = "fp32"
+) -> tuple[VDiffusion, Inference]:
+    """Load an inference file (no DeepSpeed): the EMA network in eval mode and what it was trained as; its forward
+    passes in bf16 autocast where ``precision`` says so (:func:`pipeline.distributed.use_bf16`), the weights and the
+    samplers' arithmetic in fp32."""
     import torch
+
+    from pipeline.distributed import use_bf16
 
     blob = torch.load(path, map_location=device, weights_only=True)
     try:
@@ -239,4 +246,6 @@ def load_inference(path: str | os.PathLike[str], device: str | torch.device = "c
         raise ValueError(f"{path}: {err}") from None
     model = build_diffusion(meta.model_config, meta.diffusion)
     model.net.load_state_dict(blob["ema"])
+    if use_bf16(precision, torch.device(device).type == "cuda"):
+        model.inference_dtype = torch.bfloat16
     return model.to(device).eval(), meta

@@ -18,11 +18,17 @@ from typing import Literal
 import torch
 import torch.distributed as dist
 
-__all__ = ["GROUP_TIMEOUT", "Runtime", "init_runtime", "leave_group"]
+__all__ = ["GROUP_TIMEOUT", "Precision", "Runtime", "init_runtime", "leave_group", "use_bf16"]
 
 # How long a collective waits for a peer before the job fails: DeepSpeed's default (its DEEPSPEED_TIMEOUT, 30 min),
 # which training used before this module existed. A checkpoint save or a validation pass on rank 0 must fit in it.
 GROUP_TIMEOUT = timedelta(minutes=30)
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def use_bf16(precision: Precision, cuda: bool) -> bool:
+    """The precision rule of every stage: ``bf16``, or ``auto`` on a GPU (fp32 on the CPU, where bf16 is slow)."""
+    return precision == "bf16" or (precision == "auto" and cuda)
 
 
 @dataclass(frozen=True)
@@ -40,9 +46,7 @@ class Runtime:
         return torch.bfloat16 if self.bf16 else torch.float32
 
 
-def init_runtime(
-    *, gpus: bool, precision: Literal["auto", "fp32", "bf16"] = "fp32", group: Literal["always", "multi"] = "multi"
-) -> Runtime:
+def init_runtime(*, gpus: bool, precision: Precision = "fp32", group: Literal["always", "multi"] = "multi") -> Runtime:
     """Join the job's process group once per process (a second call reuses it) and pick device and precision.
 
     ``gpus``: use this node's GPU ``LOCAL_RANK`` (modulo the visible count) when CUDA is available; the CPU otherwise.
@@ -61,8 +65,7 @@ def init_runtime(
         rank, world = dist.get_rank(), dist.get_world_size()
     else:
         rank = int(os.environ.get("RANK", "0"))
-    bf16 = precision == "bf16" or (precision == "auto" and cuda)
-    return Runtime(rank, world, device, cuda, bf16)
+    return Runtime(rank, world, device, cuda, use_bf16(precision, cuda))
 
 
 def leave_group() -> None:

@@ -236,7 +236,7 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int, split
     t0 = time.perf_counter()
     e = cfg.evaluate
     device = _device()
-    model, meta = load_inference(cfg.inference_file(checkpoint), device)
+    model, meta = load_inference(cfg.inference_file(checkpoint), device, e.precision)
     test = load_eval_clips(cfg, meta.clip_frames, meta.variables, split=split)
     common = {
         "split": split,
@@ -247,6 +247,7 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int, split
         "ensemble": e.ensemble,
         "test_clips": len(test.clips),
         "context_frames": e.context_frames,
+        "precision": "bf16" if model.inference_dtype == torch.bfloat16 else "fp32",
         "clip_frames": test.frames,
         "clip_starts": test.labels,
     }

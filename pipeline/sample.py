@@ -200,7 +200,7 @@ def _setup(cfg: Config) -> _Setup:
         device = torch.device("cuda", torch.cuda.current_device())
     else:
         device = torch.device("cpu")
-    model, meta = load_inference(cfg.inference_file(tag), device)
+    model, meta = load_inference(cfg.inference_file(tag), device, s.precision)
     store = open_store(cfg.normalised_path)
     regridded = open_store(cfg.regridded_path)
     stats = read_stats(cfg.stats_path)
@@ -347,6 +347,7 @@ def _annotate(cfg: Config, su: _Setup, samples: _Samples, world: int) -> None:
                 "source": f"pipeline {__version__}, checkpoint {su.tag} (step {su.meta.step})",
                 "sampler": s.sampler,
                 "sampling_steps": s.steps,
+                "network_precision": "bf16" if distributed.use_bf16(s.precision, su.device.type == "cuda") else "fp32",
                 "seed": cfg.seed,
                 "guidance_weight": su.guidance,
                 "cfg_scale": su.cfg_scale,

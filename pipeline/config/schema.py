@@ -494,6 +494,11 @@ class EvaluateConfig(_Section):
         "checkpoint steps.",
     )
     samplers: TeacherSamplers = Field(["ddim", "dpmpp_2m"], description="Samplers to compare.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="The network's forward passes in evaluation: auto = bf16 autocast on GPUs, fp32 on the CPU "
+        "(the samplers' arithmetic stays fp32).",
+    )
     steps: Annotated[list[AtLeastOne], _bounded(len, "a non-empty list")] = Field(
         [10, 25], description="Sampling step counts (NFE) to compare."
     )
@@ -632,6 +637,10 @@ class SampleConfig(_Section):
         "best", description="'best' (from the evaluation sweep) or a checkpoint tag like 'step-00000300'."
     )
     sampler: SamplerName = Field("dpmpp_2m", description="Sampler for generation.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="The network's forward passes in generation: auto = bf16 autocast on GPUs, fp32 on the CPU.",
+    )
     steps: AtLeastOne = Field(25, description="Sampling steps.")
     unconditional: AtLeastOne = Field(4, description="Unconditional clips to generate.")
     rollouts: AtLeastOne = Field(2, description="Long rollouts, each from real initial frames of the test period.")

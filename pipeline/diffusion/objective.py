@@ -205,6 +205,9 @@ class VDiffusion(nn.Module):
     ):
         super().__init__()
         self.net = net
+        # Inference only (evaluation, sampling): the dtype the network's forward pass runs in under autocast (bf16
+        # on GPUs); the samplers' state and arithmetic stay fp32. None = the network's own dtype.
+        self.inference_dtype: torch.dtype | None = None
         self.schedule = schedule
         self.weighting = weighting
         self.sigmoid_bias = sigmoid_bias
@@ -222,7 +225,11 @@ class VDiffusion(nn.Module):
 
     def predict(self, z: Tensor, logsnr: Tensor, cond: dict[str, Any] | None = None) -> Prediction:
         logsnr = logsnr.expand(z.shape[0]) if logsnr.ndim == 0 else logsnr
-        v = self.net(z, logsnr.to(z.dtype), cond)
+        if self.inference_dtype is None:
+            v = self.net(z, logsnr.to(z.dtype), cond)
+        else:
+            with torch.autocast(z.device.type, dtype=self.inference_dtype):
+                v = self.net(z, logsnr.to(z.dtype), cond).to(z.dtype)
         alpha, sigma = alpha_sigma(logsnr)
         return Prediction(v=v, x=x_from_v(z, v, alpha, sigma), eps=eps_from_v(z, v, alpha, sigma))
 
