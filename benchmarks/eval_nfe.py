@@ -23,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.checkpoints import load_inference
 from pipeline.config import load_config
 from pipeline.data.clips import ClipDataset
+from pipeline.data.evalclips import clip_dataset, pick_test_clips
 from pipeline.data.io import open_store
 from pipeline.data.stats import denormalise, read_stats
 from pipeline.diffusion import SAMPLERS
 from pipeline.evaluate import Completion, generate_extensions
-from pipeline.scoring import clip_dataset, pick_test_clips, score
+from pipeline.scoring import score
 
 
 def main() -> None:

@@ -236,7 +236,7 @@ def assess(
     times = real["time"].values
     out: dict[str, Any] = {}
     for v in rollouts.data_vars:
-        series = real[v]
+        series = real[v].compute()  # one variable in memory at a time (``real`` may be a lazy store)
         period = sequences(series.isel(time=periods["period"]))
         train = sequences(series.isel(time=periods["train"]))
         roll = rollouts[v].rename({"member": "case"}).drop_vars("time", errors="ignore")

@@ -3,7 +3,7 @@ the validation clips (every point: the best is chosen there, by :mod:`pipeline.c
 points that choice sends there: the result is reported there). ``python -m pipeline evaluate`` without a point runs
 the missing points as submitit job arrays (see :mod:`pipeline.launch`): validation, the choice, then test.
 
-On the clips of :func:`pipeline.scoring.pick_test_clips` (by default every clip start of the
+On the clips of :func:`pipeline.data.evalclips.pick_test_clips` (by default every clip start of the
 held-out period), the first ``context_frames`` frames are given and an ensemble of ``ensemble``
 members generates the rest with reconstruction guidance. Metrics are computed per variable in physical
 units (denormalised) by :func:`pipeline.scoring.score`, the same code that scores the reference
@@ -30,6 +30,7 @@ from pipeline import climate, seeding
 from pipeline.atomic import write_text_atomic
 from pipeline.checkpoints import Inference, load_inference
 from pipeline.config import Config
+from pipeline.data.evalclips import EvalClips
 from pipeline.diffusion import ClassifierFreeGuidance, ReconstructionGuidance
 from pipeline.diffusion.guidance import frame_mask
 from pipeline.diffusion.samplers import get_sampler
@@ -37,7 +38,6 @@ from pipeline.point_climate import ClimateData, assess_point, load_climate_data
 from pipeline.scoring import (
     SCALAR_METRICS,
     SWEEP_PARAMS,
-    EvalClips,
     energy,
     load_eval_clips,
     log_scores,

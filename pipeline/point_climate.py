@@ -23,28 +23,28 @@ from tqdm.auto import tqdm
 
 from pipeline import climate, seeding
 from pipeline.config import Config
+from pipeline.data.evalclips import as_dataset
 from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES, denormalise, read_stats
 from pipeline.data.times import climatology_candidates, day_of_year, regular_times
 from pipeline.diffusion import ClassifierFreeGuidance, extend
 from pipeline.diffusion.objective import randn
 from pipeline.diffusion.samplers import get_sampler
-from pipeline.scoring import as_dataset
 
 __all__ = ["ClimateData", "assess_point", "load_climate_data"]
 
 log = logging.getLogger(__name__)
-_DIMS = ("time", "latitude", "longitude")
 
 
 @dataclass
 class ClimateData:
-    """What a point's climate figures need from the stores: the normalised data (time, C, lat, lon), the same in
-    physical units, the periods (indices into time: ``period``, ``train``, ``season``, ``train_season``), the
-    rollouts' valid times and the clips' dates."""
+    """What a point's climate figures need from the stores: the rollouts' given frames (normalised: (frame, C, lat,
+    lon)), the store in physical units (lazy: :func:`pipeline.climate.assess` reads one variable at a time, so the
+    peak memory is one variable's series, not every variable of every split twice), the periods (indices into time:
+    ``period``, ``train``, ``season``, ``train_season``), the rollouts' valid times and the clips' dates."""
 
     names: list[str]
-    data: np.ndarray
+    init: np.ndarray
     real: xr.Dataset
     periods: dict[str, np.ndarray]
     frames: int  # per rollout, the given ones included
@@ -68,11 +68,11 @@ def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: st
             f"more than the {e.context_frames} given (set evaluate.climate.frames, or evaluate.climate.members: 0)"
         )
         raise ValueError(msg)
-    data = np.stack([store[n].values for n in names], axis=1)
+    given = slice(int(period[0]), int(period[0]) + e.context_frames)
+    init = np.stack([store[n].isel(time=given).values for n in names], axis=1)
     stats = read_stats(cfg.stats_path)
-    coords = {"latitude": store["latitude"], "longitude": store["longitude"], "time": times}
     var_attrs = {n: dict(store[n].attrs) for n in names}
-    real = denormalise(as_dataset(data, names, _DIMS, coords, attrs=var_attrs), stats)
+    real = denormalise(store[names].reset_coords(drop=True), stats)  # lazy (dask): nothing read yet
     first = np.arange(period[0], min(period[0] + clip_frames, times.size))
     window = e.climatology_window_days
     periods = {
@@ -83,7 +83,7 @@ def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: st
     }
     return ClimateData(
         names=names,
-        data=data,
+        init=init,
         real=real,
         periods=periods,
         frames=frames,
@@ -112,8 +112,8 @@ def _generators(seed: int, kind: int, items: list[int], device: torch.device) ->
 def _rollouts(model: Any, sample: Any, cd: ClimateData, how: _How, cfg: Config, device: torch.device) -> np.ndarray:
     """``evaluate.climate.members`` free rollouts from the period's first real frames: (member, C, frame, H, W)."""
     c = cfg.evaluate.climate
-    start, m = int(cd.periods["period"][0]), how.context
-    init = torch.from_numpy(np.nan_to_num(cd.data[start : start + m]).transpose(1, 0, 2, 3)).float().to(device)
+    m = how.context
+    init = torch.from_numpy(np.nan_to_num(cd.init[:m]).transpose(1, 0, 2, 3)).float().to(device)
     out = []
     windows = -(-(cd.frames - m) // (how.clip_frames - m))  # extension windows per rollout
     bar = tqdm(total=windows * -(-c.members // c.batch_size), desc="climate rollouts (windows)", disable=None)
@@ -149,7 +149,7 @@ def _unconditional(
 ) -> np.ndarray:
     """``evaluate.climate.unconditional`` clips dated at the period's start: (sample, C, frame, H, W)."""
     c = cfg.evaluate.climate
-    shape = (len(cd.names), how.clip_frames, *cd.data.shape[2:])
+    shape = (len(cd.names), how.clip_frames, *cd.init.shape[2:])
     doy = torch.from_numpy(day_of_year(cd.clip_dates))[None].to(device)
     out = []
     for first in range(0, c.unconditional, c.batch_size):

@@ -251,7 +251,7 @@ def assess(
     train = periods["train"]
     out: dict[str, dict] = {}
     for v in unconditional.data_vars:
-        series = real[v]
+        series = real[v].compute()  # one variable in memory at a time (``real`` may be a lazy store)
         test_seq = sequences(series.isel(time=periods["test"]))
         season_seq = sequences(series.isel(time=periods["test_season"]))
         unc = unconditional[v].rename({"sample": "case"})

@@ -27,6 +27,7 @@ import xarray as xr
 from pipeline import seeding
 from pipeline.atomic import write_text_atomic
 from pipeline.config import Config
+from pipeline.data.evalclips import EvalClips
 from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES
 from pipeline.data.times import climatology_candidates
@@ -34,7 +35,6 @@ from pipeline.scoring import (
     REFERENCE_PARAMS,
     REFERENCES,
     SKILL,
-    EvalClips,
     energy,
     load_eval_clips,
     log_scores,

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from pipeline import __version__, distributed, seeding
 from pipeline.checkpoints import Inference, load_inference
 from pipeline.config import Config
+from pipeline.data.evalclips import as_dataset
 from pipeline.data.io import atomic_path, open_store, write_zarr
 from pipeline.data.stats import denormalise, read_stats
 from pipeline.data.times import climatology_candidates, day_of_year, regular_times
@@ -44,7 +45,6 @@ from pipeline.diffusion.objective import randn
 from pipeline.diffusion.samplers import get_sampler
 from pipeline.plots import animate_rollout, first_last_maps, realism_figure, spectra_plot
 from pipeline.realism import as_json, assess, flat_metrics
-from pipeline.scoring import as_dataset
 from pipeline.tracking import StageRun
 
 __all__ = ["resolve_cfg_scale", "resolve_checkpoint", "resolve_guidance", "run_sample", "sample_task"]
@@ -170,14 +170,19 @@ class _Setup:
 @dataclass
 class _Plan:
     """When the samples are: the unconditional clips' dates, each rollout's first initial frame (store index) and
-    valid times, and the normalised data (time, C, lat, lon) the rollouts start from and are compared with."""
+    valid times, and the normalised store the rollouts start from and are compared with (read where needed)."""
 
     times: np.ndarray
     test_idx: np.ndarray
     dates: np.ndarray
-    data: np.ndarray
+    store: xr.Dataset
+    names: list[str]
     starts: np.ndarray
     rdates: list[np.ndarray]
+
+    def frames(self, start: int, stop: int) -> np.ndarray:
+        """Normalised frames ``start:stop`` of the store (fewer at its end): (time, C, lat, lon)."""
+        return np.stack([self.store[n].isel(time=slice(start, stop)).values for n in self.names], axis=1)
 
 
 @dataclass
@@ -229,12 +234,11 @@ def _plan(cfg: Config, su: _Setup) -> _Plan:
     times = store["time"].values
     test_idx = np.flatnonzero(store["split"].values == 3)
     dates = regular_times(times, times[test_idx[0]], su.frames)  # datetime64 or cftime, in the data's calendar
-    data = np.stack([store[n].values for n in su.names], axis=1)  # (time, C, lat, lon), normalised
     last = max(test_idx[0], test_idx[-1] - max(s.rollout_frames, cfg.evaluate.context_frames) + 1)
     starts = np.linspace(test_idx[0], last, s.rollouts).round().astype(int)
     # valid times of each rollout, on past the data's end in its calendar (the last window may overshoot)
     rdates = [regular_times(times, times[int(start)], s.rollout_frames + su.frames) for start in starts]
-    return _Plan(times=times, test_idx=test_idx, dates=dates, data=data, starts=starts, rdates=rdates)
+    return _Plan(times=times, test_idx=test_idx, dates=dates, store=store, names=su.names, starts=starts, rdates=rdates)
 
 
 def _generate_unconditional(cfg: Config, su: _Setup, plan: _Plan, rank: int, world: int) -> dict[int, np.ndarray]:
@@ -259,7 +263,7 @@ def _generate_rollouts(cfg: Config, su: _Setup, plan: _Plan, rank: int, world: i
     s, m = cfg.sample, cfg.evaluate.context_frames
     mine: dict[int, np.ndarray] = {}
     for batch in tqdm(_batches(range(rank, s.rollouts, world), s.batch_size), desc="rollouts", disable=None):
-        init = np.stack([np.nan_to_num(plan.data[a : a + m]).transpose(1, 0, 2, 3) for a in plan.starts[batch]])
+        init = np.stack([np.nan_to_num(plan.frames(a, a + m)).transpose(1, 0, 2, 3) for a in plan.starts[batch]])
 
         def cond_for(window_start: int, window: int, batch: list[int] = batch) -> dict[str, torch.Tensor] | None:
             if not su.use_doy:
@@ -288,7 +292,7 @@ def _truth(cfg: Config, plan: _Plan) -> np.ndarray:
     """The data for each rollout's dates, NaN past the data's end: (rollout, lead, C, lat, lon)."""
     truth = []
     for start in plan.starts:
-        avail = plan.data[start : start + cfg.sample.rollout_frames]
+        avail = plan.frames(int(start), int(start) + cfg.sample.rollout_frames)
         pad = np.full((cfg.sample.rollout_frames - avail.shape[0], *avail.shape[1:]), np.nan, dtype=np.float32)
         truth.append(np.concatenate([avail, pad]))
     return np.stack(truth)
@@ -409,12 +413,9 @@ def _write(cfg: Config, su: _Setup, plan: _Plan, samples: _Samples) -> dict[str,
         if cfg.sample.netcdf:
             unc_ds.to_netcdf(tmp / "unconditional.nc")
             roll_ds.drop_vars("time").assign_coords(valid_time=roll_ds["time"]).to_netcdf(tmp / "rollouts.nc")
-        coords = {"latitude": su.store["latitude"], "longitude": su.store["longitude"], "time": plan.times}
-        real = denormalise(
-            as_dataset(plan.data, su.names, ("time", "latitude", "longitude"), coords, attrs=su.var_attrs),
-            su.stats,
-        )
-        test_truth = real.isel(time=plan.test_idx).rename({"time": "frame"}).drop_vars("frame")
+        # lazy (dask): the realism figures read one variable at a time, the maps the test period
+        real = denormalise(su.store[su.names].reset_coords(drop=True), su.stats)
+        test_truth = real.isel(time=plan.test_idx).rename({"time": "frame"}).drop_vars("frame").compute()
         realism = _realism(cfg, unc_ds, roll_ds, real, su.store["split"].values, su.frames, tmp)
         _plot(su.names, samples, test_truth, tmp)
         _manifest(cfg, su, tmp)

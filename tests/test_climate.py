@@ -108,3 +108,29 @@ def test_an_unstable_rollout_scores_infinite():
         roll.where(np.isfinite(roll), 280) + 100, _seq(_ar1(rng, 1, 50))[0].rename({"frame": "time"})
     )
     assert st["stable"] is True and st["inside_range_fraction"] == 0.0
+
+
+def test_assess_reads_a_lazy_store_one_variable_at_a_time_with_the_same_figures(tmp_path):
+    """The sweep's climate figures read the real series from the store lazily (one variable in memory at a time,
+    not every variable of every split): the same figures, bit for bit, as from the series held in memory."""
+    rng = np.random.default_rng(3)
+    n = 120
+    times = pd.date_range("2000-01-01", periods=n, freq="D")
+    real = xr.Dataset(
+        {v: (("time", "latitude", "longitude"), _ar1(rng, 1, n)[0]) for v in ("a", "b")},
+        coords={"time": times, "latitude": LAT, "longitude": LON},
+    )
+    real.chunk({"time": 16}).to_zarr(tmp_path / "real.zarr", zarr_format=3, consolidated=True)
+    lazy = xr.open_zarr(tmp_path / "real.zarr", zarr_format=3, consolidated=True)
+    assert all(lazy[v].chunks is not None for v in lazy.data_vars)  # dask-backed: nothing read yet
+    roll = xr.Dataset(
+        {v: (("member", "frame", "latitude", "longitude"), _ar1(rng, 2, 20)) for v in ("a", "b")},
+        coords={"latitude": LAT, "longitude": LON, "time": ("frame", times[60:80])},
+    )
+    unc = xr.Dataset({v: (("sample", "frame", "latitude", "longitude"), _ar1(rng, 4, 4)) for v in ("a", "b")},
+                     coords={"latitude": LAT, "longitude": LON})  # fmt: skip
+    periods = {"period": np.arange(60, 120), "train": np.arange(0, 60), "season": np.arange(60, 90),
+               "train_season": np.arange(0, 30)}  # fmt: skip
+    eager, from_store = (climate.assess(roll, unc, r, periods, [1, 2], 2) for r in (real, lazy))
+    assert from_store["score"] == eager["score"] and np.isfinite(eager["score"])
+    assert climate.flat_metrics(from_store) == climate.flat_metrics(eager)

@@ -13,10 +13,11 @@ import pytest
 import xarray as xr
 
 from pipeline import metrics
+from pipeline.data.evalclips import EvalClips, clip_dataset, pick_test_clips
 from pipeline.data.stats import denormalise
 from pipeline.data.times import climatology_candidates
 from pipeline.references import climatology_ensemble, climatology_mean, persistence
-from pipeline.scoring import EvalClips, clip_dataset, clip_statistics, pick_test_clips, score, summarise
+from pipeline.scoring import clip_statistics, score, summarise
 
 LAT, LON = np.array([0.0, 60.0]), np.array([0.0, 90.0])  # cos-latitude weights 1 and 1/2
 STATS = {"z": {"mean": 0.0, "std": 1.0, "units": "m"}}

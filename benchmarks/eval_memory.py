@@ -1,0 +1,136 @@
+"""Peak memory of a sweep point's climate figures against the store's size (issue 28 item 4).
+
+    python benchmarks/eval_memory.py [--variables 6] [--grid 64 128] [--days 730 1460] [--keep]
+
+For each store length, writes a synthetic normalised store (``--variables`` fields on ``--grid``, a train/test split
+at half the length, the way the data stages write it), then in a fresh process each: builds what a sweep point's
+climate figures read (:func:`pipeline.point_climate.load_climate_data`: the store in physical units, lazy, and the
+rollouts' given frames) and runs :func:`pipeline.climate.assess` on stand-in rollouts and clips, printing the peak
+resident memory (``ru_maxrss``) beside the store's size. ``eager`` is the same with the whole store read into memory
+first, as the code did before (every variable of every split, float32, and again in float64): the difference is what
+the lazy read saves. The figures are the same either way (``tests/test_climate.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def write_experiment(folder: Path, days: int, variables: int, h: int, w: int) -> Path:
+    """A config whose normalised store and statistics are synthetic: ``days`` daily frames, half train, half test."""
+    from pipeline.config import load_config
+    from pipeline.data.io import zarr_ready
+    from pipeline.data.stats import SPLIT_NAMES, write_stats
+
+    names = [f"v{i}" for i in range(variables)]
+    times = pd.date_range("2000-01-01", periods=days, freq="D")
+    half = times[days // 2]
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg_file = folder / "config.yaml"
+    c = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    c |= {"results_dir": str(folder / "results"), "experiment": "memory"}
+    c["data"]["split"] = {
+        "train": [str(times[0].date()), str((half - pd.Timedelta(days=1)).date())],
+        "val": [str(half.date()), str(half.date())],
+        "test": [str((half + pd.Timedelta(days=1)).date()), str(times[-1].date())],
+    }
+    c["evaluate"]["climatology_window_days"] = 15
+    c["evaluate"]["climate"]["frames"] = 26  # 2 given + 24 generated per stand-in rollout
+    cfg_file.write_text(yaml.safe_dump(c))
+    cfg = load_config([cfg_file])
+    rng = np.random.default_rng(0)
+    lat, lon = np.linspace(-88, 88, h), np.linspace(0, 360, w, endpoint=False)
+    codes = np.where(times < half, SPLIT_NAMES.index("train"), SPLIT_NAMES.index("test"))
+    codes[days // 2] = SPLIT_NAMES.index("val")
+    ds = xr.Dataset(
+        {n: (("time", "latitude", "longitude"), rng.standard_normal((days, h, w), dtype=np.float32)) for n in names},
+        coords={"time": times, "latitude": lat, "longitude": lon, "split": ("time", codes)},
+    )
+    for n in names:
+        ds[n].attrs = {"units": "1", "original_units": "K", "normalised": 1}
+    zarr_ready(ds, cfg.data.time_chunk).to_zarr(cfg.normalised_path, zarr_format=3, consolidated=True, mode="w")
+    write_stats({n: {"mean": 280.0, "std": 5.0, "units": "K"} for n in names}, cfg.stats_path)
+    return cfg_file
+
+
+def measure(cfg_file: Path, eager: bool) -> dict[str, float]:
+    """In this process: the climate figures of stand-in rollouts (4 x 24 frames) and clips (8 x 4 frames)."""
+    from pipeline import climate
+    from pipeline.config import load_config
+    from pipeline.point_climate import load_climate_data
+
+    cfg = load_config([cfg_file])
+    names = sorted(xr.open_zarr(cfg.normalised_path, zarr_format=3).data_vars)
+    cd = load_climate_data(cfg, names, 4, "test")
+    real = cd.real.load() if eager else cd.real  # eager: every variable of every split, float64, as before
+    held = np.stack([real[n].values.astype(np.float32) for n in names], axis=1) if eager else None  # and float32
+    rng = np.random.default_rng(1)
+    h, w = cd.init.shape[2:]
+    lat, lon = real["latitude"], real["longitude"]
+    roll = xr.Dataset(
+        {
+            n: (("member", "frame", "latitude", "longitude"), 280 + 5 * rng.standard_normal((4, 24, h, w)))
+            for n in names
+        },
+        coords={"latitude": lat, "longitude": lon, "time": ("frame", cd.roll_times[2:26])},
+    )
+    unc = xr.Dataset(
+        {n: (("sample", "frame", "latitude", "longitude"), 280 + 5 * rng.standard_normal((8, 4, h, w))) for n in names},
+        coords={"latitude": lat, "longitude": lon},
+    )
+    result = climate.assess(roll, unc, real, cd.periods, [1, 2], 2)
+    del held
+    return {"score": result["score"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variables", type=int, default=6)
+    ap.add_argument("--grid", type=int, nargs=2, default=[64, 128])
+    ap.add_argument("--days", type=int, nargs="+", default=[730, 1460])
+    ap.add_argument("--keep", action="store_true", help="keep the stores (printed)")
+    ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: one measurement in this process
+    ap.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.eager)))
+        return
+    folder = Path(tempfile.mkdtemp(prefix="eval-memory-"))
+    print(f"{'days':>6} {'store MB':>9} {'lazy peak MB':>13} {'eager peak MB':>14}  climate score (lazy = eager)")
+    for days in args.days:
+        cfg_file = write_experiment(folder / str(days), days, args.variables, *args.grid)
+        store_mb = days * args.variables * args.grid[0] * args.grid[1] * 4 / 1e6
+        out = {}
+        for eager in (False, True):
+            cmd = [sys.executable, __file__, "--measure", str(cfg_file)] + (["--eager"] if eager else [])
+            out[eager] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        same = out[False]["score"] == out[True]["score"]
+        print(
+            f"{days:>6} {store_mb:>9.0f} {out[False]['peak_rss_mb']:>13.0f} {out[True]['peak_rss_mb']:>14.0f}  "
+            f"{out[False]['score']:.4f} ({'same' if same else 'DIFFERENT'})",
+            flush=True,
+        )
+    if args.keep:
+        print(f"stores kept in {folder}")
+    else:
+        import shutil
+
+        shutil.rmtree(folder)
+
+
+if __name__ == "__main__":
+    main()
