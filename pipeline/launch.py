@@ -229,46 +229,98 @@ def squeue_state(job_id: str) -> str | None:
     return states[0] if r.returncode == 0 and states else None
 
 
+# What a checkpoint must agree with to be resumed: the model, the diffusion, the training settings but these (step
+# count, logging, retention, loader workers), the data, the seed and the number of processes.
+_NOT_TRAINING = frozenset(
+    {"steps", "log_every", "val_every", "checkpoint_every", "keep_last", "keep_every", "num_workers", "val_clips"}
+)
+# Settings added since checkpoints were stamped with a hash only, newest first. A stamp written before a setting
+# existed matches today's settings without it, where it is at its default: an upgrade that adds a setting must not
+# archive a month of checkpoints and train afresh. (Stamps now hold the settings themselves; see _compatible.)
+ADDED_SETTINGS = (
+    "train.zero3_persist_below",
+    "train.shuffle_block",
+    "data.codec",
+    "train.compile",
+    "diffusion.min_snr_gamma",
+)
+
+
+def _settings_tree(cfg: Config, drop: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The hashed settings (the stamp's layout since the first release), without the dotted keys in ``drop``."""
+
+    def dump(section: str, exclude: frozenset[str] = frozenset(), mode: str = "python") -> dict[str, Any]:
+        gone = {k.split(".", 1)[1] for k in drop if k.startswith(f"{section}.")}
+        return getattr(cfg, section).model_dump(mode=mode, exclude=set(exclude | gone))
+
+    return {
+        "model": dump("model"),
+        "diffusion": dump("diffusion"),
+        "train": dump("train", _NOT_TRAINING),
+        "data": config_hash(dump("data", mode="json")),
+        "seed": cfg.seed,
+        "world": cfg.launch.nodes * cfg.launch.tasks_per_node,
+    }
+
+
 def training_settings_hash(cfg: Config) -> str:
-    """What a checkpoint must agree with to be resumed (not: step count, logging, retention)."""
-    keep = cfg.train.model_dump(
-        exclude={
-            "steps",
-            "log_every",
-            "val_every",
-            "checkpoint_every",
-            "keep_last",
-            "keep_every",
-            "num_workers",
-            "val_clips",
-        }
-    )
-    return config_hash(
-        {
-            "model": cfg.model.model_dump(),
-            "diffusion": cfg.diffusion.model_dump(),
-            "train": keep,
-            "data": config_hash(cfg.data),
-            "seed": cfg.seed,
-            "world": cfg.launch.nodes * cfg.launch.tasks_per_node,
-        }
-    )
+    """The hash of what a checkpoint must agree with to be resumed (not: step count, logging, retention)."""
+    return config_hash(_settings_tree(cfg))
+
+
+def training_settings(cfg: Config) -> dict[str, Any]:
+    """The same settings, one JSON value per ``section.field`` (stored in the stamp beside the hash)."""
+    out: dict[str, Any] = {"seed": cfg.seed, "world": cfg.launch.nodes * cfg.launch.tasks_per_node}
+    for section in ("model", "diffusion", "train", "data"):
+        dumped = getattr(cfg, section).model_dump(mode="json")
+        out |= {f"{section}.{k}": v for k, v in dumped.items() if not (section == "train" and k in _NOT_TRAINING)}
+    return out
+
+
+def _default(cfg: Config, key: str) -> Any:
+    """The schema's default of ``section.field`` as JSON (a marker that equals nothing where there is none)."""
+    section, _, name = key.partition(".")
+    model = getattr(cfg, section, None)
+    field = type(model).model_fields.get(name) if model is not None else None
+    if field is None or field.is_required():
+        return object()
+    value = field.get_default(call_default_factory=True)
+    return json.loads(json.dumps(value.model_dump(mode="json") if hasattr(value, "model_dump") else value, default=str))
+
+
+def _compatible(cfg: Config, stamp: dict[str, Any]) -> bool:
+    """Whether checkpoints stamped ``stamp`` were made with ``cfg``'s training settings, up to settings added since
+    at their defaults (a setting the stamp has and the code no longer knows is ignored)."""
+    have = stamp.get("settings")
+    if have is not None:
+        want = training_settings(cfg)
+        return all(have[k] == v if k in have else v == _default(cfg, k) for k, v in want.items())
+    # a stamp with the hash alone: today's settings without the settings added since, where at their defaults
+    hashes = set()
+    for i in range(len(ADDED_SETTINGS) + 1):
+        dropped = ADDED_SETTINGS[:i]
+        if all(training_settings(cfg)[k] == _default(cfg, k) for k in dropped):
+            hashes.add(config_hash(_settings_tree(cfg, frozenset(dropped))))
+    return stamp.get("hash") in hashes
 
 
 def prepare_checkpoint_dir(cfg: Config) -> bool:
     """Keep checkpoints made with the same settings (resume); archive others. True if resuming."""
     d = cfg.checkpoint_dir
     stamp = d / "settings.json"
-    want = training_settings_hash(cfg)
     if d.exists() and (d / "latest").exists():
-        have = json.loads(stamp.read_text()).get("hash") if stamp.exists() else None
-        if have == want:
+        have = json.loads(stamp.read_text()) if stamp.exists() else {}
+        if _compatible(cfg, have):
+            if "settings" not in have:  # from now on the stamp holds the settings themselves
+                write_text_atomic(
+                    stamp, json.dumps({"hash": training_settings_hash(cfg), "settings": training_settings(cfg)})
+                )
             return True
         archive = d.with_name(f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("checkpoints in %s were made with other settings; moved to %s, training starts afresh", d, archive)
         d.rename(archive)
     d.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"hash": want}))
+    write_text_atomic(stamp, json.dumps({"hash": training_settings_hash(cfg), "settings": training_settings(cfg)}))
     return False
 
 

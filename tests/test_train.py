@@ -233,3 +233,40 @@ def test_inference_file_equals_engine_ema(data_root: Path) -> None:
     with torch.no_grad():
         v1 = model.net(x, torch.zeros(1), {"doy": torch.full((1, 4), 15.0)})
     assert torch.isfinite(v1).all() and v1.abs().sum() > 0
+
+
+def test_checkpoints_survive_an_upgrade_that_adds_a_setting(tmp_path: Path) -> None:
+    """prepare_checkpoint_dir resumes checkpoints made with the same settings and archives others; a setting added
+    by an upgrade, at its default, is not "other settings" (a month of checkpoints must not be archived and trained
+    afresh because the code learned a new key), neither in a stamp that holds the settings nor in an old stamp that
+    holds only the hash of the settings of its day."""
+    from pipeline.config import config_hash
+    from pipeline.launch import _settings_tree, prepare_checkpoint_dir, training_settings
+
+    cfg = load_config([_config(tmp_path, "stamp")])
+    d = cfg.checkpoint_dir
+    assert prepare_checkpoint_dir(cfg) is False  # nothing yet: a fresh directory, stamped
+    (d / "latest").write_text("step-00000004")
+    assert prepare_checkpoint_dir(cfg) is True  # same settings: resume
+    stamp = json.loads((d / "settings.json").read_text())
+    # a stamp written before train.zero3_persist_below existed (the key absent, today's default null)
+    del stamp["settings"]["train.zero3_persist_below"]
+    (d / "settings.json").write_text(json.dumps(stamp))
+    assert prepare_checkpoint_dir(cfg) is True
+    # an old stamp: only the hash, of the settings before train.zero3_persist_below and train.shuffle_block
+    old = config_hash(_settings_tree(cfg, frozenset({"train.zero3_persist_below", "train.shuffle_block"})))
+    (d / "settings.json").write_text(json.dumps({"hash": old}))
+    assert prepare_checkpoint_dir(cfg) is True
+    assert json.loads((d / "settings.json").read_text())["settings"] == training_settings(cfg)  # stamp upgraded
+    # a setting that changes training: archived, training starts afresh
+    changed = load_config([_config(tmp_path, "stamp", train={"lr": 5e-4})])
+    assert prepare_checkpoint_dir(changed) is False
+    assert not (d / "latest").exists() and len(list(d.parent.glob("checkpoints.old-*"))) == 1
+    # an old hash-only stamp whose added setting is not at its default any more: other settings too
+    (d / "latest").write_text("step-00000004")
+    moved = load_config([_config(tmp_path, "stamp", train={"lr": 5e-4, "shuffle_block": 4})])
+    (d / "settings.json").write_text(
+        json.dumps({"hash": config_hash(_settings_tree(moved, frozenset({"train.shuffle_block"})))})
+    )
+    time.sleep(1.1)  # the archive's name has seconds
+    assert prepare_checkpoint_dir(moved) is False
