@@ -296,12 +296,17 @@ def _compatible(cfg: Config, stamp: dict[str, Any]) -> bool:
         want = training_settings(cfg)
         return all(have[k] == v if k in have else v == _default(cfg, k) for k, v in want.items())
     # a stamp with the hash alone: today's settings without the settings added since, where at their defaults
-    hashes = set()
+    want, hashes = training_settings(cfg), set()
     for i in range(len(ADDED_SETTINGS) + 1):
         dropped = ADDED_SETTINGS[:i]
-        if all(training_settings(cfg)[k] == _default(cfg, k) for k in dropped):
+        if all(want[k] == _default(cfg, k) for k in dropped):
             hashes.add(config_hash(_settings_tree(cfg, frozenset(dropped))))
     return stamp.get("hash") in hashes
+
+
+def _write_stamp(path: Path, cfg: Config) -> None:
+    """The stamp of checkpoints made with ``cfg``: the training settings and their hash."""
+    write_text_atomic(path, json.dumps({"hash": training_settings_hash(cfg), "settings": training_settings(cfg)}))
 
 
 def prepare_checkpoint_dir(cfg: Config) -> bool:
@@ -312,15 +317,13 @@ def prepare_checkpoint_dir(cfg: Config) -> bool:
         have = json.loads(stamp.read_text()) if stamp.exists() else {}
         if _compatible(cfg, have):
             if "settings" not in have:  # from now on the stamp holds the settings themselves
-                write_text_atomic(
-                    stamp, json.dumps({"hash": training_settings_hash(cfg), "settings": training_settings(cfg)})
-                )
+                _write_stamp(stamp, cfg)
             return True
         archive = d.with_name(f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("checkpoints in %s were made with other settings; moved to %s, training starts afresh", d, archive)
         d.rename(archive)
     d.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(stamp, json.dumps({"hash": training_settings_hash(cfg), "settings": training_settings(cfg)}))
+    _write_stamp(stamp, cfg)
     return False
 
 
