@@ -34,7 +34,7 @@ from pipeline.scoring import load_eval_clips, score, summarise
 def run_forecast(cfg, path: Path, sampler: str, steps: int, device: torch.device) -> dict:
     e = cfg.evaluate
     model, meta = checkpoints.load_inference(path, device)
-    test = load_eval_clips(cfg, meta.clip_frames, meta.variables)
+    test = load_eval_clips(cfg, meta.clip_frames, meta.variables).read()
     t0 = time.perf_counter()
     with torch.no_grad():
         ens = generate_extensions(

@@ -1,6 +1,7 @@
 """Peak memory of a sweep point's climate figures against the store's size (issue 28 item 4).
 
     python benchmarks/eval_memory.py [--variables 6] [--grid 64 128] [--days 730 1460] [--keep]
+    python benchmarks/eval_memory.py --scoring [--batch 32] ...   # a sweep point's scoring instead
 
 For each store length, writes a synthetic normalised store (``--variables`` fields on ``--grid``, a train/test split
 at half the length, the way the data stages write it), then in a fresh process each: builds what a sweep point's
@@ -97,6 +98,48 @@ def measure(cfg_file: Path, eager: bool) -> dict[str, float]:
     return {"score": result["score"], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def measure_scoring(cfg_file: Path, batch: int) -> dict[str, float]:
+    """In this process: a sweep point's scoring of every test clip (4 frames, 2 given) with stand-in 4-member
+    ensembles (each clip's truth plus seeded noise, in place of the model), ``batch`` clips at a time as
+    :func:`pipeline.evaluate._score` does (``evaluate.score_batch``; 0: every clip at once, as before)."""
+    from pipeline.config import load_config
+    from pipeline.scoring import ScoreStream, energy, load_eval_clips
+
+    cfg = load_config([cfg_file])
+    names = sorted(xr.open_zarr(cfg.normalised_path, zarr_format=3).data_vars)
+    test = load_eval_clips(cfg, 4, names, split="test")
+    stream, energies = ScoreStream(2, len(test)), []
+    for first, part in test.batches(batch or len(test)):
+        ens = np.stack([
+            np.nan_to_num(part.raw[i])[None]
+            + 0.3 * np.random.default_rng(first + i).standard_normal((4, *part.raw.shape[1:]), dtype=np.float32)
+            for i in range(len(part.clips))
+        ])  # fmt: skip
+        stream.add(part.physical(ens), part.truth)
+        energies.append(energy(ens, part.raw, part.lat, 2)["energy_score"] * len(part.clips))
+    crps = stream.result()[names[0]]["crps"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"clips": len(test), "crps": crps, "energy": sum(energies) / len(test), "peak_rss_mb": peak}
+
+
+def scoring_table(folder: Path, args: argparse.Namespace) -> None:
+    """Peak RSS of a point's scoring, every clip at once against ``--batch`` at a time, per test period length."""
+    print(f"{'days':>6} {'clips':>6} {'truth MB':>9} {'all at once MB':>15} {f'{args.batch} at a time MB':>16}  CRPS")
+    for days in args.days:
+        cfg_file = write_experiment(folder / str(days), days, args.variables, *args.grid)
+        out = {}
+        for batch in (0, args.batch):
+            cmd = [sys.executable, __file__, "--measure", str(cfg_file), "--score-batch", str(batch)]
+            out[batch] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        truth_mb = out[0]["clips"] * 4 * args.variables * args.grid[0] * args.grid[1] * 4 / 1e6
+        same = abs(out[0]["crps"] - out[args.batch]["crps"]) <= 1e-9 * abs(out[0]["crps"])
+        print(
+            f"{days:>6} {out[0]['clips']:>6} {truth_mb:>9.0f} {out[0]['peak_rss_mb']:>15.0f} "
+            f"{out[args.batch]['peak_rss_mb']:>16.0f}  {out[0]['crps']:.6f} ({'same' if same else 'DIFFERENT'})",
+            flush=True,
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variables", type=int, default=6)
@@ -105,11 +148,24 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the stores (printed)")
     ap.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # internal: one measurement in this process
     ap.add_argument("--eager", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--scoring", action="store_true", help="a sweep point's scoring instead of its climate figures")
+    ap.add_argument("--batch", type=int, default=32, help="with --scoring: clips scored at a time")
+    ap.add_argument("--score-batch", type=int, help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.eager)))
+        if args.score_batch is not None:
+            print(json.dumps(measure_scoring(args.measure, args.score_batch)))
+        else:
+            print(json.dumps(measure(args.measure, args.eager)))
         return
     folder = Path(tempfile.mkdtemp(prefix="eval-memory-"))
+    if args.scoring:
+        scoring_table(folder, args)
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(folder)
+        return
     print(f"{'days':>6} {'store MB':>9} {'lazy peak MB':>13} {'eager peak MB':>14}  climate score (lazy = eager)")
     for days in args.days:
         cfg_file = write_experiment(folder / str(days), days, args.variables, *args.grid)

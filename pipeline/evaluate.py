@@ -30,7 +30,7 @@ from pipeline import climate, seeding
 from pipeline.atomic import write_text_atomic
 from pipeline.checkpoints import Inference, load_inference
 from pipeline.config import Config
-from pipeline.data.evalclips import EvalClips
+from pipeline.data.evalclips import EvalClips, EvalSet
 from pipeline.diffusion import ClassifierFreeGuidance, ReconstructionGuidance
 from pipeline.diffusion.guidance import frame_mask
 from pipeline.diffusion.samplers import get_sampler
@@ -38,10 +38,10 @@ from pipeline.point_climate import ClimateData, assess_point, load_climate_data
 from pipeline.scoring import (
     SCALAR_METRICS,
     SWEEP_PARAMS,
+    ScoreStream,
     energy,
     load_eval_clips,
     log_scores,
-    score,
 )
 from pipeline.tracking import RunTarget, stage_run
 
@@ -56,7 +56,6 @@ __all__ = [
     "point_path",
     "read_references",
     "references_path",
-    "score",
     "selected_points",
     "sweep_points",
 ]
@@ -111,9 +110,12 @@ def generate_extensions(
     seed: int,
     device: torch.device,
     day_of_year: bool,
+    first: int = 0,
 ) -> np.ndarray:
     """Ensemble completions of each clip (:class:`Completion`): (clip, member, C, T, H, W); member noise is
-    seeded per clip from ``seed``; ``day_of_year``: the model is conditioned on the frames' days of year."""
+    seeded per clip from ``seed`` and the clip's index in its set (``first`` + its index in ``clips``: a set
+    completed in parts gets the same members); ``day_of_year``: the model is conditioned on the frames' days of
+    year."""
     context, ensemble, guidance = how.context, how.ensemble, how.guidance
     out = []
     sample = get_sampler(how.sampler, langevin_snr=how.langevin_snr, langevin_steps=how.langevin_steps)
@@ -123,7 +125,7 @@ def generate_extensions(
         known = x * c["mask"][None].to(device)
         mask = frame_mask(x.shape[2], context, x)
         guided = ReconstructionGuidance(base, known, mask, guidance)
-        g = torch.Generator(device=device).manual_seed(seeding.evaluation(seed, i))
+        g = torch.Generator(device=device).manual_seed(seeding.evaluation(seed, first + i))
         z = torch.randn(x.shape, generator=g, device=device)
         cond = {"doy": c["doy"][None].to(device).expand(ensemble, -1)} if day_of_year else None
         out.append(sample(guided, z, how.steps, cond=cond, generator=g).float().cpu().numpy())
@@ -140,7 +142,7 @@ class _Point:
     steps: int
     model: Any
     day_of_year: bool  # the model is conditioned on the frames' days of year
-    test: EvalClips  # the clips of the point's split (validation or test)
+    test: EvalSet  # the clips of the point's split (validation or test), read a batch at a time
     device: torch.device
     common: dict[str, Any]
     climate: ClimateData | None = None  # the stores the climate figures read (None: evaluate.climate.members 0)
@@ -150,14 +152,31 @@ class _Point:
         return f"{self.checkpoint}/{self.sampler}-{self.steps}"
 
 
-def _generate(cfg: Config, point: _Point, weight: float, scale: float) -> np.ndarray:
-    """The ensemble completions of the point's test clips at one guidance weight and scale (normalised)."""
+def _generate(cfg: Config, point: _Point, part: EvalClips, first: int, weight: float, scale: float) -> np.ndarray:
+    """The ensemble completions of a part of the point's clips (``first``: its first clip's index) at one guidance
+    weight and scale (normalised)."""
     e = cfg.evaluate
     with torch.no_grad():
         how = Completion(
             e.context_frames, e.ensemble, point.sampler, point.steps, weight, scale, e.langevin_snr, e.langevin_steps
         )
-        return generate_extensions(point.model, point.test.clips, how, cfg.seed, point.device, point.day_of_year)
+        return generate_extensions(point.model, part.clips, how, cfg.seed, point.device, point.day_of_year, first)
+
+
+def _score(cfg: Config, point: _Point, weight: float, scale: float) -> tuple[dict, dict, float]:
+    """Generate and score the point's clips ``evaluate.score_batch`` at a time, so memory holds one batch's
+    ensemble: (per-variable scores, the energy score, seconds spent generating)."""
+    e, test = cfg.evaluate, point.test
+    stream = ScoreStream(e.context_frames, len(test))
+    energies, gen_s = [], 0.0
+    for first, part in test.batches(e.score_batch):
+        t0 = time.perf_counter()
+        ens = _generate(cfg, point, part, first, weight, scale)
+        gen_s += time.perf_counter() - t0
+        stream.add(part.physical(ens), part.truth)
+        energies.append(np.asarray(energy(ens, part.raw, part.lat, e.context_frames)["per_clip"]))
+    per = np.concatenate(energies)
+    return stream.result(), {"energy_score": float(per.mean()), "per_clip": per.tolist()}, gen_s
 
 
 def _guided_run(cfg: Config, point: _Point, weight: float, scale: float = 1.0) -> dict[str, Any]:
@@ -174,15 +193,12 @@ def _guided_run(cfg: Config, point: _Point, weight: float, scale: float = 1.0) -
         tags={"sweep_point": point.name, "guidance_weight": weight, "cfg_scale": scale, "split": split},
         run_name=run_name + (f" cfg{scale:g}" if scale != 1.0 else ""),
     ) as run:
-        ens = _generate(cfg, point, weight, scale)
-        gen_s = time.perf_counter() - t0
-        variables = score(test.physical(ens), test.truth, e.context_frames)
-        multivariate = energy(ens, test.raw, test.lat, e.context_frames)
+        variables, multivariate, gen_s = _score(cfg, point, weight, scale)
         result = {
             "mlflow_run_id": run.run_id,
             "guidance_weight": weight,
             "cfg_scale": scale,
-            "samples_per_s": len(test.clips) * e.ensemble / gen_s,
+            "samples_per_s": len(test) * e.ensemble / gen_s,
             "seconds": time.perf_counter() - t0,
             "variables": variables,
             "multivariate": multivariate,
@@ -245,7 +261,7 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int, split
         "sampler": sampler,
         "steps": steps,
         "ensemble": e.ensemble,
-        "test_clips": len(test.clips),
+        "test_clips": len(test),
         "context_frames": e.context_frames,
         "precision": "bf16" if model.inference_dtype == torch.bfloat16 else "fp32",
         "clip_frames": test.frames,

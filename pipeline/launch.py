@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,6 +89,33 @@ def distributed_env() -> DistEnv:
     )
 
 
+def cpu_threads(local_world: int) -> int:
+    """Threads for one task's CPU work: its share of the CPUs it can run on, never more than SLURM gave it.
+
+    torch starts one thread per core it sees, in every process: 2 tasks on a 2-core laptop (the local
+    executor) ran 4 threads on 2 cores, and 4 tasks on a node whose cgroup holds all their CPUs ran 4x the
+    node's cores. Under SLURM a task gets ``SLURM_CPUS_PER_TASK`` (``launch.cpus_per_task``), capped by the
+    CPUs it may use; elsewhere the tasks of a node share what the process sees. torchrun sets
+    ``OMP_NUM_THREADS=1`` itself for the same reason.
+    """
+    visible = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return max(1, min(int(os.environ["SLURM_CPUS_PER_TASK"]), visible))
+    return max(1, visible // max(1, local_world))
+
+
+def _limit_threads() -> None:
+    """Apply :func:`cpu_threads` to this task, unless the user set ``OMP_NUM_THREADS``."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        log.info("%s CPU thread(s) per task (OMP_NUM_THREADS)", os.environ["OMP_NUM_THREADS"])
+        return
+    n = cpu_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(n)  # read by torch (and numpy's BLAS) when first imported
+    if "torch" in sys.modules:  # already imported (by unpickling): set it directly
+        sys.modules["torch"].set_num_threads(n)
+    log.info("%d CPU thread(s) per task (set OMP_NUM_THREADS to choose)", n)
+
+
 def _drop_stale_result() -> None:
     """Remove this task's result file left by an earlier attempt of the same (requeued) job.
 
@@ -125,6 +153,7 @@ class DistributedJob(submitit.helpers.Checkpointable):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         _drop_stale_result()
         env = distributed_env()
+        _limit_threads()
         log.info(
             "task rank %d/%d (local %d) master %s:%d",
             env.rank,

@@ -20,8 +20,13 @@ from scores.probability import crps_for_ensemble
 from pipeline.data.stats import area_weights
 
 __all__ = [
+    "RunningLag1",
+    "RunningMean",
+    "RunningQuantile",
+    "RunningSpectrum",
     "area_mean",
     "autocorrelation",
+    "band_ratios",
     "bias",
     "bootstrap_indices",
     "crps_ensemble",
@@ -136,27 +141,23 @@ def rank_histogram(
 def zonal_power_spectrum(field: xr.DataArray) -> xr.DataArray:
     """Power per zonal wavenumber k (FFT along longitude), area-weighted over latitude and averaged over
     every other dim. Needs a complete (no NaN) field; k = 0 .. nlon // 2."""
-    if bool(field.isnull().any()):
+    running = RunningSpectrum()
+    running.add(field)
+    if running.value is None:
         msg = "zonal_power_spectrum needs a field without NaN cells"
         raise ValueError(msg)
-    n = field.sizes["longitude"]
-    spec = xr.apply_ufunc(
-        lambda a: np.abs(np.fft.rfft(a, axis=-1)) ** 2 / n**2,
-        field,
-        input_core_dims=[["longitude"]],
-        output_core_dims=[["wavenumber"]],
-    )
-    spec = spec.assign_coords(wavenumber=np.arange(n // 2 + 1))
-    spec = spec.weighted(_weights(field)).mean("latitude")
-    other = [d for d in spec.dims if d != "wavenumber"]
-    return spec.mean(other) if other else spec
+    return running.value
 
 
 def spectral_ratio(
     sample: xr.DataArray, truth: xr.DataArray, bands: Sequence[tuple[int, int]] | None = None
 ) -> dict[str, float]:
     """Ratio of summed zonal power, samples / truth, per wavenumber band [lo, hi] (inclusive)."""
-    ps, pt = zonal_power_spectrum(sample), zonal_power_spectrum(truth)
+    return band_ratios(zonal_power_spectrum(sample), zonal_power_spectrum(truth), bands)
+
+
+def band_ratios(ps: xr.DataArray, pt: xr.DataArray, bands: Sequence[tuple[int, int]] | None = None) -> dict[str, float]:
+    """:func:`spectral_ratio` of two zonal power spectra (:func:`zonal_power_spectrum`)."""
     kmax = int(ps["wavenumber"].max())
     if bands is None:
         edges = sorted({1, max(2, kmax // 4), max(3, kmax // 2), kmax})
@@ -171,19 +172,9 @@ def spectral_ratio(
 def lag1_autocorrelation(x: xr.DataArray, dim: str = "frame") -> float:
     """Area-weighted mean over grid cells of the lag-1 autocorrelation along ``dim`` (anomalies about the
     mean along ``dim``, pooled over all other dims)."""
-    a = x - x.mean(dim)
-    num = a.isel({dim: slice(1, None)}).values * a.isel({dim: slice(None, -1)}).values
-    den = a.values**2
-    axis = x.get_axis_num(dim)
-    num_s = xr.DataArray(
-        np.nansum(num, axis=axis),
-        dims=[d for d in x.dims if d != dim],
-        coords={k: v for k, v in x.coords.items() if dim not in v.dims},
-    )
-    den_s = xr.DataArray(np.nansum(den, axis=axis), dims=num_s.dims, coords=num_s.coords)
-    other = [d for d in num_s.dims if d not in SPACE]
-    r = num_s.sum(other) / den_s.sum(other)
-    return float(area_mean(r))
+    running = RunningLag1()
+    running.add(x, dim)
+    return running.value
 
 
 def autocorrelation(x: xr.DataArray, dim: str, lags: Sequence[int], mean: xr.DataArray) -> list[float]:
@@ -300,3 +291,114 @@ def percentile_interval(samples: np.ndarray, confidence: float) -> tuple[np.ndar
     """Equal-tailed percentile interval over the first axis (the resamples) at level ``confidence``."""
     tail = (1.0 - confidence) / 2.0
     return np.quantile(samples, tail, axis=0), np.quantile(samples, 1.0 - tail, axis=0)
+
+
+# Running counterparts of the figures above, for a set fed in batches (the sweep scores a point batch by batch, so
+# its memory does not grow with the number of clips): each gives the whole set's figure up to the order of the
+# floating-point sums (tests/test_metrics.py).
+
+
+class RunningMean:
+    """The cos(latitude)-weighted mean over every dim of all the arrays added (:func:`area_mean`), NaNs skipped."""
+
+    def __init__(self) -> None:
+        self.total, self.weight = 0.0, 0.0
+
+    def add(self, da: xr.DataArray) -> None:
+        w = da.weighted(_weights(da))
+        self.total += float(w.sum(list(da.dims)))
+        self.weight += float(w.sum_of_weights(list(da.dims)))
+
+    @property
+    def value(self) -> float:
+        return self.total / self.weight if self.weight > 0 else float("nan")
+
+
+class RunningQuantile:
+    """``np.nanquantile(all values, q)`` (linear interpolation) from the largest values only: given an upper
+    bound on the number of values, it keeps the ``(1 - q)`` share of them that the quantile can fall among."""
+
+    def __init__(self, q: float, at_most: int) -> None:
+        self.q, self.n = q, 0
+        self.keep = at_most - int(np.floor(q * max(at_most - 1, 0))) + 1
+        self.top = np.empty(0)
+
+    def add(self, values: np.ndarray) -> None:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        v = v[~np.isnan(v)]
+        self.n += v.size
+        both = np.concatenate([self.top, v])
+        self.top = both if both.size <= self.keep else np.partition(both, both.size - self.keep)[-self.keep :]
+
+    @property
+    def value(self) -> float:
+        if self.n == 0:
+            return float("nan")
+        top = np.sort(self.top)
+        h = (self.n - 1) * self.q
+        lo = int(np.floor(h))
+        first = self.n - top.size  # the global rank of top[0]
+        if lo < first:
+            msg = f"RunningQuantile was given more than its bound of values ({self.n})"
+            raise ValueError(msg)
+        a = top[lo - first]
+        if lo + 1 >= self.n:
+            return float(a)
+        b, t = top[lo + 1 - first], h - lo
+        return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)  # numpy's _lerp
+
+
+class RunningLag1:
+    """:func:`lag1_autocorrelation` along ``frame`` of arrays added in batches along any other dim."""
+
+    def __init__(self) -> None:
+        self.num: xr.DataArray | None = None
+        self.den: xr.DataArray | None = None
+
+    def add(self, x: xr.DataArray, dim: str = "frame") -> None:
+        a = x - x.mean(dim)
+        lead, lag = a.isel({dim: slice(1, None)}).values, a.isel({dim: slice(None, -1)}).values
+        axis = x.get_axis_num(dim)
+        dims = [d for d in x.dims if d != dim]
+        coords = {k: v for k, v in x.coords.items() if dim not in v.dims}
+        num = xr.DataArray(np.nansum(lead * lag, axis=axis), dims=dims, coords=coords)
+        den = xr.DataArray(np.nansum(a.values**2, axis=axis), dims=dims, coords=coords)
+        other = [d for d in dims if d not in SPACE]
+        num, den = num.sum(other), den.sum(other)
+        self.num = num if self.num is None else self.num + num
+        self.den = den if self.den is None else self.den + den
+
+    @property
+    def value(self) -> float:
+        return float(area_mean(self.num / self.den)) if self.num is not None else float("nan")
+
+
+class RunningSpectrum:
+    """:func:`zonal_power_spectrum` of arrays added in batches (the mean over every dim but latitude and
+    longitude); ``complete`` is False once an array with a NaN cell was added (then there is no spectrum)."""
+
+    def __init__(self) -> None:
+        self.total: xr.DataArray | None = None
+        self.count, self.complete = 0, True
+
+    def add(self, field: xr.DataArray) -> None:
+        if not self.complete or bool(field.isnull().any()):
+            self.complete = False
+            return
+        n = field.sizes["longitude"]
+        spec = xr.apply_ufunc(
+            lambda a: np.abs(np.fft.rfft(a, axis=-1)) ** 2 / n**2,
+            field,
+            input_core_dims=[["longitude"]],
+            output_core_dims=[["wavenumber"]],
+        ).assign_coords(wavenumber=np.arange(n // 2 + 1))
+        spec = spec.weighted(_weights(field)).mean("latitude")
+        other = [d for d in spec.dims if d != "wavenumber"]
+        cases = int(np.prod([spec.sizes[d] for d in other]))
+        total = spec.sum(other) if other else spec
+        self.total = total if self.total is None else self.total + total
+        self.count += cases
+
+    @property
+    def value(self) -> xr.DataArray | None:
+        return self.total / self.count if self.complete and self.total is not None else None

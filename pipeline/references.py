@@ -27,7 +27,7 @@ import xarray as xr
 from pipeline import seeding
 from pipeline.atomic import write_text_atomic
 from pipeline.config import Config
-from pipeline.data.evalclips import EvalClips
+from pipeline.data.evalclips import EvalClips, EvalSet
 from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES
 from pipeline.data.times import climatology_candidates
@@ -35,10 +35,10 @@ from pipeline.scoring import (
     REFERENCE_PARAMS,
     REFERENCES,
     SKILL,
+    ScoreStream,
     energy,
     load_eval_clips,
     log_scores,
-    score,
     summarise,
 )
 from pipeline.tracking import RunTarget, stage_run
@@ -61,9 +61,46 @@ def _frames(store: xr.Dataset, names: list[str], index: np.ndarray) -> dict[int,
     return dict(zip(index.tolist(), data, strict=True))
 
 
-def _targets(test: EvalClips) -> np.ndarray:
+def _targets(test: EvalClips | EvalSet) -> np.ndarray:
     """Store time index of every lead frame: (clip, lead)."""
     return test.starts[:, None] + np.arange(test.context, test.frames)[None, :]
+
+
+class _Climatology:
+    """The climatological references of a set of clips, built a part of the clips at a time: the members drawn for
+    every lead frame (one seeded stream, in clip and lead order, so a part gets the draws it gets in the whole set)
+    and the mean of every window, from the training frames read once."""
+
+    def __init__(
+        self, test: EvalClips | EvalSet, store: xr.Dataset, candidates: list[np.ndarray], members: int, seed: int
+    ):
+        rng = np.random.default_rng(seeding.references(seed))
+        self.drawn = [rng.choice(c, members, replace=False) for c in candidates]
+        self.candidates, self.members = candidates, members
+        self.lead = test.frames - test.context
+        self.fields = _frames(store, test.names, np.concatenate([*self.drawn, *candidates]))
+        self.means: dict[bytes, np.ndarray] = {}  # most targets share a window: average it once
+        for cand in candidates:
+            key = cand.tobytes()
+            if key not in self.means:
+                self.means[key] = np.nanmean(np.stack([self.fields[int(t)] for t in cand]), axis=0)
+
+    def ensemble(self, part: EvalClips, first: int) -> np.ndarray:
+        """(clip, member, C, T, H, W) normalised for the clips of ``part`` (``first``: its first clip's index)."""
+        out = np.repeat(part.raw[:, None], self.members, axis=1)
+        for c in range(len(part)):
+            for j in range(self.lead):
+                d = self.drawn[(first + c) * self.lead + j]
+                out[c, :, :, part.context + j] = np.stack([self.fields[int(t)] for t in d])
+        return out
+
+    def mean(self, part: EvalClips, first: int) -> np.ndarray:
+        """(clip, C, T, H, W) normalised: the given frames, then the mean of each lead frame's window."""
+        out = part.raw.copy()
+        for c in range(len(part)):
+            for j in range(self.lead):
+                out[c, :, part.context + j] = self.means[self.candidates[(first + c) * self.lead + j].tobytes()]
+        return out
 
 
 def climatology_ensemble(
@@ -71,30 +108,12 @@ def climatology_ensemble(
 ) -> np.ndarray:
     """(clip, member, C, T, H, W) normalised: the given frames, then for each lead frame ``members``
     training frames drawn without repeats from its candidates (one seeded stream, in clip and lead order)."""
-    rng = np.random.default_rng(seeding.references(seed))
-    drawn = [rng.choice(c, members, replace=False) for c in candidates]
-    fields = _frames(store, test.names, np.concatenate(drawn))
-    lead = test.frames - test.context
-    out = np.repeat(test.raw[:, None], members, axis=1)
-    for k, d in enumerate(drawn):
-        c, j = divmod(k, lead)
-        out[c, :, :, test.context + j] = np.stack([fields[int(t)] for t in d])
-    return out
+    return _Climatology(test, store, candidates, members, seed).ensemble(test, 0)
 
 
 def climatology_mean(test: EvalClips, store: xr.Dataset, candidates: list[np.ndarray]) -> np.ndarray:
     """(clip, C, T, H, W) normalised: the given frames, then the mean of each lead frame's candidates."""
-    fields = _frames(store, test.names, np.concatenate(candidates))
-    lead = test.frames - test.context
-    out = test.raw.copy()
-    means: dict[bytes, np.ndarray] = {}  # most targets share a window: average it once
-    for k, cand in enumerate(candidates):
-        key = cand.tobytes()
-        if key not in means:
-            means[key] = np.nanmean(np.stack([fields[int(t)] for t in cand]), axis=0)
-        c, j = divmod(k, lead)
-        out[c, :, test.context + j] = means[key]
-    return out
+    return _Climatology(test, store, candidates, 1, 0).mean(test, 0)
 
 
 def persistence(test: EvalClips) -> np.ndarray:
@@ -115,7 +134,7 @@ class _Window:
     members: int
 
 
-def _window(cfg: Config, test: EvalClips, store: xr.Dataset) -> _Window:
+def _window(cfg: Config, test: EvalClips | EvalSet, store: xr.Dataset) -> _Window:
     """Every lead frame's climatology candidates; the ensemble has ``evaluate.reference_members`` members, or as many
     as the fewest candidates of a window where that is fewer (at least 2, or the window is too narrow)."""
     e = cfg.evaluate
@@ -135,23 +154,35 @@ def _window(cfg: Config, test: EvalClips, store: xr.Dataset) -> _Window:
     return _Window(candidates, half, int(train.size), members)
 
 
-def _score_all(cfg: Config, test: EvalClips, store: xr.Dataset, window: _Window) -> dict[str, dict[str, Any]]:
-    """The three references scored per variable, each with its skill against the others (and itself)."""
-    forecasts = {
-        "climatology-ensemble": climatology_ensemble(test, store, window.candidates, window.members, cfg.seed),
-        "climatology-mean": climatology_mean(test, store, window.candidates),
-        "persistence": persistence(test),
-    }
-    scored = {name: score(test.physical(f), test.truth, test.context) for name, f in forecasts.items()}
+def _score_all(cfg: Config, test: EvalClips | EvalSet, store: xr.Dataset, window: _Window) -> dict[str, dict[str, Any]]:
+    """The three references scored per variable, each with its skill against the others (and itself); built and
+    scored ``evaluate.score_batch`` clips at a time (memory: one batch of the climatological ensemble)."""
+    clim = _Climatology(test, store, window.candidates, window.members, cfg.seed)
+    streams = {name: ScoreStream(test.context, len(test)) for name in REFERENCES}
+    energies: dict[str, list[np.ndarray]] = {name: [] for name in REFERENCES}
+    for first, part in test.batches(cfg.evaluate.score_batch):
+        forecasts = {
+            "climatology-ensemble": clim.ensemble(part, first),
+            "climatology-mean": clim.mean(part, first),
+            "persistence": persistence(part),
+        }
+        for name, f in forecasts.items():
+            streams[name].add(part.physical(f), part.truth)
+            energies[name].append(np.asarray(energy(f, part.raw, part.lat, part.context)["per_clip"]))
+    scored = {name: stream.result() for name, stream in streams.items()}
     for name in REFERENCES:
         for v, r in scored[name].items():
             others = {k: s[v]["per_clip"] for k, s in scored.items()}
             r |= {k: x for k, x in summarise(r["per_clip"], others).items() if k.startswith(tuple(SKILL))}
     # the multivariate score beside the variables', in normalised units
-    return {
-        name: {"variables": scored[name], "multivariate": energy(f, test.raw, test.lat, test.context)}
-        for name, f in forecasts.items()
-    }
+    out = {}
+    for name in REFERENCES:
+        per = np.concatenate(energies[name])
+        out[name] = {
+            "variables": scored[name],
+            "multivariate": {"energy_score": float(per.mean()), "per_clip": per.tolist()},
+        }
+    return out
 
 
 def _log_reference(cfg: Config, name: str, split: str, params: dict[str, Any], scored: dict[str, Any]) -> None:
@@ -190,7 +221,7 @@ def references_on(cfg: Config, split: str) -> Path:
             "checkpoint": name,
             **REFERENCE_PARAMS,
             "ensemble": size,
-            "test_clips": len(test.clips),
+            "test_clips": len(test),
             "context_frames": test.context,
         }
         _log_reference(cfg, name, split, params, scored[name])
@@ -201,7 +232,7 @@ def references_on(cfg: Config, split: str) -> Path:
         "split": split,
         "clip_frames": test.frames,
         "context_frames": test.context,
-        "test_clips": len(test.clips),
+        "test_clips": len(test),
         "clip_starts": test.labels,
         "climatology_window_days": window.half_days,
         "training_frames": window.training_frames,

@@ -17,7 +17,7 @@ import xarray as xr
 
 from pipeline import metrics
 from pipeline.config import Config
-from pipeline.data.evalclips import EvalClips, read_eval_clips
+from pipeline.data.evalclips import EvalSet, read_eval_clips
 from pipeline.tracking import StageRun
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "SCALAR_METRICS",
     "SKILL",
     "SWEEP_PARAMS",
+    "ScoreStream",
     "clip_statistics",
     "energy",
     "load_eval_clips",
@@ -78,8 +79,8 @@ SKILL = {
 }
 
 
-def load_eval_clips(cfg: Config, frames: int, variables: list[str] | None = None, split: str = "test") -> EvalClips:
-    """The evaluation clips of ``split``, with their truth in physical units: ``val`` (``evaluate.val_clips`` /
+def load_eval_clips(cfg: Config, frames: int, variables: list[str] | None = None, split: str = "test") -> EvalSet:
+    """The evaluation clips of ``split``, with their truth in physical units, read a batch at a time: ``val`` (``evaluate.val_clips`` /
     ``val_stride``), on which the sweep's best point is chosen, or ``test`` (``evaluate.test_clips`` /
     ``test_stride``), on which the chosen point is reported."""
     e = cfg.evaluate
@@ -97,41 +98,116 @@ def score(forecast: xr.Dataset, truth: xr.Dataset, context: int) -> dict[str, An
     A forecast with a ``member`` dim is an ensemble, one without is deterministic (CRPS = absolute
     error, spread 0). ``per_clip`` keeps the area-mean CRPS and squared error of the (ensemble mean)
     forecast per clip and lead frame: every headline score is a mean of these, so intervals and paired
-    differences can be resampled from them later; RMSE = sqrt(mean squared error).
+    differences can be resampled from them later; RMSE = sqrt(mean squared error). The same as
+    :class:`ScoreStream` given every clip at once.
     """
-    result: dict[str, Any] = {}
-    lead_f = forecast.isel(frame=slice(context, None))
-    lead_t = truth.isel(frame=slice(context, None))
-    space = list(metrics.SPACE)
-    for name in forecast.data_vars:
-        f, y = lead_f[name], lead_t[name]
-        spread, _skill, ratio = metrics.spread_skill(f, y)
-        crps = metrics.area_mean(metrics.crps_ensemble(f, y), space).transpose("clip", "frame").values
-        se = metrics.mse(f, y, dims=space).transpose("clip", "frame").values
+    stream = ScoreStream(context, forecast.sizes["clip"])
+    stream.add(forecast, truth)
+    return stream.result()
+
+
+class _VariableSums:
+    """What :class:`ScoreStream` keeps of one variable between batches."""
+
+    def __init__(self, values: int, units: str) -> None:
+        self.units = units
+        self.crps: list[np.ndarray] = []
+        self.se: list[np.ndarray] = []
+        self.bias, self.var, self.err2 = metrics.RunningMean(), metrics.RunningMean(), metrics.RunningMean()
+        self.mean_sample, self.mean_truth = metrics.RunningMean(), metrics.RunningMean()
+        self.p99_sample = metrics.RunningQuantile(0.99, values)
+        self.p99_truth = metrics.RunningQuantile(0.99, values)
+        self.lag1_sample, self.lag1_truth = metrics.RunningLag1(), metrics.RunningLag1()
+        self.spec_sample, self.spec_truth = metrics.RunningSpectrum(), metrics.RunningSpectrum()
+        self.ranks: np.ndarray | None = None
+        self.members = 0
+
+    def add(self, full: xr.DataArray, truth_full: xr.DataArray, context: int) -> None:
+        f, y = full.isel(frame=slice(context, None)), truth_full.isel(frame=slice(context, None))
+        mean = f.mean("member") if "member" in f.dims else f
+        self.members = f.sizes.get("member", 0)
+        self.crps.append(
+            metrics.area_mean(metrics.crps_ensemble(f, y), metrics.SPACE).transpose("clip", "frame").values
+        )
+        self.se.append(metrics.mse(f, y, dims=metrics.SPACE).transpose("clip", "frame").values)
+        self.bias.add(mean - y)
+        self.err2.add((mean - y) ** 2)
+        if self.members:
+            self.var.add(f.var("member", ddof=1))
+        ranks = metrics.rank_histogram(f, y)
+        self.ranks = ranks if self.ranks is None else self.ranks + ranks
+        self.mean_sample.add(f)
+        self.mean_truth.add(y)
+        self.p99_sample.add(f.values)
+        self.p99_truth.add(y.values)
+        self.lag1_sample.add(full, "frame")
+        self.lag1_truth.add(truth_full, "frame")
+        if f.sizes["longitude"] >= 8:
+            self.spec_sample.add(f)
+            self.spec_truth.add(y)
+        else:
+            self.spec_sample.complete = False
+
+    def result(self) -> dict[str, Any]:
+        crps, se = np.concatenate(self.crps), np.concatenate(self.se)
+        skill = float(np.sqrt(self.err2.value))
+        spread = float(np.sqrt(self.var.value)) if self.members else 0.0
+        m = self.members
+        if not m:
+            ratio = 0.0
+        else:
+            ratio = float(np.sqrt((m + 1) / m) * spread / skill) if skill > 0 else float("nan")
         r: dict[str, Any] = {
             "rmse": float(np.sqrt(se.mean())),
-            "bias": float(metrics.bias(f, y)),
+            "bias": self.bias.value,
             "crps": float(crps.mean()),
             "spread": spread,
             "spread_skill": ratio,
-            "rank_histogram": metrics.rank_histogram(f, y).tolist(),
+            "rank_histogram": self.ranks.tolist() if self.ranks is not None else [],
             "rmse_per_lead": np.sqrt(se.mean(axis=0)).tolist(),
             "crps_per_lead": crps.mean(axis=0).tolist(),
-            "mean_sample": float(metrics.area_mean(f, list(f.dims))),
-            "mean_truth": float(metrics.area_mean(y, list(y.dims))),
-            "p99_sample": float(np.nanquantile(f.values, 0.99)),
-            "p99_truth": float(np.nanquantile(y.values, 0.99)),
-            "lag1_autocorr_sample": metrics.lag1_autocorrelation(forecast[name], "frame"),
-            "lag1_autocorr_truth": metrics.lag1_autocorrelation(truth[name], "frame"),
-            "units": forecast[name].attrs.get("units", ""),
+            "mean_sample": self.mean_sample.value,
+            "mean_truth": self.mean_truth.value,
+            "p99_sample": self.p99_sample.value,
+            "p99_truth": self.p99_truth.value,
+            "lag1_autocorr_sample": self.lag1_sample.value,
+            "lag1_autocorr_truth": self.lag1_truth.value,
+            "units": self.units,
             "per_clip": {"crps": crps.tolist(), "se": se.tolist()},
         }
-        if not bool(f.isnull().any()) and f.sizes["longitude"] >= 8:
-            r["spectral_ratio"] = metrics.spectral_ratio(f, y.broadcast_like(f))
-            r["spectrum_sample"] = metrics.zonal_power_spectrum(f).values.tolist()
-            r["spectrum_truth"] = metrics.zonal_power_spectrum(y).values.tolist()
-        result[str(name)] = r
-    return result
+        ps, pt = self.spec_sample.value, self.spec_truth.value
+        if ps is not None and pt is not None:
+            r["spectral_ratio"] = metrics.band_ratios(ps, pt)
+            r["spectrum_sample"] = ps.values.tolist()
+            r["spectrum_truth"] = pt.values.tolist()
+        return r
+
+
+class ScoreStream:
+    """:func:`score` of a forecast given a batch of clips at a time, so a sweep point's memory holds one batch's
+    ensemble instead of every clip's: the same figures as one call on all the clips, up to the order of the
+    floating-point sums (``tests/test_skill.py``), with ``clips`` the number of clips all the batches hold (it
+    bounds what the 99th percentiles keep). Ties in the rank histogram are broken at random per batch
+    (continuous fields have none)."""
+
+    def __init__(self, context: int, clips: int) -> None:
+        self.context, self.clips = context, clips
+        self.variables: dict[str, _VariableSums] = {}
+
+    def add(self, forecast: xr.Dataset, truth: xr.Dataset) -> None:
+        """Score a batch: ``forecast`` (clip, [member,] frame, latitude, longitude) per variable, ``truth`` the
+        same clips (clip, frame, latitude, longitude); both in physical units, NaN where masked."""
+        for name in forecast.data_vars:
+            f = forecast[name]
+            if str(name) not in self.variables:
+                per_clip = f.size // f.sizes["clip"] // f.sizes["frame"] * max(f.sizes["frame"] - self.context, 0)
+                units = f.attrs.get("units", "")
+                self.variables[str(name)] = _VariableSums(per_clip * self.clips, units)
+            self.variables[str(name)].add(f, truth[name], self.context)
+
+    def result(self) -> dict[str, Any]:
+        """Every variable's figures (the layout of :func:`score`)."""
+        return {name: v.result() for name, v in self.variables.items()}
 
 
 def energy(forecast: np.ndarray, truth: np.ndarray, lat: np.ndarray, context: int) -> dict[str, Any]:

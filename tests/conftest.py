@@ -19,6 +19,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def pytest_configure(config) -> None:
+    """Each xdist worker (and what it starts: Snakemake, stages, the test cluster's jobs) takes its share of the
+    cores: torch starts one thread per core in every process, and two workers on 2 cores ran twice as many
+    threads as cores. OMP_NUM_THREADS set by the caller wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        share = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        import torch
+
+        torch.set_num_threads(share)
+
+
 @pytest.fixture(scope="session")
 def eraint_path() -> Path:
     p = SHARED_DATA / "eraint_uvz.nc"

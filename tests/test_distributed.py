@@ -75,3 +75,17 @@ def test_precision_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "1")
     rt = distributed.init_runtime(gpus=False, precision="bf16", group="multi")
     assert rt.bf16 and rt.device == torch.device("cpu")
+
+
+def test_each_task_gets_its_share_of_the_cpus(monkeypatch) -> None:
+    """Tasks of a node share the CPUs instead of each starting one thread per core (2 tasks on 2 cores ran 4
+    threads); under SLURM a task gets its cpus_per_task, never more than it can run on."""
+    from pipeline.launch import cpu_threads
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(8)))
+    assert [cpu_threads(n) for n in (1, 2, 4, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert cpu_threads(4) == 3  # SLURM allocated 3 per task (the node's cgroup holds 4 x 3)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "16")
+    assert cpu_threads(1) == 8  # asked for more than the task may use

@@ -17,7 +17,7 @@ from pipeline.data.evalclips import EvalClips, clip_dataset, pick_test_clips
 from pipeline.data.stats import denormalise
 from pipeline.data.times import climatology_candidates
 from pipeline.references import climatology_ensemble, climatology_mean, persistence
-from pipeline.scoring import clip_statistics, score, summarise
+from pipeline.scoring import REFERENCES, clip_statistics, score, summarise
 
 LAT, LON = np.array([0.0, 60.0]), np.array([0.0, 90.0])  # cos-latitude weights 1 and 1/2
 STATS = {"z": {"mean": 0.0, "std": 1.0, "units": "m"}}
@@ -144,6 +144,30 @@ def test_climatology_ensemble_draws_seeded_distinct_members(tiny) -> None:
     lead = a[:, :, 0, 1, 0, 0]  # (clip, member) at one cell
     assert all(sorted(row) == [0.0, 2.0] for row in lead.tolist())  # without repeats: both training frames
     np.testing.assert_array_equal(a[:, :, :, 0], np.repeat(test.raw[:, None, :, 0], 2, axis=1))  # given frames
+
+
+def test_references_built_and_scored_in_batches_equal_the_whole_set(tiny) -> None:
+    """The references stage builds and scores its forecasts evaluate.score_batch clips at a time: one clip at a
+    time gives what every clip at once gives (the same climatological draws, the same scores)."""
+    from types import SimpleNamespace
+
+    from pipeline.references import _score_all, _Window
+
+    test, store = tiny
+    train = np.flatnonzero(store["split"].values == 1)
+    cand, half = climatology_candidates(store["time"].values, train, (test.starts + test.context).ravel(), 15.0)
+    window = _Window(cand, half, int(train.size), 2)
+
+    def run(batch: int) -> dict:
+        return _score_all(SimpleNamespace(seed=0, evaluate=SimpleNamespace(score_batch=batch)), test, store, window)
+
+    whole, batched = run(len(test)), run(1)
+    assert json.dumps(batched) == json.dumps(whole)
+    by_hand = _references(test, store)  # the whole-set functions the tests above check
+    for name in REFERENCES:
+        got = whole[name]["variables"]["z"]
+        assert [got[k] for k in ("crps", "rmse", "spread")] == [by_hand[name][k] for k in ("crps", "rmse", "spread")]
+        assert got["per_clip"] == by_hand[name]["per_clip"]
 
 
 def test_test_clip_selection() -> None:
@@ -407,3 +431,57 @@ def test_choosing_by_climate_or_both_and_reporting_both_verdicts(tmp_path: Path,
 def test_choosing_by_climate_needs_climate_figures(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"select_by = 'climate'.*evaluate.climate.members"):
         _synthetic_sweep(tmp_path, (1.2, 0.7), select_by="climate")
+
+
+@pytest.mark.parametrize("members", [4, 0])
+def test_scores_streamed_in_batches_equal_the_whole_set(members: int) -> None:
+    """A sweep point scores its clips a batch at a time (ScoreStream) so its memory holds one batch's ensemble:
+    every figure equals the whole set's, and the whole set's equal the whole-array metrics (masked cells, an
+    ensemble and a deterministic forecast)."""
+    from pipeline.scoring import ScoreStream
+
+    rng = np.random.default_rng(3)
+    clips, frames, context, lat, lon = 7, 5, 2, np.linspace(-60, 60, 6), np.arange(0, 360, 30.0)
+    shape = (clips, members, 1, frames, 6, 12) if members else (clips, 1, frames, 6, 12)
+    truth_raw = rng.standard_normal((clips, 1, frames, 6, 12))
+    truth_raw[:, :, :, 0, :3] = np.nan  # masked cells
+    fc_raw = truth_raw[:, None] if members else truth_raw
+    fc_raw = np.where(np.isnan(fc_raw), np.nan, 0.8 * np.nan_to_num(fc_raw) + rng.standard_normal(shape))
+    names = ["t"]
+    truth = clip_dataset(truth_raw, names, lat, lon, False)
+    fc = clip_dataset(fc_raw, names, lat, lon, bool(members))
+    whole = score(fc, truth, context)["t"]
+    stream = ScoreStream(context, clips)
+    for part in (slice(0, 2), slice(2, 5), slice(5, 7)):
+        stream.add(fc.isel(clip=part), truth.isel(clip=part))
+    batched = stream.result()["t"]
+    assert batched.keys() == whole.keys()
+
+    def flat(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k not in ("units", "per_clip")} | {
+            f"per_clip_{k}": v for k, v in r["per_clip"].items()
+        }
+
+    for k, v in flat(whole).items():
+        np.testing.assert_allclose(
+            np.asarray(flat(batched)[k], dtype=float), np.asarray(v, dtype=float), rtol=1e-12, err_msg=k
+        )
+    f, y = fc["t"].isel(frame=slice(context, None)), truth["t"].isel(frame=slice(context, None))
+    spread, _, ratio = metrics.spread_skill(f, y)
+    assert whole["spread"] == pytest.approx(spread, rel=1e-12) and whole["spread_skill"] == pytest.approx(
+        ratio, rel=1e-12
+    )
+    assert whole["bias"] == pytest.approx(float(metrics.bias(f, y)), rel=1e-12)
+    assert whole["p99_sample"] == pytest.approx(float(np.nanquantile(f.values, 0.99)), rel=1e-12)
+    assert whole["p99_truth"] == pytest.approx(float(np.nanquantile(y.values, 0.99)), rel=1e-12)
+    assert whole["mean_sample"] == pytest.approx(float(metrics.area_mean(f, list(f.dims))), rel=1e-12)
+    assert whole["lag1_autocorr_sample"] == pytest.approx(metrics.lag1_autocorrelation(fc["t"]), rel=1e-12)
+    assert whole["rank_histogram"] == metrics.rank_histogram(f, y).tolist()
+    assert sum(whole["rank_histogram"]) == int(np.isfinite(y.values).sum())
+    assert "spectral_ratio" not in whole  # masked cells: no spectrum
+    full = ScoreStream(context, clips)
+    for part in (slice(0, 3), slice(3, 7)):
+        full.add(fc.fillna(0.0).isel(clip=part), truth.fillna(0.0).isel(clip=part))
+    ratios = full.result()["t"]["spectral_ratio"]
+    expect = metrics.spectral_ratio(f.fillna(0.0), y.fillna(0.0).broadcast_like(f))
+    assert ratios == pytest.approx(expect, rel=1e-12)

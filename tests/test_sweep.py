@@ -81,6 +81,32 @@ def test_sweep_as_a_job_array_runs_only_the_missing_points(copied: Path) -> None
     assert (table["kind"] == "reference").sum() == 3 * 2  # the references, scored once per split
 
 
+def test_a_point_scored_one_clip_at_a_time_equals_the_point_scored_at_once(copied: Path) -> None:
+    """evaluate.score_batch 1 (generate and score one clip at a time, the memory of one clip's ensemble) gives the
+    workflow's point (all its clips in one batch): the same members (seeded per clip) and the same scores."""
+    point = copied / "results/eofs-z500-ci/eval/val/step-00000020/ddim-5.json"
+    whole = json.loads(point.read_text())
+    assert whole["test_clips"] > 2  # more than one batch below
+    args = _override(copied, "one.yaml", {"evaluate": {"score_batch": 1}})
+    r = pipeline_cli(
+        "evaluate", *args, "--split", "val", "--checkpoint", "step-00000020", "--sampler", "ddim", "--steps", "5",
+        cwd=copied, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    batched = json.loads(point.read_text())
+    for a, b in zip(whole["results"], batched["results"], strict=True):
+        np.testing.assert_allclose(b["multivariate"]["per_clip"], a["multivariate"]["per_clip"], rtol=1e-6)
+        for k, v in a["variables"]["z500"].items():
+            got = b["variables"]["z500"][k]
+            if k == "per_clip":
+                for part in ("crps", "se"):
+                    np.testing.assert_allclose(got[part], v[part], rtol=1e-6, err_msg=part)
+            elif isinstance(v, dict):  # spectral ratios per band
+                assert got == pytest.approx(v, rel=1e-6), k
+            elif k != "units":
+                np.testing.assert_allclose(np.asarray(got, float), np.asarray(v, float), rtol=1e-6, err_msg=k)
+
+
 def test_evaluate_point_arguments_all_or_none(copied: Path) -> None:
     r = pipeline_cli(
         "evaluate", "--config", "results/eofs-z500-ci/config.resolved.yaml", "--sampler", "ddim", cwd=copied

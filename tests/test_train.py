@@ -131,6 +131,9 @@ def test_two_processes_train_and_loss_goes_down(data_root: Path, stage: int) -> 
         ]
     logs = " ".join(p.read_text() for p in (exp / "submitit").glob("*_log.err"))
     assert "task rank 0/2" in logs and "task rank 1/2" in logs  # two data-parallel processes
+    # the two share the cores instead of each taking all of them (tests/conftest.py may have set the share)
+    share = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert f"{share} CPU thread(s) per task" in logs
     # the model's FLOPs are counted and the throughput in TFLOP/s logged (no MFU on the CPU: no known peak)
     row = json.loads((exp / "train_log.jsonl").read_text().splitlines()[-1])
     assert row["tflops_per_s"] > 0 and row["tflops_per_s_per_device"] == pytest.approx(row["tflops_per_s"] / 2)

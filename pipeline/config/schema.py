@@ -441,7 +441,13 @@ class LaunchConfig(_Section):
     nodes: AtLeastOne = Field(1, description="Nodes for GPU stages.")
     tasks_per_node: AtLeastOne = Field(1, description="Processes per node: one per GPU on GPU nodes.")
     gpus_per_node: AtLeastZero = Field(0, description="GPUs per node (0 = CPU training, gloo backend).")
-    cpus_per_task: AtLeastOne = Field(2, description="CPU cores per process (data loader workers + main).")
+    cpus_per_task: AtLeastOne = Field(
+        2,
+        description=(
+            "CPU cores per process under SLURM (data loader workers + main); also its torch threads (pipeline.launch."
+            "cpu_threads). The local executor divides the machine's CPUs among tasks_per_node; OMP_NUM_THREADS wins."
+        ),
+    )
     mem_gb: Positive = Field(8, description="Memory per node in GB.")
     timeout_min: AtLeastOne = Field(
         60, description="Wall time per job in minutes; the job requeues from its last checkpoint after it."
@@ -519,6 +525,11 @@ class EvaluateConfig(_Section):
         "period, every test_stride steps) or N (N clip starts spread evenly over the test period).",
     )
     test_stride: AtLeastOne = Field(1, description="With test_clips: all, time steps between test clip starts.")
+    score_batch: AtLeastOne = Field(
+        32,
+        description="Clips a sweep point generates and scores at a time: its memory holds one batch's ensemble, "
+        "whatever the number of clips; the scores are the same for any batch size (up to the order of sums).",
+    )
     val_clips: int | Literal["all"] | None = Field(
         None,
         description="Validation clips every sweep point and reference is scored on for choosing the best point "

@@ -6,8 +6,8 @@ channel (:func:`clip_dataset`, :func:`as_dataset`)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from pipeline.data.io import open_store
 from pipeline.data.stats import denormalise, read_stats
 from pipeline.data.times import format_time
 
-__all__ = ["EvalClips", "as_dataset", "clip_dataset", "pick_test_clips", "read_eval_clips"]
+__all__ = ["EvalClips", "EvalSet", "as_dataset", "clip_dataset", "pick_test_clips", "read_eval_clips"]
 
 
 def pick_test_clips(available: int, test_clips: int | str, stride: int = 1) -> np.ndarray:
@@ -74,11 +74,78 @@ class EvalClips:
     lon: np.ndarray
     stats: dict[str, Any]
 
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batches(self, size: int) -> Iterator[tuple[int, EvalClips]]:
+        """``(first, part)``: the clips ``size`` at a time, ``first`` the index of the part's first clip (views of
+        these arrays, no copy)."""
+        for first in range(0, len(self), size):
+            part = slice(first, first + size)
+            yield (
+                first,
+                replace(
+                    self,
+                    clips=self.clips[part],
+                    starts=self.starts[part],
+                    labels=self.labels[part],
+                    masks=self.masks[part],
+                    raw=self.raw[part],
+                    truth=self.truth.isel(clip=part),
+                ),
+            )
+
     def physical(self, forecast: np.ndarray) -> xr.Dataset:
         """A normalised forecast (clip, [member,] C, T, H, W) masked like the truth and in physical units."""
         member = forecast.ndim == 6
         masked = np.where(self.masks[:, None] if member else self.masks, forecast, np.nan)
         return denormalise(clip_dataset(masked, self.names, self.lat, self.lon, member), self.stats)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """The clips one evaluation scores on, read from the store a batch at a time (:meth:`batches`), so an
+    evaluation's memory holds one batch of truth whatever the length of the period; what a stage records about
+    the set (starts, labels, names, grid) is known without reading a clip."""
+
+    source: ClipDataset
+    indices: np.ndarray  # into ``source``
+    starts: np.ndarray  # store time index of each clip's first frame
+    labels: list[str]
+    names: list[str]
+    frames: int
+    context: int
+    lat: np.ndarray
+    lon: np.ndarray
+    stats: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, part: slice = slice(None)) -> EvalClips:
+        """The clips of ``part`` (all by default) in memory, with their truth."""
+        clips = [self.source[int(i)] for i in self.indices[part]]
+        masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)
+        raw = np.where(masks, np.stack([c["x"].numpy() for c in clips]), np.nan)
+        return EvalClips(
+            clips=clips,
+            starts=self.starts[part],
+            labels=self.labels[part],
+            names=self.names,
+            frames=self.frames,
+            context=self.context,
+            masks=masks,
+            raw=raw,
+            truth=denormalise(clip_dataset(raw, self.names, self.lat, self.lon, False), self.stats),
+            lat=self.lat,
+            lon=self.lon,
+            stats=self.stats,
+        )
+
+    def batches(self, size: int) -> Iterator[tuple[int, EvalClips]]:
+        """``(first, part)``: the clips read ``size`` at a time, ``first`` the index of the part's first clip."""
+        for first in range(0, len(self), size):
+            yield first, self.read(slice(first, first + size))
 
 
 def read_eval_clips(
@@ -90,31 +157,26 @@ def read_eval_clips(
     which: int | str = "all",
     stride: int = 1,
     variables: list[str] | None = None,
-) -> EvalClips:
+) -> EvalSet:
     """The clips of ``split`` in the normalised store that :func:`pick_test_clips` picks (``which``, ``stride``),
-    ``context`` frames of each given, with their truth in physical units (statistics at ``stats_path``)."""
+    ``context`` frames of each given, with their truth in physical units (statistics at ``stats_path``), read
+    when :meth:`EvalSet.batches` (or :meth:`EvalSet.read`) asks for them."""
     ds = ClipDataset(store_path, split, frames, 1, variables=variables)
     if len(ds) < 1:
         msg = f"the {split} period (data.split.{split}) holds no clip of {frames} frames in {store_path}"
         raise ValueError(msg)
-    clips = [ds[int(i)] for i in pick_test_clips(len(ds), which, stride)]
+    indices = pick_test_clips(len(ds), which, stride)
     store = open_store(store_path)
-    starts = np.array([int(c["start"]) for c in clips])
-    masks = np.stack([c["mask"].numpy() for c in clips]).astype(bool)
-    raw = np.where(masks, np.stack([c["x"].numpy() for c in clips]), np.nan)
-    lat, lon = store["latitude"].values, store["longitude"].values
-    stats = read_stats(stats_path)
-    return EvalClips(
-        clips=clips,
+    starts = np.asarray(ds.starts[indices], dtype=int)
+    return EvalSet(
+        source=ds,
+        indices=indices,
         starts=starts,
         labels=[format_time(store["time"].values[s]) for s in starts],
         names=list(ds.variables),
         frames=frames,
         context=context,
-        masks=masks,
-        raw=raw,
-        truth=denormalise(clip_dataset(raw, list(ds.variables), lat, lon, False), stats),
-        lat=lat,
-        lon=lon,
-        stats=stats,
+        lat=store["latitude"].values,
+        lon=store["longitude"].values,
+        stats=read_stats(stats_path),
     )
