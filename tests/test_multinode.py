@@ -35,6 +35,10 @@ from tests.conftest import (
 pytestmark = pytest.mark.slurm
 STEPS = 12
 CKPT = 6  # checkpoint_every
+# The preempted job's budget: `scontrol requeue` signals the tasks, which run on until SLURM's KillWait (5 s) ends
+# them, so the job must still be training 5 s after the interruption (0.15-0.3 s per step on the CI machine once
+# each task ran one thread: 12 steps ended inside the grace and the requeued attempt had nothing left to do).
+LONG_STEPS, LONG_CKPT = 180, 60  # interrupted after step 61: 59 steps (7.6 s at 7.7 steps/s, idle) to the next
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +51,14 @@ def _stamp(line: str) -> datetime:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
 
 
-def _train(work: Path, name: str, nodes: int, per_node: int, env: dict) -> dict:
+def _budget(steps: int, ckpt: int) -> dict:
+    return {"steps": steps, "val_every": steps, "checkpoint_every": ckpt}
+
+
+def _train(work: Path, name: str, nodes: int, per_node: int, env: dict, steps: int = STEPS, ckpt: int = CKPT) -> dict:
     """Train `name` as a nodes x per_node SLURM job; return what the tests check and the figures."""
-    cfg, exp = experiment_config(work, name, launch={"nodes": nodes, "tasks_per_node": per_node})
+    launch = {"nodes": nodes, "tasks_per_node": per_node}
+    cfg, exp = experiment_config(work, name, launch=launch, train=_budget(steps, ckpt))
     r = pipeline_cli("train", "-c", cfg, cwd=work, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     job = json.loads((exp / "train_job.json").read_text())
@@ -65,7 +74,7 @@ def _train(work: Path, name: str, nodes: int, per_node: int, env: dict) -> dict:
         assert m, err[-2000:]
         tasks[rank] = {"start": _stamp(m.group(1)), "local": int(m.group(4)), "master": m.group(5)}
     log = [json.loads(line) for line in (exp / "train_log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == list(range(1, STEPS + 1))
+    assert [e["step"] for e in log] == list(range(1, steps + 1))
     deadline = time.time() + 60  # the results are back; the job may still be COMPLETING / ending its step
     while True:
         r = subprocess.run(
@@ -92,10 +101,10 @@ def _train(work: Path, name: str, nodes: int, per_node: int, env: dict) -> dict:
     }
 
 
-def _check_checkpoints(exp: Path, world: int) -> None:
+def _check_checkpoints(exp: Path, world: int, steps: int = STEPS, every: int = CKPT) -> None:
     ckpt = exp / "checkpoints"
-    assert (ckpt / "latest").read_text().strip() == f"step-{STEPS:08d}"
-    for step in (CKPT, STEPS):
+    assert (ckpt / "latest").read_text().strip() == f"step-{steps:08d}"
+    for step in (steps - every, steps):  # train.keep_last 2
         tag = ckpt / f"step-{step:08d}"
         assert (tag / "mp_rank_00_model_states.pt").exists()
         shards = sorted(p.name for p in tag.glob("*zero_pp_rank_*_optim_states.pt"))
@@ -142,19 +151,21 @@ def _logged_steps(exp: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
 
 
-def _train_and_interrupt(work: Path, name: str, launch: dict, env: dict, interrupt) -> tuple[Path, str, dict]:
+def _train_and_interrupt(
+    work: Path, name: str, launch: dict, env: dict, interrupt, steps: int = STEPS, ckpt: int = CKPT
+) -> tuple[Path, str, dict]:
     """Train experiment ``name`` on the cluster; past its first checkpoint (and the barrier after it), before the
     next, call ``interrupt(job_id)`` and wait for the launcher, which must return 0 with the same job id (requeued,
     not resubmitted). Returns the experiment folder, the job id and the figures: ``at`` (when interrupted, epoch
     s), ``at_step`` (the last step logged then) and whatever ``interrupt`` returned."""
-    cfg, exp = experiment_config(work, name, launch=launch)
+    cfg, exp = experiment_config(work, name, launch=launch, train=_budget(steps, ckpt))
     proc = start_training(work, cfg, env)
     try:
-        wait_for(lambda: any(e["step"] > CKPT for e in _logged_steps(exp)), what=f"step {CKPT + 1}")
+        wait_for(lambda: any(e["step"] > ckpt for e in _logged_steps(exp)), what=f"step {ckpt + 1}")
         job_id = json.loads((exp / "train_job.json").read_text())["job_id"]
         figures = {"at": time.time(), "at_step": max(e["step"] for e in _logged_steps(exp))}
         figures |= interrupt(job_id)
-        assert figures["at_step"] < STEPS, "trained to the end before the interruption"
+        assert figures["at_step"] < steps, "trained to the end before the interruption"
         _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
@@ -164,25 +175,27 @@ def _train_and_interrupt(work: Path, name: str, launch: dict, env: dict, interru
     return exp, job_id, figures
 
 
-def _check_resumed(work: Path, exp: Path, job_id: str, reference: list[dict], shards: int) -> float:
+def _check_resumed(
+    work: Path, exp: Path, job_id: str, reference: list[dict], shards: int, steps: int = STEPS, ckpt: int = CKPT
+) -> float:
     """After an interruption: rank 0 resumed from the first checkpoint, every step after it trained once more
     with the losses of the uninterrupted ``reference`` run (relative 1e-5), the checkpoints hold ``shards``
     ZeRO shards, and one MLflow run went on to the end. Returns when (epoch s) the first step after the resume
     was logged."""
     rank0 = (exp / "submitit" / f"{job_id}_0_log.err").read_text()
-    assert re.search(rf"resumed from .*step-{CKPT:08d} at step {CKPT}\n", rank0), rank0[-3000:]
+    assert re.search(rf"resumed from .*step-{ckpt:08d} at step {ckpt}\n", rank0), rank0[-3000:]
     log = _logged_steps(exp)
-    steps = [e["step"] for e in log]
-    first_after = steps.index(CKPT + 1, steps.index(CKPT + 1) + 1)  # its second time: after the resume
-    assert steps[first_after:] == list(range(CKPT + 1, STEPS + 1)), steps  # nothing lost beyond checkpoint_every
+    logged = [e["step"] for e in log]
+    first_after = logged.index(ckpt + 1, logged.index(ckpt + 1) + 1)  # its second time: after the resume
+    assert logged[first_after:] == list(range(ckpt + 1, steps + 1)), logged  # nothing lost beyond checkpoint_every
     last = {e["step"]: e for e in log}
     for ref in reference:
         assert last[ref["step"]]["loss"] == pytest.approx(ref["loss"], rel=1e-5), ref["step"]
         assert last[ref["step"]]["losses"] == pytest.approx(ref["losses"], rel=1e-5)
-    _check_checkpoints(exp, shards)
+    _check_checkpoints(exp, shards, steps, ckpt)
     ((run, losses),) = mlflow_train_runs(work, exp.name)  # the same MLflow run, resumed
-    assert run.info.status == "FINISHED" and max(m.step for m in losses) == STEPS
-    return max(m.timestamp for m in losses if m.step == CKPT + 1) / 1000
+    assert run.info.status == "FINISHED" and max(m.step for m in losses) == steps
+    return max(m.timestamp for m in losses if m.step == ckpt + 1) / 1000
 
 
 @pytest.mark.timeout(900)
@@ -235,7 +248,7 @@ def test_a_preempted_two_by_two_job_resumes_and_trains_as_one_node_with_four_tas
     resumes from the checkpoint and ends; the launcher returns 0. Its losses equal those of 1 node x 4
     tasks, uninterrupted (relative 1e-5); local ranks 0 and 1 on each node; a shard from each of the 4 ranks;
     one MLflow run."""
-    one = _train(work, "one-node-4", 1, 4, slurm)
+    one = _train(work, "one-node-4", 1, 4, slurm, LONG_STEPS, LONG_CKPT)
     assert (
         one["state"] == "COMPLETED"
         and one["nodes"] == 1
@@ -253,7 +266,8 @@ def test_a_preempted_two_by_two_job_resumes_and_trains_as_one_node_with_four_tas
         _requeued_then_started(job_id, slurm)
         return {}
 
-    exp, job_id, fig = _train_and_interrupt(work, "preempted", {"nodes": 2, "tasks_per_node": 2}, slurm, preempt)
+    launch = {"nodes": 2, "tasks_per_node": 2}
+    exp, job_id, fig = _train_and_interrupt(work, "preempted", launch, slurm, preempt, LONG_STEPS, LONG_CKPT)
     folder = exp / "submitit"
     hosts = {}
     for rank in range(4):
@@ -263,10 +277,10 @@ def test_a_preempted_two_by_two_job_resumes_and_trains_as_one_node_with_four_tas
         hosts[rank] = starts[-1]
     assert sorted(int(local) for _, local, _ in hosts.values()) == [0, 0, 1, 1]
     assert {master for _, _, master in hosts.values()} == {"n1"}
-    resumed = _check_resumed(work, exp, job_id, one["log"], 4)
+    resumed = _check_resumed(work, exp, job_id, one["log"], 4, LONG_STEPS, LONG_CKPT)
     log = _logged_steps(exp)
     steps = [e["step"] for e in log]
-    first_after = steps.index(CKPT + 1, steps.index(CKPT + 1) + 1)
+    first_after = steps.index(LONG_CKPT + 1, steps.index(LONG_CKPT + 1) + 1)
     after = [e["step_time_s"] for e in log[first_after + 1 :]]
     print(
         f"\nfigures: job start latency 1x4 {one['start_latency_s']:.1f} s; steps/s 1x4 {one['steps_per_s']:.2f}, "
