@@ -78,7 +78,7 @@ class _Climatology:
         self.drawn = [rng.choice(c, members, replace=False) for c in candidates]
         self.candidates, self.members = candidates, members
         self.lead = test.frames - test.context
-        self.fields = _frames(store, test.names, np.concatenate([*self.drawn, *candidates]))
+        self.fields = _frames(store, test.names, np.concatenate(candidates))  # the draws are among them
         self.means: dict[bytes, np.ndarray] = {}  # most targets share a window: average it once
         for cand in candidates:
             key = cand.tobytes()

@@ -77,23 +77,20 @@ class EvalClips:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def read(self, part: slice = slice(None)) -> EvalClips:
+        """The clips of ``part`` (views of these arrays, no copy)."""
+        return replace(
+            self,
+            clips=self.clips[part],
+            starts=self.starts[part],
+            labels=self.labels[part],
+            masks=self.masks[part],
+            raw=self.raw[part],
+            truth=self.truth.isel(clip=part),
+        )
+
     def batches(self, size: int) -> Iterator[tuple[int, EvalClips]]:
-        """``(first, part)``: the clips ``size`` at a time, ``first`` the index of the part's first clip (views of
-        these arrays, no copy)."""
-        for first in range(0, len(self), size):
-            part = slice(first, first + size)
-            yield (
-                first,
-                replace(
-                    self,
-                    clips=self.clips[part],
-                    starts=self.starts[part],
-                    labels=self.labels[part],
-                    masks=self.masks[part],
-                    raw=self.raw[part],
-                    truth=self.truth.isel(clip=part),
-                ),
-            )
+        return batches(self, size)
 
     def physical(self, forecast: np.ndarray) -> xr.Dataset:
         """A normalised forecast (clip, [member,] C, T, H, W) masked like the truth and in physical units."""
@@ -143,9 +140,14 @@ class EvalSet:
         )
 
     def batches(self, size: int) -> Iterator[tuple[int, EvalClips]]:
-        """``(first, part)``: the clips read ``size`` at a time, ``first`` the index of the part's first clip."""
-        for first in range(0, len(self), size):
-            yield first, self.read(slice(first, first + size))
+        return batches(self, size)
+
+
+def batches(clips: EvalClips | EvalSet, size: int) -> Iterator[tuple[int, EvalClips]]:
+    """``(first, part)``: the clips ``size`` at a time (``clips.read``), ``first`` the index of the part's first
+    clip in the set (what seeds its members)."""
+    for first in range(0, len(clips), size):
+        yield first, clips.read(slice(first, first + size))
 
 
 def read_eval_clips(
