@@ -174,6 +174,7 @@ def build_diffusion(model_cfg: dict[str, Any], diffusion_cfg: dict[str, Any]) ->
         sched,
         weighting=diffusion_cfg.get("weighting", "v"),
         min_snr_gamma=diffusion_cfg.get("min_snr_gamma", MIN_SNR_GAMMA),
+        sigmoid_bias=diffusion_cfg.get("sigmoid_bias", 0.0),
     )
 
 

@@ -267,6 +267,7 @@ _NOT_TRAINING = frozenset(
 # existed matches today's settings without it, where it is at its default: an upgrade that adds a setting must not
 # archive a month of checkpoints and train afresh. (Stamps now hold the settings themselves; see _compatible.)
 ADDED_SETTINGS = (
+    "diffusion.sigmoid_bias",
     "train.zero3_persist_below",
     "train.shuffle_block",
     "data.codec",

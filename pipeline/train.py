@@ -241,6 +241,7 @@ class TrainState:
             getattr(self.ema.net, "noise_schedule", d.schedule),
             d.weighting,
             min_snr_gamma=d.min_snr_gamma,
+            sigmoid_bias=d.sigmoid_bias,
         )
 
 

@@ -80,3 +80,20 @@ def test_the_inference_file_is_written_and_read_as_one_typed_object(tmp_path) ->
     torch.save(blob, path)
     with pytest.raises(ValueError, match=r"m\.pt: not an inference file of this pipeline: no \['clip_frames'\]"):
         load_inference(path)
+
+
+def test_the_weighting_settings_reach_the_objective() -> None:
+    """diffusion.sigmoid_bias and diffusion.min_snr_gamma of the config are the objective's, not its defaults."""
+    import torch
+
+    from pipeline.checkpoints import build_diffusion
+    from pipeline.config import load_config
+    from pipeline.diffusion.objective import loss_weight
+
+    cfg = load_config(["config/config.yaml", {"diffusion": {"weighting": "sigmoid", "sigmoid_bias": -2.0, "min_snr_gamma": 3.0}}])
+    model_cfg = {"channels": 1, "base_channels": 4, "channel_mults": [1], "attention_levels": [], "heads": 1}
+    d = build_diffusion(model_cfg, cfg.diffusion.model_dump())
+    assert (d.sigmoid_bias, d.min_snr_gamma) == (-2.0, 3.0)
+    logsnr, slope = torch.tensor([-2.0, 0.0, 4.0]), torch.tensor([-1.0, -1.0, -1.0])
+    w = loss_weight(logsnr, slope, "sigmoid", d.sigmoid_bias)
+    assert not torch.allclose(w, loss_weight(logsnr, slope, "sigmoid", 0.0))

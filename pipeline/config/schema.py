@@ -334,6 +334,11 @@ class DiffusionConfig(_Section):
         description="Loss weighting; 'v' is the seed's v-MSE, 'min_snr' Hang et al.'s min(SNR, gamma) on the x-error.",
     )
     min_snr_gamma: float = Field(5.0, gt=0, description="gamma of weighting: min_snr (Hang et al.: 5).")
+    sigmoid_bias: float = Field(
+        0.0,
+        description="bias b of weighting: sigmoid, w(logsnr) = sigmoid(b - logsnr) on the eps-error (Kingma & Gao "
+        "2023; lower b puts less weight on the nearly clean levels).",
+    )
     schedule: Literal["cosine", "learned"] = Field(
         "cosine",
         description="Noise schedule: the truncated (shifted) alpha-cosine, or VDM's learned monotone network "
