@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from eofs.standard import Eof
 
 from pipeline import metrics
 from pipeline.data.times import day_of_year, time_seconds
-from pipeline.realism import compare, drift_yardstick, quantile_name, sequences
+from pipeline.fieldstats import SetSummary, summarise
+from pipeline.realism import compare, drift_yardstick, held, quantile_name, summary
 
 __all__ = [
     "EXTREMES",
@@ -57,39 +57,30 @@ YEAR_DAYS = 365.25
 _TINY = 1e-12  # an error at or below this is zero (two identical sets)
 
 
-def _fields(seq: xr.DataArray) -> np.ndarray:
-    """(case, frame, lat, lon) -> (field, lat, lon) float64."""
-    return seq.stack(field=("case", "frame")).transpose("field", "latitude", "longitude").values.astype(np.float64)
-
-
-def _eofs(data: np.ndarray, lat: np.ndarray, modes: int) -> tuple[np.ndarray, np.ndarray]:
-    """The leading ``modes`` weighted EOFs (mode, cells) as unit vectors and their explained variance fractions."""
-    weights = np.sqrt(np.clip(np.cos(np.deg2rad(lat)), 0.0, None))[:, None] * np.ones(data.shape[2])
-    solver = Eof(data, weights=weights, center=True)
-    e = solver.eofs(neofs=modes).reshape(modes, -1)
-    e = np.where(np.isfinite(e), e, 0.0)
-    return e / np.linalg.norm(e, axis=1, keepdims=True), np.asarray(solver.varianceFraction(neigs=modes))
-
-
-def eof_figures(candidate: xr.DataArray, real: xr.DataArray, modes: int) -> dict[str, list[float]]:
-    """The leading ``modes`` EOFs of two (case, frame, lat, lon) sets (anomalies about each set's own mean map,
-    sqrt(cos latitude) weights; cells missing anywhere in either set left out): each mode's absolute pattern
-    correlation (cos-latitude weighted, uncentred) with the same mode of ``real``, and both sets' explained
-    variance fractions. Fewer modes where a set has too few fields."""
-    c, r = _fields(candidate), _fields(real)
-    bad = ~(np.isfinite(c).all(axis=0) & np.isfinite(r).all(axis=0))
-    c[:, bad], r[:, bad] = np.nan, np.nan
-    if bad.all():
+def eof_figures(
+    candidate: xr.DataArray | SetSummary, real: xr.DataArray | SetSummary, modes: int
+) -> dict[str, list[float]]:
+    """The leading ``modes`` EOFs of two (case, frame, lat, lon) sets or their summaries (anomalies about each
+    set's own mean map, sqrt(cos latitude) weights, each over the cells valid in every one of its fields; see
+    :mod:`pipeline.fieldstats`): each mode's absolute pattern correlation (cos-latitude weighted, uncentred, over
+    the cells both sets cover) with the same mode of ``real``, and both sets' explained variance fractions.
+    Fewer modes where a set has too few fields."""
+    c, r = summary(candidate, [], modes), summary(real, [], modes)
+    if c.eofs is None or r.eofs is None:
         msg = "climate: no grid cell is valid in every field, so no EOF can be computed"
         raise ValueError(msg)
-    n = max(1, min(modes, c.shape[0] - 1, r.shape[0] - 1))
-    lat = candidate["latitude"].values
-    ec, vc = _eofs(c, lat, n)
-    er, vr = _eofs(r, lat, n)
+    n = min(len(c.eofs.fractions), len(r.eofs.fractions))
+    both, ci, ri = np.intersect1d(c.eofs.cells, r.eofs.cells, return_indices=True)
+    if both.size == 0:
+        msg = "climate: the two sets share no grid cell valid in every field, so their EOFs cannot be compared"
+        raise ValueError(msg)
+    ec, er = c.eofs.patterns[:n, ci], r.eofs.patterns[:n, ri]
+    ec = ec / np.linalg.norm(ec, axis=1, keepdims=True)
+    er = er / np.linalg.norm(er, axis=1, keepdims=True)
     return {
         "eof_pattern_correlation": np.abs((ec * er).sum(axis=1)).tolist(),
-        "eof_explained_variance": vc.tolist(),
-        "real_eof_explained_variance": vr.tolist(),
+        "eof_explained_variance": c.eofs.fractions[:n].tolist(),
+        "real_eof_explained_variance": r.eofs.fractions[:n].tolist(),
     }
 
 
@@ -115,13 +106,16 @@ def seasonal_cycle(values: np.ndarray, times: np.ndarray) -> dict[str, float] | 
     return {"amplitude": float(np.hypot(b, c)), "phase_day": float(phase)}
 
 
-def stability(rollouts: xr.DataArray, real: xr.DataArray) -> dict[str, Any]:
+def stability(rollouts: xr.DataArray, real: xr.DataArray | SetSummary) -> dict[str, Any]:
     """Whether (member, frame, lat, lon) rollouts stay finite (the fraction of members finite throughout) and inside
-    the real series' range (the fraction of finite values within its minimum and maximum); ``stable`` when every
-    member is finite."""
+    the real series' range (the fraction of finite values within its minimum and maximum; the series or its
+    summary); ``stable`` when every member is finite."""
     v = rollouts.values
     finite_members = np.isfinite(v.reshape(v.shape[0], -1)).all(axis=1)
-    lo, hi = float(np.nanmin(real.values)), float(np.nanmax(real.values))
+    if isinstance(real, SetSummary):
+        lo, hi = real.minimum, real.maximum
+    else:
+        lo, hi = float(np.nanmin(real.values)), float(np.nanmax(real.values))
     fv = v[np.isfinite(v)]
     inside = float(((fv >= lo) & (fv <= hi)).mean()) if fv.size else 0.0
     return {
@@ -132,12 +126,15 @@ def stability(rollouts: xr.DataArray, real: xr.DataArray) -> dict[str, Any]:
     }
 
 
-def _figures(candidate: xr.DataArray, real: xr.DataArray, lags: list[int], modes: int) -> dict[str, Any]:
-    """Every figure of one set against the real period (both (case, frame, lat, lon)), JSON-ready."""
-    out = {k: x for k, x in compare(candidate, real, lags, EXTREMES).items() if k != "maps"}
-    real_mean = real.stack(field=("case", "frame")).mean("field")
-    out["real_autocorrelation"] = metrics.autocorrelation(real, "frame", lags, real_mean)
-    return out | eof_figures(candidate, real, modes)
+def _figures(
+    candidate: xr.DataArray | SetSummary, real: xr.DataArray | SetSummary, lags: list[int], modes: int
+) -> dict[str, Any]:
+    """Every figure of one set against the real period (both (case, frame, lat, lon), or their summaries made
+    with ``lags`` and ``modes``), JSON-ready."""
+    c, r = summary(candidate, lags, modes), summary(real, lags, modes)
+    out = {k: x for k, x in compare(c, r, lags, EXTREMES).items() if k != "maps"}
+    out["real_autocorrelation"] = list(r.autocorrelation)
+    return out | eof_figures(c, r, modes)
 
 
 def _mean_abs(values: list[float]) -> float:
@@ -201,15 +198,16 @@ def _drift_ratios(d: dict[str, Any]) -> dict[str, float]:
 
 
 def _set(
-    cand: xr.DataArray,
-    real: xr.DataArray,
-    yard: xr.DataArray,
+    cand: xr.DataArray | SetSummary,
+    real: xr.DataArray | SetSummary,
+    yard: xr.DataArray | SetSummary,
     lags: list[int],
     modes: int,
     cycles: tuple[dict, dict, dict] | None = None,
 ) -> dict[str, Any]:
     """One generated set and its yardstick (the training period in its place) against the real period; with
     ``cycles`` (the set's, the period's and the training period's seasonal cycle) also the seasonal figures."""
+    real = summary(real, lags, modes)  # once for both
     fig, yfig = _figures(cand, real, lags, modes), _figures(yard, real, lags, modes)
     if cycles is not None:
         gen, period, train = cycles
@@ -236,24 +234,21 @@ def assess(
     times = real["time"].values
     out: dict[str, Any] = {}
     for v in rollouts.data_vars:
-        series = real[v].compute()  # one variable in memory at a time (``real`` may be a lazy store)
-        period = sequences(series.isel(time=periods["period"]))
-        train = sequences(series.isel(time=periods["train"]))
+        series = held(real[v])  # lazy where ``real`` is a large store: each period is read a block at a time
+        period, train = (summarise(series.isel(time=periods[k]), lags, modes) for k in ("period", "train"))
         roll = rollouts[v].rename({"member": "case"}).drop_vars("time", errors="ignore")
         cycles = (
             seasonal_cycle(metrics.area_mean(roll).values, rollouts["time"].values),
-            *(
-                seasonal_cycle(metrics.area_mean(series.isel(time=periods[k])).values, times[periods[k]])
-                for k in ("period", "train")
-            ),
+            *(seasonal_cycle(s.area_mean, times[periods[k]]) for s, k in ((period, "period"), (train, "train"))),
         )
         res = {"rollouts": _set(roll, period, train, lags, modes, cycles if all(cycles) else None)}
         unc = unconditional[v].rename({"sample": "case"}).drop_vars("time", errors="ignore")
-        season = sequences(series.isel(time=periods["season"]))
         unc_lags = [k for k in lags if k < unc.sizes["frame"]] or [1]
-        train_season = sequences(series.isel(time=periods["train_season"]))
+        season, train_season = (
+            summarise(series.isel(time=periods[k]), unc_lags, modes) for k in ("season", "train_season")
+        )
         res["unconditional"] = _set(unc, season, train_season, unc_lags, modes)
-        res["stability"] = stability(rollouts[v], series.isel(time=periods["train"]))
+        res["stability"] = stability(rollouts[v], train)
         drift = drift_yardstick(rollouts[v].drop_vars("time", errors="ignore"), series, lead="frame")
         res["drift"] = drift
         res["rollouts"]["ratios"] |= _drift_ratios(drift)

@@ -16,6 +16,10 @@ rollouts) and for the training period, each against the test period, per variabl
   from the first to the last quarter of the rollout, beside the same change over windows of the same
   length taken from the real series (its 5-95% range over windows).
 
+Each set is summarised once (:mod:`pipeline.fieldstats`: a real period of a large store is read a block at a time,
+its values kept as a fine histogram, so the peak memory follows the grid, not the period) and every figure comes
+from the summaries.
+
 For data with a seasonal cycle the real fields compared with the unconditional clips are those within
 ``evaluate.climatology_window_days`` of the clips' days of year (annual or seasonal means: all).
 
@@ -31,12 +35,13 @@ of that size gives, and ``verdict`` says for each figure whether the generated s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import xarray as xr
-from scipy.stats import wasserstein_distance
 
-from pipeline import metrics
-from pipeline.data.stats import area_weights
+from pipeline import fieldstats, metrics
+from pipeline.fieldstats import SetSummary, field_curves, summarise, wasserstein1
 
 __all__ = [
     "QUANTILES",
@@ -46,9 +51,11 @@ __all__ = [
     "drift",
     "drift_yardstick",
     "flat_metrics",
+    "held",
     "quantile_name",
     "same_size",
     "sequences",
+    "summary",
     "verdict",
 ]
 
@@ -74,25 +81,13 @@ def sequences(series: xr.DataArray) -> xr.DataArray:
     return series.rename({"time": "frame"}).expand_dims("case").drop_vars("time", errors="ignore")
 
 
-def _weights_like(da: xr.DataArray) -> np.ndarray:
-    w = area_weights(da["latitude"])
-    return np.broadcast_to(w.broadcast_like(da).transpose(*da.dims).values, da.shape)
-
-
-def _values(da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
-    v, w = da.values.ravel(), _weights_like(da).ravel()
-    ok = np.isfinite(v) & (w > 0)
-    return v[ok].astype(np.float64), w[ok].astype(np.float64)
-
-
 def _rms(field: xr.DataArray) -> float:
     return float(np.sqrt(metrics.area_mean(field**2)))
 
 
-def _moments(seq: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray]:
-    """Mean and standard deviation maps over every field of (case, frame, lat, lon) sequences."""
-    stacked = seq.stack(field=("case", "frame"))
-    return stacked.mean("field"), stacked.std("field")
+def summary(data: xr.DataArray | SetSummary, lags: Sequence[int], modes: int = 0) -> SetSummary:
+    """A set's figures (:func:`pipeline.fieldstats.summarise`), or the summary given."""
+    return data if isinstance(data, SetSummary) else summarise(data, lags, modes)
 
 
 def quantile_name(q: float) -> str:
@@ -100,39 +95,46 @@ def quantile_name(q: float) -> str:
     return f"p{q * 100:g}"
 
 
+def held(series: xr.DataArray) -> xr.DataArray:
+    """A series small enough to hold (four blocks of :func:`pipeline.fieldstats.summarise`) read once; a larger
+    one left lazy, to be read a block at a time by each figure."""
+    return series.compute() if series.size * 8 <= 4 * fieldstats.BLOCK_BYTES else series
+
+
 def compare(
-    candidate: xr.DataArray, test: xr.DataArray, lags: list[int], quantiles: tuple[float, ...] = QUANTILES
+    candidate: xr.DataArray | SetSummary,
+    test: xr.DataArray | SetSummary,
+    lags: Sequence[int],
+    quantiles: tuple[float, ...] = QUANTILES,
 ) -> dict:
     """The figures of one set of (case, frame, lat, lon) sequences against the test period, given as
-    (case, frame, lat, lon) too (see :func:`sequences`). Scalars and lists for JSON, plus the bias maps
-    under ``maps`` (xarray, for the figure); the values' ``quantiles`` as ``p1`` ... beside ``test_p1`` ..."""
-    cv, cw = _values(candidate)
-    tv, tw = _values(test)
-    if cv.size == 0 or tv.size == 0:
+    (case, frame, lat, lon) too (see :func:`sequences`), or as their summaries (:func:`summary`; then ``lags`` are
+    the candidate's). Scalars and lists for JSON, plus the bias maps under ``maps`` (xarray, for the figure); the
+    values' ``quantiles`` as ``p1`` ... beside ``test_p1`` ...; ``w1_error_bound``: how far ``w1`` may be from the
+    exact values' distance (0 unless a set was too large to keep its values)."""
+    c, t = summary(candidate, lags), summary(test, lags)
+    if c.distribution.weights.sum() <= 0 or t.distribution.weights.sum() <= 0:
         msg = "realism: a set of fields has no finite values to compare"
         raise ValueError(msg)
-    test_std = float(np.sqrt(np.cov(tv, aweights=tw)))
-    w1 = float(wasserstein_distance(cv, tv, cw, tw))
-    cq = np.quantile(cv, quantiles, weights=cw, method="inverted_cdf")
-    tq = np.quantile(tv, quantiles, weights=tw, method="inverted_cdf")
-    c_mean, c_std = _moments(candidate)
-    t_mean, t_std = _moments(test)
-    mean_bias, std_bias = c_mean - t_mean, c_std - t_std
+    w1 = wasserstein1(c.distribution, t.distribution)
+    cq, tq = c.distribution.quantiles(quantiles), t.distribution.quantiles(quantiles)
+    mean_bias, std_bias = c.mean - t.mean, c.std - t.std
     out: dict = {
-        "fields": int(candidate.sizes["case"] * candidate.sizes["frame"]),
+        "fields": c.fields,
         "w1": w1,
-        "w1_rel": w1 / test_std if test_std > 0 else float("nan"),
-        "test_std": test_std,
+        "w1_rel": w1 / t.pooled_std if t.pooled_std > 0 else float("nan"),
+        "w1_error_bound": c.distribution.resolution + t.distribution.resolution,
+        "test_std": t.pooled_std,
         "mean_bias_rms": _rms(mean_bias),
         "std_bias_rms": _rms(std_bias),
-        "std_ratio": float(metrics.area_mean(c_std) / metrics.area_mean(t_std)),
-        "autocorrelation": metrics.autocorrelation(candidate, "frame", lags, c_mean),
+        "std_ratio": float(metrics.area_mean(c.std) / metrics.area_mean(t.std)),
+        "autocorrelation": list(c.autocorrelation),
         "maps": {"mean_bias": mean_bias, "std_bias": std_bias},
     }
     out |= {quantile_name(q): float(v) for q, v in zip(quantiles, cq, strict=True)}
     out |= {f"test_{quantile_name(q)}": float(v) for q, v in zip(quantiles, tq, strict=True)}
-    if not (bool(candidate.isnull().any()) or bool(test.isnull().any())):
-        out["spectral_ratio"] = metrics.spectral_ratio(candidate, test)
+    if c.spectrum is not None and t.spectrum is not None:
+        out["spectral_ratio"] = metrics.band_ratios(c.spectrum, t.spectrum)
     return out
 
 
@@ -155,11 +157,11 @@ def drift_yardstick(rollouts: xr.DataArray, real: xr.DataArray, lead: str = "lea
     50% and 95% quantiles; None where the series is shorter than a rollout)."""
     frames = rollouts.sizes[lead]
     gen = drift(rollouts, lead)
-    real_curves = drift(real, "time")
+    real_curves = dict(zip(("area_mean", "spread"), field_curves(real), strict=True))  # a block at a time
     out: dict[str, float | list | None] = {"frames": frames}
     for k, curve in gen.items():
         out[f"{k}_change"] = float(_change(curve.values).mean())
-        series = real_curves[k].values
+        series = real_curves[k]
         if series.size < frames:
             out[f"real_{k}_change_q05_q50_q95"] = None
             continue
@@ -216,6 +218,7 @@ def same_size(
     q95]}, "windows": distinct windows}``; no ranges where the training period holds fewer than
     :data:`MIN_WINDOWS` such windows (the draws would overlap so much that their range says nothing)."""
     cases, frames = shape
+    test = summary(test, lags)  # once for every draw
     valid = _valid_starts(train, starts, frames)
     out: dict = {"draws": 0, "cases": cases, "frames": frames, "windows": int(valid.size), "ranges": {}}
     if valid.size < MIN_WINDOWS:
@@ -251,23 +254,22 @@ def assess(
     train = periods["train"]
     out: dict[str, dict] = {}
     for v in unconditional.data_vars:
-        series = real[v].compute()  # one variable in memory at a time (``real`` may be a lazy store)
-        test_seq = sequences(series.isel(time=periods["test"]))
-        season_seq = sequences(series.isel(time=periods["test_season"]))
+        series = held(real[v])  # lazy where ``real`` is a large store: each period is read a block at a time
+        test = summary(series.isel(time=periods["test"]), lags)
+        season = summary(series.isel(time=periods["test_season"]), lags)
         unc = unconditional[v].rename({"sample": "case"})
         roll = rollouts[v].rename({"rollout": "case", "lead": "frame"}).drop_vars("time")
         sets = {
-            "unconditional": (unc, season_seq),
-            "rollouts": (roll, test_seq),
-            "train_period": (sequences(series.isel(time=train)), test_seq),
+            "unconditional": (unc, season),
+            "rollouts": (roll, test),
+            "train_period": (series.isel(time=train), test),
         }
-        res = {name: compare(c, t, lags) for name, (c, t) in sets.items()}
+        res = {name: compare(summary(c, lags), t, lags) for name, (c, t) in sets.items()}
         for name, cand, starts in (("unconditional", unc, periods["train_season"]), ("rollouts", roll, train)):
             shape = (cand.sizes["case"], cand.sizes["frame"])
             yard = same_size(series, train, starts, shape, sets[name][1], lags, seed)
             res[name]["same_size"] = yard | {"verdict": verdict(res[name], yard["ranges"])}
-        t_mean = _moments(test_seq)[0]
-        res["test_period"] = {"autocorrelation": metrics.autocorrelation(test_seq, "frame", lags, t_mean)}
+        res["test_period"] = {"autocorrelation": list(test.autocorrelation)}
         res["drift"] = drift_yardstick(rollouts[v], series) | {"curves": drift(rollouts[v])}
         out[str(v)] = res
     return out

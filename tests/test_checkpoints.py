@@ -90,7 +90,9 @@ def test_the_weighting_settings_reach_the_objective() -> None:
     from pipeline.config import load_config
     from pipeline.diffusion.objective import loss_weight
 
-    cfg = load_config(["config/config.yaml", {"diffusion": {"weighting": "sigmoid", "sigmoid_bias": -2.0, "min_snr_gamma": 3.0}}])
+    cfg = load_config(
+        ["config/config.yaml", {"diffusion": {"weighting": "sigmoid", "sigmoid_bias": -2.0, "min_snr_gamma": 3.0}}]
+    )
     model_cfg = {"channels": 1, "base_channels": 4, "channel_mults": [1], "attention_levels": [], "heads": 1}
     d = build_diffusion(model_cfg, cfg.diffusion.model_dump())
     assert (d.sigmoid_bias, d.min_snr_gamma) == (-2.0, 3.0)

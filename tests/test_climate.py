@@ -41,10 +41,12 @@ def test_eofs_recover_two_known_modes():
     swapped = climate.eof_figures(_two_modes(1.0, 3.0), real, 2)
     assert swapped["eof_explained_variance"] == pytest.approx([0.9, 0.1], abs=1e-9)
     assert swapped["eof_pattern_correlation"] == pytest.approx([0.0, 0.0], abs=1e-9)
-    # a missing cell in one set is left out of both (the patterns stay the same elsewhere)
+    # a cell missing in a field of one set: that set's EOFs leave it out (each set's are over the cells valid in
+    # all its fields, as the real period's are summarised once for every candidate), the correlation is over the
+    # cells both cover: the patterns stay the same there, up to the slight mixing one cell less brings
     holed = real.copy()
     holed[0, 3, 2, 4] = np.nan
-    assert climate.eof_figures(holed, real, 2)["eof_pattern_correlation"] == pytest.approx([1.0, 1.0], abs=1e-9)
+    assert climate.eof_figures(holed, real, 2)["eof_pattern_correlation"] == pytest.approx([1.0, 1.0], abs=1e-4)
 
 
 @pytest.mark.parametrize("calendar", ["standard", "360_day"])

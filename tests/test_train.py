@@ -256,8 +256,10 @@ def test_checkpoints_survive_an_upgrade_that_adds_a_setting(tmp_path: Path) -> N
     del stamp["settings"]["train.zero3_persist_below"]
     (d / "settings.json").write_text(json.dumps(stamp))
     assert prepare_checkpoint_dir(cfg) is True
-    # an old stamp: only the hash, of the settings before train.zero3_persist_below and train.shuffle_block
-    old = config_hash(_settings_tree(cfg, frozenset({"train.zero3_persist_below", "train.shuffle_block"})))
+    # an old stamp: only the hash, of the settings before diffusion.sigmoid_bias, train.zero3_persist_below and
+    # train.shuffle_block
+    added = frozenset({"diffusion.sigmoid_bias", "train.zero3_persist_below", "train.shuffle_block"})
+    old = config_hash(_settings_tree(cfg, added))
     (d / "settings.json").write_text(json.dumps({"hash": old}))
     assert prepare_checkpoint_dir(cfg) is True
     assert json.loads((d / "settings.json").read_text())["settings"] == training_settings(cfg)  # stamp upgraded
