@@ -152,21 +152,29 @@ def _change(curves: np.ndarray) -> np.ndarray:
 
 
 def drift_yardstick(rollouts: xr.DataArray, real: xr.DataArray, lead: str = "lead") -> dict[str, float | list | None]:
-    """The rollouts' change of area mean and spread from the first to the last quarter (mean over rollouts),
-    beside the same change over every window of as many frames in the real (time, lat, lon) series (its 5%,
-    50% and 95% quantiles; None where the series is shorter than a rollout)."""
+    """The rollouts' change of area mean and spread from the first to the last quarter (mean over rollouts, and
+    each rollout's), beside the same change over every window of as many frames in the real (time, lat, lon)
+    series (its 5%, 50% and 95% quantiles; None where the series is shorter than a rollout). A rollout is one
+    window: ``{k}_inside`` counts the rollouts whose own change lies in the real 5-95% range (about 90% of them for
+    rollouts that drift as real data does). The mean over rollouts is compared with the same single-window range,
+    which is wider than the range of a mean of independent windows: the rollouts share their start, so no real
+    sample has their shape."""
     frames = rollouts.sizes[lead]
     gen = drift(rollouts, lead)
     real_curves = dict(zip(("area_mean", "spread"), field_curves(real), strict=True))  # a block at a time
     out: dict[str, float | list | None] = {"frames": frames}
     for k, curve in gen.items():
-        out[f"{k}_change"] = float(_change(curve.values).mean())
+        each = _change(curve.values).reshape(-1)
+        out[f"{k}_change"] = float(each.mean())
+        out[f"{k}_change_per_rollout"] = each.tolist()
         series = real_curves[k]
         if series.size < frames:
             out[f"real_{k}_change_q05_q50_q95"] = None
             continue
         windows = np.lib.stride_tricks.sliding_window_view(series, frames)
-        out[f"real_{k}_change_q05_q50_q95"] = np.quantile(_change(windows), [0.05, 0.5, 0.95]).tolist()
+        q = np.quantile(_change(windows), [0.05, 0.5, 0.95])
+        out[f"real_{k}_change_q05_q50_q95"] = q.tolist()
+        out[f"{k}_inside"] = f"{int(((each >= q[0]) & (each <= q[2])).sum())} of {each.size}"
     return out
 
 

@@ -75,6 +75,9 @@ def test_drift_of_a_linear_trend_and_of_a_stationary_real_series() -> None:
     assert d["area_mean_change"] == pytest.approx(0.5 * 18.0, rel=1e-6)  # quarters of 6: mean lead 20.5 - 2.5
     lo, mid, hi = d["real_area_mean_change_q05_q50_q95"]
     assert lo < 0 < hi and abs(mid) < 1.0
+    assert d["area_mean_change_per_rollout"] == pytest.approx([9.0, 9.0], rel=1e-6) and hi < 9.0
+    assert d["area_mean_inside"] == "0 of 2"  # each trending rollout is outside what real windows do
+    assert d["spread_inside"] == "2 of 2"  # their spread does not change (the noise is tiny), as real windows'
     assert drift_yardstick(roll, real.isel(time=slice(0, 10)))["real_area_mean_change_q05_q50_q95"] is None
 
 
