@@ -112,10 +112,8 @@ def stability(rollouts: xr.DataArray, real: xr.DataArray | SetSummary) -> dict[s
     summary); ``stable`` when every member is finite."""
     v = rollouts.values
     finite_members = np.isfinite(v.reshape(v.shape[0], -1)).all(axis=1)
-    if isinstance(real, SetSummary):
-        lo, hi = real.minimum, real.maximum
-    else:
-        lo, hi = float(np.nanmin(real.values)), float(np.nanmax(real.values))
+    r = summary(real, [])
+    lo, hi = r.minimum, r.maximum
     fv = v[np.isfinite(v)]
     inside = float(((fv >= lo) & (fv <= hi)).mean()) if fv.size else 0.0
     return {

@@ -139,10 +139,14 @@ def compare(
 
 
 def drift(rollouts: xr.DataArray, lead: str = "lead") -> dict[str, xr.DataArray]:
-    """Area mean and area-weighted spatial standard deviation of each rollout against lead frame."""
-    mean = metrics.area_mean(rollouts)
-    spread = np.sqrt(metrics.area_mean((rollouts - mean) ** 2))
-    return {"area_mean": mean.transpose(..., lead), "spread": spread.transpose(..., lead)}
+    """Area mean and area-weighted spatial standard deviation of each rollout against lead frame (rollouts: one
+    dim besides ``lead`` and the grid; :func:`pipeline.fieldstats.field_curves`, as for the real series)."""
+    case = next(d for d in rollouts.dims if d not in (lead, "latitude", "longitude"))
+    names = {k: v for k, v in ((case, "case"), (lead, "frame")) if k != v}
+    seq = rollouts.rename(names).transpose("case", "frame", "latitude", "longitude")
+    template = rollouts.isel(latitude=0, longitude=0, drop=True).transpose(case, lead)
+    mean, spread = (c.reshape(template.shape) for c in field_curves(seq))
+    return {"area_mean": template.copy(data=mean), "spread": template.copy(data=spread)}
 
 
 def _change(curves: np.ndarray) -> np.ndarray:
