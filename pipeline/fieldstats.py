@@ -135,7 +135,11 @@ class SetSummary:
     area_mean: np.ndarray  # per field, case-major (the drift curves)
     spread: np.ndarray
     eofs: Eofs | None
-    complete: bool  # no NaN anywhere
+
+    @property
+    def complete(self) -> bool:
+        """No NaN anywhere (then the set has a spectrum)."""
+        return self.spectrum is not None
 
 
 def _curves(block: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -432,5 +436,4 @@ def _assemble(
         area_mean=np.concatenate(first.means) if first.means else np.empty(0),
         spread=np.concatenate(first.spreads) if first.spreads else np.empty(0),
         eofs=eofs,
-        complete=bool(first.spectrum.complete),
     )
