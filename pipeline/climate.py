@@ -81,6 +81,7 @@ def eof_figures(
         "eof_pattern_correlation": np.abs((ec * er).sum(axis=1)).tolist(),
         "eof_explained_variance": c.eofs.fractions[:n].tolist(),
         "real_eof_explained_variance": r.eofs.fractions[:n].tolist(),
+        "eofs_converged": bool(c.eofs.converged and r.eofs.converged),
     }
 
 

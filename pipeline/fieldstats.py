@@ -28,6 +28,7 @@ further product with the covariance (2 to :data:`EOF_MAX_PRODUCTS` - 1; none wit
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,8 @@ __all__ = [
 BLOCK_BYTES = 64 * 2**20  # float64 bytes of one block read from a set
 EXACT_VALUES = 1 << 22  # a set of at most this many values (32 MB in float64) keeps them: exact figures
 BINS = 1 << 16  # histogram bins over a larger set's range: the quantiles and W1 move by less than range / BINS
+log = logging.getLogger(__name__)
+
 EOF_OVERSAMPLE = 16  # extra directions of the subspace iteration beyond the modes asked
 EOF_TOLERANCE = 1e-8  # the iteration stops once no mode's pattern moves by more (1 - |correlation|)
 EOF_MAX_PRODUCTS = 10  # products with the covariance at most (each after the first is one more pass over the set)
@@ -111,11 +114,14 @@ def wasserstein1(a: Distribution, b: Distribution) -> float:
 @dataclass(frozen=True)
 class Eofs:
     """Leading EOFs (mode, cells valid in the set) as unit vectors in sqrt(cos latitude)-weighted space, their
-    explained-variance fractions, and the cells (flat indices of the grid) they cover."""
+    explained-variance fractions, the cells (flat indices of the grid) they cover, and whether they converged
+    (False: the subspace iteration stopped at :data:`EOF_MAX_PRODUCTS` with a pattern still moving by more than
+    :data:`EOF_TOLERANCE`, as it does where the leading modes are barely separated)."""
 
     patterns: np.ndarray
     fractions: np.ndarray
     cells: np.ndarray
+    converged: bool = True
 
 
 @dataclass(frozen=True)
@@ -251,7 +257,7 @@ def _subspace_eofs(seq: xr.DataArray, frames: int, first: _Sketch, modes: int, t
             sketch.add(block)
         return sketch.product
 
-    q, previous = np.linalg.qr(first.product)[0], None
+    q, previous, converged = np.linalg.qr(first.product)[0], None, False
     for _ in range(EOF_MAX_PRODUCTS - 1):
         z = product(q)
         lam, vec = np.linalg.eigh(q.T @ z)  # Rayleigh-Ritz on the current subspace
@@ -259,9 +265,12 @@ def _subspace_eofs(seq: xr.DataArray, frames: int, first: _Sketch, modes: int, t
         patterns = (q @ vec[:, order]).T
         patterns /= np.linalg.norm(patterns, axis=1, keepdims=True)
         if previous is not None and (1 - np.abs((patterns * previous).sum(axis=1))).max() < EOF_TOLERANCE:
+            converged = True
             break
         previous, q = patterns, np.linalg.qr(z)[0]
-    return Eofs(patterns, lam[order] / trace, first.cells)
+    if not converged:
+        log.warning("EOFs: the subspace iteration stopped after %d products without converging", EOF_MAX_PRODUCTS)
+    return Eofs(patterns, lam[order] / trace, first.cells, converged)
 
 
 def _small_eofs(data: np.ndarray, valid: np.ndarray, sw: np.ndarray, modes: int) -> Eofs:

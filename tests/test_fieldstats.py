@@ -95,6 +95,7 @@ def test_a_large_set_read_in_blocks_equals_it_held_whole(nan: bool) -> None:
     assert wasserstein1(part.distribution, whole.distribution) <= res
     np.testing.assert_allclose(np.abs((part.eofs.patterns * whole.eofs.patterns).sum(1)), 1, atol=1e-6)
     np.testing.assert_allclose(part.eofs.fractions, whole.eofs.fractions, rtol=1e-6)
+    assert part.eofs.converged and whole.eofs.converged
 
 
 def test_the_distance_of_binned_values_is_within_a_bin_width_of_scipys() -> None:
@@ -111,3 +112,13 @@ def test_the_distance_of_binned_values_is_within_a_bin_width_of_scipys() -> None
     assert abs(wasserstein1(eb, binned) - exact) <= binned.resolution
     # steps against steps through the integral equal scipy's
     assert wasserstein1(ea, Distribution(binned.weights, edges=edges)) <= binned.resolution
+
+
+def test_eofs_that_did_not_converge_say_so(monkeypatch, caplog) -> None:
+    """The subspace iteration stopped before its patterns settled: the summary and the log say so."""
+    import pipeline.fieldstats as fs
+
+    monkeypatch.setattr(fs, "EOF_MAX_PRODUCTS", 2)  # one product after the first: no second to compare with
+    with caplog.at_level("WARNING", logger="pipeline.fieldstats"):
+        s = summarise(_set(cases=1, frames=60, seed=2), LAGS, modes=2, exact_values=0)
+    assert not s.eofs.converged and "without converging" in caplog.text
