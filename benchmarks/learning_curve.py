@@ -15,7 +15,9 @@ checkpoint, the trend over the last half of the curve (change per doubling of th
 - standard deviation of rollouts and unconditional clips within 0.9-1.1 of the period's;
 - Wasserstein-1 at most 1.5 times the training period's (same role, whole-period yardstick);
 - zonal power 0.8-1.25 of the period's in every band;
-- lag-1 autocorrelation of the rollouts within 0.05 of the period's.
+- lag-1 autocorrelation of the rollouts within 0.05 of the period's;
+- the rollouts' drift of area mean and spread (first to last quarter) inside the 5-95% range of real windows of
+  their length (as a ratio: distance from the real median over half the range, at most 1).
 
 Validation only: the curve is a diagnosis made where choices are made; the chosen checkpoint's test figures are in
 ``eval/best.json``.
@@ -76,6 +78,12 @@ def _climate_row(point: dict[str, Any], variable: str) -> dict[str, float]:
             for name in ("drift_area_mean", "drift_spread"):
                 if name in s.get("ratios", {}):
                     out[f"rollouts_{name}"] = s["ratios"][name]
+            drift = c.get("drift") or {}
+            for k in ("area_mean", "spread"):  # the change first to last quarter, beside the real windows' range
+                q = drift.get(f"real_{k}_change_q05_q50_q95")
+                if q is not None:
+                    out[f"rollouts_{k}_change"] = drift[f"{k}_change"]
+                    out[f"real_{k}_change_q05"], out[f"real_{k}_change_q95"] = q[0], q[2]
         else:
             out["unconditional_fields"] = float(f["fields"])
     return out
@@ -144,6 +152,33 @@ def trends(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def _drift_panels(ratio: Any, change: Any, table: pd.DataFrame) -> None:
+    """The rollouts' drift against the real windows of their length: as ratios (inside at most 1) and as the
+    area mean's change beside the real 5-95% range."""
+    s = table["checkpoint_step"].to_numpy()
+    a = ratio
+    for k, colour in (("area_mean", "C5"), ("spread", "C6")):
+        if f"rollouts_drift_{k}" in table:
+            a.plot(s, table[f"rollouts_drift_{k}"], marker="o", color=colour, label=k.replace("_", " "))
+    a.axhspan(0, 1, color="g", alpha=0.12, label="inside the real 5-95%")
+    a.set(xlabel="checkpoint step", title="rollouts' drift: |change - real median| / half range")
+    a.legend(fontsize=8)
+    a = change
+    if "rollouts_area_mean_change" in table:
+        a.plot(s, table["rollouts_area_mean_change"], marker="o", color="C5", label="rollouts (member mean)")
+        a.fill_between(
+            s,
+            table["real_area_mean_change_q05"],
+            table["real_area_mean_change_q95"],
+            color="g",
+            alpha=0.12,
+            label="real windows, 5-95%",
+        )
+    a.axhline(0, color="k", lw=0.8)
+    a.set(xlabel="checkpoint step", title="area-mean change, first to last quarter (units of the data)")
+    a.legend(fontsize=8)
+
+
 def plot(table: pd.DataFrame, loss: pd.DataFrame, out: Path, title: str) -> None:
     import matplotlib
 
@@ -151,7 +186,7 @@ def plot(table: pd.DataFrame, loss: pd.DataFrame, out: Path, title: str) -> None
     import matplotlib.pyplot as plt
 
     s = table["checkpoint_step"].to_numpy()
-    fig, ax = plt.subplots(2, 3, figsize=(15, 8), constrained_layout=True)
+    fig, ax = plt.subplots(2, 4, figsize=(19, 8), constrained_layout=True)
     a = ax[0, 0]
     a.plot(loss["step"], loss["loss"], color="0.8", lw=0.8, label="loss (logged)")
     a.plot(loss["step"], loss["smooth"], color="k", label="running mean")
@@ -202,6 +237,7 @@ def plot(table: pd.DataFrame, loss: pd.DataFrame, out: Path, title: str) -> None
     a.axhspan(*SPECTRAL, color="g", alpha=0.12, label="target")
     a.set(xlabel="checkpoint step", title="rollouts' zonal power / period's, per band")
     a.legend(fontsize=8)
+    _drift_panels(ax[0, 3], ax[1, 3], table)
     for a in ax.flat:
         a.set_xscale("log", base=2)
     for a in list(ax.flat)[1:]:
@@ -237,6 +273,9 @@ def main() -> None:
         "rollouts_w1_yardstick",
         "unconditional_w1_yardstick",
         "rollouts_lag1_gap",
+        "rollouts_area_mean_change",
+        "rollouts_drift_area_mean",
+        "rollouts_drift_spread",
     ] + [c for c in table.columns if c.startswith("rollouts_power_")]
     cols = [c for c in cols if c in table]
     print(

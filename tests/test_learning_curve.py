@@ -75,6 +75,12 @@ def _results(tmp: Path, steps: list[int]) -> Path:
                                     "figures": _figures(1.0, 0.05, 0.9),
                                     "yardstick": _figures(1.0, 0.05, 0.9),
                                 },
+                                "drift": {
+                                    "area_mean_change": 0.1 * i,
+                                    "real_area_mean_change_q05_q50_q95": [-0.8, 0.0, 0.6],
+                                    "spread_change": 0.0,
+                                    "real_spread_change_q05_q50_q95": None,
+                                },
                             }
                         },
                     }
@@ -111,6 +117,8 @@ def test_the_curve_reads_every_checkpoint_and_the_trend_is_the_change_per_doubli
     assert table["rollouts_w1_yardstick"].tolist() == pytest.approx([2.0] * 4)
     assert table["rollouts_lag1_gap"].tolist() == pytest.approx([-0.1] * 4)
     assert table["unconditional_fields"].tolist() == [64] * 4
+    assert table["rollouts_area_mean_change"].tolist() == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert table["real_area_mean_change_q95"].tolist() == [0.6] * 4 and "rollouts_spread_change" not in table
     tr = lc.trends(table)
     assert tr["crps"] == pytest.approx(-1.0) and tr["rmse"] == pytest.approx(-2.0)
     assert tr["rollouts_std_ratio"] == pytest.approx(0.0, abs=1e-12)
