@@ -223,18 +223,29 @@ def assess(
     periods: dict[str, np.ndarray],
     lags: list[int],
     modes: int,
+    memo: dict[tuple, SetSummary] | None = None,
 ) -> dict[str, Any]:
     """Every figure, per variable (:mod:`pipeline.climate`): ``rollouts`` (member, frame, lat, lon; coordinate
     ``time`` along frame: the frames' valid times) against the real period ``periods["period"]`` (indices into
     ``real``'s time), ``unconditional`` (sample, frame, lat, lon) against ``periods["season"]`` (the period's
     fields of their season), each beside the training period (``periods["train"]``; for the clips its fields of
     their season, ``periods["train_season"]``). Returns ``{"variables": {v: {...}}, "score": float, "stable":
-    bool}``."""
+    bool}``. A real period is summarised once per ``memo`` (a dict the caller keeps, keyed by the variable, the
+    period's time indices, lags and modes): a period equal to another (``train_season`` is ``train`` where the data
+    have no seasonal cycle) or asked again (a point's other guidance weights) is read once."""
     times = real["time"].values
+    memo = {} if memo is None else memo
     out: dict[str, Any] = {}
     for v in rollouts.data_vars:
         series = held(real[v])  # lazy where ``real`` is a large store: each period is read a block at a time
-        period, train = (summarise(series.isel(time=periods[k]), lags, modes) for k in ("period", "train"))
+
+        def real_summary(k: str, lags: list[int], v: str = str(v), series: xr.DataArray = series) -> SetSummary:
+            key = (v, periods[k].tobytes(), tuple(lags), modes)
+            if key not in memo:
+                memo[key] = summarise(series.isel(time=periods[k]), lags, modes)
+            return memo[key]
+
+        period, train = (real_summary(k, lags) for k in ("period", "train"))
         roll = rollouts[v].rename({"member": "case"}).drop_vars("time", errors="ignore")
         cycles = (
             seasonal_cycle(metrics.area_mean(roll).values, rollouts["time"].values),
@@ -243,9 +254,7 @@ def assess(
         res = {"rollouts": _set(roll, period, train, lags, modes, cycles if all(cycles) else None)}
         unc = unconditional[v].rename({"sample": "case"}).drop_vars("time", errors="ignore")
         unc_lags = [k for k in lags if k < unc.sizes["frame"]] or [1]
-        season, train_season = (
-            summarise(series.isel(time=periods[k]), unc_lags, modes) for k in ("season", "train_season")
-        )
+        season, train_season = (real_summary(k, unc_lags) for k in ("season", "train_season"))
         res["unconditional"] = _set(unc, season, train_season, unc_lags, modes)
         res["stability"] = stability(rollouts[v], train)
         drift = drift_yardstick(rollouts[v].drop_vars("time", errors="ignore"), series, lead="frame")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -52,6 +52,7 @@ class ClimateData:
     clip_dates: np.ndarray
     stats: dict[str, Any]
     var_attrs: dict[str, dict[str, Any]]
+    summaries: dict[tuple, Any] = field(default_factory=dict)  # the real periods' summaries, made once per point
 
 
 def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: str) -> ClimateData:
@@ -189,7 +190,7 @@ def assess_point(
     clips = _physical(unc, cd, "sample", None)
     generated = cd.frames - m
     lags = list(range(1, max(1, min(5, generated - 1)) + 1))
-    result = climate.assess(rollouts, clips, cd.real, cd.periods, lags, e.climate.eof_modes)
+    result = climate.assess(rollouts, clips, cd.real, cd.periods, lags, e.climate.eof_modes, cd.summaries)
     log.info(
         "climate %s-%d w=%g cfg=%g: score %.3g (%d rollouts x %d frames, %d clips), stable %s",
         sampler, steps, guidance, cfg_scale, result["score"], e.climate.members, generated, e.climate.unconditional,

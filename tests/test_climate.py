@@ -138,6 +138,40 @@ def test_assess_reads_a_lazy_store_one_variable_at_a_time_with_the_same_figures(
     assert climate.flat_metrics(from_store) == climate.flat_metrics(eager)
 
 
+def test_a_memo_summarises_each_real_period_once_with_the_same_figures(monkeypatch):
+    """Where ``train_season`` equals ``train`` (no seasonal cycle) and a point is judged at a second guidance
+    weight, each real period is read once: 2 summaries instead of 4, then none with the memo a point keeps, and
+    the figures are the same each time."""
+    rng = np.random.default_rng(5)
+    n = 120
+    times = pd.date_range("2000-01-01", periods=n, freq="D")
+    real = xr.Dataset({"a": (("time", "latitude", "longitude"), _ar1(rng, 1, n)[0])},
+                      coords={"time": times, "latitude": LAT, "longitude": LON})  # fmt: skip
+    roll = xr.Dataset(
+        {"a": (("member", "frame", "latitude", "longitude"), _ar1(rng, 2, 20))},
+        coords={"latitude": LAT, "longitude": LON, "time": ("frame", times[60:80])},
+    )
+    unc = xr.Dataset({"a": (("sample", "frame", "latitude", "longitude"), _ar1(rng, 4, 4))},
+                     coords={"latitude": LAT, "longitude": LON})  # fmt: skip
+    periods = {"period": np.arange(60, 120), "train": np.arange(0, 60), "season": np.arange(60, 120),
+               "train_season": np.arange(0, 60)}  # fmt: skip
+    calls = []
+    summarise = climate.summarise
+    monkeypatch.setattr(climate, "summarise", lambda *a, **k: calls.append(a[1]) or summarise(*a, **k))
+    without = climate.assess(roll, unc, real, periods, [1, 2], 2)
+    assert len(calls) == 2  # season is the period, train_season the training period (a fresh memo per call)
+    memo: dict = {}
+    first = climate.assess(roll, unc, real, periods, [1, 2], 2, memo)
+    assert len(calls) == 4 and len(memo) == 2
+    again = climate.assess(roll, unc, real, periods, [1, 2], 2, memo)
+    assert len(calls) == 4  # the second guidance weight reads nothing
+    other = climate.assess(roll, unc, real, periods | {"season": np.arange(60, 90)}, [1, 2], 2, memo)
+    assert len(calls) == 5 and len(memo) == 3  # a season of its own is read
+    w1 = [r["variables"]["a"]["unconditional"]["figures"]["w1_rel"] for r in (first, other)]
+    assert w1[0] != w1[1]
+    assert climate.flat_metrics(first) == climate.flat_metrics(without) == climate.flat_metrics(again)
+
+
 def test_assess_streams_a_large_store_a_block_at_a_time_with_the_figures_of_the_whole(tmp_path, monkeypatch):
     """A store too large to hold (here: blocks of 5 frames, no set kept whole) gives the figures of the series held
     whole: the moments, autocorrelations, spectra, drift and stability exactly, the distances and quantiles within
