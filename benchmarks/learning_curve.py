@@ -175,7 +175,7 @@ def _drift_panels(ratio: Any, change: Any, table: pd.DataFrame) -> None:
             label="real windows, 5-95%",
         )
     a.axhline(0, color="k", lw=0.8)
-    a.set(xlabel="checkpoint step", title="area-mean change, first to last quarter (units of the data)")
+    a.set(xlabel="checkpoint step", title="area-mean change, first to last quarter")
     a.legend(fontsize=8)
 
 

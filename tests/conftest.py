@@ -146,25 +146,41 @@ def write_nc(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
-def ci_workflow(tmp_path_factory) -> Path:
-    """The whole workflow, once per session, on the bundled data with config/experiments/ci.yaml.
+def ci_workflow(tmp_path_factory, worker_id: str) -> Path:
+    """The whole workflow, once per test run, on the bundled data with config/experiments/ci.yaml.
 
-    Runs in a copy of the workflow files; returns that folder (results under results/eofs-z500-ci).
+    Runs in a copy of the workflow files; returns that folder (results under results/eofs-z500-ci). Under
+    pytest-xdist the first worker to ask builds it in the run's shared temporary folder, holding a file lock, and
+    the other worker waits for it and reuses it (its users only read it, or copy it); a failed build is recorded
+    there, so the second worker fails at once with the first one's output instead of running it again.
     """
+    from filelock import FileLock
+
     snakemake = shutil.which("snakemake")
     assert snakemake is not None, "snakemake is a dependency of the project: reinstall with pip install -e '.[test]'"
-    work = tmp_path_factory.mktemp("ci_workflow")
-    for name in ("Snakefile", "workflow", "config", "envs"):
-        src = REPO / name
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
-    r = subprocess.run(
-        [snakemake, "--cores", "2", "--configfile", "config/experiments/ci.yaml"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent  # the folder every worker's basetemp lies in
+    work, done, failed = root / "ci_workflow", root / "ci_workflow.done", root / "ci_workflow.failed"
+    with FileLock(str(root / "ci_workflow.lock")):
+        if failed.exists():
+            pytest.fail(f"the CI workflow failed in another worker:\n{failed.read_text()}")
+        if done.exists():
+            return work
+        shutil.rmtree(work, ignore_errors=True)
+        for name in ("Snakefile", "workflow", "config", "envs"):
+            src = REPO / name
+            (shutil.copytree if src.is_dir() else shutil.copy)(src, work / name)
+        r = subprocess.run(
+            [snakemake, "--cores", "2", "--configfile", "config/experiments/ci.yaml"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=1500,
+        )
+        if r.returncode != 0:
+            failed.write_text(r.stdout[-4000:] + r.stderr[-4000:])
+            pytest.fail(failed.read_text())
+        done.touch()
     return work
 
 
@@ -344,24 +360,26 @@ def check_seed_systems(work: Path) -> None:
 
 
 # pytest-xdist (`-n 2 --dist loadgroup` in pyproject's addopts) runs whole groups on one worker: each module is a
-# group (its module fixtures are built once), and the SLURM tests and every user of the session's CI workflow are
-# one group, "cluster" (one cluster and job queue; the workflow runs once, the SLURM sweep starts from its results),
-# which runs beside the others while it waits on the cluster. The groups come from the module's file name: xdist 3.8
-# renames a node id to mark its `xdist_group`, which pytest 9.2 ignores (node ids are no longer assignable), so the
-# marks alone grouped nothing.
-CLUSTER_MODULES = {
-    "test_slurm.py",
-    "test_slurm_sweep.py",
-    "test_multinode.py",
-    "test_workflow.py",
-    "test_sweep.py",
-    "test_browser.py",
+# group (its module fixtures are built once). Two groups hold the end-to-end runs and go first, one to each worker:
+# "slurm" (one cluster and job queue for every SLURM test) and "workflow" (the users of the session's CI workflow
+# that need no cluster). The CI workflow is built once for both (the ci_workflow fixture: a file lock in the run's
+# shared temporary folder; the SLURM sweep starts from its results). The groups come from the module's file name:
+# xdist 3.8 renames a node id to mark its `xdist_group`, which pytest 9.2 ignores (node ids are no longer
+# assignable), so the marks alone grouped nothing.
+GROUPS = {
+    "test_slurm.py": "slurm",
+    "test_slurm_sweep.py": "slurm",
+    "test_multinode.py": "slurm",
+    "test_workflow.py": "workflow",
+    "test_sweep.py": "workflow",
+    "test_browser.py": "workflow",
 }
+CLUSTER_MODULES = {m for m, g in GROUPS.items() if g == "slurm"}
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """--dist loadgroup: one work unit per module, the CLUSTER_MODULES in one, handed out first (the longest)."""
+    """--dist loadgroup: one work unit per module or GROUPS entry; "slurm" (the longest) and "workflow" first."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -369,11 +387,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     class ModuleGroups(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            return "cluster" if module.rsplit("/", 1)[-1] in CLUSTER_MODULES else module
+            return GROUPS.get(module.rsplit("/", 1)[-1], module)
 
         def _assign_work_unit(self, node) -> None:
-            if "cluster" in self.workqueue:
-                self.workqueue.move_to_end("cluster", last=False)
+            for group in ("workflow", "slurm"):  # slurm, then workflow, at the front of the queue
+                if group in self.workqueue:
+                    self.workqueue.move_to_end(group, last=False)
             super()._assign_work_unit(node)
 
     return ModuleGroups(config, log)
@@ -381,12 +400,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The contributor's tier, ``pytest -m "not slow"`` (under 5 minutes on 2 cores), leaves out every test marked
-    slow and every end-to-end run (markers workflow, slurm, browser: slow by nature). A SLURM test or a user of the
-    CI workflow outside CLUSTER_MODULES is an error: it would start a second cluster or workflow beside the first."""
+    slow and every end-to-end run (markers workflow, slurm, browser: slow by nature). A SLURM test outside
+    CLUSTER_MODULES is an error: it would start a second cluster beside the first on the other worker."""
     for item in items:
         if any(item.get_closest_marker(m) for m in ("workflow", "slurm", "browser")):
             item.add_marker(pytest.mark.slow)
-        cluster = item.get_closest_marker("slurm") or "ci_workflow" in getattr(item, "fixturenames", ())
+        cluster = item.get_closest_marker("slurm") or "slurm" in getattr(item, "fixturenames", ())
         if cluster and item.path.name not in CLUSTER_MODULES:
-            msg = f"{item.nodeid} uses the SLURM cluster or the CI workflow: add {item.path.name} to CLUSTER_MODULES"
+            msg = f"{item.nodeid} uses the SLURM cluster: add {item.path.name} to GROUPS as 'slurm'"
             raise pytest.UsageError(msg)
