@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from pipeline.config import SAMPLER_NAMES, Config, ConfigError, load_config
 from pipeline.data.coords import DataError
+from pipeline.stages import IN_PARTS, StageOptions, run_stage
 from pipeline.tracking import TrackingError
 
 __all__ = ["main"]
@@ -41,29 +40,6 @@ STAGES: dict[str, str] = {
 }
 
 
-def _stage_fn(name: str, args: argparse.Namespace) -> Callable[[Config, object], Path]:
-    if name == "prepare":
-        from pipeline.prepare import finalise_prepare, run_prepare
-
-        return finalise_prepare if args.finalise else run_prepare
-    if name == "normalise":
-        from pipeline.normalise import finalise_normalise, run_normalise
-
-        return finalise_normalise if args.finalise else run_normalise
-    if name in ("select-points", "collect-eval"):
-        from pipeline.collect import collect, select
-
-        fn = select if name == "select-points" else collect
-        # with the distilled students: the sweep and the students, under eval/distilled/
-        return lambda cfg, run: fn(cfg, run, students=args.with_students)
-    if name == "sample":
-        from pipeline.sample import run_sample
-
-        return run_sample
-    msg = f"unknown stage {name!r}"
-    raise ValueError(msg)
-
-
 def _check_config(cfg: Config) -> None:
     from pipeline.prepare import check_data
 
@@ -73,122 +49,6 @@ def _check_config(cfg: Config) -> None:
         f"{list(ds.data_vars)}, {ds.sizes.get('time', 0)} time steps -> target grid "
         f"{target.sizes['latitude']} x {target.sizes['longitude']} at {cfg.data.grid.resolution} deg"
     )
-
-
-def _evaluate(cfg: Config, config_paths: Sequence[str], args: argparse.Namespace) -> None:
-    from pipeline.evaluate import evaluate_point, missing_points, references_path
-
-    point = (args.checkpoint, args.sampler, args.steps)
-    if all(v is not None for v in point):
-        evaluate_point(cfg, *point, split=args.split)
-        return
-    if any(v is not None for v in point):
-        msg = "evaluate: give all of --checkpoint, --sampler and --steps (one point) or none of them (the sweep)"
-        raise ConfigError(msg)
-    from pipeline.launch import launch_array
-
-    cfg.eval_checkpoints()  # an unknown checkpoint step is a config error before anything is submitted
-    todo = missing_points(cfg, force=args.force, students=cfg.distill.enabled)
-    todo = [p for p in todo if p[1] != "distilled" or cfg.inference_file(p[0]).exists()]  # students distilled so far
-    if not cfg.final_checkpoint.exists():
-        msg = f"evaluate: {cfg.final_checkpoint} does not exist: train first (python -m pipeline train)"
-        raise ConfigError(msg)
-    if not all(references_path(cfg, s).exists() for s in ("val", "test")):  # every point is measured against them
-        from pipeline.references import run_references
-
-        log.info("evaluate: scoring the reference forecasts first -> %s", run_references(cfg))
-    log.info("evaluate: %d sweep point(s) to run on validation: %s", len(todo), [f"{c}/{s}-{n}" for c, s, n in todo])
-    launch_array(cfg, config_paths, "pipeline.evaluate:evaluate_point", todo, "evaluate")
-    _choose_and_test(cfg, config_paths, args.force)
-
-
-def _choose_and_test(cfg: Config, config_paths: Sequence[str], force: bool) -> None:
-    """After the validation points: the choice (and, with every distilled student made, the students' choice),
-    then the chosen points missing on the test clips as one array."""
-    from pipeline.collect import select
-    from pipeline.evaluate import missing_points
-    from pipeline.launch import launch_array
-    from pipeline.tracking import RunTarget, stage_run
-
-    students = cfg.distill.enabled and all(cfg.inference_file(p[0]).exists() for p in cfg.student_points())
-    todo: list[tuple[str, str, int]] = []
-    for with_students in [False, True][: 1 + students]:
-        with stage_run(RunTarget.of(cfg), "select-points") as run:
-            log.info("evaluate: chosen on validation -> %s", select(cfg, run, students=with_students))
-        todo += [p for p in missing_points(cfg, force, with_students, "test") if p not in todo]
-    log.info("evaluate: %d point(s) to run on test: %s", len(todo), [f"{c}/{s}-{n}" for c, s, n in todo])
-    launch_array(cfg, config_paths, "pipeline.evaluate:evaluate_point", [(*p, "test") for p in todo], "evaluate")
-
-
-def _distill(cfg: Config, config_paths: Sequence[str], t0: float) -> None:
-    from pipeline.distill import prepare_distill_dir, write_students_index
-    from pipeline.launch import launch
-
-    todo = prepare_distill_dir(cfg)  # a missing teacher is a config error before anything is submitted
-    if todo:
-        launch(cfg, config_paths, "pipeline.distill:run_distillation", "distill")
-    log.info("distill finished in %.1f s -> %s", time.perf_counter() - t0, write_students_index(cfg))
-
-
-# stages built in data.parts parts: --init, --part N, --finalise (pipeline.data.parts)
-IN_PARTS = ("prepare", "normalise")
-
-
-def _build_step(name: str, cfg: Config, args: argparse.Namespace) -> None:
-    if name == "prepare":
-        from pipeline.prepare import init_prepare as init
-        from pipeline.prepare import prepare_part as part
-    else:
-        from pipeline.normalise import init_normalise as init
-        from pipeline.normalise import normalise_part as part
-    log.info("%s -> %s", name, init(cfg) if args.init else part(cfg, args.part))
-
-
-def _run_stage(name: str, cfg: Config, config_paths: Sequence[str], args: argparse.Namespace) -> None:
-    from pipeline.tracking import RunTarget, check_login, stage_run
-
-    t0 = time.perf_counter()
-    config_paths = [str(Path(p).resolve()) for p in config_paths]  # the jobs run in other processes
-    if not (name in IN_PARTS and (args.init or args.part is not None)):  # a build step opens no MLflow run
-        check_login(RunTarget.of(cfg))  # a server refusing the login fails the stage here, before work or jobs
-    if name == "train":
-        from pipeline.launch import launch, prepare_checkpoint_dir
-
-        resuming = prepare_checkpoint_dir(cfg)
-        log.info("train: %s", "resuming from the last checkpoint" if resuming else "starting afresh")
-        results = launch(cfg, config_paths, "pipeline.train:run_training", "train")
-        log.info(
-            "train finished in %.1f s at step %d -> %s",
-            time.perf_counter() - t0,
-            results[0]["step"],
-            cfg.final_checkpoint,
-        )
-        return
-    if name == "distill":  # one MLflow run for every round, opened by the stage in the job
-        _distill(cfg, config_paths, t0)
-        return
-    if name == "references":  # one MLflow run per reference, opened by the stage
-        from pipeline.references import run_references
-
-        log.info("references finished in %.1f s -> %s", time.perf_counter() - t0, run_references(cfg))
-        return
-    if name == "evaluate":
-        _evaluate(cfg, config_paths, args)
-        log.info("evaluate finished in %.1f s", time.perf_counter() - t0)
-        return
-    if name in IN_PARTS and (args.init or args.part is not None):  # one step of a build in parts: no MLflow run
-        _build_step(name, cfg, args)
-        log.info("%s finished in %.1f s", name, time.perf_counter() - t0)
-        return
-    if name == "sample" and cfg.sample.processes > 1:
-        from pipeline.launch import launch
-
-        out = launch(cfg, config_paths, "pipeline.sample:sample_task", "sample", processes=cfg.sample.processes)[0]
-        log.info("sample finished in %.1f s -> %s", time.perf_counter() - t0, out)
-        return
-    with stage_run(RunTarget.of(cfg, system_metrics=name == "sample"), name) as run:
-        out = _stage_fn(name, args)(cfg, run)
-    log.info("%s finished in %.1f s -> %s", name, time.perf_counter() - t0, out)
 
 
 def _mlflow_sync(cfg: Config) -> None:
@@ -263,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _options(args: argparse.Namespace) -> StageOptions:
+    """The stage's options from its parsed command line (the flags its parser has; the others keep their defaults)."""
+    names = StageOptions.__dataclass_fields__
+    return StageOptions(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -280,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "mlflow-sync":
             _mlflow_sync(cfg)
         else:
-            _run_stage(args.command, cfg, args.config, args)
+            run_stage(args.command, cfg, args.config, _options(args))
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
