@@ -403,18 +403,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     return ModuleGroups(config, log)
 
 
-_YIELDED = []
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Under pytest-xdist, a worker's first test outside the "slurm" group lowers that worker's CPU priority (nice
-    10, inherited by what it starts): the SLURM group is the suite's critical path, and its jobs run under slurmd at
-    normal priority, so the cores go to them first and the other groups use what they leave. Once per process."""
-    if _YIELDED or "PYTEST_XDIST_WORKER" not in os.environ or GROUPS.get(item.path.name) == "slurm":
-        return
-    _YIELDED.append(os.nice(10))
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The contributor's tier, ``pytest -m "not slow"`` (under 5 minutes on 2 cores), leaves out every test marked
     slow and every end-to-end run (markers workflow, slurm, browser: slow by nature). A SLURM test outside
