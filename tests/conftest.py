@@ -364,7 +364,7 @@ def check_seed_systems(work: Path) -> None:
     assert distilled_best["chosen_on"] == "val" and distilled_best["reported_on"] == "test"
 
 
-# pytest-xdist (`-n 2 --dist loadgroup` in pyproject's addopts) runs whole groups on one worker: each module is a
+# pytest-xdist (`-n 3 --dist loadgroup` in pyproject's addopts) runs whole groups on one worker: each module is a
 # group (its module fixtures are built once). Two groups hold the end-to-end runs and go first, one to each worker:
 # "slurm" (one cluster and job queue for every SLURM test) and "workflow" (the users of the session's CI workflow
 # that need no cluster). The CI workflow is built once for both (the ci_workflow fixture: a file lock in the run's
