@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,14 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("learning_curve", ROOT / "benchmarks" / "learning_curve.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark("learning_curve")
 
 
 def _figures(std: float, w1: float, lag1: float) -> dict:
@@ -135,10 +133,7 @@ def test_one_checkpoint_is_not_a_curve(tmp_path: Path) -> None:
 
 
 def _ablations():
-    spec = importlib.util.spec_from_file_location("ablations", ROOT / "benchmarks" / "ablations.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark("ablations")
 
 
 def test_every_ablation_is_a_valid_experiment_on_top_of_the_budget() -> None:

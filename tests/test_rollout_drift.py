@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("rollout_drift", ROOT / "benchmarks" / "rollout_drift.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return benchmark("rollout_drift")
 
 
 def _series(n: int = 600, seed: int = 0) -> xr.DataArray:
