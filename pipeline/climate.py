@@ -230,9 +230,10 @@ def assess(
     ``real``'s time), ``unconditional`` (sample, frame, lat, lon) against ``periods["season"]`` (the period's
     fields of their season), each beside the training period (``periods["train"]``; for the clips its fields of
     their season, ``periods["train_season"]``). Returns ``{"variables": {v: {...}}, "score": float, "stable":
-    bool}``. A real period is summarised once per ``memo`` (a dict the caller keeps, keyed by the variable, the
-    period's time indices, lags and modes): a period equal to another (``train_season`` is ``train`` where the data
-    have no seasonal cycle) or asked again (a point's other guidance weights) is read once."""
+    bool}``. A real period is summarised once per ``memo`` (a dict the caller keeps for this one ``real``, as
+    :class:`pipeline.point_climate.ClimateData` does, keyed by the variable, the period's time indices, lags and
+    modes): a period equal to another (``train_season`` is ``train`` where the data have no seasonal cycle) or asked
+    again (a point's other guidance weights) is read once."""
     times = real["time"].values
     memo = {} if memo is None else memo
     out: dict[str, Any] = {}
