@@ -32,15 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.config import load_config
 from pipeline.data.io import open_store
 from pipeline.fieldstats import field_curves
+from pipeline.realism import quarter_change  # the change realism.json judges
 
 QUANTILES = (0.05, 0.5, 0.95)
 NEAREST = 0.2  # the fraction of real windows whose start is closest to a rollout's
-
-
-def quarter_change(curves: np.ndarray) -> np.ndarray:
-    """Mean of the last quarter minus the mean of the first quarter along the last axis (as realism.json)."""
-    q = max(1, curves.shape[-1] // 4)
-    return curves[..., -q:].mean(axis=-1) - curves[..., :q].mean(axis=-1)
 
 
 def references(series: np.ndarray, frames: int, given: int, start_level: float) -> dict[str, list[float]]:
@@ -77,14 +72,15 @@ def report(rollouts: xr.DataArray, real: xr.DataArray, given: int) -> list[dict]
             if start >= len(times) or times[start] != rollouts["init_time"].values[r]:
                 raise SystemExit(f"rollout {r}: its init_time {rollouts['init_time'].values[r]} is not in the store")
             truth = obs[name][start : start + frames]
-            refs = references(obs[name], frames, given, float(obs[name][start : start + given].mean()))
+            given_level = float(obs[name][start : start + given].mean())
+            refs = references(obs[name], frames, given, given_level)
             q = max(1, frames // 4)
             rows.append(
                 {
                     "curve": name,
                     "rollout": r,
                     "start": str(times[start])[:10],
-                    "given_level": float(obs[name][start : start + given].mean()),
+                    "given_level": given_level,
                     "change": float(quarter_change(curve)),
                     "truth_change": float(quarter_change(truth)) if len(truth) == frames else float("nan"),
                     "settled_level": float(curve[-q:].mean()),

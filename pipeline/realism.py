@@ -53,6 +53,7 @@ __all__ = [
     "flat_metrics",
     "held",
     "quantile_name",
+    "quarter_change",
     "same_size",
     "sequences",
     "summary",
@@ -149,7 +150,7 @@ def drift(rollouts: xr.DataArray, lead: str = "lead") -> dict[str, xr.DataArray]
     return {"area_mean": template.copy(data=mean), "spread": template.copy(data=spread)}
 
 
-def _change(curves: np.ndarray) -> np.ndarray:
+def quarter_change(curves: np.ndarray) -> np.ndarray:
     """Mean of the last quarter minus the mean of the first quarter of each curve (last axis)."""
     q = max(1, curves.shape[-1] // 4)
     return curves[..., -q:].mean(axis=-1) - curves[..., :q].mean(axis=-1)
@@ -168,7 +169,7 @@ def drift_yardstick(rollouts: xr.DataArray, real: xr.DataArray, lead: str = "lea
     real_curves = dict(zip(("area_mean", "spread"), field_curves(real), strict=True))  # a block at a time
     out: dict[str, float | list | None] = {"frames": frames}
     for k, curve in gen.items():
-        each = _change(curve.values).reshape(-1)
+        each = quarter_change(curve.values).reshape(-1)
         out[f"{k}_change"] = float(each.mean())
         out[f"{k}_change_per_rollout"] = each.tolist()
         series = real_curves[k]
@@ -176,7 +177,7 @@ def drift_yardstick(rollouts: xr.DataArray, real: xr.DataArray, lead: str = "lea
             out[f"real_{k}_change_q05_q50_q95"] = None
             continue
         windows = np.lib.stride_tricks.sliding_window_view(series, frames)
-        q = np.quantile(_change(windows), [0.05, 0.5, 0.95])
+        q = np.quantile(quarter_change(windows), [0.05, 0.5, 0.95])
         out[f"real_{k}_change_q05_q50_q95"] = q.tolist()
         out[f"{k}_inside"] = f"{int(((each >= q[0]) & (each <= q[2])).sum())} of {each.size}"
     return out
