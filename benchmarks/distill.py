@@ -43,7 +43,7 @@ def run_forecast(cfg, path: Path, sampler: str, steps: int, device: torch.device
             Completion(e.context_frames, e.ensemble, sampler, steps, e.guidance_weights[0]),
             cfg.seed,
             device,
-            meta.day_of_year,
+            meta.model_config,
         )
     seconds = time.perf_counter() - t0
     variables = score(test.physical(ens), test.truth, e.context_frames)

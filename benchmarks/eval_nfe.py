@@ -61,7 +61,7 @@ def main() -> None:
                 Completion(e.context_frames, e.ensemble, sampler, steps, e.guidance_weights[0]),
                 cfg.seed,
                 torch.device("cpu"),
-                meta.day_of_year,
+                meta.model_config,
             )
             rate = len(clips) * e.ensemble / (time.perf_counter() - t0)
             r = score(denormalise(clip_dataset(ens, names, lat, lon, True), stats), truth, e.context_frames)[v]

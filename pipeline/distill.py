@@ -26,7 +26,7 @@ from pipeline import checkpoints, seeding
 from pipeline.atomic import copy_atomic, write_text_atomic
 from pipeline.checkpoints import load_inference
 from pipeline.config import Config, ConfigError, config_hash
-from pipeline.diffusion import VDiffusion
+from pipeline.diffusion import VDiffusion, clip_condition
 from pipeline.diffusion.distillation import DistillWeighting, distillation_loss, student_times
 from pipeline.tracking import RunTarget, StageRun, stage_run
 from pipeline.train import (
@@ -165,7 +165,9 @@ def write_students_index(cfg: Config) -> Path:
     return out
 
 
-def _validation(cfg: Config, rt: Runtime, clips: Clips, steps: int) -> Callable[[TrainState], dict[str, float]]:
+def _validation(
+    cfg: Config, rt: Runtime, clips: Clips, steps: int, model_cfg: dict[str, Any]
+) -> Callable[[TrainState], dict[str, float]]:
     """``val_loss`` and ``val_loss_ema``: the distillation loss of the raw and EMA students on the fixed validation
     clips, at fixed times of the student's grid and fixed noise (comparable across a round's steps)."""
     levels = [k / steps for k in range(1, steps + 1)]
@@ -179,7 +181,7 @@ def _validation(cfg: Config, rt: Runtime, clips: Clips, steps: int) -> Callable[
             x = c["x"][None].to(rt.device, dtype)
             g = torch.Generator().manual_seed(seeding.derive(cfg.seed, i))
             eps = torch.randn(x.shape, generator=g).to(rt.device, dtype)
-            cond = {"doy": c["doy"][None].to(rt.device)} if cfg.model.day_of_year else None
+            cond = clip_condition(c, model_cfg, rt.device, batched=False)
             mask = c["mask"][None].to(rt.device)
             for tl in levels:
                 t = torch.full((1,), tl, device=rt.device, dtype=torch.float64)
@@ -226,8 +228,9 @@ def distill_round(
         ckpt_dir=ckpt_dir,
         log_file=ckpt_dir / "log.jsonl",
         sample_t=lambda n, g: student_times(student.sample_t(n, generator=g, low_discrepancy=low), steps),
-        validate=_validation(cfg, rt, clips, steps),
+        validate=_validation(cfg, rt, clips, steps, meta.model_config),
         inference=lambda s: inference_blob(cfg, s, meta.model_config, clips.variables, **extra),
+        model_cfg=meta.model_config,
         step_offset=offset,
     )
     training_loop(cfg, rt, state, clips, loop, run)

@@ -30,8 +30,10 @@ from pipeline import climate, seeding
 from pipeline.atomic import write_text_atomic
 from pipeline.checkpoints import Inference, load_inference
 from pipeline.config import Config
+from pipeline.data.conditions import Conditioner, conditioner
 from pipeline.data.evalclips import EvalClips, EvalSet
-from pipeline.diffusion import ClassifierFreeGuidance, ReconstructionGuidance
+from pipeline.data.io import open_store
+from pipeline.diffusion import ClassifierFreeGuidance, ReconstructionGuidance, clip_condition
 from pipeline.diffusion.guidance import frame_mask
 from pipeline.diffusion.samplers import get_sampler
 from pipeline.point_climate import ClimateData, assess_point, load_climate_data
@@ -109,13 +111,13 @@ def generate_extensions(
     how: Completion,
     seed: int,
     device: torch.device,
-    day_of_year: bool,
+    model_cfg: dict[str, Any],
     first: int = 0,
 ) -> np.ndarray:
     """Ensemble completions of each clip (:class:`Completion`): (clip, member, C, T, H, W); member noise is
     seeded per clip from ``seed`` and the clip's index in its set (``first`` + its index in ``clips``: a set
-    completed in parts gets the same members); ``day_of_year``: the model is conditioned on the frames' days of
-    year."""
+    completed in parts gets the same members); ``model_cfg``: the network's settings, which say the conditions it
+    reads from each clip (:func:`pipeline.diffusion.clip_condition`)."""
     context, ensemble, guidance = how.context, how.ensemble, how.guidance
     out = []
     sample = get_sampler(how.sampler, langevin_snr=how.langevin_snr, langevin_steps=how.langevin_steps)
@@ -127,7 +129,8 @@ def generate_extensions(
         guided = ReconstructionGuidance(base, known, mask, guidance)
         g = torch.Generator(device=device).manual_seed(seeding.evaluation(seed, first + i))
         z = torch.randn(x.shape, generator=g, device=device)
-        cond = {"doy": c["doy"][None].to(device).expand(ensemble, -1)} if day_of_year else None
+        cond = clip_condition(c, model_cfg, device, batched=False)
+        cond = None if cond is None else {k: v.expand(ensemble, *v.shape[1:]) for k, v in cond.items()}
         out.append(sample(guided, z, how.steps, cond=cond, generator=g).float().cpu().numpy())
     return np.stack(out)
 
@@ -141,7 +144,8 @@ class _Point:
     sampler: str
     steps: int
     model: Any
-    day_of_year: bool  # the model is conditioned on the frames' days of year
+    meta: Inference  # what the model was trained as (its conditions: meta.model_config)
+    conditions: Conditioner  # its conditions for any dates (the climate rollouts)
     test: EvalSet  # the clips of the point's split (validation or test), read a batch at a time
     device: torch.device
     common: dict[str, Any]
@@ -160,7 +164,7 @@ def _generate(cfg: Config, point: _Point, part: EvalClips, first: int, weight: f
         how = Completion(
             e.context_frames, e.ensemble, point.sampler, point.steps, weight, scale, e.langevin_snr, e.langevin_steps
         )
-        return generate_extensions(point.model, part.clips, how, cfg.seed, point.device, point.day_of_year, first)
+        return generate_extensions(point.model, part.clips, how, cfg.seed, point.device, point.meta.model_config, first)
 
 
 def _score(cfg: Config, point: _Point, weight: float, scale: float) -> tuple[dict, dict, float]:
@@ -208,7 +212,7 @@ def _guided_run(cfg: Config, point: _Point, weight: float, scale: float = 1.0) -
         run.log_metrics({"energy_score": multivariate["energy_score"]})
         if point.climate is not None:  # the point as a climate model: free rollouts and clips over the period
             result["climate"] = assess_point(
-                cfg, point.model, point.climate, point.sampler, point.steps, weight, scale, point.day_of_year,
+                cfg, point.model, point.climate, point.sampler, point.steps, weight, scale, point.conditions,
                 test.frames, point.device,
             )  # fmt: skip
             run.log_metrics(climate.flat_metrics(result["climate"]))
@@ -268,8 +272,8 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int, split
         "clip_starts": test.labels,
     }
     _check_cfg_scales(e.cfg_scales, meta, checkpoint)
-    day_of_year = meta.day_of_year
-    point = _Point(checkpoint, sampler, steps, model, day_of_year, test, device, common)
+    conditions = conditioner(meta.model_config, open_store(cfg.normalised_path), cfg.stats_path, cfg.data.forcings)
+    point = _Point(checkpoint, sampler, steps, model, meta, conditions, test, device, common)
     if e.climate.members:
         point.climate = load_climate_data(cfg, test.names, test.frames, split)
     results = [_guided_run(cfg, point, w, scale=s) for w in e.guidance_weights for s in e.cfg_scales]

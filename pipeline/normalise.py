@@ -19,7 +19,11 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+import xarray as xr
+
 from pipeline.config import Config
+from pipeline.data.conditions import ForcingTable, normalise_static
 from pipeline.data.coords import DataError
 from pipeline.data.io import directory_bytes, open_store
 from pipeline.data.lock import locked
@@ -76,17 +80,57 @@ def init_normalise(cfg: Config) -> Path:
         moments, units, str(cfg.regridded_path), f"the training period data.split.train = [{a}, {b}]"
     )
     norm = normalise(ds, stats).assign_coords(split=split_labels(ds["time"].values, periods))
-    norm.attrs.update({"stats_file": cfg.stats_path.name, "data_config_hash": cfg.data.content_hash()})
+    conditions = _conditions(cfg, ds, train)
+    norm = norm.assign_coords({k: v["field"] for k, v in conditions.items()})
+    norm.attrs.update(
+        {
+            "stats_file": cfg.stats_path.name,
+            "data_config_hash": cfg.data.content_hash(),
+            "static_fields": [k for k in conditions if k.startswith("static_")],
+            "forcings": [k for k in conditions if k.startswith("forcing_")],
+        }
+    )
     extra = {
         "split": {k: [str(a), str(b)] for k, (a, b) in periods.items()},
         "steps": {k: int(v.sizes["time"]) for k, v in selected.items()},
         "weighting": "cos(latitude)",
         "source": str(cfg.regridded_path),
+        "conditions": {k: {n: v[n] for n in v if n != "field"} for k, v in conditions.items()},
     }
     build = Build(cfg.normalised_path)
     init_store(build, norm, cfg.data.time_chunk, cfg.data.parts, {"stats": stats, "stats_extra": extra}, cfg.data.codec)
     log.info("normalise: statistics %s; initialised %s", stats, build.store)
     return build.plan_path
+
+
+def _conditions(cfg: Config, ds: xr.Dataset, train: np.ndarray) -> dict[str, dict]:
+    """The normalised static fields (from the regridded store's ``static_<name>`` coordinates) and forcing series
+    (from their tables at the store's times), each with its ``mean`` and ``std`` (the training period's for a
+    forcing, the area-weighted ones over the grid for a static field) and how it was made: what ``stats.json``
+    records under ``conditions``."""
+    out: dict[str, dict] = {}
+    for s in cfg.data.static:
+        name = f"static_{s.name}"
+        if name not in ds.coords:
+            msg = f"{cfg.regridded_path} has no static field {name} (data.static changed?): run prepare again"
+            raise DataError(msg)
+        field, moments = normalise_static(ds[name].load())
+        field.attrs = {**ds[name].attrs, "normalised": "(x - mean) / std over the grid (area-weighted), stats.json"}
+        out[name] = {"field": field, **moments, "source": s.source}
+    times = ds["time"].values
+    for f in cfg.data.forcings:
+        v = ForcingTable(f.name, f.table, f.transform).values(times, f.scenario)
+        mean, std = float(v[train].mean()), float(v[train].std())
+        if not std > 0:
+            msg = (
+                f"data.forcings: forcing {f.name!r} is constant over the training period: it cannot inform the network"
+            )
+            raise DataError(msg)
+        field = xr.DataArray(((v - mean) / std).astype(np.float32), dims="time")
+        field.attrs = {"long_name": f"forcing {f.name} ({f.scenario}), normalised", "transform": f.transform}
+        out[f"forcing_{f.name}"] = {"field": field, "mean": mean, "std": std, "scenario": f.scenario,
+                                    "transform": f.transform, "table": f.table}  # fmt: skip
+    return out
 
 
 @locked("normalised_path", exclusive=False, reads=("regridded_path",))  # the parts of one build run at once

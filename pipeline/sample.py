@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from pipeline import __version__, distributed, seeding
 from pipeline.checkpoints import Inference, load_inference
 from pipeline.config import Config
+from pipeline.data.conditions import Conditioner, conditioner
 from pipeline.data.evalclips import as_dataset
 from pipeline.data.io import atomic_path, open_store, write_zarr
 from pipeline.data.stats import denormalise, read_stats
@@ -153,6 +154,7 @@ class _Setup:
     regridded: xr.Dataset  # physical: its variables' and coordinates' CF attributes
     stats: dict[str, Any]
     var_attrs: dict[str, dict[str, Any]]
+    conditions: Conditioner  # day of year, static fields, forcings under sample.scenario
 
     @property
     def names(self) -> list[str]:
@@ -161,10 +163,6 @@ class _Setup:
     @property
     def frames(self) -> int:
         return self.meta.clip_frames
-
-    @property
-    def use_doy(self) -> bool:
-        return self.meta.day_of_year
 
 
 @dataclass
@@ -224,6 +222,7 @@ def _setup(cfg: Config) -> _Setup:
         regridded=regridded,
         stats=stats,
         var_attrs={n: {k: v for k, v in regridded[n].attrs.items()} for n in meta.variables},
+        conditions=conditioner(meta.model_config, store, cfg.stats_path, cfg.data.forcings, s.scenario),
     )
 
 
@@ -245,11 +244,10 @@ def _generate_unconditional(cfg: Config, su: _Setup, plan: _Plan, rank: int, wor
     """This rank's unconditional clips in batches, each with its own seed; every rank's on rank 0."""
     s = cfg.sample
     shape = (len(su.names), su.frames, su.store["latitude"].size, su.store["longitude"].size)
-    doy = torch.from_numpy(day_of_year(plan.dates))[None].to(su.device)
     mine: dict[int, np.ndarray] = {}
     for batch in tqdm(_batches(range(rank, s.unconditional, world), s.batch_size), desc="unconditional", disable=None):
         gens = [_item_generator(cfg.seed, 0, i, su.device) for i in batch]
-        cond = {"doy": doy.expand(len(batch), -1)} if su.use_doy else None
+        cond = su.conditions([plan.dates] * len(batch), su.device)
         with torch.no_grad():
             z = randn((len(batch), *shape), gens, su.device, torch.float32)
             x = su.sampler(su.model, z, s.steps, cond=cond, generator=gens).float().cpu().numpy()
@@ -266,10 +264,7 @@ def _generate_rollouts(cfg: Config, su: _Setup, plan: _Plan, rank: int, world: i
         init = np.stack([np.nan_to_num(plan.frames(a, a + m)).transpose(1, 0, 2, 3) for a in plan.starts[batch]])
 
         def cond_for(window_start: int, window: int, batch: list[int] = batch) -> dict[str, torch.Tensor] | None:
-            if not su.use_doy:
-                return None
-            doys = [day_of_year(plan.rdates[r][window_start : window_start + window]) for r in batch]
-            return {"doy": torch.from_numpy(np.stack(doys)).to(su.device)}
+            return su.conditions([plan.rdates[r][window_start : window_start + window] for r in batch], su.device)
 
         with torch.no_grad():
             out = extend(
@@ -357,6 +352,7 @@ def _annotate(cfg: Config, su: _Setup, samples: _Samples, world: int) -> None:
                 "cfg_scale": su.cfg_scale,
                 "processes": world,
                 "checkpoint_file": str(cfg.inference_file(su.tag)),
+                "forcing_scenario": json.dumps(su.conditions.scenario),
                 "history": f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} pipeline sample",
             }
         )
@@ -395,6 +391,7 @@ def _manifest(cfg: Config, su: _Setup, out: Path) -> None:
                 "unconditional": s.unconditional,
                 "rollouts": s.rollouts,
                 "rollout_frames": s.rollout_frames,
+                "forcing_scenario": su.conditions.scenario,
                 "files": sorted(p.name for p in out.iterdir()),
             },
             indent=2,
@@ -436,6 +433,7 @@ def _track(
             "checkpoint_step": su.meta.step,
             "guidance_weight": su.guidance,
             "cfg_scale": su.cfg_scale,
+            "forcing_scenario": su.conditions.scenario,
         }
     )
     run.log_metrics(

@@ -34,7 +34,7 @@ from pipeline.checkpoints import Inference, build_diffusion
 from pipeline.config import Config
 from pipeline.data.clips import ClipDataset, ClipSampler
 from pipeline.data.io import open_store
-from pipeline.diffusion import VDiffusion
+from pipeline.diffusion import VDiffusion, clip_condition
 from pipeline.diffusion.guidance import context_condition, drop_condition
 from pipeline.distributed import Runtime
 from pipeline.tracking import RunTarget, StageRun, stage_run
@@ -157,7 +157,7 @@ def validation_loss(
     seed: int,
     device: torch.device,
     dtype: torch.dtype,
-    use_doy: bool,
+    model_cfg: dict[str, Any],
 ) -> float:
     """Mean loss over fixed clips x fixed times ``VAL_LEVELS`` x fixed noise: comparable across steps."""
     total, n = 0.0, 0
@@ -165,7 +165,7 @@ def validation_loss(
         x = c["x"][None].to(device, dtype)
         g = torch.Generator().manual_seed(seeding.derive(seed, 7, i))
         eps = torch.randn(x.shape, generator=g).to(device, dtype)
-        cond = {"doy": c["doy"][None].to(device)} if use_doy else None
+        cond = clip_condition(c, model_cfg, device, batched=False)
         for tl in VAL_LEVELS:
             t = torch.full((1,), tl, device=device)
             total += float(diffusion.loss(x, cond, t=t, eps=eps, mask=c["mask"][None].to(device)).mean())
@@ -198,8 +198,9 @@ def load_clips(cfg: Config) -> Clips:
     return Clips(train_ds, [val_ds[i] for i in range(min(t.val_clips, len(val_ds)))])
 
 
-def model_config(cfg: Config, channels: int) -> dict[str, Any]:
-    """The network settings stored in every inference file (``UNetConfig`` fields)."""
+def model_config(cfg: Config, channels: int, data: ClipDataset | None = None) -> dict[str, Any]:
+    """The network settings stored in every inference file (``UNetConfig`` fields); the static fields and forcings
+    the network reads are those of the training store (``data``; none without)."""
     m = cfg.model
     return {
         "channels": channels,
@@ -212,6 +213,8 @@ def model_config(cfg: Config, channels: int) -> dict[str, Any]:
         "periodic_lon": m.periodic_lon if m.periodic_lon is not None else cfg.data.grid.is_global_lon,
         "lat_padding": m.lat_padding,
         "day_of_year": m.day_of_year,
+        "static_channels": len(data.static_names) if data is not None else 0,
+        "forcings": len(data.forcing_names) if data is not None else 0,
         "context_frames": cfg.train.context_probability > 0,  # the given frames are an input (trained-in)
         "max_frames": max(64, cfg.train.clip_frames),
         "gradient_checkpointing": m.gradient_checkpointing,
@@ -304,6 +307,7 @@ class Loop:
     sample_t: Callable[[int, torch.Generator], Tensor]
     validate: Callable[[TrainState], dict[str, float]]
     inference: Callable[[TrainState], dict[str, Any]]
+    model_cfg: dict[str, Any]  # the network's settings: which conditions (clip_condition) it reads
     step_offset: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     flops_per_clip: float = 0.0  # model FLOPs of one training clip (forward + backward), 0 = not counted
@@ -324,7 +328,7 @@ def _micro_steps(cfg: Config, rt: Runtime, state: TrainState, it: Iterator, loop
         x = batch["x"].to(rt.device, rt.dtype)
         tt = loop.sample_t(x.shape[0], g)
         eps = torch.randn(x.shape, generator=g).to(rt.device, rt.dtype)
-        cond = drop_condition({"doy": batch["doy"].to(rt.device)}, t.cond_drop, g) if cfg.model.day_of_year else None
+        cond = drop_condition(clip_condition(batch, loop.model_cfg, rt.device), t.cond_drop, g)
         mask = batch["mask"].to(rt.device)  # 0 where the data are missing (land in ocean fields): no loss there
         if t.context_probability > 0:  # some clips' first frames given clean, left out of the loss
             kmax = t.context_max_frames or cfg.evaluate.context_frames
@@ -471,16 +475,17 @@ def _log_start(cfg: Config, rt: Runtime, state: TrainState, model_cfg: dict, cli
 SCHEDULE_PROBES = (0.0, 0.25, 0.5, 0.75, 1.0)  # where a learned schedule's log-SNR is logged: its curve in MLflow
 
 
-def validation_metrics(cfg: Config, rt: Runtime, clips: Clips) -> Callable[[TrainState], dict[str, float]]:
+def validation_metrics(
+    cfg: Config, rt: Runtime, clips: Clips, model_cfg: dict[str, Any]
+) -> Callable[[TrainState], dict[str, float]]:
     """``val_loss`` and ``val_loss_ema``: the loss of the raw and the EMA weights at fixed times and noise; with
     a learned schedule (``diffusion.schedule: learned``) also the EMA schedule's log-SNR at ``SCHEDULE_PROBES``
     (``logsnr_t050`` at t = 0.5)."""
 
     def validate(state: TrainState) -> dict[str, float]:
-        doy = cfg.model.day_of_year
-        raw = validation_loss(state.diffusion, clips.val, cfg.seed, rt.device, rt.dtype, doy)
+        raw = validation_loss(state.diffusion, clips.val, cfg.seed, rt.device, rt.dtype, model_cfg)
         averaged = state.ema_diffusion()
-        ema = validation_loss(averaged, clips.val, cfg.seed, rt.device, torch.float32, doy)
+        ema = validation_loss(averaged, clips.val, cfg.seed, rt.device, torch.float32, model_cfg)
         out = {"val_loss": raw, "val_loss_ema": ema}
         schedule = averaged.schedule  # the EMA's: what the inference file holds and the samplers use
         if getattr(schedule, "trainable", False):
@@ -526,6 +531,10 @@ def example_inputs(
     cond: dict[str, Any] = {}
     if model_cfg.get("day_of_year"):
         cond["doy"] = torch.ones(1, t, device=device)
+    if model_cfg.get("static_channels"):
+        cond["static"] = torch.zeros(1, model_cfg["static_channels"], *shape[3:], device=device, dtype=dtype)
+    if model_cfg.get("forcings"):
+        cond["forcing"] = torch.zeros(1, t, model_cfg["forcings"], device=device)
     if model_cfg.get("context_frames"):
         cond |= {"context": z, "context_mask": torch.ones(1, 1, t, 1, 1, device=device, dtype=dtype)}
     return z, torch.zeros(1, device=device, dtype=dtype), cond or None
@@ -547,7 +556,7 @@ def run_training(cfg: Config) -> dict[str, Any]:
     rt = init_runtime(cfg)
     t = cfg.train
     clips = load_clips(cfg)
-    model_cfg = model_config(cfg, len(clips.variables))
+    model_cfg = model_config(cfg, len(clips.variables), clips.train)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     diffusion = build_diffusion(model_cfg, cfg.diffusion.model_dump())
     ema = EMA(diffusion.net, t.ema_decay)
@@ -559,8 +568,9 @@ def run_training(cfg: Config) -> dict[str, Any]:
         ckpt_dir=ckpt_dir,
         log_file=cfg.exp_dir / "train_log.jsonl",
         sample_t=lambda n, g: diffusion.sample_t(n, generator=g, low_discrepancy=t.low_discrepancy),
-        validate=validation_metrics(cfg, rt, clips),
+        validate=validation_metrics(cfg, rt, clips, model_cfg),
         inference=lambda s: inference_blob(cfg, s, model_cfg, clips.variables),
+        model_cfg=model_cfg,
         flops_per_clip=flops_per_clip,
         peak_tflops=flops.peak_tflops(torch.cuda.get_device_name(rt.device), t.peak_tflops) if rt.cuda else None,
     )

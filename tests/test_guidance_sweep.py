@@ -220,7 +220,7 @@ def test_evaluation_path_with_guidance_scales_and_a_corrector() -> None:
 
     def run(sampler: str, scale: float, doy: bool = True) -> np.ndarray:
         how = Completion(2, 2, sampler, 3, 1.0, cfg_scale=scale, langevin_snr=0.16, langevin_steps=1)
-        return generate_extensions(model, clips, how, 0, torch.device("cpu"), doy)
+        return generate_extensions(model, clips, how, 0, torch.device("cpu"), {"day_of_year": doy})
 
     conditional, unconditional = run("ddim", 1.0), run("ddim", 1.0, doy=False)
     assert conditional.shape == (2, 2, 1, 4, 8, 8) and not np.allclose(conditional, unconditional, atol=1e-4)

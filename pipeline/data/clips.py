@@ -2,8 +2,11 @@
 
 A clip is ``(channels = variables, frames, lat, lon)`` float32 with NaN cells set to 0 and a mask
 (1 = valid) so the loss can leave them out, plus the day of year of each frame
-(:func:`pipeline.data.times.day_of_year`, on a 365.25-day year in every calendar). Clips never
-cross the boundary of their split. Reads are whole time chunks: a clip of ``T`` frames touches at
+(:func:`pipeline.data.times.day_of_year`, on a 365.25-day year in every calendar) and the conditions the
+store holds: static fields (``"static"``, (S, lat, lon): the arrays the store's ``static_fields``
+attribute names) and scalar forcings per frame (``"forcing"``, (frames, F): its ``forcings`` attribute's
+time series). Clips never cross the boundary of their split, nor of a run: a store that holds several runs
+(scenarios) has a ``run`` coordinate along time, and each run's part of a split is a period of its own. Reads are whole time chunks: a clip of ``T`` frames touches at
 most ``ceil(T / chunk) + 1`` chunks, and the chunk cache keeps the last few decoded chunks so
 neighbouring clips reuse them.
 """
@@ -73,15 +76,20 @@ class ClipDataset(Dataset):
             msg = f"split must be one of {list(SPLIT_NAMES[1:])}, got {split!r}"
             raise DataError(msg)
         idx = np.flatnonzero(codes == SPLIT_NAMES.index(split))
-        if idx.size < self.frames:
-            msg = f"{self.store}: the {split} split has {idx.size} time steps, fewer than a clip ({self.frames} frames)"
+        self.runs = np.asarray(root["run"][:]) if "run" in root else np.zeros(codes.size, dtype=np.int8)
+        self.periods = _periods(idx, self.runs)
+        if "run" not in root and len(self.periods) > 1:
+            msg = f"{self.store}: the {split} split is not one contiguous period (and the store has no run coordinate)"
             raise DataError(msg)
-        if np.any(np.diff(idx) != 1):
-            msg = f"{self.store}: the {split} split is not one contiguous period"
+        longest = max((b - a for a, b in self.periods), default=0)
+        if longest < self.frames:
+            msg = f"{self.store}: the {split} split's longest period has {longest} time steps, fewer than a clip "
+            msg += f"({self.frames} frames)"
             raise DataError(msg)
         self.first = int(idx[0])
         self.length = int(idx.size)
-        self.starts = np.arange(self.first, self.first + self.length - self.frames + 1, self.stride)
+        self.starts = np.concatenate([np.arange(a, b - self.frames + 1, self.stride) for a, b in self.periods])
+        self._read_conditions(root)
         time = root["time"]
         units = time.attrs.get("units", "")
         calendar = time.attrs.get("calendar", "standard")
@@ -91,6 +99,30 @@ class ClipDataset(Dataset):
         self.cache_chunks = cache_chunks
         self._root: zarr.Group | None = None  # opened lazily in each worker process
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def _read_conditions(self, root: zarr.Group) -> None:
+        """The static fields (S, lat, lon; missing cells 0) and forcing series (time, F) the store's attributes name."""
+        self.static_names = list(root.attrs.get("static_fields", []))
+        self.forcing_names = list(root.attrs.get("forcings", []))
+        for kind, names, dims in (("static_fields", self.static_names, ("latitude", "longitude")),
+                                  ("forcings", self.forcing_names, ("time",))):  # fmt: skip
+            bad = [k for k in names if k not in root or tuple(root[k].metadata.dimension_names or ()) != dims]
+            if bad:
+                msg = f"{self.store}: its {kind} attribute names {bad}, which are not arrays over {dims} in it"
+                raise DataError(msg)
+        self.static = (
+            np.stack([np.nan_to_num(np.asarray(root[k][:], dtype=np.float32)) for k in self.static_names])
+            if self.static_names
+            else None
+        )
+        self.forcing = (
+            np.stack([np.asarray(root[k][:], dtype=np.float32) for k in self.forcing_names], axis=-1)
+            if self.forcing_names
+            else None
+        )
+        if self.forcing is not None and not np.isfinite(self.forcing).all():
+            msg = f"{self.store}: forcing series {self.forcing_names} have missing values"
+            raise DataError(msg)
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -127,18 +159,31 @@ class ClipDataset(Dataset):
         mask = np.isfinite(x)  # bool: a quarter of the bytes a float mask moves from a worker to the trainer
         if not mask.all():
             np.copyto(x, 0.0, where=~mask)
-        return {
+        item = {
             "x": torch.from_numpy(x),
             "mask": torch.from_numpy(mask),
             "doy": torch.from_numpy(self.doy[start : start + self.frames].copy()),
             "start": torch.tensor(start),
         }
+        if self.static is not None:
+            item["static"] = torch.from_numpy(self.static)
+        if self.forcing is not None:
+            item["forcing"] = torch.from_numpy(self.forcing[start : start + self.frames].copy())
+        return item
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_root"] = None
         state["_cache"] = OrderedDict()
         return state
+
+
+def _periods(idx: np.ndarray, runs: np.ndarray) -> list[tuple[int, int]]:
+    """The ``[first, stop)`` periods of the time indices ``idx``: runs of consecutive steps of one run."""
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(runs[idx]) != 0)) + 1
+    return [(int(p[0]), int(p[-1]) + 1) for p in np.split(idx, breaks)]
 
 
 class ClipSampler(Sampler[int]):

@@ -7,7 +7,7 @@ from pipeline.diffusion.guidance import ClassifierFreeGuidance, ReconstructionGu
 from pipeline.diffusion.objective import Prediction, VDiffusion
 from pipeline.diffusion.samplers import SAMPLERS, sample_ancestral, sample_ddim, sample_dpmpp_2m, time_grid
 from pipeline.diffusion.schedule import CosineSchedule, LearnedSchedule, alpha_sigma
-from pipeline.diffusion.unet import UNet, UNetConfig
+from pipeline.diffusion.unet import UNet, UNetConfig, clip_condition
 
 __all__ = [
     "SAMPLERS",
@@ -21,6 +21,7 @@ __all__ = [
     "UNetConfig",
     "VDiffusion",
     "alpha_sigma",
+    "clip_condition",
     "extend",
     "sample_ancestral",
     "sample_ddim",

