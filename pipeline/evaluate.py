@@ -272,7 +272,8 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int, split
         "clip_starts": test.labels,
     }
     _check_cfg_scales(e.cfg_scales, meta, checkpoint)
-    conditions = conditioner(meta.model_config, open_store(cfg.normalised_path), cfg.stats_path, cfg.data.forcings)
+    store = open_store(cfg.normalised_path)
+    conditions = conditioner(meta.model_config, store, cfg.stats_path, cfg.data.forcings, cfg.data.scenario_of(split))
     point = _Point(checkpoint, sampler, steps, model, meta, conditions, test, device, common)
     if e.climate.members:
         point.climate = load_climate_data(cfg, test.names, test.frames, split)

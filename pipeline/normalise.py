@@ -15,6 +15,7 @@ it reads that one (:mod:`pipeline.data.lock`).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from pipeline.data.parts import (
     write_region,
 )
 from pipeline.data.stats import (
+    SPLIT_NAMES,
     normalise,
     period_moments,
     split_labels,
@@ -46,7 +48,6 @@ from pipeline.data.stats import (
     stats_from_moments,
     write_stats,
 )
-from pipeline.data.times import in_period
 from pipeline.tracking import StageRun
 
 __all__ = ["finalise_normalise", "init_normalise", "normalise_part", "run_normalise"]
@@ -70,16 +71,14 @@ def init_normalise(cfg: Config) -> Path:
         raise DataError(msg)
     markers = read_markers(made, plan)
     per_chunk = {name: [m for marker in markers for m in marker["moments"][name]] for name in ds.data_vars}
-    periods = {k: getattr(cfg.data.split, k) for k in ("train", "val", "test")}
-    selected = split_periods(ds, periods, str(cfg.regridded_path))  # each period must hold data
-    train = in_period(ds["time"].values, *periods["train"])
+    labels = _split_labels(cfg, ds)  # each period of each run must hold data
+    train = labels.values == 1
     moments = period_moments(ds, per_chunk, chunk_edges(plan), train)
     units = {str(n): da.attrs.get("units", "") for n, da in ds.data_vars.items()}
-    a, b = periods["train"]
-    stats = stats_from_moments(
-        moments, units, str(cfg.regridded_path), f"the training period data.split.train = [{a}, {b}]"
-    )
-    norm = normalise(ds, stats).assign_coords(split=split_labels(ds["time"].values, periods))
+    stats = stats_from_moments(moments, units, str(cfg.regridded_path), f"the training period {_train_key(cfg)}")
+    norm = normalise(ds, stats).assign_coords(split=labels)
+    if cfg.data.runs:
+        norm = norm.assign_coords(run=ds["run"])
     conditions = _conditions(cfg, ds, train)
     norm = norm.assign_coords({k: v["field"] for k, v in conditions.items()})
     norm.attrs.update(
@@ -91,8 +90,8 @@ def init_normalise(cfg: Config) -> Path:
         }
     )
     extra = {
-        "split": {k: [str(a), str(b)] for k, (a, b) in periods.items()},
-        "steps": {k: int(v.sizes["time"]) for k, v in selected.items()},
+        "split": _split_record(cfg),
+        "steps": {k: int((labels.values == code).sum()) for code, k in enumerate(SPLIT_NAMES) if code},
         "weighting": "cos(latitude)",
         "source": str(cfg.regridded_path),
         "conditions": {k: {n: v[n] for n in v if n != "field"} for k, v in conditions.items()},
@@ -101,6 +100,53 @@ def init_normalise(cfg: Config) -> Path:
     init_store(build, norm, cfg.data.time_chunk, cfg.data.parts, {"stats": stats, "stats_extra": extra}, cfg.data.codec)
     log.info("normalise: statistics %s; initialised %s", stats, build.store)
     return build.plan_path
+
+
+def _run_codes(cfg: Config, ds: xr.Dataset) -> list[tuple[str | None, np.ndarray]]:
+    """(run name, its steps as a boolean mask) of each run; one (None, all) where the data has no runs."""
+    if not cfg.data.runs:
+        return [(None, np.ones(ds.sizes["time"], dtype=bool))]
+    return [(r.name, ds["run"].values == i) for i, r in enumerate(cfg.data.runs)]
+
+
+def _split_labels(cfg: Config, ds: xr.Dataset) -> xr.DataArray:
+    """The split code of every step from each run's periods; each period must hold data."""
+    times = ds["time"].values
+    codes = np.zeros(times.size, dtype=np.int8)
+    attrs: dict = {}
+    for run, mask in _run_codes(cfg, ds):
+        periods = cfg.data.periods(run)
+        label = f"{cfg.regridded_path} (run {run})" if run else str(cfg.regridded_path)
+        split_periods(ds.isel(time=np.flatnonzero(mask)), periods, label)
+        labels = split_labels(times[mask], periods)
+        codes[mask], attrs = labels.values, labels.attrs
+    return xr.DataArray(codes, dims="time", attrs=attrs)
+
+
+def _train_key(cfg: Config) -> str:
+    if not cfg.data.runs:
+        a, b = cfg.data.periods()["train"]
+        return f"data.split.train = [{a}, {b}]"
+    return "data.runs[].split.train"
+
+
+def _split_record(cfg: Config) -> dict:
+    """The periods as stats.json records them: {split: [first, last]}, or per run {run: {split: [first, last]}}."""
+
+    def record(run: str | None) -> dict:
+        return {k: [str(a), str(b)] for k, (a, b) in cfg.data.periods(run).items()}
+
+    return {r.name: record(r.name) for r in cfg.data.runs} if cfg.data.runs else record(None)
+
+
+def _forcing_values(cfg: Config, ds: xr.Dataset, f) -> np.ndarray:
+    """A forcing's transformed series at every step, each run's from its own column of the table."""
+    table = ForcingTable(f.name, f.table, f.transform)
+    v = np.empty(ds.sizes["time"])
+    scenarios = cfg.data.run_scenarios()
+    for run, mask in _run_codes(cfg, ds):
+        v[mask] = table.values(ds["time"].values[mask], scenarios[run][f.name])
+    return v
 
 
 def _conditions(cfg: Config, ds: xr.Dataset, train: np.ndarray) -> dict[str, dict]:
@@ -117,9 +163,8 @@ def _conditions(cfg: Config, ds: xr.Dataset, train: np.ndarray) -> dict[str, dic
         field, moments = normalise_static(ds[name].load())
         field.attrs = {**ds[name].attrs, "normalised": "(x - mean) / std over the grid (area-weighted), stats.json"}
         out[name] = {"field": field, **moments, "source": s.source}
-    times = ds["time"].values
     for f in cfg.data.forcings:
-        v = ForcingTable(f.name, f.table, f.transform).values(times, f.scenario)
+        v = _forcing_values(cfg, ds, f)
         mean, std = float(v[train].mean()), float(v[train].std())
         if not std > 0:
             msg = (
@@ -127,8 +172,10 @@ def _conditions(cfg: Config, ds: xr.Dataset, train: np.ndarray) -> dict[str, dic
             )
             raise DataError(msg)
         field = xr.DataArray(((v - mean) / std).astype(np.float32), dims="time")
-        field.attrs = {"long_name": f"forcing {f.name} ({f.scenario}), normalised", "transform": f.transform}
-        out[f"forcing_{f.name}"] = {"field": field, "mean": mean, "std": std, "scenario": f.scenario,
+        scenario = {str(run): s[f.name] for run, s in cfg.data.run_scenarios().items()}
+        field.attrs = {"long_name": f"forcing {f.name}, normalised", "scenario": json.dumps(scenario),
+                       "transform": f.transform}  # fmt: skip
+        out[f"forcing_{f.name}"] = {"field": field, "mean": mean, "std": std, "scenario": scenario,
                                     "transform": f.transform, "table": f.table}  # fmt: skip
     return out
 

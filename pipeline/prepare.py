@@ -56,7 +56,15 @@ from pipeline.data.stats import chunk_moments, split_periods
 from pipeline.data.times import format_time, time_seconds
 from pipeline.tracking import StageRun
 
-__all__ = ["check_data", "finalise_prepare", "init_prepare", "open_selected", "prepare_part", "run_prepare"]
+__all__ = [
+    "check_data",
+    "finalise_prepare",
+    "init_prepare",
+    "open_runs",
+    "open_selected",
+    "prepare_part",
+    "run_prepare",
+]
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +120,7 @@ def check_data(cfg: Config) -> tuple[xr.Dataset, list[Path], xr.Dataset]:
 
     Returns the selected source, its files and the target grid.
     """
-    ds, paths = open_selected(cfg)
-    periods = {k: getattr(cfg.data.split, k) for k in ("train", "val", "test")}
-    _as_config_error("data.split", split_periods, ds, periods, "the source data")
+    ds, paths = open_runs(cfg)
     g = cfg.data.grid
     target = _as_config_error("data.grid", target_grid, g.resolution, g.lat_bounds, g.lon_bounds)
     _as_config_error("data.grid", check_covers, ds, target, "source")
@@ -123,9 +129,10 @@ def check_data(cfg: Config) -> tuple[xr.Dataset, list[Path], xr.Dataset]:
     budget = _budget(cfg, ds, target, max(b - a for a, b in ranges))
     _log_budget(cfg, budget)
     _check_budget(cfg, budget)
-    for i, f in enumerate(cfg.data.forcings):  # the tables cover the data's times (read, not regridded, here)
+    for i, f in enumerate(cfg.data.forcings):  # the tables cover each run's times (read, not regridded, here)
         table = _as_config_error(f"data.forcings[{i}]", ForcingTable, f.name, f.table, f.transform)
-        _as_config_error(f"data.forcings[{i}]", table.values, ds["time"].values, f.scenario)
+        for run, times in _run_times(cfg, ds).items():
+            _as_config_error(f"data.forcings[{i}]", table.values, times, cfg.data.run_scenarios()[run][f.name])
     free = shutil.disk_usage(folder).free
     if budget.store + budget.normalised > free:
         log.warning(
@@ -185,6 +192,41 @@ def _check_budget(cfg: Config, b: Budget) -> None:
     raise ConfigError(msg)
 
 
+def _sources(cfg: Config) -> list[tuple[str | None, str, list[str]]]:
+    """(run name, config key, path patterns) of each run: one without a name where the data has no runs."""
+    if cfg.data.runs:
+        return [(r.name, f"data.runs[{r.name}].paths", list(r.paths)) for r in cfg.data.runs]
+    return [(None, "data.source.paths", list(cfg.data.source.paths))]
+
+
+def open_runs(cfg: Config) -> tuple[xr.Dataset, list[Path]]:
+    """Every run opened (:func:`open_selected`) and its periods checked, joined along time run after run with a
+    ``run`` coordinate (the run's index in ``data.runs``; its names in the ``runs`` attribute): the time axis then
+    restarts at each run, and clips never cross from one run into the next (:mod:`pipeline.data.clips`)."""
+    opened, files = [], []
+    for name, key, patterns in _sources(cfg):
+        paths = _as_config_error(key, resolve_paths, patterns)
+        ds, _ = open_selected(cfg, paths)
+        label = name or "the source data"
+        split_key = f"data.runs[{name}].split" if name else "data.split"
+        _as_config_error(split_key, split_periods, ds, cfg.data.periods(name), label)
+        opened.append(ds)
+        files += paths
+    if not cfg.data.runs:
+        return opened[0], files
+    try:
+        joined = xr.concat(opened, dim="time", join="exact", combine_attrs="override")
+    except ValueError as e:
+        msg = f"data.runs: the runs must share their grid and variables to be one store: {e}"
+        raise ConfigError(msg) from None
+    code = np.concatenate([np.full(d.sizes["time"], i, dtype=np.int8) for i, d in enumerate(opened)])
+    attrs = {"long_name": "run (scenario)", "flag_values": list(range(len(opened))),
+             "flag_meanings": " ".join(r.name for r in cfg.data.runs)}  # fmt: skip
+    joined = joined.assign_coords(run=xr.DataArray(code, dims="time", attrs=attrs))
+    joined.attrs["runs"] = [r.name for r in cfg.data.runs]
+    return joined, files
+
+
 def _regridded(cfg: Config, ds: xr.Dataset, paths: list[Path], target: xr.Dataset) -> xr.Dataset:
     """``ds`` regridded lazily, each variable by its method; regular sources' weights cached in the data dir."""
     by_source = {v.name: v.regrid for v in cfg.data.variables}
@@ -194,6 +236,14 @@ def _regridded(cfg: Config, ds: xr.Dataset, paths: list[Path], target: xr.Datase
     )
     out["time"].attrs.update(ds["time"].attrs)
     return out
+
+
+def _run_times(cfg: Config, ds: xr.Dataset) -> dict[str | None, np.ndarray]:
+    """Each run's times (one entry, None, where the data has no runs)."""
+    t = ds["time"].values
+    if not cfg.data.runs:
+        return {None: t}
+    return {r.name: t[ds["run"].values == i] for i, r in enumerate(cfg.data.runs)}
 
 
 def static_fields(cfg: Config, target: xr.Dataset) -> dict[str, xr.DataArray]:
@@ -228,10 +278,14 @@ def init_prepare(cfg: Config) -> Path:
     ds, paths, target = check_data(cfg)
     _index(cfg, paths)  # read once here; each part then opens only the files it needs
     out = _regridded(cfg, ds, paths, target).assign_coords(static_fields(cfg, target))
+    if cfg.data.runs:
+        out = out.assign_coords(run=ds["run"])
+        out.attrs["runs"] = ds.attrs["runs"]
     provenance = file_provenance(paths)
     methods = ", ".join(f"{k}: {v.attrs['regrid_method']}" for k, v in out.data_vars.items())
     out.attrs.update(
         {
+            **({"runs": ds.attrs["runs"]} if cfg.data.runs else {}),
             "Conventions": "CF-1.8",
             "title": f"{cfg.experiment}: regridded training data",
             "source_files": str([p["path"] for p in provenance]),
@@ -263,6 +317,9 @@ def prepare_part(cfg: Config, part: int) -> Path:
     build = Build(cfg.regridded_path)
     plan = read_plan(build, cfg.data.parts)
     span = part_span(plan, part)
+    if cfg.data.runs:  # one part (checked with the config): every run, whole
+        ds, files = open_runs(cfg)
+        return _write_part(cfg, build, plan, part, ds, files, t0)
     paths = _as_config_error("data.source.paths", resolve_paths, cfg.data.source.paths)
     files = files_for(_index(cfg, paths), span["first"], span["last"])
     log.info(
@@ -279,6 +336,12 @@ def prepare_part(cfg: Config, part: int) -> Path:
     grid = TimeGrid(time_seconds(open_building(build)["time"].values), cfg.data.time_chunk)
     ds, _ = open_selected(cfg, files, grid)
     ds = ds.isel(time=slice(*_steps_between(ds, span["first"], span["last"])))
+    return _write_part(cfg, build, plan, part, ds, files, t0)
+
+
+def _write_part(cfg: Config, build: Build, plan: dict, part: int, ds: xr.Dataset, files: list[Path], t0: float) -> Path:
+    """Regrid ``ds`` (the part's steps) into the part's region, check it holds values, write the marker."""
+    span = part_span(plan, part)
     g = cfg.data.grid
     target = target_grid(g.resolution, g.lat_bounds, g.lon_bounds)
     budget = _budget(cfg, ds, target, span["stop"] - span["start"])
@@ -392,7 +455,8 @@ def finalise_prepare(cfg: Config, run: StageRun) -> Path:
         from pipeline.plots import quicklook_regrid  # matplotlib: only here, not in every part's job
 
         first = plan["parts"][0]["first"]
-        paths = _as_config_error("data.source.paths", resolve_paths, cfg.data.source.paths)
+        _, key, patterns = _sources(cfg)[0]
+        paths = _as_config_error(key, resolve_paths, patterns)
         src, _ = open_selected(cfg, files_for(_index(cfg, paths), first, first))
         with tempfile.TemporaryDirectory() as d:
             run.log_artifact(quicklook_regrid(src, out, Path(d) / "quicklook_regrid.png"))

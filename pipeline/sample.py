@@ -222,7 +222,9 @@ def _setup(cfg: Config) -> _Setup:
         regridded=regridded,
         stats=stats,
         var_attrs={n: {k: v for k, v in regridded[n].attrs.items()} for n in meta.variables},
-        conditions=conditioner(meta.model_config, store, cfg.stats_path, cfg.data.forcings, s.scenario),
+        conditions=conditioner(
+            meta.model_config, store, cfg.stats_path, cfg.data.forcings, {**cfg.data.scenario_of("test"), **s.scenario}
+        ),
     )
 
 
@@ -286,8 +288,11 @@ def _generate_rollouts(cfg: Config, su: _Setup, plan: _Plan, rank: int, world: i
 def _truth(cfg: Config, plan: _Plan) -> np.ndarray:
     """The data for each rollout's dates, NaN past the data's end: (rollout, lead, C, lat, lon)."""
     truth = []
+    runs = plan.store["run"].values if "run" in plan.store.coords else np.zeros(plan.times.size, dtype=np.int8)
     for start in plan.starts:
-        avail = plan.frames(int(start), int(start) + cfg.sample.rollout_frames)
+        stop = int(start) + cfg.sample.rollout_frames
+        other = np.flatnonzero(runs[int(start) : stop] != runs[int(start)])  # the truth ends with its run
+        avail = plan.frames(int(start), stop if other.size == 0 else int(start) + int(other[0]))
         pad = np.full((cfg.sample.rollout_frames - avail.shape[0], *avail.shape[1:]), np.nan, dtype=np.float32)
         truth.append(np.concatenate([avail, pad]))
     return np.stack(truth)

@@ -178,14 +178,6 @@ class SourceConfig(_Section):
             raise ValueError(msg)
         return v if v is None else str(v).strip()
 
-    @field_validator("paths")
-    @classmethod
-    def _nonempty(cls, v: list[str]) -> list[str]:
-        if not v:
-            msg = "must list at least one input file"
-            raise ValueError(msg)
-        return v
-
 
 class VariableConfig(_Section):
     name: str = Field(description="Variable name in the source files.")
@@ -208,7 +200,9 @@ class ForcingConfig(_Section):
         description="CSV table: a 'year' column (annual values, placed at mid-year) and one column per scenario; "
         "lines starting with # are comments (the source of the numbers). A path, or bundled:<package>/<file>."
     )
-    scenario: str = Field(description="The table's column that drove the training data.")
+    scenario: str | None = Field(
+        None, description="The table's column that drove the training data (with data.runs: each run's, see there)."
+    )
     transform: Literal["none", "log"] = Field(
         "none", description="log: the network sees log(value) (CO2's radiative forcing grows with its logarithm)."
     )
@@ -296,13 +290,48 @@ class SplitConfig(_Section):
         return self
 
 
+class RunSplitConfig(_Section):
+    train: tuple[dt.date, dt.date] | None = Field(None, description="This run's training period (null: none).")
+    val: tuple[dt.date, dt.date] | None = Field(None, description="This run's validation period (null: none).")
+    test: tuple[dt.date, dt.date] | None = Field(None, description="This run's test period (null: none).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RunSplitConfig:
+        spans = sorted((p, n) for n in ("train", "val", "test") if (p := getattr(self, n)) is not None)
+        for p, name in spans:
+            if p[0] > p[1]:
+                msg = f"{name}: first day {p[0]} is after last day {p[1]}"
+                raise ValueError(msg)
+        for (s1, n1), (s2, n2) in itertools.pairwise(spans):
+            if s2[0] <= s1[1]:
+                msg = f"periods {n1} {list(map(str, s1))} and {n2} {list(map(str, s2))} overlap"
+                raise ValueError(msg)
+        return self
+
+
+class RunConfig(_Section):
+    name: ConditionName = Field(description="The run's (scenario's) name: the store's run label.")
+    paths: list[UserText] = Field(description="The run's files or globs (as data.source.paths).")
+    split: RunSplitConfig = Field(description="The run's train/val/test periods; each may be null.")
+    scenario: dict[str, str] = Field(
+        {}, description="The forcing tables' columns of this run, by forcing name; a forcing not named: the run's name."
+    )
+
+
 class DataConfig(_Section):
     source: SourceConfig = Field(default_factory=SourceConfig, description="Where the raw data is.")
     variables: list[VariableConfig] = Field(
         description="Variables to train on, each with its levels and regrid method."
     )
     grid: GridConfig = Field(default_factory=GridConfig, description="The target regular lat-lon grid.")
-    split: SplitConfig = Field(description="Time periods for training, validation and test.")
+    split: SplitConfig | None = Field(
+        description="Time periods for training, validation and test; null with data.runs (each run has its own)."
+    )
+    runs: list[RunConfig] = Field(
+        [],
+        description="Several runs (scenarios) in one store, each from its own files, with its own periods: clips never "
+        "cross from one run into another. With runs, data.source.paths is [] and data.split null.",
+    )
     time_chunk: AtLeastOne = Field(8, description="Time steps per zarr chunk: about one training clip.")
     codec: Literal["zstd", "lz4", "none"] = Field(
         "zstd",
@@ -332,8 +361,71 @@ class DataConfig(_Section):
         """:func:`config_hash` of the settings that decide the data's values: all but ``parts`` and
         ``max_part_memory_gb``, which only split the work (a store built in 1 or in 8 parts is the same store); the
         conditions (``forcings``, ``static``) where there are none, so stores built before they existed stay valid."""
-        exclude = {"parts", "max_part_memory_gb"} | {k for k in ("forcings", "static") if not getattr(self, k)}
+        exclude = {"parts", "max_part_memory_gb"} | {k for k in ("forcings", "static", "runs") if not getattr(self, k)}
         return config_hash(self.model_dump(mode="json", exclude=exclude))
+
+    @model_validator(mode="after")
+    def _runs(self) -> DataConfig:
+        """One run (source.paths, split) or several (runs), never a mix; every split somewhere; a forcing's column."""
+        if not self.runs:
+            if not self.source.paths:
+                msg = "source.paths: must list at least one input file (or give data.runs)"
+                raise ValueError(msg)
+            if self.split is None:
+                msg = "split: required (train, val and test periods), unless data.runs gives each run its own"
+                raise ValueError(msg)
+            missing = [f.name for f in self.forcings if f.scenario is None]
+            if missing:
+                msg = f"forcings {missing}: scenario (the table's column of the training data) is required"
+                raise ValueError(msg)
+            return self
+        problems = []
+        if self.split is not None or self.source.paths:
+            problems.append("runs: with runs, data.source.paths must be [] and data.split null (each run has both)")
+        names = [r.name for r in self.runs]
+        if len(set(names)) != len(names):
+            problems.append(f"runs: names repeat: {names}")
+        for split in ("train", "val", "test"):
+            if not any(getattr(r.split, split) is not None for r in self.runs):
+                problems.append(f"runs: no run has a {split} period")
+        if self.parts != 1:
+            problems.append(f"parts = {self.parts}: a store of several runs is built in one part (parts: 1)")
+        problems += self._run_forcings()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def _run_forcings(self) -> list[str]:
+        problems = []
+        given = [f.name for f in self.forcings if f.scenario is not None]
+        if given:
+            problems.append(
+                f"forcings {given}: with runs, each run's column is runs[].scenario, not forcings[].scenario"
+            )
+        for r in self.runs:
+            unknown = sorted(set(r.scenario) - {f.name for f in self.forcings})
+            if unknown:
+                problems.append(f"runs[{r.name}].scenario names {unknown}, which are not data.forcings")
+        return problems
+
+    def periods(self, run: str | None = None) -> dict[str, tuple[dt.date, dt.date]]:
+        """The train/val/test periods of one run (``run``; None: the data without runs), those it has."""
+        split = self.split if run is None else next(r.split for r in self.runs if r.name == run)
+        return {k: p for k in ("train", "val", "test") if (p := getattr(split, k)) is not None}
+
+    def scenario_of(self, split: str) -> dict[str, str]:
+        """Each forcing's table column for the frames of ``split``: the data's (without runs), else those of the
+        first run with that split."""
+        if not self.runs:
+            return {f.name: str(f.scenario) for f in self.forcings}
+        run = next(r for r in self.runs if getattr(r.split, split) is not None)
+        return {f.name: run.scenario.get(f.name, run.name) for f in self.forcings}
+
+    def run_scenarios(self) -> dict[str | None, dict[str, str]]:
+        """Each run's forcing columns, by run name (None: the data without runs)."""
+        if not self.runs:
+            return {None: self.scenario_of("train")}
+        return {r.name: {f.name: r.scenario.get(f.name, r.name) for f in self.forcings} for r in self.runs}
 
     @field_validator("forcings", "static")
     @classmethod

@@ -4,7 +4,7 @@
 A **forcing** is a column of a CSV table: a ``year`` column and one column per scenario (lines starting with ``#``
 are comments: where the numbers come from). The value given for year ``Y`` is its annual mean, placed at mid-year
 (``Y + 0.5``) and interpolated linearly to each time step's fractional year in the data's calendar
-(:func:`fractional_year`); ``transform: log`` takes its logarithm first (the radiative forcing of CO2 grows with the
+(:func:`fractional_year`), held flat over the first and last half years (the table covers its end years whole); ``transform: log`` takes its logarithm first (the radiative forcing of CO2 grows with the
 log of its concentration). The series is normalised by its mean and standard deviation over the training period's
 steps; those are recorded in ``stats.json`` (``conditions``), so that sampling under another scenario gives the
 network that scenario's values through the same transform. Years outside the table are an error, never
@@ -85,9 +85,10 @@ class ForcingTable:
         ok = np.isfinite(col)
         years, col = self.years[ok], col[ok]
         t = fractional_year(times)
-        if t.size and (t.min() < years[0] or t.max() > years[-1]):
-            msg = f"{self.key}: forcing {self.name!r}: {self.path} gives scenario {scenario!r} from mid-"
-            msg += f"{years[0] - 0.5:.0f} to mid-{years[-1] - 0.5:.0f}, the times run from {t.min():.2f} to "
+        # the table covers its first and last years whole (an annual mean stands for its year): flat there
+        if t.size and (t.min() < years[0] - 0.5 or t.max() >= years[-1] + 0.5):
+            msg = f"{self.key}: forcing {self.name!r}: {self.path} gives scenario {scenario!r} for the years "
+            msg += f"{years[0] - 0.5:.0f} to {years[-1] - 0.5:.0f}, the times run from {t.min():.2f} to "
             msg += f"{t.max():.2f} (no extrapolation: extend the table)"
             raise DataError(msg)
         v = np.interp(t, years, col)
@@ -232,8 +233,7 @@ def conditioner(
 ) -> Conditioner:
     """The :class:`Conditioner` of a network (``model_cfg``: its inference file's) trained on the normalised
     ``store``: its static fields from the store, its forcings from ``forcings`` (``data.forcings``) with the training
-    period's normalisation (``stats_file``'s ``conditions``), each under ``scenario[name]`` where given (else the
-    data's own). Stops where the network, the store and the config disagree on what the conditions are."""
+    period's normalisation (``stats_file``'s ``conditions``), each under the table column ``scenario[name]``. Stops where the network, the store and the config disagree on what the conditions are."""
     import json
 
     static_names = list(store.attrs.get("static_fields", []))
@@ -260,5 +260,8 @@ def conditioner(
             msg = f"{stats_file} has no statistics of forcing {f.name!r}: run the normalise stage again"
             raise DataError(msg)
         table = ForcingTable(f.name, f.table, f.transform, key="data.forcings / sample.scenario")
-        tables.append((table, scenario.get(f.name, f.scenario), known[f"forcing_{f.name}"]))
+        if f.name not in scenario:
+            msg = f"no scenario given for forcing {f.name!r} (sample.scenario, or the data's: data.forcings/runs)"
+            raise DataError(msg)
+        tables.append((table, scenario[f.name], known[f"forcing_{f.name}"]))
     return Conditioner(model_cfg, static, tables)

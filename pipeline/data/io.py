@@ -57,7 +57,7 @@ CONSOLIDATED_NOTE = "Consolidated metadata is currently not part"
 def _bundled(spec: str) -> Path:
     """``bundled:<package>/<file>``: real data shipped inside an installed package (no download)."""
     pkg, _, name = spec[len(BUNDLED_PREFIX) :].partition("/")
-    known = {"eofs": "examples/example_data"}
+    known = {"eofs": "examples/example_data", "iris_sample_data": "sample_data"}
     if pkg not in known:
         msg = f"unknown bundled data set {spec!r}; known packages: {sorted(known)} (e.g. 'bundled:eofs/hgt_djf.nc')"
         raise DataError(msg)

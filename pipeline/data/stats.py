@@ -139,7 +139,8 @@ def _weights_for(da: xr.DataArray, lat: xr.DataArray) -> np.ndarray:
 def _time_slices(da: xr.DataArray) -> list[slice]:
     if "time" not in da.dims:
         return [slice(None)]
-    sizes = da.chunksizes.get("time", (da.sizes["time"],)) if da.chunks is not None else (da.sizes["time"],)
+    # the variable's own chunks (a coordinate along time, such as a store's run labels, may be chunked otherwise)
+    sizes = da.variable.chunksizes.get("time", (da.sizes["time"],)) if da.chunks is not None else (da.sizes["time"],)
     edges = np.concatenate([[0], np.cumsum(sizes)])
     return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
