@@ -1,0 +1,55 @@
+"""pipeline.response: pattern scaling recovers a linear forced response; the scores rank what they should."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.response import block_indices, fit_pattern_scaling, predict_pattern_scaling, response_scores
+
+
+def _climate(rng: np.random.Generator, forcing: np.ndarray, noise: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """A field whose forced part is a(cell) + b(cell) forcing(t), plus AR(1) interannual noise."""
+    a = rng.normal(280, 5, (6, 8))
+    b = rng.uniform(1, 3, (6, 8))
+    ar = np.zeros((forcing.size, 6, 8))
+    for t in range(1, forcing.size):
+        ar[t] = 0.5 * ar[t - 1] + rng.normal(0, noise, (6, 8))
+    return a[None] + b[None] * forcing[:, None, None] + ar, b
+
+
+def test_pattern_scaling_recovers_the_forced_pattern_and_beats_no_change() -> None:
+    rng = np.random.default_rng(0)
+    forcing = np.linspace(0, 3, 200)  # (a log CO2 anomaly, say)
+    x, b = _climate(rng, forcing)
+    fit = fit_pattern_scaling(x[:160], forcing[:160])
+    np.testing.assert_allclose(fit[1], b, atol=0.25)  # the slope per cell, from 160 noisy years
+    clean, _ = _climate(np.random.default_rng(0), forcing, noise=0.0)
+    np.testing.assert_allclose(fit_pattern_scaling(clean, forcing)[1], b, atol=1e-9)  # no noise: exact
+    lat, years = np.linspace(20, 60, 6), np.arange(160, 200)
+    held = x[160:]
+    cands = {
+        "pattern_scaling": predict_pattern_scaling(fit, forcing[160:]),
+        "no_change": np.repeat(x[150:160].mean(axis=0)[None], 40, axis=0),
+        "truth_as_ensemble": np.stack([held, held]),
+    }
+    s = response_scores(held, cands, lat, years, resamples=200)
+    ps, nc, tr = s["pattern_scaling"], s["no_change"], s["truth_as_ensemble"]
+    assert tr["map_rmse"]["value"] == pytest.approx(0, abs=1e-12) and tr["trend_error"]["value"] == pytest.approx(0)
+    assert ps["map_rmse"]["value"] < 0.3 < nc["map_rmse"]["value"]  # no change misses the warming
+    assert abs(ps["trend_error"]["value"]) < 0.15 < abs(nc["trend_error"]["value"])
+    lo, hi = nc["map_rmse_minus_pattern_scaling"]["interval"]
+    assert 0 < lo <= nc["map_rmse_minus_pattern_scaling"]["value"] <= hi  # paired: the gap is significant
+    for cand in s.values():
+        if isinstance(cand, dict) and "map_rmse" in cand:
+            lo, hi = cand["map_rmse"]["interval"]
+            assert lo <= hi
+
+
+def test_block_bootstrap_indices_are_runs_of_consecutive_years() -> None:
+    idx = block_indices(38, 5, 50, np.random.default_rng(1))
+    assert idx.shape == (50, 38) and idx.min() >= 0 and idx.max() <= 37
+    steps = np.diff(idx, axis=1)
+    assert (steps[:, :4] == 1).all()  # the first block is consecutive
+    with pytest.raises(ValueError, match="varying forcing"):
+        fit_pattern_scaling(np.zeros((5, 2, 2)), np.ones(5))
