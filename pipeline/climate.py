@@ -299,4 +299,9 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
             flat[f"climate_{name}_eof1_pattern_correlation_{v}"] = r["figures"]["eof_pattern_correlation"][0]
         for k in ("finite_fraction", "inside_range_fraction"):
             flat[f"climate_rollouts_{k}_{v}"] = res["stability"][k]
+    for v, res in result.get("response", {}).items():  # the forced response (experiments with forcings)
+        for cand in ("rollouts", "pattern_scaling"):
+            flat |= {
+                f"response_{cand}_{k}_{v}": res[cand][k]["value"] for k in ("map_rmse", "area_bias", "trend_error")
+            }
     return {k: float(x) for k, x in flat.items() if x is not None and np.isfinite(x)}

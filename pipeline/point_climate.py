@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from pipeline import climate, seeding
 from pipeline.config import Config
-from pipeline.data.conditions import Conditioner
+from pipeline.data.conditions import Conditioner, fractional_year
 from pipeline.data.evalclips import as_dataset
 from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES, denormalise, read_stats
@@ -31,6 +31,7 @@ from pipeline.data.times import climatology_candidates, regular_times
 from pipeline.diffusion import ClassifierFreeGuidance, extend
 from pipeline.diffusion.objective import randn
 from pipeline.diffusion.samplers import get_sampler
+from pipeline.response import fit_pattern_scaling, predict_pattern_scaling, response_scores
 
 __all__ = ["ClimateData", "assess_point", "load_climate_data"]
 
@@ -54,6 +55,7 @@ class ClimateData:
     stats: dict[str, Any]
     var_attrs: dict[str, dict[str, Any]]
     summaries: dict[tuple, Any] = field(default_factory=dict)  # the real periods' summaries, made once per point
+    forcing: np.ndarray | None = None  # the store's first forcing (normalised) at every step, where it has one
 
 
 def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: str) -> ClimateData:
@@ -61,6 +63,7 @@ def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: st
     frames, by default its length)."""
     e = cfg.evaluate
     store = open_store(cfg.normalised_path)
+    forcings = list(store.attrs.get("forcings", []))
     times, codes = store["time"].values, store["split"].values
     period, train = np.flatnonzero(codes == SPLIT_NAMES.index(split)), np.flatnonzero(codes == 1)
     frames = e.climate.frames or int(period.size)
@@ -93,6 +96,7 @@ def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: st
         clip_dates=regular_times(times, times[period[0]], clip_frames),
         stats=stats,
         var_attrs=var_attrs,
+        forcing=np.asarray(store[forcings[0]].values, dtype=np.float64) if forcings else None,
     )
 
 
@@ -169,6 +173,28 @@ def _physical(arr: np.ndarray, cd: ClimateData, case: str, times: np.ndarray | N
     return denormalise(ds, cd.stats)
 
 
+def forced_response(rollouts: xr.Dataset, cd: ClimateData, given: int, seed: int) -> dict[str, Any]:
+    """Per variable: the rollouts' period-mean map, area mean and trend against the real period
+    (:func:`pipeline.response.response_scores`), beside pattern scaling fitted on the training steps (regressed on
+    the normalised forcing, the network's input: the same predictions as on the raw forcing). The first forcing of
+    the store is the regressor; trends are per decade of the data's calendar."""
+    period = cd.periods["period"][given : cd.frames]
+    train = cd.periods["train"]
+    f = cd.forcing
+    years = fractional_year(np.asarray(cd.real["time"].values)[period])
+    out = {}
+    for n in cd.names:
+        x_train = cd.real[n].isel(time=train).values.astype(np.float64)
+        truth = cd.real[n].isel(time=period).values.astype(np.float64)
+        fit = fit_pattern_scaling(x_train, f[train])
+        cands = {
+            "rollouts": rollouts[n].values[:, : period.size].astype(np.float64),
+            "pattern_scaling": predict_pattern_scaling(fit, f[period]),
+        }
+        out[n] = response_scores(truth, cands, cd.real["latitude"].values, years, resamples=500, seed=seed)
+    return out
+
+
 def assess_point(
     cfg: Config, model: Any, cd: ClimateData, sampler: str, steps: int, guidance: float, cfg_scale: float,
     conditions: Conditioner, clip_frames: int, device: torch.device,
@@ -188,6 +214,8 @@ def assess_point(
     generated = cd.frames - m
     lags = list(range(1, max(1, min(5, generated - 1)) + 1))
     result = climate.assess(rollouts, clips, cd.real, cd.periods, lags, e.climate.eof_modes, cd.summaries)
+    if cd.forcing is not None:  # the forced response over the period, beside pattern scaling
+        result["response"] = forced_response(rollouts, cd, m, cfg.seed)
     log.info(
         "climate %s-%d w=%g cfg=%g: score %.3g (%d rollouts x %d frames, %d clips), stable %s",
         sampler, steps, guidance, cfg_scale, result["score"], e.climate.members, generated, e.climate.unconditional,

@@ -53,3 +53,29 @@ def test_block_bootstrap_indices_are_runs_of_consecutive_years() -> None:
     assert (steps[:, :4] == 1).all()  # the first block is consecutive
     with pytest.raises(ValueError, match="varying forcing"):
         fit_pattern_scaling(np.zeros((5, 2, 2)), np.ones(5))
+
+
+def test_the_sweeps_forced_response_scores_rollouts_beside_pattern_scaling() -> None:
+    """pipeline.point_climate.forced_response on a store-like data set: rollouts equal to the truth score 0; pattern
+    scaling, fitted on the training steps against the forcing the network sees, is close but not exact."""
+    import cftime
+    import xarray as xr
+
+    from pipeline.point_climate import ClimateData, forced_response
+
+    rng = np.random.default_rng(3)
+    forcing = np.linspace(-2, 2, 100)
+    x, _ = _climate(rng, forcing)
+    times = np.array([cftime.Datetime360Day(1950 + i, 6, 1) for i in range(100)])
+    real = xr.Dataset({"t": (("time", "latitude", "longitude"), x)},
+                      coords={"time": times, "latitude": np.linspace(20, 60, 6), "longitude": np.arange(8.0)})  # fmt: skip
+    cd = ClimateData(
+        names=["t"], init=np.zeros(1), real=real, frames=40, roll_times=times[60:], clip_dates=times[60:62],
+        periods={"period": np.arange(60, 100), "train": np.arange(0, 60)}, stats={}, var_attrs={}, forcing=forcing,
+    )  # fmt: skip
+    rollouts = xr.Dataset({"t": (("member", "frame", "latitude", "longitude"), np.stack([x[62:], x[62:]]))})
+    res = forced_response(rollouts, cd, given=2, seed=0)["t"]
+    assert res["years"] == [2012, 2049]
+    assert res["rollouts"]["map_rmse"]["value"] == pytest.approx(0, abs=1e-12)
+    assert 0 < res["pattern_scaling"]["map_rmse"]["value"] < 0.3
+    assert abs(res["pattern_scaling"]["trend_error"]["value"]) < 0.2
