@@ -20,7 +20,12 @@ if workflow.is_main_process:
 else:
     SOURCE_FILES = resolve_paths(CFG.data.source.paths)
 # the files the conditions come from: a changed static field reruns prepare, a changed forcing table normalise
-STATIC_FILES = [str(p) for s in CFG.data.static if s.source == "file" for p in resolve_paths([s.path])]
+STATIC_FILES = [
+    str(p)
+    for s in CFG.data.static
+    if s.source == "file"
+    for p in resolve_paths([s.path])
+]
 FORCING_TABLES = [str(p) for f in CFG.data.forcings for p in resolve_paths([f.table])]
 CONFIG_FILE = str(resolved_config_path(CFG, write=not workflow.dryrun))
 EXP = str(CFG.exp_dir)

@@ -21,7 +21,9 @@ rule init_store:
             "data.grid",
             "data.time_chunk",
             "data.parts",
-            *(["data.static"] if CFG.data.static else []),  # absent where none: older results keep their params
+            *(
+                ["data.static"] if CFG.data.static else []
+            ),  # absent where none: older results keep their params
         ),
     shell:
         "python -m pipeline prepare --config {params.config:q} --init > {log:q} 2>&1"
@@ -77,7 +79,10 @@ rule init_normalised:
     params:
         config=CONFIG_FILE,
         settings=settings(
-            "data.split", "data.time_chunk", "data.parts", *(["data.forcings"] if CFG.data.forcings else [])
+            "data.split",
+            "data.time_chunk",
+            "data.parts",
+            *(["data.forcings"] if CFG.data.forcings else []),
         ),
     shell:
         "python -m pipeline normalise --config {params.config:q} --init > {log:q} 2>&1"

@@ -39,7 +39,7 @@ checkpoint distill_model:
         config=CONFIG_FILE,
         settings=settings("distill", "model", "diffusion", "train", "launch", "seed"),
     shell:
-        "python -m pipeline distill --config {params.config:q} > {log:q} 2>&1"
+        "env -u OMP_NUM_THREADS python -m pipeline distill --config {params.config:q} > {log:q} 2>&1"
 
 
 rule evaluate_student:

@@ -1,5 +1,7 @@
 # Training: the rule runs where Snakemake runs and waits; the GPU job itself is submitted by
 # submitit (pipeline/launch.py) with nodes/GPUs from config.launch, so it is a local rule.
+# Snakemake sets OMP_NUM_THREADS to a rule's threads (1 here), and the job inherits it: unset, each
+# task takes its share of the CPUs it may use (pipeline.launch.cpu_threads: launch.cpus_per_task on SLURM).
 
 
 localrules:
@@ -22,4 +24,4 @@ rule train_model:
         config=CONFIG_FILE,
         settings=settings("model", "diffusion", "train", "launch", "seed"),
     shell:
-        "python -m pipeline train --config {params.config:q} > {log:q} 2>&1"
+        "env -u OMP_NUM_THREADS python -m pipeline train --config {params.config:q} > {log:q} 2>&1"
