@@ -28,4 +28,5 @@ rule all:
         f"{EXP}/checkpoints/final.pt",
         f"{EXP}/eval/summary.csv",
         f"{EXP}/samples",
+        [f"{EXP}/response"] if CFG.data.forcings else [],
         DISTILL_TARGETS,

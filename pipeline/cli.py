@@ -35,6 +35,8 @@ STAGES: dict[str, str] = {
     "validation; test scores, and whether it beats climatology and persistence)",
     "sample": "unconditional clips and long rollouts from the best checkpoint: CF zarr, GIFs, maps, spectra "
     "(split across sample.processes processes launched by submitit when > 1)",
+    "response": "experiments with forcings: each run's held-out periods generated under its forcing and scored "
+    "against the real run and pattern scaling (map, area mean, trend; with intervals) -> response/",
     "distill": "progressive distillation of distill.checkpoint, halving the DDIM steps each round (DeepSpeed, "
     "launched like train) -> distill/round-NNNN/student.pt; finished rounds are kept, an interrupted one resumes",
 }

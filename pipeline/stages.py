@@ -56,6 +56,10 @@ def _stage_fn(name: str, opts: StageOptions) -> Callable[[Config, object], Path]
         from pipeline.sample import run_sample
 
         return run_sample
+    if name == "response":
+        from pipeline.scenarios import run_response
+
+        return run_response
     msg = f"unknown stage {name!r}"
     raise ValueError(msg)
 

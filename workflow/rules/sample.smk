@@ -34,3 +34,27 @@ rule sample_model:
         launch=settings("launch") if CFG.sample.processes > 1 else "",
     shell:
         "python -m pipeline sample --config {params.config:q} > {log:q} 2>&1"
+
+
+# The forced response (experiments with data.forcings): each run's held-out periods generated under
+# its own forcing, against the real run and pattern scaling (pipeline/scenarios.py).
+rule response:
+    input:
+        best=f"{EXP}/eval/best.json",
+        final=f"{EXP}/checkpoints/final.pt",
+    output:
+        directory(f"{EXP}/response"),
+    log:
+        f"{EXP}/logs/response.log",
+    benchmark:
+        f"{EXP}/benchmarks/response.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        config=CONFIG_FILE,
+        settings=settings("sample", "evaluate.context_frames", "data.forcings", "seed"),
+    shell:
+        "python -m pipeline response --config {params.config:q} > {log:q} 2>&1"

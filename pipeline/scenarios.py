@@ -1,39 +1,47 @@
-"""The emulator of a scenario experiment (config/experiments/scenarios-hadcm3.yaml) judged against its held-out runs
-and against pattern scaling (issue 29).
+"""Stage ``response``: the emulator of a scenario experiment judged against its held-out runs and against pattern
+scaling (issue 29; ``config/experiments/scenarios-hadcm3.yaml``).
 
-After the workflow has run (the sweep chose the checkpoint on validation), for every run and every held-out period
-of it (validation or test): ``--members`` free rollouts from the period's first ``evaluate.context_frames`` real
-years, under the run's own forcing, at the sweep's best guidance weight; pattern scaling fitted on the training years
-(:mod:`pipeline.response`); and "the last training decade" (no further change) as the naive reference. Scores over
-the generated years, with paired block-bootstrap intervals, and the difference map between the two runs' periods
-(generated vs real). Writes ``<experiment>/response/response.json`` and ``response.png``.
+After the sweep has chosen the checkpoint on validation, for every run and every held-out period of it (validation
+or test): ``sample.rollouts`` free rollouts from the period's first ``evaluate.context_frames`` real frames, under
+the run's own forcing, at the sweep's best guidance weight (``sample.sampler``, ``sample.steps``); pattern scaling
+fitted on the training years (:mod:`pipeline.response`); and "the last training decade" of the run held (no further
+change) as the naive reference. Scores over the generated years with paired block-bootstrap intervals, and, with
+two runs, the difference map between their periods (generated vs real). Writes ``<experiment>/response/``
+(``response.json``, ``response.png``), logged to MLflow.
 
-    python benchmarks/scenario_emulator.py --config config/config.yaml --config config/experiments/scenarios-hadcm3.yaml
+    python -m pipeline response --config config/config.yaml --config config/experiments/scenarios-hadcm3.yaml
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from pipeline.atomic import write_text_atomic
 from pipeline.checkpoints import load_inference
-from pipeline.config import load_config
-from pipeline.data.conditions import ForcingTable, conditioner
-from pipeline.data.io import open_store
+from pipeline.config import Config
+from pipeline.data.conditions import ForcingTable, conditioner, fractional_year
+from pipeline.data.io import atomic_path, open_store
 from pipeline.data.stats import SPLIT_NAMES, read_stats
 from pipeline.data.times import regular_times
 from pipeline.diffusion import extend
 from pipeline.diffusion.samplers import get_sampler
 from pipeline.response import fit_pattern_scaling, predict_pattern_scaling, response_scores
 from pipeline.sample import resolve_checkpoint, resolve_guidance
+from pipeline.tracking import StageRun
+
+__all__ = ["run_response"]
+
+log = logging.getLogger(__name__)
 
 
-def forcing_series(cfg, times: np.ndarray, runs: np.ndarray) -> np.ndarray:
+def _forcing_series(cfg: Config, times: np.ndarray, runs: np.ndarray) -> np.ndarray:
     """The first forcing's transformed series at every step, each run's from its column (pattern scaling's x)."""
     f = cfg.data.forcings[0]
     table = ForcingTable(f.name, f.table, f.transform)
@@ -44,7 +52,9 @@ def forcing_series(cfg, times: np.ndarray, runs: np.ndarray) -> np.ndarray:
     return out
 
 
-def rollouts(cfg, model, meta, norm, idx: np.ndarray, scenario: dict, members: int, steps: int, guidance: float):
+def _rollouts(
+    cfg: Config, model, meta, norm, idx: np.ndarray, scenario: dict, members: int, steps: int, guidance: float
+):
     """``members`` rollouts over the period ``idx`` from its first given frames (normalised: member, T, H, W)."""
     m, name = cfg.evaluate.context_frames, meta.variables[0]
     times = norm["time"].values
@@ -62,7 +72,7 @@ def rollouts(cfg, model, meta, norm, idx: np.ndarray, scenario: dict, members: i
     return out[:, 0].numpy()
 
 
-def plot(path: Path, lat, lon, series: dict, maps: dict) -> None:
+def _plot(path: Path, lat, lon, series: dict, maps: dict) -> None:
     """Maps in the first row; in the second, per period ``(years, {label: (values, plot keywords)})``."""
     import matplotlib
 
@@ -89,7 +99,7 @@ def plot(path: Path, lat, lon, series: dict, maps: dict) -> None:
     plt.close(fig)
 
 
-def difference(x: np.ndarray, periods: dict, keys: list[str], lat, lon, m: int) -> dict:
+def _difference(x: np.ndarray, periods: dict, keys: list[str], lat, lon, m: int) -> dict:
     """The first period's mean minus the second's: generated and pattern-scaled against the real difference."""
     a, b = (periods[k] for k in keys)
     real = x[a["idx"]][m:].mean(axis=0) - x[b["idx"]][m:].mean(axis=0)
@@ -109,7 +119,7 @@ def difference(x: np.ndarray, periods: dict, keys: list[str], lat, lon, m: int) 
     return out
 
 
-def figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int) -> None:
+def _figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int) -> None:
     """The last period's warming maps (real, emulator, pattern scaling; against the run's last 30 training years)
     and each period's area-mean series."""
     k = list(periods)[-1]
@@ -132,62 +142,72 @@ def figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int) -
             "emulator members": (area(pp["gen"]), {"color": "tab:red", "alpha": 0.4, "lw": 1}),
             "pattern scaling": (area(pp["ps"]), {"color": "tab:blue", "lw": 2}),
         })  # fmt: skip
-    plot(path, lat, lon, series, maps)
+    _plot(path, lat, lon, series, maps)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", action="append", required=True)
-    p.add_argument("--members", type=int, default=8)
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default sample.steps)")
-    args = p.parse_args()
-    cfg = load_config([Path(c) for c in args.config])
-    tag, guidance = resolve_checkpoint(cfg), resolve_guidance(cfg)
-    model, meta = load_inference(cfg.inference_file(tag))
+def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str, Any], dict[str, Any], dict]:
+    """Every run's held-out periods: rollouts, pattern scaling and the last training decade, scored."""
     norm, reg = open_store(cfg.normalised_path), open_store(cfg.regridded_path)
     name, stats = meta.variables[0], read_stats(cfg.stats_path)
     mean, std = stats[name]["mean"], stats[name]["std"]
     times, split = norm["time"].values, norm["split"].values
     runs = norm["run"].values if "run" in norm.coords else np.zeros(times.size, dtype=np.int8)
-    years = np.array([t.year for t in times])
     lat, lon = reg["latitude"].values, reg["longitude"].values
     x = reg[name].values.astype(np.float64)
-    forcing = forcing_series(cfg, times, runs)
+    forcing = _forcing_series(cfg, times, runs)
     train = split == 1
     fit = fit_pattern_scaling(x[train], forcing[train])
-    m = cfg.evaluate.context_frames
-    out, periods = {"checkpoint": tag, "guidance_weight": guidance, "members": args.members, "runs": {}}, {}
-    names = [r.name for r in cfg.data.runs] or ["data"]
-    for i, run in enumerate(names):
-        scenario = cfg.data.run_scenarios()[run if cfg.data.runs else None]
+    m, s = cfg.evaluate.context_frames, cfg.sample
+    years = fractional_year(times)
+    scores, periods = {}, {}
+    for i, run in enumerate([r.name for r in cfg.data.runs] or [None]):
         for code in (2, 3):
             idx = np.flatnonzero((runs == i) & (split == code))
-            if idx.size <= m:
+            if idx.size <= m + 2:
                 continue
-            gen = rollouts(cfg, model, meta, norm, idx, scenario, args.members, args.steps or cfg.sample.steps,
-                           guidance) * std + mean  # fmt: skip
+            gen = _rollouts(cfg, model, meta, norm, idx, cfg.data.run_scenarios()[run], s.rollouts, s.steps, guidance)
+            gen = gen * std + mean
             last = np.flatnonzero((runs == i) & train)[-10:]
+            ps = predict_pattern_scaling(fit, forcing[idx])
             cands = {
                 "emulator": gen[:, m:],
-                "pattern_scaling": predict_pattern_scaling(fit, forcing[idx])[m:],
+                "pattern_scaling": ps[m:],
                 "last_training_decade": np.repeat(x[last].mean(axis=0)[None], idx.size - m, axis=0),
             }
-            scores = response_scores(x[idx][m:], cands, lat, years[idx][m:], seed=cfg.seed)
-            key = f"{run} {SPLIT_NAMES[code]}"
-            out["runs"][key] = scores
-            periods[key] = {"idx": idx, "gen": gen, "ps": predict_pattern_scaling(fit, forcing[idx])}
-            print(key, json.dumps({k: v for k, v in scores.items() if isinstance(v, dict)}, indent=1))
+            key = f"{run or 'data'} {SPLIT_NAMES[code]}"
+            scores[key] = response_scores(x[idx][m:], cands, lat, years[idx][m:], seed=cfg.seed)
+            periods[key] = {"idx": idx, "gen": gen, "ps": ps}
+            log.info("response %s: %s", key, {k: v["map_rmse"]["value"] for k, v in scores[key].items()
+                                              if isinstance(v, dict) and "map_rmse" in v})  # fmt: skip
+    data = {"x": x, "runs": runs, "train": train, "years": years, "lat": lat, "lon": lon, "m": m}
+    return scores, periods, data
+
+
+def run_response(cfg: Config, run: StageRun) -> Path:
+    """Generate each held-out period, score it, write ``response.json`` and ``response.png``, log to MLflow."""
+    if not cfg.data.forcings:
+        msg = "response: the experiment has no data.forcings: there is no forced response to judge"
+        raise ValueError(msg)
+    tag, guidance = resolve_checkpoint(cfg), resolve_guidance(cfg)
+    model, meta = load_inference(cfg.inference_file(tag))
+    scores, periods, d = _score_periods(cfg, model, meta, guidance)
+    out: dict[str, Any] = {"checkpoint": tag, "guidance_weight": guidance, "members": cfg.sample.rollouts,
+                           "variable": meta.variables[0], "periods": scores}  # fmt: skip
     keys = list(periods)
-    if len(keys) == 2:  # the difference between the two held-out periods (the same years)
-        out["difference"] = difference(x, periods, keys, lat, lon, m)
-        print("difference", json.dumps(out["difference"], indent=1))
+    if cfg.data.runs and len(keys) == 2:  # the difference between the two runs' held-out periods (the same years)
+        out["difference"] = _difference(d["x"], periods, keys, d["lat"], d["lon"], d["m"])
     folder = cfg.exp_dir / "response"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "response.json").write_text(json.dumps(out, indent=1))
-    if keys:
-        figure(folder / "response.png", x, periods, runs, train, years, lat, lon, m)
-    print(f"-> {folder}")
-
-
-if __name__ == "__main__":
-    main()
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        write_text_atomic(tmp / "response.json", json.dumps(out, indent=1))
+        if keys:
+            _figure(
+                tmp / "response.png", d["x"], periods, d["runs"], d["train"], d["years"], d["lat"], d["lon"], d["m"]
+            )
+    run.log_params({"checkpoint": tag, "guidance_weight": guidance, "members": cfg.sample.rollouts})
+    flat = {f"{k.replace(' ', '_')}_{cand}_{metric}": v["value"] for k, sc in scores.items() for cand, c in sc.items()
+            if isinstance(c, dict) for metric, v in c.items() if isinstance(v, dict) and "value" in v}  # fmt: skip
+    run.log_metrics({k: float(v) for k, v in flat.items() if np.isfinite(v)})
+    for p in sorted(folder.iterdir()):
+        run.log_artifact(p)
+    return folder
