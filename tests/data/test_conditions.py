@@ -156,6 +156,16 @@ def test_a_model_trained_on_them_samples_under_two_scenarios_seeded(conditioned)
         assert json.loads(ds.attrs["forcing_scenario"]) == {"co2": scenario.get("co2", "hist")}
         rollouts[name] = ds["z500"].values
     assert np.abs(rollouts["hist"] - rollouts["low"]).max() > 0
+    # the forced response: each held-out period generated under its forcing, beside pattern scaling
+    r = pipeline_cli("response", "--config", str(cfg_path), "--config", str(over), cwd=tmp)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp / cfg.exp_dir / "response" / "response.json").read_text())
+    assert sorted(res["periods"]) == ["data test", "data val"]
+    for scores in res["periods"].values():
+        for cand in ("emulator", "pattern_scaling", "last_training_decade"):
+            lo, hi = scores[cand]["map_rmse"]["interval"]
+            assert 0 <= lo <= hi and np.isfinite(scores[cand]["trend_error"]["value"])
+    assert (tmp / cfg.exp_dir / "response" / "response.png").stat().st_size > 10_000
 
 
 def test_two_real_scenarios_in_one_store_with_their_own_periods_and_forcings(tmp_path: Path) -> None:
