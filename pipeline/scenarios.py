@@ -72,7 +72,7 @@ def _rollouts(
     return out[:, 0].numpy()
 
 
-def _plot(path: Path, lat, lon, series: dict, maps: dict) -> None:
+def _plot(path: Path, lat, lon, series: dict, maps: dict, units: str) -> None:
     """Maps in the first row; in the second, per period ``(years, {label: (values, plot keywords)})``."""
     import matplotlib
 
@@ -84,7 +84,7 @@ def _plot(path: Path, lat, lon, series: dict, maps: dict) -> None:
     for ax, (title, field) in zip(axes[0], maps.items(), strict=True):
         im = ax.pcolormesh(lon, lat, field, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="K")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label=units)
     for ax, (title, (years, lines)) in zip(axes[1], series.items(), strict=False):
         for label, (y, kw) in lines.items():
             ax.plot(years, y.T, label=label, **kw)
@@ -119,7 +119,7 @@ def _difference(x: np.ndarray, periods: dict, keys: list[str], lat, lon, m: int)
     return out
 
 
-def _figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int) -> None:
+def _figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int, units: str) -> None:
     """The last period's warming maps (real, emulator, pattern scaling; against the run's last 30 training years)
     and each period's area-mean series."""
     k = list(periods)[-1]
@@ -137,12 +137,12 @@ def _figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int) 
 
     series = {}
     for kk, pp in periods.items():
-        series[f"{kk}: area mean (K)"] = (years[pp["idx"]], {
+        series[f"{kk}: area mean ({units})"] = (years[pp["idx"]], {
             "real": (area(x[pp["idx"]]), {"color": "k", "lw": 2}),
             "emulator members": (area(pp["gen"]), {"color": "tab:red", "alpha": 0.4, "lw": 1}),
             "pattern scaling": (area(pp["ps"]), {"color": "tab:blue", "lw": 2}),
         })  # fmt: skip
-    _plot(path, lat, lon, series, maps)
+    _plot(path, lat, lon, series, maps, units)
 
 
 def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str, Any], dict[str, Any], dict]:
@@ -179,7 +179,8 @@ def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str,
             periods[key] = {"idx": idx, "gen": gen, "ps": ps}
             log.info("response %s: %s", key, {k: v["map_rmse"]["value"] for k, v in scores[key].items()
                                               if isinstance(v, dict) and "map_rmse" in v})  # fmt: skip
-    data = {"x": x, "runs": runs, "train": train, "years": years, "lat": lat, "lon": lon, "m": m}
+    units = str(reg[name].attrs.get("units", ""))
+    data = {"x": x, "runs": runs, "train": train, "years": years, "lat": lat, "lon": lon, "m": m, "units": units}
     return scores, periods, data
 
 
