@@ -83,3 +83,47 @@ def test_climate_members_must_give_a_spread() -> None:
     assert line.startswith("- evaluate.climate.members = 1") and ">= 2" in line, line
     cfg = load_config([BASE, {"evaluate": {"select_by": "both"}, "train": {"context_probability": 0.5}}])
     assert cfg.evaluate.climate.members == 4 and cfg.train.context_max_frames is None
+
+
+RUN_A = {
+    "name": "A",
+    "paths": ["a.nc"],
+    "split": {"train": ["1900-01-01", "1949-12-31"], "val": ["1950-01-01", "1959-12-31"]},
+}
+RUN_B = {"name": "B", "paths": ["b.nc"], "split": {"test": ["1950-01-01", "1959-12-31"]}}
+CO2 = {"name": "co2", "table": "t.csv"}
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"runs": [RUN_A, RUN_B]}, "with runs, data.source.paths must be [] and data.split null"),
+        ({"source": {"paths": []}, "split": None, "runs": [RUN_A]}, "no run has a test period"),
+        ({"source": {"paths": []}, "split": None, "runs": [RUN_A, RUN_A | {"name": "A"}, RUN_B]}, "names repeat"),
+        ({"source": {"paths": []}, "split": None, "runs": [RUN_A, RUN_B], "parts": 2}, "built in one part"),
+        ({"source": {"paths": []}, "split": None, "runs": [RUN_A, RUN_B], "forcings": [CO2 | {"scenario": "x"}]},
+         "each run's column is runs[].scenario"),
+        ({"forcings": [CO2]}, "scenario (the table's column of the training data) is required"),
+        ({"source": {"paths": []}}, "must list at least one input file (or give data.runs)"),
+        ({"static": [{"name": "orog", "source": "file"}]}, "source: file needs path and variable"),
+        ({"source": {"paths": []}, "split": None,
+          "runs": [RUN_A | {"split": {"train": ["1950-01-01", "1940-01-01"]}}, RUN_B]}, "is after last day"),
+    ],
+)  # fmt: skip
+def test_runs_forcings_and_static_fields_are_checked(data: dict, words: str) -> None:
+    lines = _errors({"data": data})
+    assert any(words in ln for ln in lines), lines
+
+
+def test_runs_give_each_split_its_scenario_and_samples_name_known_forcings() -> None:
+    data = {
+        "source": {"paths": []},
+        "split": None,
+        "forcings": [CO2],
+        "runs": [RUN_A, RUN_B | {"scenario": {"co2": "b2"}}],
+    }
+    cfg = load_config([BASE, {"data": data}])
+    assert cfg.data.scenario_of("val") == {"co2": "A"} and cfg.data.scenario_of("test") == {"co2": "b2"}
+    assert cfg.data.periods("B") == {"test": (cfg.data.runs[1].split.test[0], cfg.data.runs[1].split.test[1])}
+    lines = _errors({"data": data, "sample": {"scenario": {"ch4": "A"}}})
+    assert any("sample.scenario names ['ch4']" in ln for ln in lines), lines

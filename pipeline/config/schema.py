@@ -270,6 +270,19 @@ class GridConfig(_Section):
         return self.lon_bounds is None
 
 
+def _check_periods(periods: dict[str, tuple[dt.date, dt.date]]) -> None:
+    """Each period's first day is not after its last, and no two periods overlap."""
+    for name, (a, b) in periods.items():
+        if a > b:
+            msg = f"{name}: first day {a} is after last day {b}"
+            raise ValueError(msg)
+    spans = sorted((p, n) for n, p in periods.items())
+    for (s1, n1), (s2, n2) in itertools.pairwise(spans):
+        if s2[0] <= s1[1]:
+            msg = f"periods {n1} {list(map(str, s1))} and {n2} {list(map(str, s2))} overlap"
+            raise ValueError(msg)
+
+
 class SplitConfig(_Section):
     train: tuple[dt.date, dt.date] = Field(description="[first, last] day of the training period (inclusive).")
     val: tuple[dt.date, dt.date] = Field(description="[first, last] day of the validation period.")
@@ -277,16 +290,7 @@ class SplitConfig(_Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> SplitConfig:
-        for name in ("train", "val", "test"):
-            a, b = getattr(self, name)
-            if a > b:
-                msg = f"{name}: first day {a} is after last day {b}"
-                raise ValueError(msg)
-        spans = sorted((getattr(self, n), n) for n in ("train", "val", "test"))
-        for (s1, n1), (s2, n2) in itertools.pairwise(spans):
-            if s2[0] <= s1[1]:
-                msg = f"periods {n1} {list(map(str, s1))} and {n2} {list(map(str, s2))} overlap"
-                raise ValueError(msg)
+        _check_periods({n: getattr(self, n) for n in ("train", "val", "test")})
         return self
 
 
@@ -297,15 +301,7 @@ class RunSplitConfig(_Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> RunSplitConfig:
-        spans = sorted((p, n) for n in ("train", "val", "test") if (p := getattr(self, n)) is not None)
-        for p, name in spans:
-            if p[0] > p[1]:
-                msg = f"{name}: first day {p[0]} is after last day {p[1]}"
-                raise ValueError(msg)
-        for (s1, n1), (s2, n2) in itertools.pairwise(spans):
-            if s2[0] <= s1[1]:
-                msg = f"periods {n1} {list(map(str, s1))} and {n2} {list(map(str, s2))} overlap"
-                raise ValueError(msg)
+        _check_periods({n: p for n in ("train", "val", "test") if (p := getattr(self, n)) is not None})
         return self
 
 
