@@ -127,7 +127,8 @@ def _rollouts(model: Any, sample: Any, cd: ClimateData, how: _How, cfg: Config, 
         batch = list(range(first, min(first + c.batch_size, c.members)))
 
         def cond_for(window_start: int, window: int, n: int = len(batch)) -> dict[str, torch.Tensor] | None:
-            return how.conditions([cd.roll_times[window_start : window_start + window]] * n, device)
+            last = cd.roll_times[cd.frames - 1]  # the last window's frames past it are dropped
+            return how.conditions([cd.roll_times[window_start : window_start + window]] * n, device, [last] * n)
 
         x = extend(
             model,

@@ -266,7 +266,8 @@ def _generate_rollouts(cfg: Config, su: _Setup, plan: _Plan, rank: int, world: i
         init = np.stack([np.nan_to_num(plan.frames(a, a + m)).transpose(1, 0, 2, 3) for a in plan.starts[batch]])
 
         def cond_for(window_start: int, window: int, batch: list[int] = batch) -> dict[str, torch.Tensor] | None:
-            return su.conditions([plan.rdates[r][window_start : window_start + window] for r in batch], su.device)
+            ends = [plan.rdates[r][s.rollout_frames - 1] for r in batch]  # a last window's extra frames are dropped
+            return su.conditions([plan.rdates[r][window_start : window_start + window] for r in batch], su.device, ends)
 
         with torch.no_grad():
             out = extend(

@@ -67,7 +67,8 @@ def _rollouts(
     with torch.no_grad():
         out = extend(
             model, sampler, init, idx.size, meta.clip_frames, guidance, overlap=m,
-            cond_for_window=lambda s, w: cond([dates[s : s + w]] * members, "cpu"), generator=gens,
+            cond_for_window=lambda s, w: cond([dates[s : s + w]] * members, "cpu", [dates[idx.size - 1]] * members),
+            generator=gens,
         )  # fmt: skip
     return out[:, 0].numpy()
 

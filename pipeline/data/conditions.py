@@ -206,9 +206,16 @@ class Conditioner:
         """The scenario of each forcing, by name: what outputs record."""
         return {t.name: s for t, s, _ in self.tables}
 
-    def __call__(self, dates: Sequence[np.ndarray], device: Any) -> dict[str, Any] | None:
-        """The condition of a batch of items, ``dates[i]`` the dates of item ``i``'s frames; None: none is read."""
+    def __call__(
+        self, dates: Sequence[np.ndarray], device: Any, until: Sequence[Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The condition of a batch of items, ``dates[i]`` the dates of item ``i``'s frames; None: none is read.
+
+        ``until[i]``: the last date item ``i`` keeps. An extension's last window may reach past it (its extra frames
+        are dropped) and past the forcing table's end; those frames are given the forcing of ``until[i]``."""
         import torch
+
+        held = dates if until is None else [np.where(d > u, u, d) for d, u in zip(dates, until, strict=True)]
 
         cond: dict[str, Any] = {}
         if self.model_cfg.get("day_of_year"):
@@ -217,8 +224,7 @@ class Conditioner:
             cond["static"] = torch.from_numpy(self.static)[None].to(device)
         if self.model_cfg.get("forcings"):
             series = [
-                np.stack([(t.values(d, s) - st["mean"]) / st["std"] for t, s, st in self.tables], axis=-1)
-                for d in dates
+                np.stack([(t.values(d, s) - st["mean"]) / st["std"] for t, s, st in self.tables], axis=-1) for d in held
             ]
             cond["forcing"] = torch.from_numpy(np.stack(series).astype(np.float32)).to(device)
         return cond or None

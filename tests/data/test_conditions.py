@@ -222,3 +222,22 @@ def test_two_real_scenarios_in_one_store_with_their_own_periods_and_forcings(tmp
     a1b = float(reg.isel(time=np.flatnonzero(late & (run == 0))).weighted(w).mean())
     e1 = float(reg.isel(time=np.flatnonzero(late & (run == 1))).weighted(w).mean())
     assert 1.8 < a1b - e1 < 2.4, (a1b, e1)
+
+
+def test_frames_past_a_rollouts_end_are_given_its_last_forcing(tmp_path: Path) -> None:
+    """An extension's last window may reach past the rollout's end (those frames are dropped) and past the table:
+    they get the forcing of the rollout's last date; without that end, dates past the table are an error."""
+    import cftime
+
+    from pipeline.data.conditions import Conditioner
+
+    table = ForcingTable("co2", str(_table(tmp_path / "t.csv")), "none")
+    cond = Conditioner({"forcings": 1, "day_of_year": True}, None, [(table, "hist", {"mean": 0.0, "std": 1.0})])
+    dates = np.array([cftime.Datetime360Day(y, 6, 1) for y in range(2016, 2024)])
+    with pytest.raises(DataError, match="no extrapolation"):
+        cond([dates], "cpu")
+    out = cond([dates], "cpu", [dates[3]])  # the rollout ends in 2019
+    f = out["forcing"][0, :, 0].numpy()
+    np.testing.assert_allclose(f[:4], table.values(dates[:4], "hist"), rtol=1e-6)
+    np.testing.assert_allclose(f[4:], f[3], rtol=0)  # held
+    assert out["doy"].shape == (1, 8)  # the day of year is the frames' own
