@@ -204,8 +204,9 @@ def run_response(cfg: Config, run: StageRun) -> Path:
         write_text_atomic(tmp / "response.json", json.dumps(out, indent=1))
         if keys:
             _figure(
-                tmp / "response.png", d["x"], periods, d["runs"], d["train"], d["years"], d["lat"], d["lon"], d["m"]
-            )
+                tmp / "response.png", d["x"], periods, d["runs"], d["train"], d["years"], d["lat"], d["lon"], d["m"],
+                d["units"],
+            )  # fmt: skip
     run.log_params({"checkpoint": tag, "guidance_weight": guidance, "members": cfg.sample.rollouts})
     flat = {f"{k.replace(' ', '_')}_{cand}_{metric}": v["value"] for k, sc in scores.items() for cand, c in sc.items()
             if isinstance(c, dict) for metric, v in c.items() if isinstance(v, dict) and "value" in v}  # fmt: skip
