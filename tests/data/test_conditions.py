@@ -64,6 +64,7 @@ def conditioned(tmp_path_factory) -> tuple[Path, Path]:
     return tmp, cfg
 
 
+@pytest.mark.slow
 def test_the_normalised_store_holds_the_conditions_that_the_clips_give(conditioned) -> None:
     tmp, cfg_path = conditioned
     cfg = load_config([cfg_path])
@@ -168,6 +169,7 @@ def test_a_model_trained_on_them_samples_under_two_scenarios_seeded(conditioned)
     assert (tmp / cfg.exp_dir / "response" / "response.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_two_real_scenarios_in_one_store_with_their_own_periods_and_forcings(tmp_path: Path) -> None:
     """HadCM3 A1B and E1 (iris-sample-data, annual means on a 360-day calendar, identical to 1999): one store, a
     run coordinate, each run's periods and forcing column; training clips never cross from one run into the other."""
