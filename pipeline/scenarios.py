@@ -26,7 +26,7 @@ import torch
 from pipeline.atomic import write_text_atomic
 from pipeline.checkpoints import load_inference
 from pipeline.config import Config
-from pipeline.data.conditions import ForcingTable, conditioner, fractional_year
+from pipeline.data.conditions import conditioner, fractional_year
 from pipeline.data.io import atomic_path, open_store
 from pipeline.data.stats import SPLIT_NAMES, read_stats
 from pipeline.data.times import regular_times
@@ -39,17 +39,6 @@ from pipeline.tracking import StageRun
 __all__ = ["run_response"]
 
 log = logging.getLogger(__name__)
-
-
-def _forcing_series(cfg: Config, times: np.ndarray, runs: np.ndarray) -> np.ndarray:
-    """The first forcing's transformed series at every step, each run's from its column (pattern scaling's x)."""
-    f = cfg.data.forcings[0]
-    table = ForcingTable(f.name, f.table, f.transform)
-    out = np.empty(times.size)
-    for i, (run, scenario) in enumerate(cfg.data.run_scenarios().items()):
-        mask = runs == i if run is not None else np.ones(times.size, dtype=bool)
-        out[mask] = table.values(times[mask], scenario[f.name])
-    return out
 
 
 def _rollouts(
@@ -155,7 +144,9 @@ def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str,
     runs = norm["run"].values if "run" in norm.coords else np.zeros(times.size, dtype=np.int8)
     lat, lon = reg["latitude"].values, reg["longitude"].values
     x = reg[name].values.astype(np.float64)
-    forcing = _forcing_series(cfg, times, runs)
+    # the store's normalised series of the first forcing, each run's from its own column (normalise): a linear
+    # transform of the raw one, so pattern scaling predicts the same values
+    forcing = norm[norm.attrs["forcings"][0]].values.astype(np.float64)
     train = split == 1
     fit = fit_pattern_scaling(x[train], forcing[train])
     m, s = cfg.evaluate.context_frames, cfg.sample

@@ -100,18 +100,6 @@ class ForcingTable:
         return v
 
 
-def forcing_series(
-    specs: Sequence[Any], times: np.ndarray, stats: Mapping[str, Mapping[str, float]], scenarios: Mapping[str, str]
-) -> np.ndarray:
-    """(time, forcings) float32: each forcing of ``specs`` (``data.forcings``) under its scenario (``scenarios``,
-    by forcing name), normalised by ``stats`` (the training period's, from ``stats.json``'s ``conditions``)."""
-    out = np.empty((np.size(times), len(specs)), dtype=np.float32)
-    for i, f in enumerate(specs):
-        v = ForcingTable(f.name, f.table, f.transform).values(np.asarray(times), scenarios[f.name])
-        out[:, i] = (v - stats[f.name]["mean"]) / stats[f.name]["std"]
-    return out
-
-
 def _open_field(path: Path, variable: str, key: str) -> xr.Dataset:
     ds = xr.open_dataset(path, decode_times=xr.coders.CFDatetimeCoder(use_cftime=True))
     if variable not in ds:
