@@ -24,7 +24,7 @@ import numpy as np
 import xarray as xr
 
 from pipeline.config import Config
-from pipeline.data.conditions import ForcingTable, normalise_static
+from pipeline.data.conditions import ForcingTable, forcing_features, normalise_static
 from pipeline.data.coords import DataError
 from pipeline.data.io import directory_bytes, open_store
 from pipeline.data.lock import locked
@@ -139,13 +139,13 @@ def _split_record(cfg: Config) -> dict:
     return {r.name: record(r.name) for r in cfg.data.runs} if cfg.data.runs else record(None)
 
 
-def _forcing_values(cfg: Config, ds: xr.Dataset, f) -> np.ndarray:
-    """A forcing's transformed series at every step, each run's from its own column of the table."""
-    table = ForcingTable(f.name, f.table, f.transform)
+def _forcing_values(cfg: Config, ds: xr.Dataset, table: ForcingTable, tau: float | None) -> np.ndarray:
+    """A forcing's transformed series (or its lagged response of e-folding time ``tau``) at every step, each run's
+    from its own column of the table."""
     v = np.empty(ds.sizes["time"])
     scenarios = cfg.data.run_scenarios()
     for run, mask in _run_codes(cfg, ds):
-        v[mask] = table.values(ds["time"].values[mask], scenarios[run][f.name])
+        v[mask] = table.values(ds["time"].values[mask], scenarios[run][table.name], tau)
     return v
 
 
@@ -163,20 +163,20 @@ def _conditions(cfg: Config, ds: xr.Dataset, train: np.ndarray) -> dict[str, dic
         field, moments = normalise_static(ds[name].load())
         field.attrs = {**ds[name].attrs, "normalised": "(x - mean) / std over the grid (area-weighted), stats.json"}
         out[name] = {"field": field, **moments, "source": s.source}
-    for f in cfg.data.forcings:
-        v = _forcing_values(cfg, ds, f)
+    tables = {f.name: ForcingTable(f.name, f.table, f.transform) for f in cfg.data.forcings}
+    for name, f, tau in forcing_features(cfg.data.forcings):
+        v = _forcing_values(cfg, ds, tables[f.name], tau)
         mean, std = float(v[train].mean()), float(v[train].std())
         if not std > 0:
-            msg = (
-                f"data.forcings: forcing {f.name!r} is constant over the training period: it cannot inform the network"
-            )
+            msg = f"data.forcings: forcing {name!r} is constant over the training period: it cannot inform the network"
             raise DataError(msg)
         field = xr.DataArray(((v - mean) / std).astype(np.float32), dims="time")
         scenario = {str(run): s[f.name] for run, s in cfg.data.run_scenarios().items()}
-        field.attrs = {"long_name": f"forcing {f.name}, normalised", "scenario": json.dumps(scenario),
-                       "transform": f.transform}  # fmt: skip
-        out[f"forcing_{f.name}"] = {"field": field, "mean": mean, "std": std, "scenario": scenario,
-                                    "transform": f.transform, "table": f.table}  # fmt: skip
+        lag = {} if tau is None else {"memory_years": tau}
+        field.attrs = {"long_name": f"forcing {name}, normalised" + ("" if tau is None else f" (lagged {tau:g} y)"),
+                       "scenario": json.dumps(scenario), "transform": f.transform, **lag}  # fmt: skip
+        out[f"forcing_{name}"] = {"field": field, "mean": mean, "std": std, "scenario": scenario,
+                                  "transform": f.transform, "table": f.table, **lag}  # fmt: skip
     return out
 
 

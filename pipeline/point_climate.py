@@ -31,7 +31,7 @@ from pipeline.data.times import climatology_candidates, regular_times
 from pipeline.diffusion import ClassifierFreeGuidance, extend
 from pipeline.diffusion.objective import randn
 from pipeline.diffusion.samplers import get_sampler
-from pipeline.response import fit_pattern_scaling, predict_pattern_scaling, response_scores
+from pipeline.response import pattern_scaling_candidates, response_scores
 
 __all__ = ["ClimateData", "assess_point", "load_climate_data"]
 
@@ -55,7 +55,7 @@ class ClimateData:
     stats: dict[str, Any]
     var_attrs: dict[str, dict[str, Any]]
     summaries: dict[tuple, Any] = field(default_factory=dict)  # the real periods' summaries, made once per point
-    forcing: np.ndarray | None = None  # the store's first forcing (normalised) at every step, where it has one
+    forcing: np.ndarray | None = None  # (time, k) the store's forcings (normalised, lagged ones too), where it has
 
 
 def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: str) -> ClimateData:
@@ -96,7 +96,7 @@ def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: st
         clip_dates=regular_times(times, times[period[0]], clip_frames),
         stats=stats,
         var_attrs=var_attrs,
-        forcing=np.asarray(store[forcings[0]].values, dtype=np.float64) if forcings else None,
+        forcing=np.stack([store[f].values for f in forcings], axis=1).astype(np.float64) if forcings else None,
     )
 
 
@@ -177,8 +177,9 @@ def _physical(arr: np.ndarray, cd: ClimateData, case: str, times: np.ndarray | N
 def forced_response(rollouts: xr.Dataset, cd: ClimateData, given: int, seed: int) -> dict[str, Any]:
     """Per variable: the rollouts' period-mean map, area mean and trend against the real period
     (:func:`pipeline.response.response_scores`), beside pattern scaling fitted on the training steps (regressed on
-    the normalised forcing, the network's input: the same predictions as on the raw forcing). The first forcing of
-    the store is the regressor; trends are per decade of the data's calendar."""
+    the normalised forcing, the network's input: the same predictions as on the raw forcing): on the store's first
+    forcing, and, where the network also reads lagged responses or other forcings, on all of them
+    (``pattern_scaling_lagged``). Trends are per decade of the data's calendar."""
     period = cd.periods["period"][given : cd.frames]
     train = cd.periods["train"]
     f = cd.forcing
@@ -187,11 +188,8 @@ def forced_response(rollouts: xr.Dataset, cd: ClimateData, given: int, seed: int
     for n in cd.names:
         x_train = cd.real[n].isel(time=train).values.astype(np.float64)
         truth = cd.real[n].isel(time=period).values.astype(np.float64)
-        fit = fit_pattern_scaling(x_train, f[train])
-        cands = {
-            "rollouts": rollouts[n].values[:, : period.size].astype(np.float64),
-            "pattern_scaling": predict_pattern_scaling(fit, f[period]),
-        }
+        cands = {"rollouts": rollouts[n].values[:, : period.size].astype(np.float64)}
+        cands.update(pattern_scaling_candidates(x_train, f[train], f[period]))
         out[n] = response_scores(truth, cands, cd.real["latitude"].values, years, resamples=500, seed=seed)
     return out
 

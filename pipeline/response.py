@@ -3,7 +3,9 @@
 **Pattern scaling** (Santer et al. 1990; Mitchell 2003; the baseline that beats deep emulators on most ClimateBench
 variables, Watson-Parris et al. 2022) regresses each cell's value on the forcing over the training years,
 ``x(t, cell) = a(cell) + b(cell) F(t)``, here with ``F`` the network's own forcing input (log CO2), and predicts a
-scenario from its forcing alone: it has the forced trend and no internal variability.
+scenario from its forcing alone: it has the forced trend and no internal variability. Where the network is also
+given the forcing's lagged responses (``data.forcings[].memory``), **lagged pattern scaling** regresses each cell on
+all of them: the linear model of the network's own inputs, the one to beat.
 
 The scores compare a prediction with the held-out run over the same years: the error of the period-mean map (the
 warming pattern: the baseline is the same for every candidate, so it cancels), the bias of the area mean, and the
@@ -18,27 +20,50 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["block_indices", "fit_pattern_scaling", "predict_pattern_scaling", "response_scores"]
+__all__ = [
+    "block_indices",
+    "fit_pattern_scaling",
+    "pattern_scaling_candidates",
+    "predict_pattern_scaling",
+    "response_scores",
+]
 
 
 def fit_pattern_scaling(x: np.ndarray, forcing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares ``a`` and ``b`` (each (lat, lon)) of ``x`` (time, lat, lon) on ``forcing`` (time,), per cell;
-    cells with a missing value at any step are NaN."""
+    """Least-squares ``a`` (lat, lon) and ``b`` of ``x`` (time, lat, lon) on ``forcing``, per cell: ``b`` is
+    (lat, lon) for one forcing series (time,), (k, lat, lon) for ``k`` regressors (time, k) such as a forcing and its
+    lagged responses; cells with a missing value at any step are NaN."""
     f = np.asarray(forcing, dtype=np.float64)
-    if f.ndim != 1 or f.size != x.shape[0] or f.size < 3 or np.ptp(f) == 0:
-        msg = f"pattern scaling needs a varying forcing of one value per step ({x.shape[0]}), got {f.shape}"
+    f2 = f[:, None] if f.ndim == 1 else f
+    if f2.ndim != 2 or f2.shape[0] != x.shape[0] or f2.shape[0] < f2.shape[1] + 2 or np.any(np.ptp(f2, axis=0) == 0):
+        msg = f"pattern scaling needs varying forcings of one value per step ({x.shape[0]}), got {f.shape}"
         raise ValueError(msg)
-    design = np.stack([np.ones_like(f), f], axis=1)  # (time, 2)
-    flat = np.asarray(x, dtype=np.float64).reshape(f.size, -1)
+    design = np.concatenate([np.ones((f2.shape[0], 1)), f2], axis=1)  # (time, 1 + k)
+    flat = np.asarray(x, dtype=np.float64).reshape(f2.shape[0], -1)
     coef, *_ = np.linalg.lstsq(design, np.nan_to_num(flat), rcond=None)
     coef[:, ~np.isfinite(flat).all(axis=0)] = np.nan
-    return coef[0].reshape(x.shape[1:]), coef[1].reshape(x.shape[1:])
+    b = coef[1:].reshape(f2.shape[1], *x.shape[1:])
+    return coef[0].reshape(x.shape[1:]), (b[0] if f.ndim == 1 else b)
 
 
 def predict_pattern_scaling(fit: tuple[np.ndarray, np.ndarray], forcing: np.ndarray) -> np.ndarray:
-    """(time, lat, lon) predicted from the fitted ``a``, ``b`` at the forcing values ``forcing`` (time,)."""
+    """(time, lat, lon) predicted from the fitted ``a``, ``b`` at the forcing values ``forcing`` ((time,) or
+    (time, k), as fitted)."""
     a, b = fit
-    return a[None] + b[None] * np.asarray(forcing, dtype=np.float64)[:, None, None]
+    f = np.asarray(forcing, dtype=np.float64)
+    if f.ndim == 1:
+        return a[None] + b[None] * f[:, None, None]
+    return a[None] + np.einsum("tk,kij->tij", f, b)
+
+
+def pattern_scaling_candidates(x_train: np.ndarray, f_train: np.ndarray, f_pred: np.ndarray) -> dict[str, np.ndarray]:
+    """Pattern scaling fitted on ``x_train`` (time, lat, lon) and predicted at ``f_pred``: ``pattern_scaling`` on
+    the first column of the forcings (time, k), and ``pattern_scaling_lagged`` on all ``k`` where there are more."""
+    f_train, f_pred = np.atleast_2d(f_train.T).T, np.atleast_2d(f_pred.T).T
+    out = {"pattern_scaling": predict_pattern_scaling(fit_pattern_scaling(x_train, f_train[:, 0]), f_pred[:, 0])}
+    if f_train.shape[1] > 1:
+        out["pattern_scaling_lagged"] = predict_pattern_scaling(fit_pattern_scaling(x_train, f_train), f_pred)
+    return out
 
 
 def block_indices(n: int, block: int, resamples: int, rng: np.random.Generator) -> np.ndarray:

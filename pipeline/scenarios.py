@@ -32,7 +32,7 @@ from pipeline.data.stats import SPLIT_NAMES, read_stats
 from pipeline.data.times import regular_times
 from pipeline.diffusion import extend
 from pipeline.diffusion.samplers import get_sampler
-from pipeline.response import fit_pattern_scaling, predict_pattern_scaling, response_scores
+from pipeline.response import pattern_scaling_candidates, response_scores
 from pipeline.sample import resolve_checkpoint, resolve_guidance
 from pipeline.tracking import StageRun
 
@@ -94,10 +94,8 @@ def _difference(x: np.ndarray, periods: dict, keys: list[str], lat, lon, m: int)
     a, b = (periods[k] for k in keys)
     real = x[a["idx"]][m:].mean(axis=0) - x[b["idx"]][m:].mean(axis=0)
     w = np.cos(np.deg2rad(lat))[:, None] * np.ones(lon.size)
-    diffs = {
-        "emulator": a["gen"][:, m:].mean(axis=(0, 1)) - b["gen"][:, m:].mean(axis=(0, 1)),
-        "pattern_scaling": a["ps"][m:].mean(axis=0) - b["ps"][m:].mean(axis=0),
-    }
+    diffs = {"emulator": a["gen"][:, m:].mean(axis=(0, 1)) - b["gen"][:, m:].mean(axis=(0, 1))}
+    diffs.update({k: a["ps"][k][m:].mean(axis=0) - b["ps"][k][m:].mean(axis=0) for k in a["ps"]})
     out = {"periods": keys, "real_area_mean": float((real * w).sum() / w.sum())}
     for k, d in diffs.items():
         corr = np.corrcoef((d * np.sqrt(w)).ravel(), (real * np.sqrt(w)).ravel())[0, 1]
@@ -118,7 +116,7 @@ def _figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int, 
     maps = {
         f"{k}: real warming": x[p_["idx"]][m:].mean(axis=0) - base,
         "emulator (mean of members)": p_["gen"][:, m:].mean(axis=(0, 1)) - base,
-        "pattern scaling": p_["ps"][m:].mean(axis=0) - base,
+        **{k.replace("_", " "): v[m:].mean(axis=0) - base for k, v in p_["ps"].items()},
     }
     w = np.cos(np.deg2rad(lat))[:, None] * np.ones(lon.size)
 
@@ -130,7 +128,8 @@ def _figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int, 
         series[f"{kk}: area mean ({units})"] = (years[pp["idx"]], {
             "real": (area(x[pp["idx"]]), {"color": "k", "lw": 2}),
             "emulator members": (area(pp["gen"]), {"color": "tab:red", "alpha": 0.4, "lw": 1}),
-            "pattern scaling": (area(pp["ps"]), {"color": "tab:blue", "lw": 2}),
+            **{k.replace("_", " "): (area(v), {"color": c, "lw": 2})
+               for (k, v), c in zip(pp["ps"].items(), ("tab:blue", "tab:green"), strict=False)},
         })  # fmt: skip
     _plot(path, lat, lon, series, maps, units)
 
@@ -144,11 +143,10 @@ def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str,
     runs = norm["run"].values if "run" in norm.coords else np.zeros(times.size, dtype=np.int8)
     lat, lon = reg["latitude"].values, reg["longitude"].values
     x = reg[name].values.astype(np.float64)
-    # the store's normalised series of the first forcing, each run's from its own column (normalise): a linear
-    # transform of the raw one, so pattern scaling predicts the same values
-    forcing = norm[norm.attrs["forcings"][0]].values.astype(np.float64)
+    # the store's normalised forcings (time, k), each run's from its own column (normalise): linear transforms of
+    # the raw ones, so pattern scaling predicts the same values
+    forcing = np.stack([norm[f].values for f in norm.attrs["forcings"]], axis=1).astype(np.float64)
     train = split == 1
-    fit = fit_pattern_scaling(x[train], forcing[train])
     m, s = cfg.evaluate.context_frames, cfg.sample
     years = fractional_year(times)
     scores, periods = {}, {}
@@ -160,20 +158,26 @@ def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str,
             gen = _rollouts(cfg, model, meta, norm, idx, cfg.data.run_scenarios()[run], s.rollouts, s.steps, guidance)
             gen = gen * std + mean
             last = np.flatnonzero((runs == i) & train)[-10:]
-            ps = predict_pattern_scaling(fit, forcing[idx])
+            ps = pattern_scaling_candidates(x[train], forcing[train], forcing[idx])
             cands = {
                 "emulator": gen[:, m:],
-                "pattern_scaling": ps[m:],
+                **{k: v[m:] for k, v in ps.items()},
                 "last_training_decade": np.repeat(x[last].mean(axis=0)[None], idx.size - m, axis=0),
             }
             key = f"{run or 'data'} {SPLIT_NAMES[code]}"
             scores[key] = response_scores(x[idx][m:], cands, lat, years[idx][m:], seed=cfg.seed)
-            periods[key] = {"idx": idx, "gen": gen, "ps": ps}
+            periods[key] = {"idx": idx, "gen": gen, "ps": ps}  # every pattern scaling, by name
             log.info("response %s: %s", key, {k: v["map_rmse"]["value"] for k, v in scores[key].items()
                                               if isinstance(v, dict) and "map_rmse" in v})  # fmt: skip
     units = str(reg[name].attrs.get("units", ""))
-    data = {"x": x, "runs": runs, "train": train, "years": years, "lat": lat, "lon": lon, "m": m, "units": units}
+    data = {"x": x, "runs": runs, "train": train, "years": years, "lat": lat, "lon": lon, "m": m, "units": units,
+            "forcings": list(norm.attrs["forcings"])}  # fmt: skip
     return scores, periods, data
+
+
+def _regressors(forcings: list[str]) -> dict[str, list[str]]:
+    """The store's forcing series each pattern scaling regresses on (:func:`pattern_scaling_candidates`)."""
+    return {"pattern_scaling": forcings[:1], **({"pattern_scaling_lagged": forcings} if len(forcings) > 1 else {})}
 
 
 def run_response(cfg: Config, run: StageRun) -> Path:
@@ -185,7 +189,8 @@ def run_response(cfg: Config, run: StageRun) -> Path:
     model, meta = load_inference(cfg.inference_file(tag))
     scores, periods, d = _score_periods(cfg, model, meta, guidance)
     out: dict[str, Any] = {"checkpoint": tag, "guidance_weight": guidance, "members": cfg.sample.rollouts,
-                           "variable": meta.variables[0], "periods": scores}  # fmt: skip
+                           "variable": meta.variables[0], "regressors": _regressors(d["forcings"]),
+                           "periods": scores}  # fmt: skip
     keys = list(periods)
     if cfg.data.runs and len(keys) == 2:  # the difference between the two runs' held-out periods (the same years)
         out["difference"] = _difference(d["x"], periods, keys, d["lat"], d["lon"], d["m"])

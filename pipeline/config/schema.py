@@ -206,6 +206,21 @@ class ForcingConfig(_Section):
     transform: Literal["none", "log"] = Field(
         "none", description="log: the network sees log(value) (CO2's radiative forcing grows with its logarithm)."
     )
+    memory: list[Annotated[float, _bounded(lambda v: 0 < v <= 10000, "a timescale in years, above 0")]] = Field(
+        [],
+        description="E-folding timescales in years: each adds the forcing's lagged response (the transformed series "
+        "relaxed towards its value with that timescale, from equilibrium with the table's first year) as a further "
+        "input, forcing_<name>_mem<timescale>y; a climate answers a forcing with delays (two-layer energy balance: "
+        "about 4 and 250 years in CMIP5, Geoffroy et al. 2013).",
+    )
+
+    @field_validator("memory")
+    @classmethod
+    def _distinct(cls, v: list[float]) -> list[float]:
+        if len(set(v)) != len(v):
+            msg = f"timescales must differ, got {v}"
+            raise ValueError(msg)
+        return v
 
 
 class StaticConfig(_Section):

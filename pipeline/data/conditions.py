@@ -8,7 +8,10 @@ are comments: where the numbers come from). The value given for year ``Y`` is it
 log of its concentration). The series is normalised by its mean and standard deviation over the training period's
 steps; those are recorded in ``stats.json`` (``conditions``), so that sampling under another scenario gives the
 network that scenario's values through the same transform. Years outside the table are an error, never
-extrapolated.
+extrapolated. A forcing's ``memory`` timescales add its **lagged responses** as further inputs: the transformed
+series relaxed towards its current value with each e-folding time ``tau`` (``dr/dt = (f - r) / tau``, the response
+of one box of a linear energy-balance model), starting in equilibrium with the table's first value, so a table
+should begin a few timescales before the data where the climate was not in equilibrium then.
 
 A **static field** (orography, a land-sea mask) is a 2-D variable of a file, regridded to the training grid like
 the data (:func:`pipeline.data.regrid.regrid`), or the land fraction of each cell rasterised from the GSHHS
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy.signal import lfilter
 
 from pipeline.data.coords import DataError, standardise
 from pipeline.data.io import resolve_paths
@@ -37,6 +41,7 @@ __all__ = [
     "Conditioner",
     "ForcingTable",
     "conditioner",
+    "forcing_features",
     "fractional_year",
     "land_fraction",
     "normalise_static",
@@ -51,6 +56,16 @@ def fractional_year(times: np.ndarray) -> np.ndarray:
     t = np.asarray(times).ravel()
     years = pd.DatetimeIndex(t).year.to_numpy() if t.dtype.kind == "M" else np.array([d.year for d in t])
     return (years + (day_of_year(t).astype(np.float64) - 1.0) / 365.25).reshape(np.shape(times))
+
+
+def forcing_features(forcings: Sequence[Any]) -> list[tuple[str, Any, float | None]]:
+    """What the network reads of ``data.forcings``, in order: each forcing (``(name, its config, None)``) followed by
+    its lagged responses (``(name_mem<tau>y, its config, tau)``); the store holds each as ``forcing_<feature>``."""
+    out: list[tuple[str, Any, float | None]] = []
+    for f in forcings:
+        out.append((f.name, f, None))
+        out += [(f"{f.name}_mem{tau:g}y".replace(".", "p"), f, float(tau)) for tau in f.memory]
+    return out
 
 
 class ForcingTable:
@@ -74,16 +89,41 @@ class ForcingTable:
             raise DataError(msg)
         self.years = years + 0.5  # an annual value stands at mid-year
         self.columns = {str(c): pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) for c in df if c != "year"}
+        self._relaxed: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
 
-    def values(self, times: np.ndarray, scenario: str) -> np.ndarray:
-        """The scenario's transformed series at ``times`` (raw units, not normalised)."""
+    def _column(self, scenario: str) -> tuple[np.ndarray, np.ndarray]:
         if scenario not in self.columns:
             msg = f"{self.key}: forcing {self.name!r}: {self.path} has no scenario {scenario!r}; its columns are "
             msg += f"{sorted(self.columns)}"
             raise DataError(msg)
         col = self.columns[scenario]
         ok = np.isfinite(col)
-        years, col = self.years[ok], col[ok]
+        return self.years[ok], col[ok]
+
+    def _transform(self, v: np.ndarray) -> np.ndarray:
+        if self.transform == "log":
+            if np.any(v <= 0):
+                msg = f"{self.key}: forcing {self.name!r}: transform log needs positive values in {self.path}"
+                raise DataError(msg)
+            return np.log(v)
+        return v
+
+    def _lagged(self, scenario: str, tau: float) -> tuple[np.ndarray, np.ndarray]:
+        """The transformed series relaxed with e-folding time ``tau`` years on a grid of 1/20 year over the table's
+        span: the exact solution for an input held over each step, from equilibrium with the first value."""
+        if (scenario, tau) not in self._relaxed:
+            years, col = self._column(scenario)
+            grid = np.arange(years[0] - 0.5, years[-1] + 0.5 + 1e-9, 0.05)
+            f = self._transform(np.interp(grid, years, col))
+            keep = np.exp(-0.05 / tau)  # r[i] = keep r[i-1] + (1 - keep) (mean input over the step), r[0] = f[0]
+            steps = lfilter([1.0 - keep], [1.0, -keep], 0.5 * (f[1:] + f[:-1]), zi=[keep * f[0]])[0]
+            self._relaxed[(scenario, tau)] = (grid, np.concatenate([f[:1], steps]))
+        return self._relaxed[(scenario, tau)]
+
+    def values(self, times: np.ndarray, scenario: str, memory: float | None = None) -> np.ndarray:
+        """The scenario's transformed series at ``times`` (raw units, not normalised); with ``memory`` (years) its
+        lagged response of that e-folding time instead."""
+        years, col = self._column(scenario)
         t = fractional_year(times)
         # the table covers its first and last years whole (an annual mean stands for its year): flat there
         if t.size and (t.min() < years[0] - 0.5 or t.max() >= years[-1] + 0.5):
@@ -91,13 +131,10 @@ class ForcingTable:
             msg += f"{years[0] - 0.5:.0f} to {years[-1] - 0.5:.0f}, the times run from {t.min():.2f} to "
             msg += f"{t.max():.2f} (no extrapolation: extend the table)"
             raise DataError(msg)
-        v = np.interp(t, years, col)
-        if self.transform == "log":
-            if np.any(v <= 0):
-                msg = f"{self.key}: forcing {self.name!r}: transform log needs positive values in {self.path}"
-                raise DataError(msg)
-            v = np.log(v)
-        return v
+        if memory is not None:
+            grid, r = self._lagged(scenario, float(memory))
+            return np.interp(t, grid, r)
+        return self._transform(np.interp(t, years, col))
 
 
 def _open_field(path: Path, variable: str, key: str) -> xr.Dataset:
@@ -185,14 +222,14 @@ class Conditioner:
         self,
         model_cfg: Mapping[str, Any],
         static: np.ndarray | None,
-        tables: Sequence[tuple[ForcingTable, str, Mapping[str, float]]],
+        tables: Sequence[tuple[ForcingTable, str, Mapping[str, float], float | None]],
     ):
         self.model_cfg, self.static, self.tables = model_cfg, static, tables
 
     @property
     def scenario(self) -> dict[str, str]:
         """The scenario of each forcing, by name: what outputs record."""
-        return {t.name: s for t, s, _ in self.tables}
+        return {t.name: s for t, s, _, _ in self.tables}
 
     def __call__(
         self, dates: Sequence[np.ndarray], device: Any, until: Sequence[Any] | None = None
@@ -212,7 +249,8 @@ class Conditioner:
             cond["static"] = torch.from_numpy(self.static)[None].to(device)
         if self.model_cfg.get("forcings"):
             series = [
-                np.stack([(t.values(d, s) - st["mean"]) / st["std"] for t, s, st in self.tables], axis=-1) for d in held
+                np.stack([(t.values(d, s, tau) - st["mean"]) / st["std"] for t, s, st, tau in self.tables], axis=-1)
+                for d in held
             ]
             cond["forcing"] = torch.from_numpy(np.stack(series).astype(np.float32)).to(device)
         return cond or None
@@ -232,7 +270,7 @@ def conditioner(
 
     static_names = list(store.attrs.get("static_fields", []))
     forcing_names = list(store.attrs.get("forcings", []))
-    wanted = [f"forcing_{f.name}" for f in forcings]
+    wanted = [f"forcing_{name}" for name, _, _ in forcing_features(forcings)]
     problems = []
     if int(model_cfg.get("static_channels", 0)) != len(static_names):
         problems.append(f"the network reads {model_cfg.get('static_channels', 0)} static fields, the store has "
@@ -248,14 +286,15 @@ def conditioner(
     )
     known = json.loads(Path(stats_file).read_text()).get("conditions", {}) if forcings else {}
     scenario = dict(scenario or {})
-    tables = []
-    for f in forcings:
-        if f"forcing_{f.name}" not in known:
-            msg = f"{stats_file} has no statistics of forcing {f.name!r}: run the normalise stage again"
+    tables, read = [], {}
+    for name, f, tau in forcing_features(forcings):
+        if f"forcing_{name}" not in known:
+            msg = f"{stats_file} has no statistics of forcing {name!r}: run the normalise stage again"
             raise DataError(msg)
-        table = ForcingTable(f.name, f.table, f.transform, key="data.forcings / sample.scenario")
+        if f.name not in read:
+            read[f.name] = ForcingTable(f.name, f.table, f.transform, key="data.forcings / sample.scenario")
         if f.name not in scenario:
             msg = f"no scenario given for forcing {f.name!r} (sample.scenario, or the data's: data.forcings/runs)"
             raise DataError(msg)
-        tables.append((table, scenario[f.name], known[f"forcing_{f.name}"]))
+        tables.append((read[f.name], scenario[f.name], known[f"forcing_{name}"], tau))
     return Conditioner(model_cfg, static, tables)

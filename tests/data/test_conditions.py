@@ -52,7 +52,9 @@ def _config(tmp: Path, **data) -> Path:
 @pytest.fixture(scope="module")
 def conditioned(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("conditions")
-    forcings = [{"name": "co2", "table": str(_table(tmp / "co2.csv")), "scenario": "hist", "transform": "log"}]
+    forcings = [
+        {"name": "co2", "table": str(_table(tmp / "co2.csv")), "scenario": "hist", "transform": "log", "memory": [10]}
+    ]
     static = [
         {"name": "orog", "source": "file", "path": str(_orography(tmp / "orog.nc")), "variable": "orog"},
         {"name": "land", "source": "land_fraction"},
@@ -70,7 +72,7 @@ def test_the_normalised_store_holds_the_conditions_that_the_clips_give(condition
     cfg = load_config([cfg_path])
     norm = open_store(tmp / cfg.normalised_path)
     assert norm.attrs["static_fields"] == ["static_orog", "static_land"]
-    assert norm.attrs["forcings"] == ["forcing_co2"]
+    assert norm.attrs["forcings"] == ["forcing_co2", "forcing_co2_mem10y"]
     stats = json.loads((tmp / cfg.stats_path).read_text())["conditions"]
     # the forcing: log of the table at each step's fractional year, standardised over the training steps
     times = norm["time"].values
@@ -78,6 +80,19 @@ def test_the_normalised_store_holds_the_conditions_that_the_clips_give(condition
     train = norm["split"].values == 1
     assert stats["forcing_co2"]["mean"] == pytest.approx(raw[train].mean())
     np.testing.assert_allclose(norm["forcing_co2"].values, (raw - raw[train].mean()) / raw[train].std(), atol=1e-5)
+    # its lagged response: dr/dt = (f - r) / 10 years from equilibrium in 1940, solved here by scipy's ODE solver
+    from scipy.integrate import solve_ivp
+
+    def f(t):
+        return np.log(np.interp(t, np.arange(1940, 2021) + 0.5, 300 + 2.0 * np.arange(81)))
+
+    t = fractional_year(times)
+    sol = solve_ivp(lambda tt, r: (f(tt) - r) / 10.0, (1940.0, t.max()), [f(1940.0)], t_eval=t, rtol=1e-9, atol=1e-12)
+    lag = sol.y[0]
+    assert lag[-1] < raw[-1] - 0.02  # it lags a rising concentration by years
+    got = norm["forcing_co2_mem10y"].values * stats["forcing_co2_mem10y"]["std"] + stats["forcing_co2_mem10y"]["mean"]
+    np.testing.assert_allclose(got, lag, atol=1e-6)
+    assert stats["forcing_co2_mem10y"]["memory_years"] == 10.0
     # static fields: standardised over the grid (area-weighted); the orography is the analytic field regridded
     w = np.cos(np.deg2rad(norm["latitude"].values))[:, None] * np.ones(norm.sizes["longitude"])
     for name in ("static_orog", "static_land"):
@@ -91,7 +106,7 @@ def test_the_normalised_store_holds_the_conditions_that_the_clips_give(condition
     assert 0.3 < land.mean() < 0.7  # 20-90N, 80W-40E: North Atlantic, Europe, North Africa, Greenland
     clips = ClipDataset(tmp / cfg.normalised_path, "train", 4)
     c = clips[3]
-    assert c["static"].shape == (2, *norm["z500"].shape[1:]) and c["forcing"].shape == (4, 1)
+    assert c["static"].shape == (2, *norm["z500"].shape[1:]) and c["forcing"].shape == (4, 2)
     np.testing.assert_allclose(c["forcing"][:, 0].numpy(), norm["forcing_co2"].values[3:7])
 
 
@@ -117,6 +132,38 @@ def test_forcing_tables_are_interpolated_at_mid_year_in_any_calendar(tmp_path: P
     np.testing.assert_allclose(table.values(dates, "low"), [320.0, 400.0, 400.0], atol=1e-6)
     with pytest.raises(DataError, match="no scenario 'high'"):
         table.values(dates, "high")
+
+
+def test_a_lagged_response_follows_the_closed_form_of_a_ramp(tmp_path: Path) -> None:
+    """A forcing 0 until mid-2000 and rising by 1 a year after: its response of e-folding time tau is
+    (t - t0) - tau (1 - exp(-(t - t0) / tau)) (one box, from equilibrium); two scenarios keep their own."""
+    import cftime
+
+    path = tmp_path / "ramp.csv"
+    path.write_text("year,up,flat\n" + "".join(f"{y},{y - 2000},0\n" for y in range(2000, 2101)))
+    table = ForcingTable("f", str(path), "none")
+    dates = np.array([cftime.Datetime360Day(y, 1, 1) for y in range(2001, 2100, 7)])
+    t = fractional_year(dates) - 2000.5
+    for tau in (3.0, 40.0):
+        want = t - tau * (1 - np.exp(-t / tau))
+        np.testing.assert_allclose(table.values(dates, "up", tau), want, atol=2e-4)
+    np.testing.assert_allclose(table.values(dates, "flat", 3.0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(table.values(dates, "up"), t, atol=1e-9)  # no memory: the series itself
+
+
+def test_memory_timescales_are_checked() -> None:
+    from pydantic import ValidationError
+
+    from pipeline.config.schema import ForcingConfig
+
+    ok = ForcingConfig(name="co2", table="t.csv", memory=[4, 250])
+    from pipeline.data.conditions import forcing_features
+
+    assert [n for n, _, _ in forcing_features([ok])] == ["co2", "co2_mem4y", "co2_mem250y"]
+    assert [n for n, _, _ in forcing_features([ForcingConfig(name="c", table="t", memory=[2.5])])] == ["c", "c_mem2p5y"]
+    for bad in ([0], [-3], [4, 4]):
+        with pytest.raises(ValidationError, match="memory"):
+            ForcingConfig(name="co2", table="t.csv", memory=bad)
 
 
 @pytest.mark.slow
@@ -234,7 +281,7 @@ def test_frames_past_a_rollouts_end_are_given_its_last_forcing(tmp_path: Path) -
     from pipeline.data.conditions import Conditioner
 
     table = ForcingTable("co2", str(_table(tmp_path / "t.csv")), "none")
-    cond = Conditioner({"forcings": 1, "day_of_year": True}, None, [(table, "hist", {"mean": 0.0, "std": 1.0})])
+    cond = Conditioner({"forcings": 1, "day_of_year": True}, None, [(table, "hist", {"mean": 0.0, "std": 1.0}, None)])
     dates = np.array([cftime.Datetime360Day(y, 6, 1) for y in range(2016, 2024)])
     with pytest.raises(DataError, match="no extrapolation"):
         cond([dates], "cpu")
