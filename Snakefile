@@ -23,10 +23,10 @@ include: "workflow/rules/tracking.smk"
 rule all:
     default_target: True
     input:
-        f"{EXP}/data/normalised.zarr",
-        f"{EXP}/data/stats.json",
-        f"{EXP}/checkpoints/final.pt",
-        f"{EXP}/eval/summary.csv",
-        f"{EXP}/samples",
-        [f"{EXP}/response"] if CFG.data.forcings else [],
+        NORMALISED,
+        STATS,
+        FINAL,
+        REPORTS["csv"],
+        SAMPLES,
+        [RESPONSE] if CFG.data.forcings else [],
         DISTILL_TARGETS,

@@ -32,7 +32,9 @@ if TYPE_CHECKING:  # torch is imported where a file is read or written: the conf
     from pipeline.distributed import Precision
 
 __all__ = [
+    "STUDENT_PATTERN",
     "STUDENT_SAMPLER",
+    "TAG_PATTERN",
     "Inference",
     "build_diffusion",
     "distill_rounds",
@@ -50,6 +52,10 @@ __all__ = [
     "students_index",
     "tag",
 ]
+
+
+TAG_PATTERN = r"step-\d{8}"  # what tag() makes, as a regular expression (the workflow's wildcards, config checks)
+STUDENT_PATTERN = r"student-\d{4}"  # what student_name() makes
 
 
 def tag(step: int) -> str:

@@ -698,14 +698,15 @@ def _track_collect(
     )
 
 
-def _write_table(out: Path, splits: list[_Split]) -> Any:
-    """Every split's rows in one table (column ``split``), as CSV and parquet; returns it (a pandas DataFrame)."""
+def _write_table(files: dict[str, Path], splits: list[_Split]) -> Any:
+    """Every split's rows in one table (column ``split``), as CSV and parquet (``files``: the layout's
+    :meth:`~pipeline.config.layout.ResultsLayout.eval_reports`); returns it (a pandas DataFrame)."""
     import pandas as pd
 
     table = pd.DataFrame([row for s in splits for row in _rows(s.forecasts, s.summaries)])
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "summary.csv", index=False)
-    table.to_parquet(out / "summary.parquet", index=False)
+    files["csv"].parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(files["csv"], index=False)
+    table.to_parquet(files["parquet"], index=False)
     return table
 
 
@@ -732,15 +733,15 @@ def collect(cfg: Config, run: StageRun, students: bool = False) -> Path:
     best_info = _best_json(cfg, test, best, sel, statement, dependence)
     best_info["verdicts"] = {"skill": statement, "climate": _climate_statement(best_info).strip()}
     best_info["statement"] = statement + _climate_statement(best_info)
-    out = cfg.eval_out(students)
+    out = cfg.eval_reports(students)
     table = _write_table(out, [val, test])
     write_text_atomic(cfg.eval_best(students), json.dumps(best_info, indent=2))
-    card = scorecard(_scorecard_panels(test, best, sel), e.confidence, out / "scorecard.png")
-    plot = sweep_summary(table[table["split"] == "val"], test.scores.primary, out / "summary.png", "validation clips")
-    files = [out / "summary.csv", out / "summary.parquet", cfg.eval_best(students), plot, card]
+    card = scorecard(_scorecard_panels(test, best, sel), e.confidence, out["scorecard"])
+    plot = sweep_summary(table[table["split"] == "val"], test.scores.primary, out["plot"], "validation clips")
+    files = [out["csv"], out["parquet"], cfg.eval_best(students), plot, card]
     if best_info["climate"] is not None:
         title = f"{_label(test.forecasts[best.index][0])}\nclimate figures on test: ratio to the training period's"
-        files.append(climate_panel(best_info["climate"]["variables"], title, out / "climate.png"))
+        files.append(climate_panel(best_info["climate"]["variables"], title, out["climate"]))
     _track_collect(cfg, run, files, best_info, len(val.scores.points), students)
     log.info("best: %s", statement)
     return cfg.eval_best(students)

@@ -194,7 +194,7 @@ def run_response(cfg: Config, run: StageRun) -> Path:
     keys = list(periods)
     if cfg.data.runs and len(keys) == 2:  # the difference between the two runs' held-out periods (the same years)
         out["difference"] = _difference(d["x"], periods, keys, d["lat"], d["lon"], d["m"])
-    folder = cfg.exp_dir / "response"
+    folder = cfg.response_dir
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         write_text_atomic(tmp / "response.json", json.dumps(out, indent=1))

@@ -340,7 +340,7 @@ def _micro_steps(cfg: Config, rt: Runtime, state: TrainState, it: Iterator, loop
         # DeepSpeed counts micro batches: step() only applies the update (clipping, lr schedule) at the last one of
         # grad_accum, and scales each micro batch's gradient by 1/grad_accum itself, so the loss is not divided here.
         state.engine.step()
-        step_loss += float(loss) / t.grad_accum
+        step_loss += float(loss.detach()) / t.grad_accum
         seen += x.shape[0]
     return step_loss, seen, wait
 

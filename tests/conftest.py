@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -67,20 +68,49 @@ def require(ok: bool, why: str) -> None:
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 
 
-@pytest.fixture(scope="session")
-def slurm() -> dict[str, str]:
-    """The test SLURM cluster (tests/slurm/cluster.sh: nodes n1 and n2, each in its own network namespace, with
-    accounting), started once per session; returns the environment for its commands (SLURM_CONF set, no
-    SLURM_/MASTER_/GLOO_ variables inherited from an outer job)."""
-    require(os.geteuid() == 0, "starting a SLURM cluster with network namespaces needs root")
-    r = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout + r.stderr
+# Two test clusters (tests/slurm/cluster.sh: each isolated by its directory, ports, subnet, bridge and network
+# namespaces), one per xdist group, so that their tests run side by side on two workers: "slurm" is the README's
+# trial cluster (the default directory, which /etc/slurm/slurm.conf links to: srun in the Snakemake plugin's job
+# scripts reads that path), for the tests that go through the shipped profile; "slurm2" holds the multi-node
+# training tests (submitit's jobs inherit SLURM_CONF, and the cluster.sh variables say which cluster a node
+# belongs to when a test kills one).
+CLUSTERS: dict[str, dict[str, str]] = {
+    "slurm": {},
+    "slurm2": {
+        "PIPELINE_SLURM_DIR": "/tmp/pipeline-slurm-2",
+        "PIPELINE_SLURMCTLD_PORT": "16827",
+        "PIPELINE_SLURMD_PORT": "16828",
+        "PIPELINE_SLURMDBD_PORT": "16829",
+        "PIPELINE_MARIADB_PORT": "16830",
+        "PIPELINE_SLURM_NET": "10.213.2",
+        "PIPELINE_SLURM_BRIDGE": "plbr2",
+        "PIPELINE_SLURM_NS": "pl2",
+        "PIPELINE_SLURM_ETC": "0",
+    },
+}
+
+
+@functools.cache
+def _cluster(group: str) -> dict[str, str]:
+    """Start the cluster of ``group`` (once per process) and return the environment for its commands."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "GLOO_"))}
-    env["SLURM_CONF"] = os.environ.get("PIPELINE_SLURM_DIR", "/tmp/pipeline-slurm") + "/slurm.conf"
+    env.update(CLUSTERS[group])
+    r = subprocess.run(["bash", str(CLUSTER), "start"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    env["SLURM_CONF"] = env.get("PIPELINE_SLURM_DIR", "/tmp/pipeline-slurm") + "/slurm.conf"
     r = subprocess.run(["sinfo", "-h", "-o", "%n %T"], env=env, capture_output=True, text=True)
     nodes = dict(line.split() for line in r.stdout.splitlines())
     assert set(nodes) == {"n1", "n2"}, r.stdout + r.stderr
     return env
+
+
+@pytest.fixture(scope="module")
+def slurm(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The test SLURM cluster of the module's group (:data:`CLUSTERS`: nodes n1 and n2, each in its own network
+    namespace, with accounting), started once per worker; returns the environment for its commands (SLURM_CONF
+    and the cluster.sh variables set, no SLURM_/MASTER_/GLOO_ variables inherited from an outer job)."""
+    require(os.geteuid() == 0, "starting a SLURM cluster with network namespaces needs root")
+    return _cluster(GROUPS[request.path.name])
 
 
 def benchmark(name: str):
@@ -250,6 +280,20 @@ def slurm_training_workdir(tmp: Path, env: dict, train: dict, launch: dict, data
     return tmp
 
 
+def default_config(tmp: Path, data: dict | None = None, **over: object) -> Path:
+    """``tmp/config.yaml``: the bundled default config with its results under ``tmp``, top-level keys replaced by
+    ``over`` and keys of its ``data`` section by ``data``."""
+    import yaml
+
+    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    c["results_dir"] = str(tmp / "results")
+    c.update(over)
+    c["data"].update(data or {})
+    p = tmp / "config.yaml"
+    p.write_text(yaml.safe_dump(c))
+    return p
+
+
 def experiment_config(work: Path, name: str, **sections: dict) -> tuple[str, Path]:
     """``work/<name>.yaml``: base.yaml (see :func:`slurm_training_workdir`) as experiment ``name`` with ``sections``
     updated, its data copied from the prepared one; returns the config file name and the experiment folder."""
@@ -375,26 +419,27 @@ def check_seed_systems(work: Path) -> None:
 
 
 # pytest-xdist (`-n 3 --dist loadgroup` in pyproject's addopts) runs whole groups on one worker: each module is a
-# group (its module fixtures are built once). Two groups hold the end-to-end runs and go first, one to each worker:
-# "slurm" (one cluster and job queue for every SLURM test) and "workflow" (the users of the session's CI workflow
-# that need no cluster). The CI workflow is built once for both (the ci_workflow fixture: a file lock in the run's
-# shared temporary folder; the SLURM sweep starts from its results). The groups come from the module's file name:
+# group (its module fixtures are built once). Three groups hold the end-to-end runs and go first, one to each
+# worker: "slurm" (the README trial's cluster: the tests through the shipped profile), "slurm2" (a second cluster:
+# the multi-node training tests; see CLUSTERS) and "workflow" (the users of the session's CI workflow that need no
+# cluster). The CI workflow is built once for all (the ci_workflow fixture: a file lock in the run's shared
+# temporary folder; the README trial and the SLURM sweep compare with or start from its results). The groups come from the module's file name:
 # xdist 3.8 renames a node id to mark its `xdist_group`, which pytest 9.2 ignores (node ids are no longer
 # assignable), so the marks alone grouped nothing.
 GROUPS = {
     "test_slurm.py": "slurm",
     "test_slurm_sweep.py": "slurm",
-    "test_multinode.py": "slurm",
+    "test_multinode.py": "slurm2",
     "test_workflow.py": "workflow",
     "test_sweep.py": "workflow",
     "test_browser.py": "workflow",
 }
-CLUSTER_MODULES = {m for m, g in GROUPS.items() if g == "slurm"}
+CLUSTER_MODULES = {m for m, g in GROUPS.items() if g in CLUSTERS}
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """--dist loadgroup: one work unit per module or GROUPS entry; "slurm" (the longest) and "workflow" first."""
+    """--dist loadgroup: one work unit per module or GROUPS entry; the clusters' groups and "workflow" first."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -405,7 +450,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             return GROUPS.get(module.rsplit("/", 1)[-1], module)
 
         def _assign_work_unit(self, node) -> None:
-            for group in ("workflow", "slurm"):  # slurm, then workflow, at the front of the queue
+            for group in ("workflow", "slurm2", "slurm"):  # slurm, slurm2, then workflow, at the front
                 if group in self.workqueue:
                     self.workqueue.move_to_end(group, last=False)
             super()._assign_work_unit(node)
@@ -416,11 +461,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The contributor's tier, ``pytest -m "not slow"`` (under 5 minutes on 2 cores), leaves out every test marked
     slow and every end-to-end run (markers workflow, slurm, browser: slow by nature). A SLURM test outside
-    CLUSTER_MODULES is an error: it would start a second cluster beside the first on the other worker."""
+    CLUSTER_MODULES is an error: it would start a group's cluster again in another worker, beside the first."""
     for item in items:
         if any(item.get_closest_marker(m) for m in ("workflow", "slurm", "browser")):
             item.add_marker(pytest.mark.slow)
         cluster = item.get_closest_marker("slurm") or "slurm" in getattr(item, "fixturenames", ())
         if cluster and item.path.name not in CLUSTER_MODULES:
-            msg = f"{item.nodeid} uses the SLURM cluster: add {item.path.name} to GROUPS as 'slurm'"
+            msg = f"{item.nodeid} uses the SLURM cluster: add {item.path.name} to GROUPS as one of {sorted(CLUSTERS)}"
             raise pytest.UsageError(msg)

@@ -207,13 +207,13 @@ def test_a_node_dies_the_job_is_requeued_and_resumes(work: Path, slurm: dict, ru
     run and one MLflow run."""
 
     def kill_n2(job_id: str) -> dict:
-        subprocess.run(["bash", str(CLUSTER), "kill", "n2"], capture_output=True, text=True, check=True)
+        subprocess.run(["bash", str(CLUSTER), "kill", "n2"], env=slurm, capture_output=True, text=True, check=True)
         wait_for(lambda: job_state(job_id, slurm) in ("PENDING", "REQUEUED"), timeout=120, what="the requeue")
         requeued = time.time()
         # the node stays down a while: a slurmd back within a second of being marked DOWN left the requeued
         # job's step creation waiting for ever ("Requested nodes are busy") in a trial; 20 s later it did not
         time.sleep(20)
-        r = subprocess.run(["bash", str(CLUSTER), "revive", "n2"], capture_output=True, text=True)
+        r = subprocess.run(["bash", str(CLUSTER), "revive", "n2"], env=slurm, capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
         # SLURM holds a requeued job for ~2 minutes (EligibleTime = requeue + 121 s): let it start now
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm, check=True)

@@ -79,3 +79,28 @@ def test_the_sweeps_forced_response_scores_rollouts_beside_pattern_scaling() -> 
     assert res["rollouts"]["map_rmse"]["value"] == pytest.approx(0, abs=1e-12)
     assert 0 < res["pattern_scaling"]["map_rmse"]["value"] < 0.3
     assert abs(res["pattern_scaling"]["trend_error"]["value"]) < 0.2
+
+
+def test_lagged_pattern_scaling_keeps_the_committed_warming_that_plain_pattern_scaling_loses() -> None:
+    """A forcing that rises, then falls after year 150, and a climate that follows its 30-year lagged response (one
+    box): regressed on the forcing alone, pattern scaling follows the decline; given the lagged response too
+    (``pattern_scaling_lagged``), it keeps the warming, exactly without noise."""
+    from pipeline.response import pattern_scaling_candidates
+
+    years = np.arange(240.0)
+    f = np.where(years < 150, years / 150, 1 - (years - 150) / 300)  # up to 1, then down to 0.7
+    lag = np.zeros_like(f)
+    for t in range(1, f.size):
+        lag[t] = lag[t - 1] + (f[t] - lag[t - 1]) / 30
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(280, 5, (6, 8)), rng.uniform(1, 3, (6, 8))
+    x = a[None] + b[None] * lag[:, None, None]
+    forcings = np.stack([f, lag], axis=1)
+    train, held = slice(0, 200), slice(200, 240)  # the training years include 50 of the decline
+    cands = pattern_scaling_candidates(x[train], forcings[train], forcings[held])
+    assert set(cands) == {"pattern_scaling", "pattern_scaling_lagged"}
+    np.testing.assert_allclose(cands["pattern_scaling_lagged"], x[held], atol=1e-8)
+    s = response_scores(x[held], cands, np.linspace(20, 60, 6), years[held], resamples=100)
+    assert s["pattern_scaling"]["map_rmse"]["value"] > 0.1 > s["pattern_scaling_lagged"]["map_rmse"]["value"]
+    only = pattern_scaling_candidates(x[train], f[train], f[held])  # one series: no lagged candidate
+    assert set(only) == {"pattern_scaling"}

@@ -9,27 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from pipeline.config import load_config
 from pipeline.data.io import atomic_path, open_store
 from pipeline.data.stats import denormalise, read_stats
-from tests.conftest import REPO, pipeline_cli
-
-
-def _write_cfg(tmp_path: Path, **over) -> Path:
-    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    c["results_dir"] = str(tmp_path / "results")
-    c.update(over)
-    p = tmp_path / "config.yaml"
-    p.write_text(yaml.safe_dump(c))
-    return p
+from tests.conftest import default_config, pipeline_cli
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("stages")
-    cfg = _write_cfg(tmp)
+    cfg = default_config(tmp)
     for stage in ("prepare", "normalise"):
         r = pipeline_cli(stage, "--config", str(cfg), cwd=tmp, timeout=300)
         assert r.returncode == 0, r.stderr
@@ -99,7 +89,7 @@ def test_mlflow_parent_and_stage_runs(prepared) -> None:
 
 @pytest.mark.slow
 def test_unreachable_tracking_server_does_not_stop_the_stage(tmp_path: Path) -> None:
-    cfg = _write_cfg(tmp_path, tracking={"uri": "http://127.0.0.1:9", "enabled": True})
+    cfg = default_config(tmp_path, tracking={"uri": "http://127.0.0.1:9", "enabled": True})
     r = pipeline_cli("prepare", "--config", str(cfg), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "MLflow tracking unavailable" in r.stderr
@@ -110,11 +100,11 @@ def test_cli_help_and_config_errors(tmp_path: Path) -> None:
     for cmd in ("prepare", "normalise", "check-config"):
         r = pipeline_cli(cmd, "--help", cwd=tmp_path, timeout=300)
         assert r.returncode == 0 and "--config" in r.stdout
-    bad = _write_cfg(tmp_path, seed="zero")
+    bad = default_config(tmp_path, seed="zero")
     r = pipeline_cli("prepare", "--config", str(bad), cwd=tmp_path, timeout=300)
     assert r.returncode == 2
     assert "seed = 'zero'" in r.stderr and "Traceback" not in r.stderr
-    ok = pipeline_cli("check-config", "--config", str(_write_cfg(tmp_path)), cwd=tmp_path, timeout=300)
+    ok = pipeline_cli("check-config", "--config", str(default_config(tmp_path)), cwd=tmp_path, timeout=300)
     assert ok.returncode == 0 and "config OK" in ok.stdout
 
 

@@ -82,6 +82,13 @@ class ResultsLayout:
         """``best.json``: the point chosen on validation, with its test scores."""
         return self.eval_out(students) / "best.json"
 
+    def eval_reports(self, students: bool = False) -> dict[str, Path]:
+        """What collect-eval writes beside ``best.json``: the table (``csv``, ``parquet``), the sweep's summary plot
+        (``plot``), the scorecard and, where the sweep judged the climate, its panel (``climate``)."""
+        out = self.eval_out(students)
+        return {"csv": out / "summary.csv", "parquet": out / "summary.parquet", "plot": out / "summary.png",
+                "scorecard": out / "scorecard.png", "climate": out / "climate.png"}  # fmt: skip
+
     def read_best(self, key: str, setting: str, default: Any = None) -> Any:
         """``key`` of ``eval/best.json`` (the point chosen on validation), the one reader of that file; ``setting``
         (``sample.checkpoint``, ...) is named in the error where the sweep has not run; ``default`` for a key that
@@ -103,6 +110,19 @@ class ResultsLayout:
     @property
     def distill_dir(self) -> Path:
         return self.exp_dir / "distill"
+
+    @property
+    def response_dir(self) -> Path:
+        """The response stage's folder (``response.json``, ``response.png``)."""
+        return self.exp_dir / "response"
+
+    def log_file(self, job: str) -> Path:
+        """A workflow job's log: ``logs/<job>.log`` (``job`` may hold folders and wildcards)."""
+        return self.exp_dir / "logs" / f"{job}.log"
+
+    def benchmark_file(self, job: str) -> Path:
+        """A workflow job's time and memory (Snakemake's benchmark): ``benchmarks/<job>.tsv``."""
+        return self.exp_dir / "benchmarks" / f"{job}.tsv"
 
     def inference_file(self, name: str) -> Path:
         """The inference file of checkpoint ``name`` (``step-00000300``, or a distilled student ``student-0004``):

@@ -873,7 +873,7 @@ class DistillConfig(_Section):
     @field_validator("checkpoint")
     @classmethod
     def _teacher(cls, v: str) -> str:
-        if not re.fullmatch(r"best|last|step-\d{8}", v):
+        if not re.fullmatch(rf"best|last|{checkpoints.TAG_PATTERN}", v):
             msg = "must be 'best', 'last' or a checkpoint tag like 'step-00000300'"
             raise ValueError(msg)
         return v

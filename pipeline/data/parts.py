@@ -78,6 +78,11 @@ class Build:
     def marker(self, part: int) -> Path:
         return self.root / f"part-{part:04d}.done"
 
+    @property
+    def marker_pattern(self) -> Path:
+        """:meth:`marker` with Snakemake's wildcard ``{part}`` (four digits) for the number."""
+        return self.root / "part-{part}.done"
+
 
 def part_ranges(n_time: int, time_chunk: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` ranges of time steps ``[start, stop)``, each a whole number of chunks (as even as can be)."""

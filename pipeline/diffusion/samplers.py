@@ -199,6 +199,34 @@ def _correct(
     return corrector(model, z, logsnr, cond, generator)
 
 
+StepFn = Callable[[int, Tensor, Prediction, Tensor, Tensor, bool], Tensor]
+
+
+def _integrate(
+    model: Denoiser,
+    z: Tensor,
+    steps: int | Tensor,
+    cond: dict[str, Any] | None,
+    callback: Callback | None,
+    generator: Generators,
+    corrector: Corrector | None,
+    step: StepFn,
+) -> Tensor:
+    """The loop every sampler shares, from t = 1 to t = 0 on the schedule's grid: one model call per level,
+    ``step(i, z, pred, logsnr_now, logsnr_next, last)`` moves ``z`` to the next level (in ``z``'s dtype: the update
+    is computed in float64 where the levels are), then the corrector, if any, acts at the level reached."""
+    ts, lam = _levels(model, z, steps)
+    last = len(ts) - 2
+    for i in range(len(ts) - 1):
+        lt, ls = _batch(lam[i], z), _batch(lam[i + 1], z)
+        pred = model.predict(z, lt, cond)
+        z = step(i, z, pred, lt, ls, i == last).to(z.dtype)
+        z = _correct(corrector, model, z, ls, cond, generator, i == last)
+        if callback is not None:
+            callback({"i": i, "t": ts[i + 1], "logsnr": lam[i + 1], "z": z, "x_hat": pred.x})
+    return z
+
+
 @torch.no_grad()
 def sample_ancestral(
     model: Denoiser,
@@ -211,15 +239,11 @@ def sample_ancestral(
     corrector: Corrector | None = None,
 ) -> Tensor:
     """The seed's discrete-time ancestral sampler (eqs. 2.13-2.19), from t = 1 to t = 0."""
-    ts, lam = _levels(model, z, steps)
-    for i in range(len(ts) - 1):
-        lt, ls = _batch(lam[i], z), _batch(lam[i + 1], z)
-        pred = model.predict(z, lt, cond)
-        z = ancestral_step(z, pred.x, lt, ls, _noise(z, generator)).to(z.dtype)
-        z = _correct(corrector, model, z, ls, cond, generator, i == len(ts) - 2)
-        if callback is not None:
-            callback({"i": i, "t": ts[i + 1], "logsnr": lam[i + 1], "z": z, "x_hat": pred.x})
-    return z
+
+    def step(i: int, z: Tensor, pred: Prediction, lt: Tensor, ls: Tensor, last: bool) -> Tensor:
+        return ancestral_step(z, pred.x, lt, ls, _noise(z, generator))
+
+    return _integrate(model, z, steps, cond, callback, generator, corrector, step)
 
 
 @torch.no_grad()
@@ -235,16 +259,11 @@ def sample_ddim(
     corrector: Corrector | None = None,
 ) -> Tensor:
     """DDIM; ``eta = 0`` deterministic, ``eta = 1`` equals the ancestral sampler in distribution."""
-    ts, lam = _levels(model, z, steps)
-    for i in range(len(ts) - 1):
-        lt, ls = _batch(lam[i], z), _batch(lam[i + 1], z)
-        pred = model.predict(z, lt, cond)
-        noise = _noise(z, generator) if eta > 0 else None
-        z = ddim_step(z, pred, lt, ls, eta, noise).to(z.dtype)
-        z = _correct(corrector, model, z, ls, cond, generator, i == len(ts) - 2)
-        if callback is not None:
-            callback({"i": i, "t": ts[i + 1], "logsnr": lam[i + 1], "z": z, "x_hat": pred.x})
-    return z
+
+    def step(i: int, z: Tensor, pred: Prediction, lt: Tensor, ls: Tensor, last: bool) -> Tensor:
+        return ddim_step(z, pred, lt, ls, eta, _noise(z, generator) if eta > 0 else None)
+
+    return _integrate(model, z, steps, cond, callback, generator, corrector, step)
 
 
 @torch.no_grad()
@@ -264,20 +283,14 @@ def sample_dpmpp_2m(
     The last step is first order ("lower_order_final" of the reference code): on the cosine
     grid it jumps to ``logsnr_max`` and a second-order extrapolation there overshoots badly.
     """
-    ts, lam = _levels(model, z, steps)
-    x_prev: Tensor | None = None
-    l_prev: Tensor | None = None
-    last = len(ts) - 2
-    for i in range(len(ts) - 1):
-        lt, ls = _batch(lam[i], z), _batch(lam[i + 1], z)
-        pred = model.predict(z, lt, cond)
-        first_order = i == last
-        z = dpmpp_2m_step(z, pred.x, None if first_order else x_prev, lt, ls, l_prev).to(z.dtype)
-        x_prev, l_prev = pred.x, lt
-        z = _correct(corrector, model, z, ls, cond, generator, first_order)
-        if callback is not None:
-            callback({"i": i, "t": ts[i + 1], "logsnr": lam[i + 1], "z": z, "x_hat": pred.x})
-    return z
+    prev: list[Tensor] = []  # the last level's denoised estimate and log-SNR: the multistep's memory
+
+    def step(i: int, z: Tensor, pred: Prediction, lt: Tensor, ls: Tensor, last: bool) -> Tensor:
+        x_prev, l_prev = prev if prev and not last else (None, None)
+        prev[:] = [pred.x, lt]
+        return dpmpp_2m_step(z, pred.x, x_prev, lt, ls, l_prev)
+
+    return _integrate(model, z, steps, cond, callback, generator, corrector, step)
 
 
 def with_langevin(predictor: Callable[..., Tensor]) -> Callable[..., Tensor]:

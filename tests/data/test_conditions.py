@@ -16,7 +16,7 @@ from pipeline.data.clips import ClipDataset
 from pipeline.data.conditions import ForcingTable, fractional_year, land_fraction
 from pipeline.data.coords import DataError
 from pipeline.data.io import open_store
-from tests.conftest import REPO, analytic, pipeline_cli
+from tests.conftest import REPO, analytic, default_config, pipeline_cli
 
 
 def _table(path: Path) -> Path:
@@ -40,15 +40,6 @@ def _orography(path: Path) -> Path:
     return path
 
 
-def _config(tmp: Path, **data) -> Path:
-    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    c["results_dir"] = str(tmp / "results")
-    c["data"].update(data)
-    p = tmp / "config.yaml"
-    p.write_text(yaml.safe_dump(c))
-    return p
-
-
 @pytest.fixture(scope="module")
 def conditioned(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("conditions")
@@ -59,7 +50,7 @@ def conditioned(tmp_path_factory) -> tuple[Path, Path]:
         {"name": "orog", "source": "file", "path": str(_orography(tmp / "orog.nc")), "variable": "orog"},
         {"name": "land", "source": "land_fraction"},
     ]
-    cfg = _config(tmp, forcings=forcings, static=static)
+    cfg = default_config(tmp, {"forcings": forcings, "static": static})
     for stage in ("prepare", "normalise"):
         r = pipeline_cli(stage, "--config", str(cfg), cwd=tmp, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -113,11 +104,13 @@ def test_the_normalised_store_holds_the_conditions_that_the_clips_give(condition
 def test_a_table_that_does_not_cover_the_data_stops_before_any_stage(tmp_path: Path) -> None:
     table = tmp_path / "short.csv"
     table.write_text("year,hist\n1960,320\n2000,370\n")
-    cfg = _config(tmp_path, forcings=[{"name": "co2", "table": str(table), "scenario": "hist"}])
+    cfg = default_config(tmp_path, {"forcings": [{"name": "co2", "table": str(table), "scenario": "hist"}]})
     r = pipeline_cli("check-config", "--config", str(cfg), cwd=tmp_path, timeout=120)
     assert r.returncode != 0
     assert "data.forcings[0]" in r.stderr and "no extrapolation" in r.stderr, r.stderr[-2000:]
-    cfg = _config(tmp_path, forcings=[{"name": "co2", "table": str(_table(tmp_path / "t.csv")), "scenario": "x"}])
+    cfg = default_config(
+        tmp_path, {"forcings": [{"name": "co2", "table": str(_table(tmp_path / "t.csv")), "scenario": "x"}]}
+    )
     r = pipeline_cli("check-config", "--config", str(cfg), cwd=tmp_path, timeout=120)
     assert r.returncode != 0 and "has no scenario 'x'" in r.stderr, r.stderr[-2000:]
 

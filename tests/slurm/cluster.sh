@@ -28,7 +28,8 @@
 #
 # State, logs, pid files, the database and the config live under DIR (default /tmp/pipeline-slurm); the cluster
 # is isolated by its own SLURM_CONF, ports (PIPELINE_SLURMCTLD_PORT, _SLURMD_PORT, _SLURMDBD_PORT, _MARIADB_PORT),
-# subnet (PIPELINE_SLURM_NET), bridge and namespace names.
+# subnet (PIPELINE_SLURM_NET), bridge and namespace names (PIPELINE_SLURM_BRIDGE, PIPELINE_SLURM_NS); a second
+# cluster beside a first sets PIPELINE_SLURM_ETC=0 (the /etc/slurm link, below, stays the first's).
 set -euo pipefail
 cmd=${1:-start}
 NODE=""
@@ -247,8 +248,10 @@ start() {
     runuser -u munge -- /usr/sbin/munged
   fi
   # srun inside batch jobs (the Snakemake executor plugin's job script) looks for the default path,
-  # not SLURM_CONF: link it there unless the machine already has its own SLURM configuration.
-  if [ ! -e /etc/slurm/slurm.conf ] || [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; then
+  # not SLURM_CONF: link it there unless the machine already has its own SLURM configuration, or this is a
+  # second cluster beside the one that owns the link (PIPELINE_SLURM_ETC=0; its jobs must carry SLURM_CONF).
+  if [ "${PIPELINE_SLURM_ETC:-1}" = 1 ] &&
+    { [ ! -e /etc/slurm/slurm.conf ] || [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; }; then
     mkdir -p /etc/slurm && ln -sfn "$CONF" /etc/slurm/slurm.conf && ln -sfn "$DIR/gres.conf" /etc/slurm/gres.conf
   fi
   start_mariadb

@@ -1,5 +1,6 @@
 # Parse-time validation and path lookups. Anything longer than a lookup lives in pipeline/.
 import json
+import re
 
 from pipeline.config import (
     SAMPLER_PATTERN,
@@ -7,7 +8,9 @@ from pipeline.config import (
     resolved_config_path,
     section_json,
 )
+from pipeline.checkpoints import STUDENT_PATTERN, STUDENT_SAMPLER, TAG_PATTERN
 from pipeline.data.io import resolve_paths
+from pipeline.data.parts import Build
 from pipeline.prepare import check_data
 
 # A bad key, type or value, a missing variable or a split outside the data fails here,
@@ -28,7 +31,47 @@ STATIC_FILES = [
 ]
 FORCING_TABLES = [str(p) for f in CFG.data.forcings for p in resolve_paths([f.table])]
 CONFIG_FILE = str(resolved_config_path(CFG, write=not workflow.dryrun))
-EXP = str(CFG.exp_dir)
+# The results layout (pipeline.config.layout: the paths every stage agrees on), bound once for the rules
+REGRIDDED, NORMALISED, STATS = map(
+    str, (CFG.regridded_path, CFG.normalised_path, CFG.stats_path)
+)
+FINAL, SAMPLES, RESPONSE = map(
+    str, (CFG.final_checkpoint, CFG.samples_dir, CFG.response_dir)
+)
+BEST, BEST_DISTILLED = str(CFG.eval_best()), str(CFG.eval_best(students=True))
+SELECTION = str(CFG.eval_selection())
+SELECTION_DISTILLED = str(CFG.eval_selection(students=True))
+REPORTS = {k: str(v) for k, v in CFG.eval_reports().items()}
+REPORTS_DISTILLED = {k: str(v) for k, v in CFG.eval_reports(students=True).items()}
+# a sweep point's file, with wildcards (a distilled student's: wildcard student, its sampler STUDENT_SAMPLER)
+POINT = str(CFG.eval_point("{split}", "{checkpoint}", "{sampler}", "{steps}"))
+STUDENT_POINT = str(CFG.eval_point("{split}", "{student}", "{sampler}", "{steps}"))
+
+
+def _build(final):
+    """A store built in data.parts parts (pipeline.data.parts): its plan, a part's completion marker (wildcard
+    {part}) and every part's marker."""
+    b = Build(final)
+    return {
+        "plan": str(b.plan_path),
+        "marker": str(b.marker_pattern),
+        "markers": [str(b.marker(i)) for i in range(CFG.data.parts)],
+    }
+
+
+REGRIDDED_BUILD, NORMALISED_BUILD = _build(CFG.regridded_path), _build(
+    CFG.normalised_path
+)
+
+
+def LOG(job):
+    return str(CFG.log_file(job))
+
+
+def BENCHMARK(job):
+    return str(CFG.benchmark_file(job))
+
+
 # every sweep point on the validation clips, where the best is chosen (select_points)
 EVAL_POINTS = [
     str(CFG.eval_point("val", ckpt, sampler, steps))
@@ -64,11 +107,6 @@ COLLECT_SETTINGS = (
 
 def settings(*keys):
     return section_json(CFG, *keys)
-
-
-def parts(folder):
-    """The completion markers of a build in data.parts parts (pipeline.data.parts)."""
-    return [f"{folder}/part-{i:04d}.done" for i in range(CFG.data.parts)]
 
 
 def student_file(wildcards):

@@ -8,9 +8,9 @@ rule init_store:
         [str(p) for p in SOURCE_FILES],
         STATIC_FILES,
     output:
-        f"{EXP}/data/regridded.parts/init.json",
+        REGRIDDED_BUILD["plan"],
     log:
-        f"{EXP}/logs/init_store.log",
+        LOG("init_store"),
     conda:
         "../../envs/pipeline.yaml"
     params:
@@ -31,13 +31,13 @@ rule init_store:
 
 rule regrid_part:
     input:
-        f"{EXP}/data/regridded.parts/init.json",
+        REGRIDDED_BUILD["plan"],
     output:
-        f"{EXP}/data/regridded.parts/part-{{part}}.done",
+        REGRIDDED_BUILD["marker"],
     log:
-        f"{EXP}/logs/regrid_part-{{part}}.log",
+        LOG("regrid_part-{part}"),
     benchmark:
-        f"{EXP}/benchmarks/regrid_part-{{part}}.tsv"
+        BENCHMARK("regrid_part-{part}")
     wildcard_constraints:
         part=r"\d{4}",
     conda:
@@ -53,11 +53,11 @@ rule regrid_part:
 
 rule finalise_store:
     input:
-        parts(f"{EXP}/data/regridded.parts"),
+        REGRIDDED_BUILD["markers"],
     output:
-        directory(f"{EXP}/data/regridded.zarr"),
+        directory(REGRIDDED),
     log:
-        f"{EXP}/logs/finalise_store.log",
+        LOG("finalise_store"),
     conda:
         "../../envs/pipeline.yaml"
     params:
@@ -68,12 +68,12 @@ rule finalise_store:
 
 rule init_normalised:
     input:
-        f"{EXP}/data/regridded.zarr",
+        REGRIDDED,
         FORCING_TABLES,
     output:
-        f"{EXP}/data/normalised.parts/init.json",
+        NORMALISED_BUILD["plan"],
     log:
-        f"{EXP}/logs/init_normalised.log",
+        LOG("init_normalised"),
     conda:
         "../../envs/pipeline.yaml"
     params:
@@ -90,13 +90,13 @@ rule init_normalised:
 
 rule normalise_part:
     input:
-        f"{EXP}/data/normalised.parts/init.json",
+        NORMALISED_BUILD["plan"],
     output:
-        f"{EXP}/data/normalised.parts/part-{{part}}.done",
+        NORMALISED_BUILD["marker"],
     log:
-        f"{EXP}/logs/normalise_part-{{part}}.log",
+        LOG("normalise_part-{part}"),
     benchmark:
-        f"{EXP}/benchmarks/normalise_part-{{part}}.tsv"
+        BENCHMARK("normalise_part-{part}")
     wildcard_constraints:
         part=r"\d{4}",
     conda:
@@ -112,12 +112,12 @@ rule normalise_part:
 
 rule finalise_normalised:
     input:
-        parts(f"{EXP}/data/normalised.parts"),
+        NORMALISED_BUILD["markers"],
     output:
-        store=directory(f"{EXP}/data/normalised.zarr"),
-        stats=f"{EXP}/data/stats.json",
+        store=directory(NORMALISED),
+        stats=STATS,
     log:
-        f"{EXP}/logs/finalise_normalised.log",
+        LOG("finalise_normalised"),
     conda:
         "../../envs/pipeline.yaml"
     params:

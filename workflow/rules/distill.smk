@@ -7,15 +7,13 @@ from pipeline import checkpoints as ckpt
 
 # the teacher's file: eval/best.json names it for 'best' (after collect_evaluation), else training made it
 DISTILL_TEACHER = (
-    f"{EXP}/eval/best.json"
-    if CFG.distill.checkpoint == "best"
-    else str(CFG.final_checkpoint)
+    BEST if CFG.distill.checkpoint == "best" else str(CFG.final_checkpoint)
 )
 STUDENTS_INDEX = str(ckpt.students_index(CFG.distill_dir))
 STUDENT_POINTS = [
     str(CFG.eval_point("val", c, s, n)) for c, s, n in CFG.student_points()
 ]
-DISTILL_TARGETS = [f"{EXP}/eval/distilled/summary.csv"] if CFG.distill.enabled else []
+DISTILL_TARGETS = [REPORTS_DISTILLED["csv"]] if CFG.distill.enabled else []
 
 
 localrules:
@@ -25,14 +23,14 @@ localrules:
 checkpoint distill_model:
     input:
         teacher=DISTILL_TEACHER,
-        store=f"{EXP}/data/normalised.zarr",
-        stats=f"{EXP}/data/stats.json",
+        store=NORMALISED,
+        stats=STATS,
     output:
         STUDENTS_INDEX,
     log:
-        f"{EXP}/logs/distill_model.log",
+        LOG("distill_model"),
     benchmark:
-        f"{EXP}/benchmarks/distill_model.tsv"
+        BENCHMARK("distill_model")
     conda:
         "../../envs/pipeline.yaml"
     params:
@@ -45,16 +43,17 @@ checkpoint distill_model:
 rule evaluate_student:
     input:
         student=student_file,
-        stats=f"{EXP}/data/stats.json",
+        stats=STATS,
     output:
-        f"{EXP}/eval/{{split}}/{{student}}/distilled-{{steps}}.json",
+        STUDENT_POINT,
     log:
-        f"{EXP}/logs/evaluate/{{split}}/{{student}}/distilled-{{steps}}.log",
+        LOG("evaluate/{split}/{student}/{sampler}-{steps}"),
     benchmark:
-        f"{EXP}/benchmarks/evaluate/{{split}}/{{student}}/distilled-{{steps}}.tsv"
+        BENCHMARK("evaluate/{split}/{student}/{sampler}-{steps}")
     wildcard_constraints:
         split=r"val|test",
-        student=r"student-\d+",
+        student=STUDENT_PATTERN,
+        sampler=re.escape(STUDENT_SAMPLER),
         steps=r"\d+",
     conda:
         "../../envs/pipeline.yaml"
@@ -66,7 +65,8 @@ rule evaluate_student:
         settings=settings(*POINT_SETTINGS),
     shell:
         "python -m pipeline evaluate --config {params.config:q} --split {wildcards.split:q}"
-        " --checkpoint {wildcards.student:q} --sampler distilled --steps {wildcards.steps:q} > {log:q} 2>&1"
+        " --checkpoint {wildcards.student:q} --sampler {wildcards.sampler:q} --steps {wildcards.steps:q}"
+        " > {log:q} 2>&1"
 
 
 checkpoint select_distilled:
@@ -74,9 +74,9 @@ checkpoint select_distilled:
         points=EVAL_POINTS + STUDENT_POINTS,
         references=REFERENCES["val"],
     output:
-        f"{EXP}/eval/distilled/selection.json",
+        SELECTION_DISTILLED,
     log:
-        f"{EXP}/logs/select_distilled.log",
+        LOG("select_distilled"),
     conda:
         "../../envs/pipeline.yaml"
     params:
@@ -88,18 +88,18 @@ checkpoint select_distilled:
 
 rule collect_distilled:
     input:
-        selection=f"{EXP}/eval/distilled/selection.json",
+        selection=SELECTION_DISTILLED,
         test_points=lambda wildcards: test_points(checkpoints.select_distilled),
         val_points=EVAL_POINTS + STUDENT_POINTS,
         references=list(REFERENCES.values()),
     output:
-        csv=f"{EXP}/eval/distilled/summary.csv",
-        parquet=f"{EXP}/eval/distilled/summary.parquet",
-        best=f"{EXP}/eval/distilled/best.json",
-        plot=f"{EXP}/eval/distilled/summary.png",
-        scorecard=f"{EXP}/eval/distilled/scorecard.png",
+        csv=REPORTS_DISTILLED["csv"],
+        parquet=REPORTS_DISTILLED["parquet"],
+        best=BEST_DISTILLED,
+        plot=REPORTS_DISTILLED["plot"],
+        scorecard=REPORTS_DISTILLED["scorecard"],
     log:
-        f"{EXP}/logs/collect_distilled.log",
+        LOG("collect_distilled"),
     conda:
         "../../envs/pipeline.yaml"
     params:

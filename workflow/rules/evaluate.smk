@@ -5,15 +5,15 @@
 
 rule score_references:
     input:
-        store=f"{EXP}/data/normalised.zarr",
-        stats=f"{EXP}/data/stats.json",
+        store=NORMALISED,
+        stats=STATS,
     output:
         val=REFERENCES["val"],
         test=REFERENCES["test"],
     log:
-        f"{EXP}/logs/score_references.log",
+        LOG("score_references"),
     benchmark:
-        f"{EXP}/benchmarks/score_references.tsv"
+        BENCHMARK("score_references")
     conda:
         "../../envs/pipeline.yaml"
     resources:
@@ -38,17 +38,17 @@ rule score_references:
 
 rule evaluate_checkpoint:
     input:
-        final=f"{EXP}/checkpoints/final.pt",
-        stats=f"{EXP}/data/stats.json",
+        final=FINAL,
+        stats=STATS,
     output:
-        f"{EXP}/eval/{{split}}/{{checkpoint}}/{{sampler}}-{{steps}}.json",
+        POINT,
     log:
-        f"{EXP}/logs/evaluate/{{split}}/{{checkpoint}}/{{sampler}}-{{steps}}.log",
+        LOG("evaluate/{split}/{checkpoint}/{sampler}-{steps}"),
     benchmark:
-        f"{EXP}/benchmarks/evaluate/{{split}}/{{checkpoint}}/{{sampler}}-{{steps}}.tsv"
+        BENCHMARK("evaluate/{split}/{checkpoint}/{sampler}-{steps}")
     wildcard_constraints:
         split=r"val|test",
-        checkpoint=r"step-\d+",
+        checkpoint=TAG_PATTERN,
         sampler=SAMPLER_PATTERN,
         steps=r"\d+",
     conda:
@@ -70,9 +70,9 @@ checkpoint select_points:
         points=EVAL_POINTS,
         references=REFERENCES["val"],
     output:
-        f"{EXP}/eval/selection.json",
+        SELECTION,
     log:
-        f"{EXP}/logs/select_points.log",
+        LOG("select_points"),
     conda:
         "../../envs/pipeline.yaml"
     params:
@@ -84,26 +84,26 @@ checkpoint select_points:
 
 rule collect_evaluation:
     input:
-        selection=f"{EXP}/eval/selection.json",
+        selection=SELECTION,
         test_points=lambda wildcards: test_points(checkpoints.select_points),
         val_points=EVAL_POINTS,
         references=list(REFERENCES.values()),
     output:
-        csv=f"{EXP}/eval/summary.csv",
-        parquet=f"{EXP}/eval/summary.parquet",
-        best=f"{EXP}/eval/best.json",
+        csv=REPORTS["csv"],
+        parquet=REPORTS["parquet"],
+        best=BEST,
         plot=report(
-            f"{EXP}/eval/summary.png",
+            REPORTS["plot"],
             caption="../report/summary.rst",
             category="Evaluation",
         ),
         scorecard=report(
-            f"{EXP}/eval/scorecard.png",
+            REPORTS["scorecard"],
             caption="../report/scorecard.rst",
             category="Evaluation",
         ),
     log:
-        f"{EXP}/logs/collect_evaluation.log",
+        LOG("collect_evaluation"),
     conda:
         "../../envs/pipeline.yaml"
     params:

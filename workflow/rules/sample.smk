@@ -10,19 +10,19 @@ if CFG.sample.processes > 1:
 
 rule sample_model:
     input:
-        best=f"{EXP}/eval/best.json",
-        final=f"{EXP}/checkpoints/final.pt",
+        best=BEST,
+        final=FINAL,
     output:
         report(
-            directory(f"{EXP}/samples"),
+            directory(SAMPLES),
             patterns=["{name}.png", "{name}.gif"],
             caption="../report/samples.rst",
             category="Samples",
         ),
     log:
-        f"{EXP}/logs/sample_model.log",
+        LOG("sample_model"),
     benchmark:
-        f"{EXP}/benchmarks/sample_model.tsv"
+        BENCHMARK("sample_model")
     conda:
         "../../envs/pipeline.yaml"
     resources:
@@ -40,14 +40,14 @@ rule sample_model:
 # its own forcing, against the real run and pattern scaling (pipeline/scenarios.py).
 rule response:
     input:
-        best=f"{EXP}/eval/best.json",
-        final=f"{EXP}/checkpoints/final.pt",
+        best=BEST,
+        final=FINAL,
     output:
-        directory(f"{EXP}/response"),
+        directory(RESPONSE),
     log:
-        f"{EXP}/logs/response.log",
+        LOG("response"),
     benchmark:
-        f"{EXP}/benchmarks/response.tsv"
+        BENCHMARK("response")
     conda:
         "../../envs/pipeline.yaml"
     resources:

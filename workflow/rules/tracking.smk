@@ -9,7 +9,7 @@ localrules:
 
 rule sync_mlflow:
     log:
-        f"{EXP}/logs/sync_mlflow.log",
+        LOG("sync_mlflow"),
     conda:
         "../../envs/pipeline.yaml"
     params:

@@ -10,14 +10,14 @@ localrules:
 
 rule train_model:
     input:
-        store=f"{EXP}/data/normalised.zarr",
-        stats=f"{EXP}/data/stats.json",
+        store=NORMALISED,
+        stats=STATS,
     output:
-        f"{EXP}/checkpoints/final.pt",
+        FINAL,
     log:
-        f"{EXP}/logs/train_model.log",
+        LOG("train_model"),
     benchmark:
-        f"{EXP}/benchmarks/train_model.tsv"
+        BENCHMARK("train_model")
     conda:
         "../../envs/pipeline.yaml"
     params:
