@@ -300,7 +300,7 @@ def flat_metrics(result: dict[str, Any]) -> dict[str, float]:
         for k in ("finite_fraction", "inside_range_fraction"):
             flat[f"climate_rollouts_{k}_{v}"] = res["stability"][k]
     for v, res in result.get("response", {}).items():  # the forced response (experiments with forcings)
-        for cand in ("rollouts", "pattern_scaling"):
+        for cand in [c for c, r in res.items() if isinstance(r, dict) and "map_rmse" in r]:  # every candidate
             flat |= {
                 f"response_{cand}_{k}_{v}": res[cand][k]["value"] for k in ("map_rmse", "area_bias", "trend_error")
             }

@@ -129,7 +129,7 @@ def _figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int, 
             "real": (area(x[pp["idx"]]), {"color": "k", "lw": 2}),
             "emulator members": (area(pp["gen"]), {"color": "tab:red", "alpha": 0.4, "lw": 1}),
             **{k.replace("_", " "): (area(v), {"color": c, "lw": 2})
-               for (k, v), c in zip(pp["ps"].items(), ("tab:blue", "tab:green"), strict=False)},
+               for (k, v), c in zip(pp["ps"].items(), ("tab:blue", "tab:green", "tab:purple"), strict=False)},
         })  # fmt: skip
     _plot(path, lat, lon, series, maps, units)
 

@@ -217,8 +217,8 @@ class ForcingConfig(_Section):
     @field_validator("memory")
     @classmethod
     def _distinct(cls, v: list[float]) -> list[float]:
-        if len(set(v)) != len(v):
-            msg = f"timescales must differ, got {v}"
+        if len({f"{tau:g}" for tau in v}) != len(v):  # they name the store's series (forcing_<name>_mem<tau>y)
+            msg = f"timescales must differ in their first 6 digits, got {v}"
             raise ValueError(msg)
         return v
 

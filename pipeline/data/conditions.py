@@ -113,6 +113,11 @@ class ForcingTable:
         span: the exact solution for an input held over each step, from equilibrium with the first value."""
         if (scenario, tau) not in self._relaxed:
             years, col = self._column(scenario)
+            if years[0] != self.years[0]:
+                msg = f"{self.key}: forcing {self.name!r}: its lagged responses (memory) start in equilibrium with "
+                msg += f"the table's first year, {self.years[0] - 0.5:.0f}, but {self.path} gives scenario "
+                msg += f"{scenario!r} from {years[0] - 0.5:.0f} only: fill the column's earlier years (the history)"
+                raise DataError(msg)
             grid = np.arange(years[0] - 0.5, years[-1] + 0.5 + 1e-9, 0.05)
             f = self._transform(np.interp(grid, years, col))
             keep = np.exp(-0.05 / tau)  # r[i] = keep r[i-1] + (1 - keep) (mean input over the step), r[0] = f[0]

@@ -142,6 +142,12 @@ def test_a_lagged_response_follows_the_closed_form_of_a_ramp(tmp_path: Path) -> 
         np.testing.assert_allclose(table.values(dates, "up", tau), want, atol=2e-4)
     np.testing.assert_allclose(table.values(dates, "flat", 3.0), 0.0, atol=1e-12)
     np.testing.assert_allclose(table.values(dates, "up"), t, atol=1e-9)  # no memory: the series itself
+    late = tmp_path / "late.csv"  # a scenario column that starts after the table's first year
+    late.write_text("year,hist,low\n" + "".join(f"{y},{y},{y if y >= 2050 else ''}\n" for y in range(2000, 2101)))
+    table = ForcingTable("f", str(late), "none")
+    np.testing.assert_allclose(table.values(dates[-3:], "low"), fractional_year(dates[-3:]) - 0.5, atol=1e-9)
+    with pytest.raises(DataError, match="from 2050 only"):
+        table.values(dates[-3:], "low", 10.0)  # its response would start in equilibrium in 2050: refused
 
 
 def test_memory_timescales_are_checked() -> None:
@@ -154,7 +160,7 @@ def test_memory_timescales_are_checked() -> None:
 
     assert [n for n, _, _ in forcing_features([ok])] == ["co2", "co2_mem4y", "co2_mem250y"]
     assert [n for n, _, _ in forcing_features([ForcingConfig(name="c", table="t", memory=[2.5])])] == ["c", "c_mem2p5y"]
-    for bad in ([0], [-3], [4, 4]):
+    for bad in ([0], [-3], [4, 4], [250, 250.0000001]):  # the last two would name the same series
         with pytest.raises(ValidationError, match="memory"):
             ForcingConfig(name="co2", table="t.csv", memory=bad)
 

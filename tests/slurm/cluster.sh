@@ -218,6 +218,10 @@ stop_daemons() {
 }
 
 start() {
+  # what clusters on one machine share (the packages, munged, the /etc/slurm link) is set up by one start at a
+  # time: two test workers start their clusters at once
+  exec 8>/tmp/pipeline-slurm-host.lock
+  flock 8
   install
   mkdir -p "$DIR"/{state,log,dev}
   chmod 755 "$DIR" "$DIR"/state
@@ -245,7 +249,7 @@ start() {
   if ! pgrep -x munged >/dev/null; then
     mkdir -p /run/munge && chown munge:munge /run/munge && chmod 755 /run/munge
     [ -f /etc/munge/munge.key ] || (mungekey --create 2>/dev/null || /usr/sbin/create-munge-key -f)
-    runuser -u munge -- /usr/sbin/munged
+    runuser -u munge -- /usr/sbin/munged 8>&- # the daemon does not keep the lock's file open
   fi
   # srun inside batch jobs (the Snakemake executor plugin's job script) looks for the default path,
   # not SLURM_CONF: link it there unless the machine already has its own SLURM configuration, or this is a
@@ -254,6 +258,8 @@ start() {
     { [ ! -e /etc/slurm/slurm.conf ] || [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; }; then
     mkdir -p /etc/slurm && ln -sfn "$CONF" /etc/slurm/slurm.conf && ln -sfn "$DIR/gres.conf" /etc/slurm/gres.conf
   fi
+  flock -u 8
+  exec 8>&-
   start_mariadb
   running "$DIR/slurmdbd.pid" || slurmdbd
   wait_for 60 sacctmgr -n list cluster || fail "slurmdbd did not come up"
