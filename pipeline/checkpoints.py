@@ -54,8 +54,8 @@ __all__ = [
 ]
 
 
-TAG_PATTERN = r"step-\d{8,}"  # what tag() makes, as a regular expression (the workflow's wildcards, config checks)
-STUDENT_PATTERN = r"student-\d{4,}"  # what student_name() makes
+TAG_PATTERN = r"step-\d{8}\d*"  # what tag() makes, as a regular expression (the workflow's wildcards, config checks)
+STUDENT_PATTERN = r"student-\d{4}\d*"  # what student_name() makes
 
 
 def tag(step: int) -> str:

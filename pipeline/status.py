@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.atomic import temporaries
+from pipeline.checkpoints import students_index
 from pipeline.config import Config
 from pipeline.launch import TERMINAL, squeue_state
 
@@ -137,7 +138,7 @@ def _collect(cfg: Config) -> StageStatus:
 
 
 def experiment_status(cfg: Config) -> list[StageStatus]:
-    """Every stage's status, in workflow order."""
+    """Every stage's status, in workflow order (distill and response where the experiment has them)."""
     return [
         _store("prepare", cfg.regridded_path, cfg.regridded_path),
         _store("normalise", cfg.normalised_path, cfg.stats_path),  # stats.json: a link into the store in place
@@ -148,6 +149,8 @@ def experiment_status(cfg: Config) -> list[StageStatus]:
         _evaluate(cfg, "test"),
         _collect(cfg),
         _output("sample", cfg.samples_dir),
+        *([_output("distill", students_index(cfg.distill_dir))] if cfg.distill.enabled else []),
+        *([_output("response", cfg.response_dir)] if cfg.data.forcings else []),
     ]
 
 

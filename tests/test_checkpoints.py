@@ -40,6 +40,22 @@ def test_names_and_paths() -> None:
     assert checkpoints.kept_steps([10, 20, 30, 40], keep_last=1, keep_every=20) == [20, 40]
 
 
+def test_the_name_patterns_match_the_names_and_read_as_snakemake_wildcard_constraints() -> None:
+    """The workflow's wildcards take TAG_PATTERN and STUDENT_PATTERN: they match what tag() and student_name() make
+    (longer numbers too) and nothing else, and hold no ``{m,n}`` quantifier, which Snakemake reads as a wildcard."""
+    import re
+
+    from snakemake.io import regex_from_filepattern
+
+    for pattern, good, bad in (
+        (checkpoints.TAG_PATTERN, [checkpoints.tag(300), checkpoints.tag(123456789)], ["step-300", "student-0004"]),
+        (checkpoints.STUDENT_PATTERN, [checkpoints.student_name(4), checkpoints.student_name(32768)], ["student-4"]),
+    ):
+        assert all(re.fullmatch(pattern, g) for g in good) and not any(re.fullmatch(pattern, b) for b in bad)
+        rx = re.compile(regex_from_filepattern(f"eval/{{c,{pattern}}}/x.json"))
+        assert all(rx.fullmatch(f"eval/{g}/x.json") for g in good), pattern
+
+
 def test_the_inference_file_is_written_and_read_as_one_typed_object(tmp_path) -> None:
     import torch
 

@@ -72,3 +72,22 @@ def test_status_follows_the_experiment_files(tmp_path: Path) -> None:
     (exp / "eval" / "best.json").write_text(json.dumps({"statement": "X does not beat climatology (CRPSS 0.01)"}))
     states, out = status()
     assert states["collect-eval"] == "done" and "does not beat climatology" in out, out
+
+
+def test_status_lists_distill_and_response_where_the_experiment_has_them(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+    from pipeline.status import experiment_status
+
+    table = tmp_path / "co2.csv"
+    table.write_text("year,hist\n1900,300\n2100,400\n")
+    base = str(REPO / "config" / "config.yaml")
+    plain = load_config([base, {"results_dir": str(tmp_path / "r")}])
+    assert not {"distill", "response"} & {s.stage for s in experiment_status(plain)}
+    forcings = [{"name": "co2", "table": str(table), "scenario": "hist"}]
+    cfg = load_config([base, {"results_dir": str(tmp_path / "r"), "distill": {"enabled": True},
+                              "data": {"forcings": forcings}}])  # fmt: skip
+    states = {s.stage: s.state for s in experiment_status(cfg)}
+    assert states["distill"] == "missing" and states["response"] == "missing"
+    cfg.response_dir.mkdir(parents=True)
+    (cfg.response_dir / "response.json").write_text("{}")
+    assert {s.stage: s.state for s in experiment_status(cfg)}["response"] == "done"
