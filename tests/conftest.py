@@ -33,6 +33,51 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(share)
 
 
+# CPU seconds per test, printed after --durations: on the 2-core CI machine the suite keeps both cores busy, so its
+# wall time follows the CPU the tests spend, not their wall times. Counted: the worker process and the children it
+# waited for (Snakemake, the stages, local jobs), over setup, call and teardown; not counted: SLURM jobs (children
+# of slurmd) and daemons.
+_CPU = pytest.StashKey[float]()
+CPU_REPORT = 25
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_CPU] = _cpu_seconds()  # before the fixtures are made: a fixture's cost goes to its first user
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    if call.when == "teardown" and _CPU in item.stash:
+        outcome.get_result().user_properties.append(("cpu_s", _cpu_seconds() - item.stash[_CPU]))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    cpu = dict(report.user_properties).get("cpu_s") if report.when == "teardown" else None
+    if cpu is not None:
+        _CPU_SPENT[report.nodeid] = float(cpu)
+
+
+_CPU_SPENT: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if not _CPU_SPENT:
+        return
+    total = sum(_CPU_SPENT.values())
+    terminalreporter.write_sep("=", f"CPU seconds, the {CPU_REPORT} dearest tests (of {total:.0f} s in all)")
+    for nodeid, cpu in sorted(_CPU_SPENT.items(), key=lambda kv: -kv[1])[:CPU_REPORT]:
+        terminalreporter.write_line(f"{cpu:8.1f}s  {nodeid}")
+
+
 @pytest.fixture(scope="session")
 def eraint_path() -> Path:
     p = SHARED_DATA / "eraint_uvz.nc"
