@@ -6,8 +6,9 @@ or test): ``sample.rollouts`` free rollouts from the period's first ``evaluate.c
 the run's own forcing, at the sweep's best guidance weight (``sample.sampler``, ``sample.steps``); pattern scaling
 fitted on the training years (:mod:`pipeline.response`); and "the last training decade" of the run held (no further
 change) as the naive reference. Scores over the generated years with paired block-bootstrap intervals, and, with
-two runs, the difference map between their periods (generated vs real). Writes ``<experiment>/response/``
-(``response.json``, ``response.png``), logged to MLflow.
+two runs, the difference map between their periods (generated vs real); per variable of the network. Writes
+``<experiment>/response/`` (``response.json``: ``variables.<name>.periods`` and ``.difference``;
+``response_<name>.png``), logged to MLflow.
 
     python -m pipeline response --config config/config.yaml --config config/experiments/scenarios-hadcm3.yaml
 """
@@ -44,12 +45,13 @@ log = logging.getLogger(__name__)
 def _rollouts(
     cfg: Config, model, meta, norm, idx: np.ndarray, scenario: dict, members: int, steps: int, guidance: float
 ):
-    """``members`` rollouts over the period ``idx`` from its first given frames (normalised: member, T, H, W)."""
-    m, name = cfg.evaluate.context_frames, meta.variables[0]
+    """``members`` rollouts over the period ``idx`` from its first given frames, every variable of the network
+    (normalised: member, C, T, H, W)."""
+    m = cfg.evaluate.context_frames
     times = norm["time"].values
     dates = regular_times(times, times[idx[0]], idx.size + meta.clip_frames)
     cond = conditioner(meta.model_config, norm, cfg.stats_path, cfg.data.forcings, scenario)
-    init = np.nan_to_num(norm[name].values[idx[:m]])[None, None]  # (1, C, m, H, W)
+    init = np.stack([np.nan_to_num(norm[v].values[idx[:m]]) for v in meta.variables])[None]  # (1, C, m, H, W)
     init = torch.from_numpy(np.repeat(init, members, axis=0)).float()
     gens = [torch.Generator().manual_seed(1000 + k) for k in range(members)]
     sampler = functools.partial(get_sampler(cfg.sample.sampler), steps=steps)
@@ -59,7 +61,7 @@ def _rollouts(
             cond_for_window=lambda s, w: cond([dates[s : s + w]] * members, "cpu", [dates[idx.size - 1]] * members),
             generator=gens,
         )  # fmt: skip
-    return out[:, 0].numpy()
+    return out.numpy()
 
 
 def _plot(path: Path, lat, lon, series: dict, maps: dict, units: str) -> None:
@@ -134,43 +136,58 @@ def _figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int, 
     _plot(path, lat, lon, series, maps, units)
 
 
+def _held_out(cfg: Config, norm) -> list[tuple[str, np.ndarray, str | None]]:
+    """Every run's held-out periods (validation, test): ``(key, steps, run)``, those with frames to generate."""
+    split, m = norm["split"].values, cfg.evaluate.context_frames
+    runs = norm["run"].values if "run" in norm.coords else np.zeros(split.size, dtype=np.int8)
+    out = []
+    for i, run in enumerate([r.name for r in cfg.data.runs] or [None]):
+        for code in (2, 3):
+            idx = np.flatnonzero((runs == i) & (split == code))
+            if idx.size > m + 2:
+                out.append((f"{run or 'data'} {SPLIT_NAMES[code]}", idx, run))
+    return out
+
+
 def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str, Any], dict[str, Any], dict]:
-    """Every run's held-out periods: rollouts, pattern scaling and the last training decade, scored."""
+    """Every run's held-out periods: rollouts (once, every variable), then per variable pattern scaling and the
+    last training decade, all scored against the real run: ``scores[variable][period]``,
+    ``periods[variable][period]`` (what the figures draw) and what they share."""
     norm, reg = open_store(cfg.normalised_path), open_store(cfg.regridded_path)
-    name, stats = meta.variables[0], read_stats(cfg.stats_path)
-    mean, std = stats[name]["mean"], stats[name]["std"]
+    stats = read_stats(cfg.stats_path)
     times, split = norm["time"].values, norm["split"].values
     runs = norm["run"].values if "run" in norm.coords else np.zeros(times.size, dtype=np.int8)
     lat, lon = reg["latitude"].values, reg["longitude"].values
-    x = reg[name].values.astype(np.float64)
     # the store's normalised forcings (time, k), each run's from its own column (normalise): linear transforms of
     # the raw ones, so pattern scaling predicts the same values
     forcing = np.stack([norm[f].values for f in norm.attrs["forcings"]], axis=1).astype(np.float64)
     train = split == 1
     m, s = cfg.evaluate.context_frames, cfg.sample
     years = fractional_year(times)
-    scores, periods = {}, {}
-    for i, run in enumerate([r.name for r in cfg.data.runs] or [None]):
-        for code in (2, 3):
-            idx = np.flatnonzero((runs == i) & (split == code))
-            if idx.size <= m + 2:
-                continue
-            gen = _rollouts(cfg, model, meta, norm, idx, cfg.data.run_scenarios()[run], s.rollouts, s.steps, guidance)
-            gen = gen * std + mean
-            last = np.flatnonzero((runs == i) & train)[-10:]
+    held = _held_out(cfg, norm)
+    scen = cfg.data.run_scenarios()
+    gens = {key: _rollouts(cfg, model, meta, norm, idx, scen[run], s.rollouts, s.steps, guidance)
+            for key, idx, run in held}  # fmt: skip
+    scores: dict[str, Any] = {}
+    periods: dict[str, Any] = {}
+    for c, name in enumerate(meta.variables):
+        x = reg[name].values.astype(np.float64)
+        scores[name], periods[name] = {}, {}
+        for key, idx, _ in held:
+            gen = gens[key][:, c] * stats[name]["std"] + stats[name]["mean"]
+            last = np.flatnonzero((runs == runs[idx[0]]) & train)[-10:]
             ps = pattern_scaling_candidates(x[train], forcing[train], forcing[idx])
             cands = {
                 "emulator": gen[:, m:],
                 **{k: v[m:] for k, v in ps.items()},
                 "last_training_decade": np.repeat(x[last].mean(axis=0)[None], idx.size - m, axis=0),
             }
-            key = f"{run or 'data'} {SPLIT_NAMES[code]}"
-            scores[key] = response_scores(x[idx][m:], cands, lat, years[idx][m:], seed=cfg.seed)
-            periods[key] = {"idx": idx, "gen": gen, "ps": ps}  # every pattern scaling, by name
-            log.info("response %s: %s", key, {k: v["map_rmse"]["value"] for k, v in scores[key].items()
-                                              if isinstance(v, dict) and "map_rmse" in v})  # fmt: skip
-    units = str(reg[name].attrs.get("units", ""))
-    data = {"x": x, "runs": runs, "train": train, "years": years, "lat": lat, "lon": lon, "m": m, "units": units,
+            scores[name][key] = response_scores(x[idx][m:], cands, lat, years[idx][m:], seed=cfg.seed)
+            periods[name][key] = {"idx": idx, "gen": gen, "ps": ps, "x": x}  # every pattern scaling, by name
+            log.info("response %s %s: %s", name, key, {k: v["map_rmse"]["value"] for k, v in scores[name][key].items()
+                                                        if isinstance(v, dict) and "map_rmse" in v})  # fmt: skip
+    units = {name: str(reg[name].attrs.get("units", "")) for name in meta.variables}
+    data = {"runs": runs, "train": train, "years": years, "lat": lat, "lon": lon, "m": m, "units": units,
             "forcings": list(norm.attrs["forcings"])}  # fmt: skip
     return scores, periods, data
 
@@ -181,7 +198,8 @@ def _regressors(forcings: list[str]) -> dict[str, list[str]]:
 
 
 def run_response(cfg: Config, run: StageRun) -> Path:
-    """Generate each held-out period, score it, write ``response.json`` and ``response.png``, log to MLflow."""
+    """Generate each held-out period (every variable at once), score each variable, write ``response.json`` and
+    ``response_<variable>.png``, log to MLflow."""
     if not cfg.data.forcings:
         msg = "response: the experiment has no data.forcings: there is no forced response to judge"
         raise ValueError(msg)
@@ -189,23 +207,26 @@ def run_response(cfg: Config, run: StageRun) -> Path:
     model, meta = load_inference(cfg.inference_file(tag))
     scores, periods, d = _score_periods(cfg, model, meta, guidance)
     out: dict[str, Any] = {"checkpoint": tag, "guidance_weight": guidance, "members": cfg.sample.rollouts,
-                           "variable": meta.variables[0], "regressors": _regressors(d["forcings"]),
-                           "periods": scores}  # fmt: skip
-    keys = list(periods)
-    if cfg.data.runs and len(keys) == 2:  # the difference between the two runs' held-out periods (the same years)
-        out["difference"] = _difference(d["x"], periods, keys, d["lat"], d["lon"], d["m"])
+                           "regressors": _regressors(d["forcings"]), "variables": {}}  # fmt: skip
     folder = cfg.response_dir
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
+        for name in meta.variables:
+            keys = list(periods[name])
+            out["variables"][name] = {"periods": scores[name]}
+            if cfg.data.runs and len(keys) == 2:  # the two runs' held-out periods (the same years): difference
+                x = periods[name][keys[0]]["x"]
+                out["variables"][name]["difference"] = _difference(x, periods[name], keys, d["lat"], d["lon"], d["m"])
+            if keys:
+                _figure(
+                    tmp / f"response_{name}.png", periods[name][keys[0]]["x"], periods[name], d["runs"], d["train"],
+                    d["years"], d["lat"], d["lon"], d["m"], f"{name}, {d['units'][name]}",
+                )  # fmt: skip
         write_text_atomic(tmp / "response.json", json.dumps(out, indent=1))
-        if keys:
-            _figure(
-                tmp / "response.png", d["x"], periods, d["runs"], d["train"], d["years"], d["lat"], d["lon"], d["m"],
-                d["units"],
-            )  # fmt: skip
     run.log_params({"checkpoint": tag, "guidance_weight": guidance, "members": cfg.sample.rollouts})
-    flat = {f"{k.replace(' ', '_')}_{cand}_{metric}": v["value"] for k, sc in scores.items() for cand, c in sc.items()
-            if isinstance(c, dict) for metric, v in c.items() if isinstance(v, dict) and "value" in v}  # fmt: skip
+    flat = {f"{name}_{k.replace(' ', '_')}_{cand}_{metric}": v["value"] for name, per in scores.items()
+            for k, sc in per.items() for cand, c in sc.items() if isinstance(c, dict)
+            for metric, v in c.items() if isinstance(v, dict) and "value" in v}  # fmt: skip
     run.log_metrics({k: float(v) for k, v in flat.items() if np.isfinite(v)})
     for p in sorted(folder.iterdir()):
         run.log_artifact(p)

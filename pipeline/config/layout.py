@@ -113,7 +113,7 @@ class ResultsLayout:
 
     @property
     def response_dir(self) -> Path:
-        """The response stage's folder (``response.json``, ``response.png``)."""
+        """The response stage's folder (``response.json``, ``response_<variable>.png``)."""
         return self.exp_dir / "response"
 
     def log_file(self, job: str) -> Path:

@@ -207,12 +207,14 @@ def test_a_model_trained_on_them_samples_under_two_scenarios_seeded(conditioned)
     r = pipeline_cli("response", "--config", str(cfg_path), "--config", str(over), cwd=tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp / cfg.exp_dir / "response" / "response.json").read_text())
-    assert sorted(res["periods"]) == ["data test", "data val"]
-    for scores in res["periods"].values():
+    assert list(res["variables"]) == ["z500"]
+    periods = res["variables"]["z500"]["periods"]
+    assert sorted(periods) == ["data test", "data val"]
+    for scores in periods.values():
         for cand in ("emulator", "pattern_scaling", "last_training_decade"):
             lo, hi = scores[cand]["map_rmse"]["interval"]
             assert 0 <= lo <= hi and np.isfinite(scores[cand]["trend_error"]["value"])
-    assert (tmp / cfg.exp_dir / "response" / "response.png").stat().st_size > 10_000
+    assert (tmp / cfg.exp_dir / "response" / "response_z500.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow
