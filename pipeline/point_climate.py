@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from pipeline import climate, seeding
 from pipeline.config import Config
-from pipeline.data.conditions import Conditioner, fractional_year
+from pipeline.data.conditions import Conditioner, fractional_year, store_forcings
 from pipeline.data.evalclips import as_dataset
 from pipeline.data.io import open_store
 from pipeline.data.stats import SPLIT_NAMES, denormalise, read_stats
@@ -63,7 +63,6 @@ def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: st
     frames, by default its length)."""
     e = cfg.evaluate
     store = open_store(cfg.normalised_path)
-    forcings = list(store.attrs.get("forcings", []))
     times, codes = store["time"].values, store["split"].values
     period, train = np.flatnonzero(codes == SPLIT_NAMES.index(split)), np.flatnonzero(codes == 1)
     frames = e.climate.frames or int(period.size)
@@ -96,7 +95,7 @@ def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: st
         clip_dates=regular_times(times, times[period[0]], clip_frames),
         stats=stats,
         var_attrs=var_attrs,
-        forcing=np.stack([store[f].values for f in forcings], axis=1).astype(np.float64) if forcings else None,
+        forcing=store_forcings(store),
     )
 
 

@@ -132,8 +132,8 @@ def check_data(cfg: Config) -> tuple[xr.Dataset, list[Path], xr.Dataset]:
     for i, f in enumerate(cfg.data.forcings):  # the tables cover each run's times (read, not regridded, here)
         table = _as_config_error(f"data.forcings[{i}]", ForcingTable, f.name, f.table, f.transform)
         for run, times in _run_times(cfg, ds).items():
+            scenario = cfg.data.run_scenarios()[run][f.name]
             for tau in [None, *f.memory]:  # a lagged response reads the column from the table's first year
-                scenario = cfg.data.run_scenarios()[run][f.name]
                 _as_config_error(f"data.forcings[{i}]", table.values, times, scenario, tau)
     free = shutil.disk_usage(folder).free
     if budget.store + budget.normalised > free:

@@ -39,7 +39,7 @@ from pipeline.config import Config
 from pipeline.data.conditions import Conditioner, conditioner
 from pipeline.data.evalclips import as_dataset
 from pipeline.data.io import atomic_path, open_store, write_zarr
-from pipeline.data.stats import denormalise, read_stats
+from pipeline.data.stats import denormalise, read_stats, run_index
 from pipeline.data.times import climatology_candidates, day_of_year, regular_times
 from pipeline.diffusion import ClassifierFreeGuidance, extend
 from pipeline.diffusion.objective import randn
@@ -289,7 +289,7 @@ def _generate_rollouts(cfg: Config, su: _Setup, plan: _Plan, rank: int, world: i
 def _truth(cfg: Config, plan: _Plan) -> np.ndarray:
     """The data for each rollout's dates, NaN past the data's end: (rollout, lead, C, lat, lon)."""
     truth = []
-    runs = plan.store["run"].values if "run" in plan.store.coords else np.zeros(plan.times.size, dtype=np.int8)
+    runs = run_index(plan.store)
     for start in plan.starts:
         stop = int(start) + cfg.sample.rollout_frames
         other = np.flatnonzero(runs[int(start) : stop] != runs[int(start)])  # the truth ends with its run

@@ -27,9 +27,9 @@ import torch
 from pipeline.atomic import write_text_atomic
 from pipeline.checkpoints import load_inference
 from pipeline.config import Config
-from pipeline.data.conditions import conditioner, fractional_year
+from pipeline.data.conditions import conditioner, fractional_year, store_forcings
 from pipeline.data.io import atomic_path, open_store
-from pipeline.data.stats import SPLIT_NAMES, read_stats
+from pipeline.data.stats import SPLIT_NAMES, read_stats, run_index
 from pipeline.data.times import regular_times
 from pipeline.diffusion import extend
 from pipeline.diffusion.samplers import get_sampler
@@ -136,10 +136,9 @@ def _figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int, 
     _plot(path, lat, lon, series, maps, units)
 
 
-def _held_out(cfg: Config, norm) -> list[tuple[str, np.ndarray, str | None]]:
+def _held_out(cfg: Config, runs: np.ndarray, split: np.ndarray) -> list[tuple[str, np.ndarray, str | None]]:
     """Every run's held-out periods (validation, test): ``(key, steps, run)``, those with frames to generate."""
-    split, m = norm["split"].values, cfg.evaluate.context_frames
-    runs = norm["run"].values if "run" in norm.coords else np.zeros(split.size, dtype=np.int8)
+    m = cfg.evaluate.context_frames
     out = []
     for i, run in enumerate([r.name for r in cfg.data.runs] or [None]):
         for code in (2, 3):
@@ -156,15 +155,15 @@ def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str,
     norm, reg = open_store(cfg.normalised_path), open_store(cfg.regridded_path)
     stats = read_stats(cfg.stats_path)
     times, split = norm["time"].values, norm["split"].values
-    runs = norm["run"].values if "run" in norm.coords else np.zeros(times.size, dtype=np.int8)
+    runs = run_index(norm)
     lat, lon = reg["latitude"].values, reg["longitude"].values
     # the store's normalised forcings (time, k), each run's from its own column (normalise): linear transforms of
     # the raw ones, so pattern scaling predicts the same values
-    forcing = np.stack([norm[f].values for f in norm.attrs["forcings"]], axis=1).astype(np.float64)
+    forcing = store_forcings(norm)
     train = split == 1
     m, s = cfg.evaluate.context_frames, cfg.sample
     years = fractional_year(times)
-    held = _held_out(cfg, norm)
+    held = _held_out(cfg, runs, split)
     scen = cfg.data.run_scenarios()
     gens = {key: _rollouts(cfg, model, meta, norm, idx, scen[run], s.rollouts, s.steps, guidance)
             for key, idx, run in held}  # fmt: skip
@@ -173,10 +172,11 @@ def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str,
     for c, name in enumerate(meta.variables):
         x = reg[name].values.astype(np.float64)
         scores[name], periods[name] = {}, {}
+        fitted = pattern_scaling_candidates(x[train], forcing[train], forcing)  # fitted once, at every step
         for key, idx, _ in held:
             gen = gens[key][:, c] * stats[name]["std"] + stats[name]["mean"]
             last = np.flatnonzero((runs == runs[idx[0]]) & train)[-10:]
-            ps = pattern_scaling_candidates(x[train], forcing[train], forcing[idx])
+            ps = {k: v[idx] for k, v in fitted.items()}
             cands = {
                 "emulator": gen[:, m:],
                 **{k: v[m:] for k, v in ps.items()},

@@ -46,6 +46,7 @@ __all__ = [
     "land_fraction",
     "normalise_static",
     "static_field",
+    "store_forcings",
 ]
 
 SUBCELLS = 5  # land_fraction: points per cell along each axis
@@ -66,6 +67,13 @@ def forcing_features(forcings: Sequence[Any]) -> list[tuple[str, Any, float | No
         out.append((f.name, f, None))
         out += [(f"{f.name}_mem{tau:g}y".replace(".", "p"), f, float(tau)) for tau in f.memory]
     return out
+
+
+def store_forcings(store: xr.Dataset) -> np.ndarray | None:
+    """(time, k) the normalised store's forcing series (``forcing_<feature>``, in the network's order), float64;
+    None where it has none."""
+    names = list(store.attrs.get("forcings", []))
+    return np.stack([store[f].values for f in names], axis=1).astype(np.float64) if names else None
 
 
 class ForcingTable:

@@ -39,6 +39,7 @@ __all__ = [
     "partial_moments",
     "period_moments",
     "read_stats",
+    "run_index",
     "split_labels",
     "split_periods",
     "stats_from_moments",
@@ -54,6 +55,14 @@ def area_weights(lat: xr.DataArray) -> xr.DataArray:
 
 
 SPLIT_NAMES = ("none", "train", "val", "test")
+
+
+def run_index(store: xr.Dataset) -> np.ndarray:
+    """Per time step the index of its run in ``data.runs`` (the store's ``run`` coordinate); all 0 in a store of
+    one run."""
+    if "run" in store.coords:
+        return store["run"].values
+    return np.zeros(store.sizes["time"], dtype=np.int8)
 
 
 def split_labels(times: np.ndarray, periods: Mapping[str, tuple[dt.date, dt.date]]) -> xr.DataArray:
