@@ -217,7 +217,9 @@ class _PartKiller(threading.Thread):
 
 
 @pytest.mark.timeout(1800)
-def test_snakemake_profile_slurm_runs_the_readme_trial(slurm: dict, tmp_path: Path, ci_workflow: Path) -> None:
+def test_snakemake_profile_slurm_runs_the_readme_trial(
+    slurm: dict, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """The README's cluster trial as written (cluster.sh start, export SLURM_CONF, `snakemake --profile slurm`
     with the shipped profile, at the CI experiment's size) from a copy of the repository, to the end. Every rule
     but the local ones (training: submitit submits its own job) ran as a SLURM job on the profile's partition and
@@ -280,6 +282,8 @@ def test_snakemake_profile_slurm_runs_the_readme_trial(slurm: dict, tmp_path: Pa
     assert sum(1 for rule, _ in rules.values() if rule == "init_store") == 1
     # ... and the stores and statistics equal the CI workflow's, built from the same data settings with no part
     # cancelled (that a build in parts equals one in one part: tests/data/test_parts.py)
+    # (the CI workflow asked for only now: the trial runs while another worker builds it, not after)
+    ci_workflow = request.getfixturevalue("ci_workflow")
     assert_same_data(ci_workflow / "results" / exp.name / "data", exp / "data")
 
     def dry_run(*extra: str) -> str:
