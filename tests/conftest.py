@@ -465,16 +465,18 @@ def check_seed_systems(work: Path) -> None:
 
 # pytest-xdist (`-n 3 --dist loadgroup` in pyproject's addopts) runs whole groups on one worker: each module is a
 # group (its module fixtures are built once). Three groups hold the end-to-end runs and go first, one to each
-# worker: "slurm" (the README trial's cluster: training on one node and the README trial), "slurm2" (a second
-# cluster: the multi-node training tests and the SLURM sweep; see CLUSTERS) and "workflow" (the users of the
-# session's CI workflow that need no cluster). The CI workflow is built once for all (the ci_workflow fixture: a
-# file lock in the run's shared temporary folder; the README trial and the SLURM sweep compare with or start from
-# its results; the trial asks for it only at its end). The groups come from the module's file name:
+# worker: "slurm" (the cluster that owns /etc/slurm, which srun in the Snakemake plugin's jobs reads: the README
+# trial and the SLURM sweep), "slurm2" (a second cluster: the training jobs, on one node and across both; see
+# CLUSTERS) and "workflow" (the users of the session's CI workflow that need no cluster). The CI workflow is built
+# once for all (the ci_workflow fixture: a file lock in the run's shared temporary folder; the README trial and the
+# SLURM sweep compare with or start from its results; the trial asks for it only at its end). The groups come from
+# the module's file name:
 # xdist 3.8 renames a node id to mark its `xdist_group`, which pytest 9.2 ignores (node ids are no longer
 # assignable), so the marks alone grouped nothing.
 GROUPS = {
     "test_slurm.py": "slurm",
-    "test_slurm_sweep.py": "slurm2",
+    "test_slurm_sweep.py": "slurm",
+    "test_slurm_training.py": "slurm2",
     "test_multinode.py": "slurm2",
     "test_workflow.py": "workflow",
     "test_sweep.py": "workflow",
