@@ -273,7 +273,8 @@ def evaluate_point(cfg: Config, checkpoint: str, sampler: str, steps: int, split
     }
     _check_cfg_scales(e.cfg_scales, meta, checkpoint)
     store = open_store(cfg.normalised_path)
-    conditions = conditioner(meta.model_config, store, cfg.stats_path, cfg.data.forcings, cfg.data.scenario_of(split))
+    scenario, run = cfg.data.scenario_of(split), cfg.data.run_of(split)
+    conditions = conditioner(meta.model_config, store, cfg.stats_path, cfg.data.forcings, scenario, run)
     point = _Point(checkpoint, sampler, steps, model, meta, conditions, test, device, common)
     if e.climate.members:
         point.climate = load_climate_data(cfg, test.names, test.frames, split)

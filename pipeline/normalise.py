@@ -87,6 +87,7 @@ def init_normalise(cfg: Config) -> Path:
             "data_config_hash": cfg.data.content_hash(),
             "static_fields": [k for k in conditions if k.startswith("static_")],
             "forcings": [k for k in conditions if k.startswith("forcing_")],
+            "boundary_fields": boundary_fields(cfg, ds),
         }
     )
     extra = {
@@ -100,6 +101,12 @@ def init_normalise(cfg: Config) -> Path:
     init_store(build, norm, cfg.data.time_chunk, cfg.data.parts, {"stats": stats, "stats_extra": extra}, cfg.data.codec)
     log.info("normalise: statistics %s; initialised %s", stats, build.store)
     return build.plan_path
+
+
+def boundary_fields(cfg: Config, ds: xr.Dataset) -> list[str]:
+    """The store's variables (one per level) of the config's boundary variables (``data.variables[].boundary``)."""
+    given = {v.name for v in cfg.data.variables if v.boundary}
+    return [str(n) for n, da in ds.data_vars.items() if da.attrs.get("source_variable", str(n)) in given]
 
 
 def _run_codes(cfg: Config, ds: xr.Dataset) -> list[tuple[str | None, np.ndarray]]:

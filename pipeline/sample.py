@@ -208,6 +208,9 @@ def _setup(cfg: Config) -> _Setup:
     regridded = open_store(cfg.regridded_path)
     stats = read_stats(cfg.stats_path)
     sampler = get_sampler(s.sampler, langevin_snr=s.langevin_snr, langevin_steps=s.langevin_steps)
+    scenario = {**cfg.data.scenario_of("test"), **s.scenario}
+    # the boundary fields (if any) of the run driven by that scenario: the test split's, or sample.scenario's run
+    run = cfg.data.run_of_scenario(scenario) if s.scenario else cfg.data.run_of("test")
     if cfg_scale != 1.0:  # classifier-free guidance of every sample (train.cond_drop > 0, checked with the config)
         model = ClassifierFreeGuidance.from_scale(model, cfg_scale)
     return _Setup(
@@ -222,9 +225,7 @@ def _setup(cfg: Config) -> _Setup:
         regridded=regridded,
         stats=stats,
         var_attrs={n: {k: v for k, v in regridded[n].attrs.items()} for n in meta.variables},
-        conditions=conditioner(
-            meta.model_config, store, cfg.stats_path, cfg.data.forcings, {**cfg.data.scenario_of("test"), **s.scenario}
-        ),
+        conditions=conditioner(meta.model_config, store, cfg.stats_path, cfg.data.forcings, scenario, run),
     )
 
 

@@ -43,14 +43,15 @@ log = logging.getLogger(__name__)
 
 
 def _rollouts(
-    cfg: Config, model, meta, norm, idx: np.ndarray, scenario: dict, members: int, steps: int, guidance: float
+    cfg: Config, model, meta, norm, idx: np.ndarray, run: str | None, members: int, steps: int, guidance: float
 ):
-    """``members`` rollouts over the period ``idx`` from its first given frames, every variable of the network
-    (normalised: member, C, T, H, W)."""
+    """``members`` rollouts over the period ``idx`` (of the run ``run``) from its first given frames under the run's
+    forcings and boundary fields, every variable of the network (normalised: member, C, T, H, W)."""
     m = cfg.evaluate.context_frames
     times = norm["time"].values
     dates = regular_times(times, times[idx[0]], idx.size + meta.clip_frames)
-    cond = conditioner(meta.model_config, norm, cfg.stats_path, cfg.data.forcings, scenario)
+    scenario = cfg.data.run_scenarios()[run]
+    cond = conditioner(meta.model_config, norm, cfg.stats_path, cfg.data.forcings, scenario, run)
     init = np.stack([np.nan_to_num(norm[v].values[idx[:m]]) for v in meta.variables])[None]  # (1, C, m, H, W)
     init = torch.from_numpy(np.repeat(init, members, axis=0)).float()
     gens = [torch.Generator().manual_seed(1000 + k) for k in range(members)]
@@ -164,8 +165,7 @@ def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str,
     m, s = cfg.evaluate.context_frames, cfg.sample
     years = fractional_year(times)
     held = _held_out(cfg, runs, split)
-    scen = cfg.data.run_scenarios()
-    gens = {key: _rollouts(cfg, model, meta, norm, idx, scen[run], s.rollouts, s.steps, guidance)
+    gens = {key: _rollouts(cfg, model, meta, norm, idx, run, s.rollouts, s.steps, guidance)
             for key, idx, run in held}  # fmt: skip
     scores: dict[str, Any] = {}
     periods: dict[str, Any] = {}

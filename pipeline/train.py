@@ -199,8 +199,8 @@ def load_clips(cfg: Config) -> Clips:
 
 
 def model_config(cfg: Config, channels: int, data: ClipDataset | None = None) -> dict[str, Any]:
-    """The network settings stored in every inference file (``UNetConfig`` fields); the static fields and forcings
-    the network reads are those of the training store (``data``; none without)."""
+    """The network settings stored in every inference file (``UNetConfig`` fields); the static fields, forcings and
+    boundary fields the network reads are those of the training store (``data``; none without)."""
     m = cfg.model
     return {
         "channels": channels,
@@ -215,6 +215,7 @@ def model_config(cfg: Config, channels: int, data: ClipDataset | None = None) ->
         "day_of_year": m.day_of_year,
         "static_channels": len(data.static_names) if data is not None else 0,
         "forcings": len(data.forcing_names) if data is not None else 0,
+        "boundary_channels": len(data.boundary_names) if data is not None else 0,
         "context_frames": cfg.train.context_probability > 0,  # the given frames are an input (trained-in)
         "max_frames": max(64, cfg.train.clip_frames),
         "gradient_checkpointing": m.gradient_checkpointing,
@@ -525,7 +526,8 @@ def example_inputs(
     model_cfg: dict[str, Any], shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor, dict[str, Any] | None]:
     """``(z, logsnr, cond)`` of one clip of ``shape`` (1, C, T, H, W) with the conditions the network is trained
-    with (day of year, trained-in context frames): what the FLOP count and the GPU check pass the network."""
+    with (day of year, static and boundary fields, forcings, trained-in context frames): what the FLOP count and
+    the GPU check pass the network."""
     t = shape[2]
     z = torch.zeros(shape, device=device, dtype=dtype)
     cond: dict[str, Any] = {}
@@ -535,6 +537,8 @@ def example_inputs(
         cond["static"] = torch.zeros(1, model_cfg["static_channels"], *shape[3:], device=device, dtype=dtype)
     if model_cfg.get("forcings"):
         cond["forcing"] = torch.zeros(1, t, model_cfg["forcings"], device=device)
+    if model_cfg.get("boundary_channels"):
+        cond["boundary"] = torch.zeros(1, model_cfg["boundary_channels"], *shape[2:], device=device, dtype=dtype)
     if model_cfg.get("context_frames"):
         cond |= {"context": z, "context_mask": torch.ones(1, 1, t, 1, 1, device=device, dtype=dtype)}
     return z, torch.zeros(1, device=device, dtype=dtype), cond or None

@@ -13,6 +13,7 @@ import itertools
 import re
 import unicodedata
 import urllib.parse
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -186,6 +187,13 @@ class VariableConfig(_Section):
     )
     regrid: Literal["conservative", "bilinear"] = Field(
         "bilinear", description="'conservative' for fluxes and cell means, 'bilinear' for smooth fields."
+    )
+    boundary: bool = Field(
+        False,
+        description="A boundary condition, given and never generated (sea-surface temperature prescribed as in an "
+        "AMIP run): regridded and normalised like the others, it reaches the network as input channels at every "
+        "frame (missing cells, such as land, as 0) and is neither generated nor scored. Sampling takes it from the "
+        "store's run of the scenario, so rollouts stay within the dates that run holds.",
     )
 
 
@@ -371,8 +379,12 @@ class DataConfig(_Section):
     def content_hash(self) -> str:
         """:func:`config_hash` of the settings that decide the data's values: all but ``parts`` and
         ``max_part_memory_gb``, which only split the work (a store built in 1 or in 8 parts is the same store); the
-        conditions (``forcings``, ``static``) where there are none, so stores built before they existed stay valid."""
-        exclude = {"parts", "max_part_memory_gb"} | {k for k in ("forcings", "static", "runs") if not getattr(self, k)}
+        conditions (``forcings``, ``static``, a variable's ``boundary``) where there are none, so stores built before
+        they existed stay valid."""
+        exclude: dict[str, Any] = dict.fromkeys({"parts", "max_part_memory_gb"}, True)
+        exclude |= {k: True for k in ("forcings", "static", "runs") if not getattr(self, k)}
+        if not any(v.boundary for v in self.variables):
+            exclude["variables"] = {"__all__": {"boundary"}}
         return config_hash(self.model_dump(mode="json", exclude=exclude))
 
     @model_validator(mode="after")
@@ -432,6 +444,18 @@ class DataConfig(_Section):
         run = next(r for r in self.runs if getattr(r.split, split) is not None)
         return {f.name: run.scenario.get(f.name, run.name) for f in self.forcings}
 
+    def run_of(self, split: str) -> str | None:
+        """The run whose frames stand for ``split`` where one must be chosen (the boundary fields of a rollout):
+        the first run with that split, as in :meth:`scenario_of`; None without runs."""
+        return next((r.name for r in self.runs if getattr(r.split, split) is not None), None)
+
+    def run_of_scenario(self, scenario: Mapping[str, str]) -> str | None:
+        """The first run whose forcing columns are ``scenario``'s; None without runs, or where no run has them."""
+        for name, columns in self.run_scenarios().items():
+            if name is not None and all(scenario.get(k) == v for k, v in columns.items()):
+                return name
+        return None
+
     def run_scenarios(self) -> dict[str | None, dict[str, str]]:
         """Each run's forcing columns, by run name (None: the data without runs)."""
         if not self.runs:
@@ -453,6 +477,9 @@ class DataConfig(_Section):
         names = [x.name for x in v]
         if not names:
             msg = "must list at least one variable"
+            raise ValueError(msg)
+        if all(x.boundary for x in v):
+            msg = f"every variable is a boundary field (boundary: true), none is left to generate: {names}"
             raise ValueError(msg)
         if len(set(names)) != len(names):
             msg = f"variable names repeat: {names}"
@@ -1043,10 +1070,11 @@ class Config(ResultsLayout, _Section):
         """Classifier-free guidance needs the unconditional score, which only conditioning dropout trains:
         guiding a model trained with ``cond_drop`` 0 would be silently wrong, so it fails here, before any job."""
         drop = self.train.cond_drop
-        if drop > 0 and not (self.model.day_of_year or self.data.forcings or self.data.static):
+        boundary = any(v.boundary for v in self.data.variables)
+        if drop > 0 and not (self.model.day_of_year or self.data.forcings or self.data.static or boundary):
             msg = (
-                f"train.cond_drop = {drop}: drops the condition, but model.day_of_year = false, with no data.forcings "
-                "or data.static, leaves none to drop (expected train.cond_drop: 0, or a condition)"
+                f"train.cond_drop = {drop}: drops the condition, but model.day_of_year = false, with no data.forcings, "
+                "data.static or boundary variable, leaves none to drop (expected train.cond_drop: 0, or a condition)"
             )
             raise ValueError(msg)
         scales = {"evaluate.cfg_scales": [s for s in self.evaluate.cfg_scales if s != 1.0]}

@@ -4,8 +4,10 @@ A clip is ``(channels = variables, frames, lat, lon)`` float32 with NaN cells se
 (1 = valid) so the loss can leave them out, plus the day of year of each frame
 (:func:`pipeline.data.times.day_of_year`, on a 365.25-day year in every calendar) and the conditions the
 store holds: static fields (``"static"``, (S, lat, lon): the arrays the store's ``static_fields``
-attribute names) and scalar forcings per frame (``"forcing"``, (frames, F): its ``forcings`` attribute's
-time series). Clips never cross the boundary of their split, nor of a run: a store that holds several runs
+attribute names), scalar forcings per frame (``"forcing"``, (frames, F): its ``forcings`` attribute's
+time series) and boundary fields (``"boundary"``, (K, frames, lat, lon): the variables its ``boundary_fields``
+attribute names, given to the network at every frame and never generated; missing cells, such as land in a
+sea-surface temperature, set to 0). Clips never cross the boundary of their split, nor of a run: a store that holds several runs
 (scenarios) has a ``run`` coordinate along time, and each run's part of a split is a period of its own. Reads are whole time chunks: a clip of ``T`` frames touches at
 most ``ceil(T / chunk) + 1`` chunks, and the chunk cache keeps the last few decoded chunks so
 neighbouring clips reuse them.
@@ -40,7 +42,7 @@ class ClipDataset(Dataset):
         split: ``"train"``, ``"val"`` or ``"test"``.
         frames: clip length.
         stride: step between clip starts.
-        variables: channel order; default all data variables, sorted.
+        variables: channel order; default all data variables but the boundary fields, sorted.
         cache_chunks: decoded time chunks kept per variable (per worker process).
     """
 
@@ -63,14 +65,7 @@ class ClipDataset(Dataset):
         with warnings.catch_warnings():  # Snakemake's .snakemake_timestamp inside a directory output
             warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
             root = zarr.open_group(self.store, mode="r")
-        names = sorted(
-            k for k, a in root.arrays() if tuple(a.metadata.dimension_names or ()) == ("time", "latitude", "longitude")
-        )
-        self.variables = list(variables) if variables is not None else names
-        missing = [v for v in self.variables if v not in names]
-        if missing:
-            msg = f"{self.store}: no clip variable(s) {missing}; it has {names}"
-            raise DataError(msg)
+        self._read_variables(root, variables)
         codes = np.asarray(root["split"][:])
         if split not in SPLIT_NAMES[1:]:
             msg = f"split must be one of {list(SPLIT_NAMES[1:])}, got {split!r}"
@@ -99,6 +94,26 @@ class ClipDataset(Dataset):
         self.cache_chunks = cache_chunks
         self._root: zarr.Group | None = None  # opened lazily in each worker process
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+
+    def _read_variables(self, root: zarr.Group, variables: list[str] | None) -> None:
+        """The clip's variables (``variables``, default all but the boundary fields) and the boundary fields."""
+        names = sorted(
+            k for k, a in root.arrays() if tuple(a.metadata.dimension_names or ()) == ("time", "latitude", "longitude")
+        )
+        self.boundary_names = list(root.attrs.get("boundary_fields", []))
+        absent = [b for b in self.boundary_names if b not in names]
+        if absent:
+            msg = f"{self.store}: its boundary_fields attribute names {absent}, which are not arrays over "
+            msg += "(time, latitude, longitude) in it"
+            raise DataError(msg)
+        generated = [n for n in names if n not in self.boundary_names]
+        self.variables = list(variables) if variables is not None else generated
+        missing = [v for v in self.variables if v not in generated]
+        if missing:
+            msg = f"{self.store}: no clip variable(s) {missing}; it has {generated}"
+            if self.boundary_names:
+                msg += f" and the boundary fields {self.boundary_names} (given, never generated)"
+            raise DataError(msg)
 
     def _read_conditions(self, root: zarr.Group) -> None:
         """The static fields (S, lat, lon; missing cells 0) and forcing series (time, F) the store's attributes name."""
@@ -136,7 +151,7 @@ class ClipDataset(Dataset):
             self._root = zarr.open_group(self.store, mode="r")
         data = np.asarray(self._root[name][c * self.chunk : (c + 1) * self.chunk], dtype=np.float32)
         self._cache[key] = data
-        if len(self._cache) > self.cache_chunks * len(self.variables):
+        if len(self._cache) > self.cache_chunks * (len(self.variables) + len(self.boundary_names)):
             self._cache.popitem(last=False)
         return data
 
@@ -169,6 +184,11 @@ class ClipDataset(Dataset):
             item["static"] = torch.from_numpy(self.static)
         if self.forcing is not None:
             item["forcing"] = torch.from_numpy(self.forcing[start : start + self.frames].copy())
+        if self.boundary_names:
+            b = np.empty((len(self.boundary_names), self.frames, *self.shape[1:]), dtype=np.float32)
+            for k, v in enumerate(self.boundary_names):
+                self._fill(b[k], v, start)
+            item["boundary"] = torch.from_numpy(np.nan_to_num(b, nan=0.0))
         return item
 
     def __getstate__(self) -> dict:

