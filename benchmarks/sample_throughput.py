@@ -1,4 +1,6 @@
-"""Unconditional sampling throughput vs batch size on the trained default model (clips/s, frames/s).
+"""Sampling throughput vs batch size on the trained default model (clips/s, frames/s): clips dated like the first
+test clip, with every condition the network reads (day of year, static and boundary fields, forcings) as the
+sample stage gives them.
 
     python benchmarks/sample_throughput.py --config config/config.yaml [--batch 1 4 8 16] [--steps 25]
 
@@ -19,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.checkpoints import load_inference
 from pipeline.config import load_config
+from pipeline.data.conditions import conditioner
 from pipeline.data.io import open_store
+from pipeline.data.times import regular_times
 from pipeline.diffusion.objective import randn
 from pipeline.diffusion.samplers import get_sampler
 
@@ -41,7 +45,17 @@ def main() -> None:
     sampler = get_sampler(
         cfg.sample.sampler, langevin_snr=cfg.sample.langevin_snr, langevin_steps=cfg.sample.langevin_steps
     )
-    use_doy = meta.day_of_year
+    times = store["time"].values
+    first = times[(store["split"].values == 3).argmax()]  # the first test step
+    dates = regular_times(times, first, f)
+    conditions = conditioner(
+        meta.model_config,
+        store,
+        cfg.stats_path,
+        cfg.data.forcings,
+        cfg.data.scenario_of("test"),
+        cfg.data.run_of("test"),
+    )
     print(
         f"checkpoint {tag}, clip {c} x {f} x {h} x {w}, sampler {cfg.sample.sampler} {args.steps} steps, "
         f"device {device}, {torch.get_num_threads()} threads"
@@ -55,7 +69,7 @@ def main() -> None:
             def run(count: int, b: int = b, dtype: torch.dtype | None = dtype) -> None:
                 for i in range(0, count, b):
                     gens = [torch.Generator(device=device).manual_seed(j) for j in range(i, i + b)]
-                    cond = {"doy": torch.full((b, f), 15.0, device=device)} if use_doy else None
+                    cond = conditions([dates] * b, device)
                     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                         sampler(
                             model,
