@@ -14,7 +14,7 @@ import yaml
 
 from pipeline.config import load_config
 from pipeline.data.clips import ClipDataset
-from pipeline.data.conditions import BoundaryFields, land_fraction
+from pipeline.data.conditions import BoundaryFields, conditioner, land_fraction
 from pipeline.data.coords import DataError
 from pipeline.data.io import open_store, resolve_paths
 from pipeline.sample import load_inference
@@ -111,6 +111,14 @@ def test_the_clips_give_the_boundary_field_and_sampling_reads_the_scenarios_run(
         e1(past)
     with pytest.raises(DataError, match="several runs over the same dates"):
         BoundaryFields(norm, ["sst"], None)
+    # sampling under a scenario that no run of the store has: no ocean to read, said with the key that settles it
+    reads = {"forcings": 1, "boundary_channels": 1}
+    with pytest.raises(DataError, match=r"no run of the store \(data.runs\) is driven by it: set sample.scenario"):
+        conditioner(
+            reads, norm, tmp / cfg.stats_path, cfg.data.forcings, {"co2": "A2"}, cfg.data.run_of_scenario({"co2": "A2"})
+        )
+    with pytest.raises(DataError, match="the network reads 0 boundary fields, the store has \\['sst'\\]"):
+        conditioner({"forcings": 1}, norm, tmp / cfg.stats_path, cfg.data.forcings, {"co2": "E1"}, "E1")
 
 
 def test_a_model_given_the_boundary_field_trains_and_samples_under_each_runs_ocean(boundary_store) -> None:
