@@ -339,6 +339,36 @@ def default_config(tmp: Path, data: dict | None = None, **over: object) -> Path:
     return p
 
 
+def hadcm3_runs_config(tmp: Path, experiment: str, files: dict[str, str], variables: list[dict]) -> dict:
+    """The bundled default config (a dict) with its results under ``tmp`` and a store of the two HadCM3 runs:
+    A1B (train to 2039, validation 2040-2059) and E1 (train 2000-2039, test 2060-2099) from ``files`` (run ->
+    path), on a 5-degree North American grid, with a made-up CO2 table (``tmp/co2.csv``: two scenarios that part
+    in 2000) as forcing ``co2`` (log)."""
+    import yaml
+
+    years = np.arange(1850, 2101)
+    table = tmp / "co2.csv"
+    table.write_text("year,A1B,E1\n" + "".join(f"{y},{280 + y - 1850},{280 + min(y, 2000) - 1850}\n" for y in years))
+    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    c["results_dir"] = str(tmp / "results")
+    c["experiment"] = experiment
+    c["data"] = {
+        "source": {"paths": []},
+        "split": None,
+        "runs": [
+            {"name": "A1B", "paths": [files["A1B"]],
+             "split": {"train": ["1860-01-01", "2039-12-30"], "val": ["2040-01-01", "2059-12-30"]}},
+            {"name": "E1", "paths": [files["E1"]],
+             "split": {"train": ["2000-01-01", "2039-12-30"], "test": ["2060-01-01", "2099-12-30"]}},
+        ],
+        "variables": variables,
+        "grid": {"resolution": 5.0, "lat_bounds": [15, 60], "lon_bounds": [-135, -45]},
+        "forcings": [{"name": "co2", "table": str(table), "transform": "log"}],
+        "time_chunk": 8,
+    }  # fmt: skip
+    return c
+
+
 def experiment_config(work: Path, name: str, **sections: dict) -> tuple[str, Path]:
     """``work/<name>.yaml``: base.yaml (see :func:`slurm_training_workdir`) as experiment ``name`` with ``sections``
     updated, its data copied from the prepared one; returns the config file name and the experiment folder."""

@@ -18,7 +18,7 @@ from pipeline.data.conditions import BoundaryFields, conditioner, land_fraction
 from pipeline.data.coords import DataError
 from pipeline.data.io import open_store, resolve_paths
 from pipeline.sample import load_inference
-from tests.conftest import REPO, pipeline_cli
+from tests.conftest import hadcm3_runs_config, pipeline_cli
 
 pytestmark = pytest.mark.slow
 
@@ -41,26 +41,9 @@ def _with_sst(run: str, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def boundary_store(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("boundary")
-    years = np.arange(1850, 2101)
-    table = tmp / "co2.csv"  # made up for the test: two scenarios that part in 2000
-    table.write_text("year,A1B,E1\n" + "".join(f"{y},{280 + y - 1850},{280 + min(y, 2000) - 1850}\n" for y in years))
-    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    c["results_dir"] = str(tmp / "results")
-    c["experiment"] = "boundary"
-    c["data"] = {
-        "source": {"paths": []},
-        "split": None,
-        "runs": [
-            {"name": "A1B", "paths": [str(_with_sst("A1B", tmp / "A1B.nc"))],
-             "split": {"train": ["1860-01-01", "2039-12-30"], "val": ["2040-01-01", "2059-12-30"]}},
-            {"name": "E1", "paths": [str(_with_sst("E1", tmp / "E1.nc"))],
-             "split": {"train": ["2000-01-01", "2039-12-30"], "test": ["2060-01-01", "2099-12-30"]}},
-        ],
-        "variables": [{"name": "air_temperature"}, {"name": "sst", "boundary": True}],
-        "grid": {"resolution": 5.0, "lat_bounds": [15, 60], "lon_bounds": [-135, -45]},
-        "forcings": [{"name": "co2", "table": str(table), "transform": "log"}],
-        "time_chunk": 8,
-    }  # fmt: skip
+    files = {r: str(_with_sst(r, tmp / f"{r}.nc")) for r in ("A1B", "E1")}
+    variables = [{"name": "air_temperature"}, {"name": "sst", "boundary": True}]
+    c = hadcm3_runs_config(tmp, "boundary", files, variables)
     c["launch"] = {"executor": "local"}
     c["model"] = {"base_channels": 8}
     c["train"] = {"steps": 4, "checkpoint_every": 4, "val_every": 4, "log_every": 2, "micro_batch": 2,

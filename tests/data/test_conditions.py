@@ -16,7 +16,7 @@ from pipeline.data.clips import ClipDataset
 from pipeline.data.conditions import ForcingTable, fractional_year, land_fraction
 from pipeline.data.coords import DataError
 from pipeline.data.io import open_store
-from tests.conftest import REPO, analytic, default_config, pipeline_cli
+from tests.conftest import analytic, default_config, hadcm3_runs_config, pipeline_cli
 
 
 def _table(path: Path) -> Path:
@@ -221,26 +221,8 @@ def test_a_model_trained_on_them_samples_under_two_scenarios_seeded(conditioned)
 def test_two_real_scenarios_in_one_store_with_their_own_periods_and_forcings(tmp_path: Path) -> None:
     """HadCM3 A1B and E1 (iris-sample-data, annual means on a 360-day calendar, identical to 1999): one store, a
     run coordinate, each run's periods and forcing column; training clips never cross from one run into the other."""
-    years = np.arange(1850, 2101)
-    table = tmp_path / "co2.csv"  # made up for the test: two scenarios that part in 2000
-    table.write_text("year,A1B,E1\n" + "".join(f"{y},{280 + y - 1850},{280 + min(y, 2000) - 1850}\n" for y in years))
-    c = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    c["results_dir"] = str(tmp_path / "results")
-    c["experiment"] = "scenarios"
-    c["data"] = {
-        "source": {"paths": []},
-        "split": None,
-        "runs": [
-            {"name": "A1B", "paths": ["bundled:iris_sample_data/A1B_north_america.nc"],
-             "split": {"train": ["1860-01-01", "2039-12-30"], "val": ["2040-01-01", "2059-12-30"]}},
-            {"name": "E1", "paths": ["bundled:iris_sample_data/E1_north_america.nc"],
-             "split": {"train": ["2000-01-01", "2039-12-30"], "test": ["2060-01-01", "2099-12-30"]}},
-        ],
-        "variables": [{"name": "air_temperature", "regrid": "bilinear"}],
-        "grid": {"resolution": 5.0, "lat_bounds": [15, 60], "lon_bounds": [-135, -45]},
-        "forcings": [{"name": "co2", "table": str(table), "transform": "log"}],
-        "time_chunk": 8,
-    }  # fmt: skip
+    files = {r: f"bundled:iris_sample_data/{r}_north_america.nc" for r in ("A1B", "E1")}
+    c = hadcm3_runs_config(tmp_path, "scenarios", files, [{"name": "air_temperature", "regrid": "bilinear"}])
     cfg_path = tmp_path / "config.yaml"
     cfg_path.write_text(yaml.safe_dump(c))
     for stage in ("prepare", "normalise"):
