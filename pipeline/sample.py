@@ -37,6 +37,7 @@ from pipeline import __version__, distributed, seeding
 from pipeline.checkpoints import Inference, load_inference
 from pipeline.config import Config
 from pipeline.data.conditions import Conditioner, conditioner
+from pipeline.data.coords import DataError
 from pipeline.data.evalclips import as_dataset
 from pipeline.data.io import atomic_path, open_store, write_zarr
 from pipeline.data.stats import denormalise, read_stats, run_index
@@ -209,8 +210,7 @@ def _setup(cfg: Config) -> _Setup:
     stats = read_stats(cfg.stats_path)
     sampler = get_sampler(s.sampler, langevin_snr=s.langevin_snr, langevin_steps=s.langevin_steps)
     scenario = {**cfg.data.scenario_of("test"), **s.scenario}
-    # the boundary fields (if any) of the run driven by that scenario: the test split's, or sample.scenario's run
-    run = cfg.data.run_of_scenario(scenario) if s.scenario else cfg.data.run_of("test")
+    run = _boundary_run(cfg, scenario, list(store.attrs.get("boundary_fields", [])))
     if cfg_scale != 1.0:  # classifier-free guidance of every sample (train.cond_drop > 0, checked with the config)
         model = ClassifierFreeGuidance.from_scale(model, cfg_scale)
     return _Setup(
@@ -229,12 +229,30 @@ def _setup(cfg: Config) -> _Setup:
     )
 
 
+def _boundary_run(cfg: Config, scenario: dict[str, str], boundary: list[str]) -> str | None:
+    """The run whose boundary fields (if the store has any) the samples read: the test split's run where the
+    scenario is its own, else the run driven by ``sample.scenario``; an error where no run of the store is (its
+    ocean would be another scenario's)."""
+    test = cfg.data.run_of("test")
+    if scenario == cfg.data.run_scenarios()[test]:
+        return test
+    run = cfg.data.run_of_scenario(scenario) if cfg.data.runs else None
+    if boundary and run is None:
+        msg = f"sample.scenario {cfg.sample.scenario}: the boundary fields {boundary} are read from the store's run "
+        msg += f"of the scenario, and no run of the store is driven by {scenario} (its runs: "
+        msg += f"{ {k or 'data': v for k, v in cfg.data.run_scenarios().items()} }): set sample.scenario to one of them"
+        raise DataError(msg)
+    return run
+
+
 def _plan(cfg: Config, su: _Setup) -> _Plan:
     """The unconditional clips are dated like the first test clip; the rollouts start from real frames spread over
     the test period, the last early enough to have truth for its whole length if it fits."""
     s, store = cfg.sample, su.store
     times = store["time"].values
     test_idx = np.flatnonzero(store["split"].values == 3)
+    if cfg.data.runs:  # one run's test period (its truth, its boundary fields): the first run with one
+        test_idx = test_idx[run_index(store)[test_idx] == cfg.data.run_number(cfg.data.run_of("test"))]
     dates = regular_times(times, times[test_idx[0]], su.frames)  # datetime64 or cftime, in the data's calendar
     last = max(test_idx[0], test_idx[-1] - max(s.rollout_frames, cfg.evaluate.context_frames) + 1)
     starts = np.linspace(test_idx[0], last, s.rollouts).round().astype(int)

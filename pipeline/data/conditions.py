@@ -41,7 +41,7 @@ from pipeline.data.coords import DataError, standardise
 from pipeline.data.io import resolve_paths
 from pipeline.data.regrid import regrid
 from pipeline.data.stats import area_weights, run_index
-from pipeline.data.times import day_of_year
+from pipeline.data.times import day_of_year, time_seconds
 
 __all__ = [
     "BoundaryFields",
@@ -247,15 +247,30 @@ class BoundaryFields:
                 raise DataError(msg)
             steps = steps[store["run"].values == labels.index(run)]
         times = store["time"].values[steps]
-        self.index = {t: int(i) for t, i in zip(times, steps, strict=True)}
-        if len(self.index) != times.size:  # runs that share dates (scenarios from one history), and no run chosen
+        self.steps, self.seconds = steps, time_seconds(times)
+        if np.any(np.diff(self.seconds) <= 0):  # runs that share dates (scenarios from one history), none chosen
             msg = f"boundary fields {self.names}: the store holds several runs over the same dates and no run was "
             msg += "chosen to read them from (a bug: the caller must name the scenario's run)"
             raise DataError(msg)
+        # a rollout's dates step regularly (pipeline.data.times.regular_times), a model's monthly means stand at
+        # mid-month (a day that changes from month to month): each date takes the run's nearest step, within half
+        # a step
+        self.half = 0.5 * float(np.median(np.diff(self.seconds))) if times.size > 1 else 0.0
         self.span = (times[0], times[-1]) if times.size else (None, None)
 
+    def _nearest(self, dates: np.ndarray) -> np.ndarray:
+        """Index into ``self.steps`` of each date's nearest step, -1 where none is within half a step."""
+        q = time_seconds(np.asarray(dates))
+        if self.seconds.size == 0:
+            return np.full(q.shape, -1)
+        i = np.clip(np.searchsorted(self.seconds, q), 1, max(self.seconds.size - 1, 1))
+        j = np.where(np.abs(self.seconds[i - 1] - q) <= np.abs(self.seconds[np.minimum(i, self.seconds.size - 1)] - q),
+                     i - 1, np.minimum(i, self.seconds.size - 1))  # fmt: skip
+        return np.where(np.abs(self.seconds[j] - q) <= self.half, j, -1)
+
     def __call__(self, dates: np.ndarray) -> np.ndarray:
-        missing = [d for d in dates if d not in self.index]
+        near = self._nearest(dates)
+        missing = [d for d, k in zip(dates, near, strict=True) if k < 0]
         if missing:
             where = f"run {self.run!r}" if self.run is not None else "the store"
             msg = f"boundary fields {self.names}: {where} holds them from {self.span[0]} to {self.span[1]}, a rollout "
@@ -263,7 +278,7 @@ class BoundaryFields:
             msg += "generated (shorten sample.rollout_frames or evaluate.climate.frames, or sample.scenario to a run "
             msg += "that holds those dates)"
             raise DataError(msg)
-        steps = [self.index[d] for d in dates]
+        steps = [int(self.steps[k]) for k in near]
         fields = [self.store[n].isel(time=steps).values for n in self.names]
         return np.nan_to_num(np.stack(fields).astype(np.float32), nan=0.0)
 
@@ -312,7 +327,13 @@ class Conditioner:
             cond["forcing"] = torch.from_numpy(np.stack(series).astype(np.float32)).to(device)
         if self.model_cfg.get("boundary_channels") and self.boundary is not None:
             # frames past ``until`` (dropped later) repeat the last kept frame's fields, as the forcings do
-            cond["boundary"] = torch.from_numpy(np.stack([self.boundary(d) for d in held])).to(device)
+            read: dict[tuple[str, ...], np.ndarray] = {}  # items mostly share their dates: read each set once
+            keys = [tuple(map(str, d)) for d in held]
+            for key, d in zip(keys, held, strict=True):
+                if key not in read:
+                    read[key] = self.boundary(d)
+            fields = [read[key] for key in keys]
+            cond["boundary"] = torch.from_numpy(np.stack(fields)).to(device)
         return cond or None
 
 

@@ -3,6 +3,7 @@ land fraction rasterised from the shipped shorelines, into the normalised store 
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -273,3 +274,52 @@ def test_frames_past_a_rollouts_end_are_given_its_last_forcing(tmp_path: Path) -
     np.testing.assert_allclose(f[:4], table.values(dates[:4], "hist"), rtol=1e-6)
     np.testing.assert_allclose(f[4:], f[3], rtol=0)  # held
     assert out["doy"].shape == (1, 8)  # the day of year is the frames' own
+
+
+def test_boundary_fields_are_read_at_the_nearest_step_of_mid_month_means() -> None:
+    """A model's monthly means stand at mid-month (day 16, 15 or 14 as the month's length goes); a rollout's dates
+    step by the axis's median step (pipeline.data.times.regular_times), so they drift off those days: each takes
+    the run's nearest step, within half a step, and a date past the last step by one step is refused."""
+    import cftime
+
+    from pipeline.data.conditions import BoundaryFields
+    from pipeline.data.times import regular_times
+
+    bounds = [cftime.DatetimeNoLeap(2000 + m // 12, m % 12 + 1, 1) for m in range(25)]
+    times = np.array([a + (b - a) / 2 for a, b in itertools.pairwise(bounds)])  # 24 mid-month means
+    assert len({t.day for t in times}) > 1
+    sst = np.arange(24, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3), np.float32)
+    sst[:, 0, 0] = np.nan  # land
+    store = xr.Dataset({"sst": (("time", "latitude", "longitude"), sst)}, coords={"time": times})
+    fields = BoundaryFields(store, ["sst"])
+    dates = regular_times(times, times[3], 12)
+    assert sum(d in set(times) for d in dates) < 12  # not the stored dates themselves
+    got = fields(dates)
+    assert got.shape == (1, 12, 2, 3)
+    np.testing.assert_array_equal(got[0, :, 1, 1], np.arange(3, 15))
+    assert (got[0, :, 0, 0] == 0).all()
+    with pytest.raises(DataError, match="asks for 1 frame"):
+        fields(regular_times(times, times[20], 5))
+
+
+def test_samples_read_the_boundary_fields_of_their_scenarios_run_or_stop(tmp_path: Path) -> None:
+    """The run whose ocean a sample reads: the test run's for its own scenario, another run's for that run's
+    scenario; a scenario that no run of the store has is refused where the store has boundary fields (its ocean
+    would be another scenario's), with or without data.runs."""
+    from pipeline.sample import _boundary_run
+
+    files = {r: f"bundled:iris_sample_data/{r}_north_america.nc" for r in ("A1B", "E1")}
+    runs = load_config([hadcm3_runs_config(tmp_path, "runs", files, [{"name": "air_temperature"}])])
+    assert _boundary_run(runs, {"co2": "E1"}, ["sst"]) == "E1"
+    assert _boundary_run(runs, {"co2": "A1B"}, ["sst"]) == "A1B"
+    assert _boundary_run(runs, {"co2": "A2"}, []) is None
+    with pytest.raises(DataError, match=r"sample\.scenario .* no run of the store is driven by"):
+        _boundary_run(runs, {"co2": "A2"}, ["sst"])
+    table = _table(tmp_path / "t.csv")
+    one = load_config(
+        [default_config(tmp_path, {"forcings": [{"name": "co2", "table": str(table), "scenario": "hist"}]})]
+    )
+    assert _boundary_run(one, {"co2": "hist"}, ["sst"]) is None
+    assert _boundary_run(one, {"co2": "low"}, []) is None
+    with pytest.raises(DataError, match="no run of the store is driven by"):
+        _boundary_run(one, {"co2": "low"}, ["sst"])
