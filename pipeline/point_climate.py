@@ -26,7 +26,7 @@ from pipeline.config import Config
 from pipeline.data.conditions import Conditioner, fractional_year, store_forcings
 from pipeline.data.evalclips import as_dataset
 from pipeline.data.io import open_store
-from pipeline.data.stats import SPLIT_NAMES, denormalise, read_stats, run_index
+from pipeline.data.stats import denormalise, read_stats, split_steps
 from pipeline.data.times import climatology_candidates, regular_times
 from pipeline.diffusion import ClassifierFreeGuidance, extend
 from pipeline.diffusion.objective import randn
@@ -64,10 +64,8 @@ def load_climate_data(cfg: Config, names: list[str], clip_frames: int, split: st
     and boundary fields the rollouts are given)."""
     e = cfg.evaluate
     store = open_store(cfg.normalised_path)
-    times, codes = store["time"].values, store["split"].values
-    period, train = np.flatnonzero(codes == SPLIT_NAMES.index(split)), np.flatnonzero(codes == 1)
-    if cfg.data.runs:
-        period = period[run_index(store)[period] == cfg.data.run_number(cfg.data.run_of(split))]
+    times = store["time"].values
+    period, train = split_steps(store, split, cfg.data.split_run(split)), split_steps(store, "train")
     frames = e.climate.frames or int(period.size)
     if period.size == 0 or frames <= e.context_frames:
         msg = (

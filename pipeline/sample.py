@@ -40,7 +40,7 @@ from pipeline.data.conditions import Conditioner, conditioner
 from pipeline.data.coords import DataError
 from pipeline.data.evalclips import as_dataset
 from pipeline.data.io import atomic_path, open_store, write_zarr
-from pipeline.data.stats import denormalise, read_stats, run_index
+from pipeline.data.stats import denormalise, read_stats, run_index, split_steps
 from pipeline.data.times import climatology_candidates, day_of_year, regular_times
 from pipeline.diffusion import ClassifierFreeGuidance, extend
 from pipeline.diffusion.objective import randn
@@ -250,9 +250,7 @@ def _plan(cfg: Config, su: _Setup) -> _Plan:
     the test period, the last early enough to have truth for its whole length if it fits."""
     s, store = cfg.sample, su.store
     times = store["time"].values
-    test_idx = np.flatnonzero(store["split"].values == 3)
-    if cfg.data.runs:  # one run's test period (its truth, its boundary fields): the first run with one
-        test_idx = test_idx[run_index(store)[test_idx] == cfg.data.run_number(cfg.data.run_of("test"))]
+    test_idx = split_steps(store, "test", cfg.data.split_run("test"))  # with runs, the first run's with one
     dates = regular_times(times, times[test_idx[0]], su.frames)  # datetime64 or cftime, in the data's calendar
     last = max(test_idx[0], test_idx[-1] - max(s.rollout_frames, cfg.evaluate.context_frames) + 1)
     starts = np.linspace(test_idx[0], last, s.rollouts).round().astype(int)

@@ -29,7 +29,7 @@ from pipeline.checkpoints import load_inference
 from pipeline.config import Config
 from pipeline.data.conditions import conditioner, fractional_year, store_forcings
 from pipeline.data.io import atomic_path, open_store
-from pipeline.data.stats import SPLIT_NAMES, read_stats, run_index
+from pipeline.data.stats import read_stats, run_index, split_steps
 from pipeline.data.times import regular_times
 from pipeline.diffusion import extend
 from pipeline.diffusion.samplers import get_sampler
@@ -137,15 +137,15 @@ def _figure(path: Path, x, periods: dict, runs, train, years, lat, lon, m: int, 
     _plot(path, lat, lon, series, maps, units)
 
 
-def _held_out(cfg: Config, runs: np.ndarray, split: np.ndarray) -> list[tuple[str, np.ndarray, str | None]]:
+def _held_out(cfg: Config, norm) -> list[tuple[str, np.ndarray, str | None]]:
     """Every run's held-out periods (validation, test): ``(key, steps, run)``, those with frames to generate."""
     m = cfg.evaluate.context_frames
     out = []
     for i, run in enumerate([r.name for r in cfg.data.runs] or [None]):
-        for code in (2, 3):
-            idx = np.flatnonzero((runs == i) & (split == code))
+        for split in ("val", "test"):
+            idx = split_steps(norm, split, i)
             if idx.size > m + 2:
-                out.append((f"{run or 'data'} {SPLIT_NAMES[code]}", idx, run))
+                out.append((f"{run or 'data'} {split}", idx, run))
     return out
 
 
@@ -164,7 +164,7 @@ def _score_periods(cfg: Config, model, meta, guidance: float) -> tuple[dict[str,
     train = split == 1
     m, s = cfg.evaluate.context_frames, cfg.sample
     years = fractional_year(times)
-    held = _held_out(cfg, runs, split)
+    held = _held_out(cfg, norm)
     gens = {key: _rollouts(cfg, model, meta, norm, idx, run, s.rollouts, s.steps, guidance)
             for key, idx, run in held}  # fmt: skip
     scores: dict[str, Any] = {}

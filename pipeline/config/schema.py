@@ -449,9 +449,9 @@ class DataConfig(_Section):
         the first run with that split, as in :meth:`scenario_of`; None without runs."""
         return next((r.name for r in self.runs if getattr(r.split, split) is not None), None)
 
-    def run_number(self, name: str | None) -> int:
-        """The store's ``run`` code of the run ``name`` (its place in ``data.runs``); 0 without runs."""
-        return [r.name for r in self.runs].index(name) if self.runs else 0
+    def split_run(self, split: str) -> int | None:
+        """The store's ``run`` code (the place in ``data.runs``) of :meth:`run_of` ``split``; None without runs."""
+        return [r.name for r in self.runs].index(self.run_of(split)) if self.runs else None
 
     def run_of_scenario(self, scenario: Mapping[str, str]) -> str | None:
         """The first run whose forcing columns are ``scenario``'s; None without runs, or where no run has them."""

@@ -260,13 +260,13 @@ class BoundaryFields:
 
     def _nearest(self, dates: np.ndarray) -> np.ndarray:
         """Index into ``self.steps`` of each date's nearest step, -1 where none is within half a step."""
-        q = time_seconds(np.asarray(dates))
-        if self.seconds.size == 0:
+        q, s = time_seconds(np.asarray(dates)), self.seconds
+        if s.size == 0:
             return np.full(q.shape, -1)
-        i = np.clip(np.searchsorted(self.seconds, q), 1, max(self.seconds.size - 1, 1))
-        j = np.where(np.abs(self.seconds[i - 1] - q) <= np.abs(self.seconds[np.minimum(i, self.seconds.size - 1)] - q),
-                     i - 1, np.minimum(i, self.seconds.size - 1))  # fmt: skip
-        return np.where(np.abs(self.seconds[j] - q) <= self.half, j, -1)
+        right = np.minimum(np.searchsorted(s, q), s.size - 1)  # the first step at or after each date (or the last)
+        left = np.maximum(right - 1, 0)
+        j = np.where(np.abs(s[left] - q) <= np.abs(s[right] - q), left, right)
+        return np.where(np.abs(s[j] - q) <= self.half, j, -1)
 
     def __call__(self, dates: np.ndarray) -> np.ndarray:
         near = self._nearest(dates)

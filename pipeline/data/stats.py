@@ -42,6 +42,7 @@ __all__ = [
     "run_index",
     "split_labels",
     "split_periods",
+    "split_steps",
     "stats_from_moments",
     "write_stats",
 ]
@@ -63,6 +64,13 @@ def run_index(store: xr.Dataset) -> np.ndarray:
     if "run" in store.coords:
         return store["run"].values
     return np.zeros(store.sizes["time"], dtype=np.int8)
+
+
+def split_steps(store: xr.Dataset, split: str, run: int | None = None) -> np.ndarray:
+    """The time steps of ``split`` in the normalised ``store`` (its ``split`` codes); with ``run`` (a place in
+    ``data.runs``, the store's ``run`` code) that run's only."""
+    steps = np.flatnonzero(store["split"].values == SPLIT_NAMES.index(split))
+    return steps if run is None else steps[run_index(store)[steps] == run]
 
 
 def split_labels(times: np.ndarray, periods: Mapping[str, tuple[dt.date, dt.date]]) -> xr.DataArray:
