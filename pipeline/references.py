@@ -29,7 +29,7 @@ from pipeline.atomic import write_text_atomic
 from pipeline.config import Config
 from pipeline.data.evalclips import EvalClips, EvalSet
 from pipeline.data.io import open_store
-from pipeline.data.stats import SPLIT_NAMES
+from pipeline.data.stats import split_steps
 from pipeline.data.times import climatology_candidates
 from pipeline.scoring import (
     REFERENCE_PARAMS,
@@ -139,7 +139,7 @@ def _window(cfg: Config, test: EvalClips | EvalSet, store: xr.Dataset) -> _Windo
     as the fewest candidates of a window where that is fewer (at least 2, or the window is too narrow)."""
     e = cfg.evaluate
     times = store["time"].values
-    train = np.flatnonzero(store["split"].values == SPLIT_NAMES.index("train"))
+    train = split_steps(store, "train")
     candidates, half = climatology_candidates(times, train, _targets(test).ravel(), e.climatology_window_days)
     fewest = min(len(c) for c in candidates)
     if fewest < 2:
